@@ -1,0 +1,447 @@
+//! The network config stored at `<prefix>/config`, parsed and validated with flannel's defaults
+//! and limits. Keys are matched case-insensitively, as Go's encoding/json does for flannel.
+
+use std::net::Ipv4Addr;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde_json::{Map, Value};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("not valid JSON ({0}); it must be an object such as {{\"Network\":\"10.5.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}}")]
+    NotJson(String),
+    #[error("{key} is {value}, which is not {expected}")]
+    BadValue {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("Network is missing: set it to the cluster's CIDR, e.g. \"Network\":\"10.5.0.0/16\"")]
+    MissingNetwork,
+    #[error("Network {0} is smaller than /28, too small to give each node a subnet: use /28 or larger")]
+    NetworkTooSmall(Ipv4Net),
+    #[error("SubnetLen {0} is larger than 30: a node subnet needs room for a gateway and pods; use 30 or less")]
+    SubnetLenTooLong(u8),
+    #[error("SubnetLen {len} leaves fewer than four subnets in Network {network}: use at least {min}")]
+    SubnetLenTooShort { len: u8, network: Ipv4Net, min: u8 },
+    #[error("{key} {addr} is not inside Network {network}")]
+    OutsideNetwork {
+        key: &'static str,
+        addr: Ipv4Addr,
+        network: Ipv4Net,
+    },
+    #[error("{key} {addr} is not on a /{len} boundary (SubnetLen): use {aligned}")]
+    NotAligned {
+        key: &'static str,
+        addr: Ipv4Addr,
+        len: u8,
+        aligned: Ipv4Addr,
+    },
+    #[error("SubnetMin {min} is above SubnetMax {max}")]
+    MinAboveMax { min: Ipv4Addr, max: Ipv4Addr },
+    #[error("EnableIPv4 is false: weft needs an IPv4 Network (IPv6-only clusters are not supported yet)")]
+    Ipv4Disabled,
+    #[error("EnableIPv6 is true but IPv6Network is missing")]
+    MissingIpv6Network,
+    #[error("Backend.Type {0:?} is not a backend weft knows: use \"vxlan\", \"host-gw\" or \"udp\"")]
+    UnknownBackend(String),
+    #[error(
+        "Backend.Type {0:?} is a flannel backend weft does not implement yet: use \"vxlan\", \"host-gw\" or \"udp\""
+    )]
+    UnsupportedBackend(String),
+}
+
+/// Which datapath the config selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Vxlan,
+    HostGw,
+    Udp,
+}
+
+impl BackendKind {
+    /// The name flannel uses, which is also the lease's BackendType (udp leases leave it empty).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Vxlan => "vxlan",
+            BackendKind::HostGw => "host-gw",
+            BackendKind::Udp => "udp",
+        }
+    }
+
+    pub fn lease_backend_type(self) -> &'static str {
+        match self {
+            BackendKind::Udp => "",
+            other => other.name(),
+        }
+    }
+}
+
+/// Options of the vxlan backend, with flannel's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanOptions {
+    pub vni: u32,
+    pub port: u16,
+    pub gbp: bool,
+    pub learning: bool,
+    pub direct_routing: bool,
+    /// Underlay MTU to use instead of the interface's.
+    pub mtu: Option<u32>,
+}
+
+/// Options of the udp backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpOptions {
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkConfig {
+    pub network: Ipv4Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv4Addr,
+    pub subnet_max: Ipv4Addr,
+    pub enable_ipv6: bool,
+    pub ipv6_network: Option<Ipv6Net>,
+    pub ipv6_subnet_len: u8,
+    pub enable_nftables: bool,
+    pub backend: BackendKind,
+    pub vxlan: VxlanOptions,
+    pub udp: UdpOptions,
+    /// The Backend object as written, for diagnostics.
+    pub backend_raw: Value,
+}
+
+/// Case-insensitive lookup of a JSON object key.
+fn get<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_null())
+}
+
+fn get_str<'a>(obj: &'a Map<String, Value>, key: &'static str) -> Result<Option<&'a str>, ConfigError> {
+    match get(obj, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(ConfigError::BadValue {
+            key,
+            value: v.to_string(),
+            expected: "a string",
+        }),
+    }
+}
+
+fn get_bool(obj: &Map<String, Value>, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match get(obj, key) {
+        None => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(ConfigError::BadValue {
+            key,
+            value: v.to_string(),
+            expected: "true or false",
+        }),
+    }
+}
+
+fn get_uint(obj: &Map<String, Value>, key: &'static str, max: u64) -> Result<Option<u64>, ConfigError> {
+    match get(obj, key) {
+        None => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= max => Ok(Some(n)),
+            _ => Err(ConfigError::BadValue {
+                key,
+                value: v.to_string(),
+                expected: "a whole number in range",
+            }),
+        },
+    }
+}
+
+fn get_ipv4(obj: &Map<String, Value>, key: &'static str) -> Result<Option<Ipv4Addr>, ConfigError> {
+    get_str(obj, key)?
+        .map(|s| {
+            s.parse().map_err(|_| ConfigError::BadValue {
+                key,
+                value: format!("{s:?}"),
+                expected: "an IPv4 address",
+            })
+        })
+        .transpose()
+}
+
+impl NetworkConfig {
+    pub fn parse(json: &str) -> Result<Self, ConfigError> {
+        let value: Value = serde_json::from_str(json).map_err(|e| ConfigError::NotJson(e.to_string()))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| ConfigError::NotJson("the value is not a JSON object".into()))?;
+
+        if !get_bool(obj, "EnableIPv4", true)? {
+            return Err(ConfigError::Ipv4Disabled);
+        }
+        let network: Ipv4Net = match get_str(obj, "Network")? {
+            None => return Err(ConfigError::MissingNetwork),
+            Some(s) => s.parse().map_err(|_| ConfigError::BadValue {
+                key: "Network",
+                value: format!("{s:?}"),
+                expected: "an IPv4 CIDR such as 10.5.0.0/16",
+            })?,
+        };
+        let network = network.trunc();
+        let plen = network.prefix_len();
+
+        let subnet_len = match get_uint(obj, "SubnetLen", 32)? {
+            Some(len) => {
+                let len = len as u8;
+                if len > 30 {
+                    return Err(ConfigError::SubnetLenTooLong(len));
+                }
+                if len < plen + 2 {
+                    return Err(ConfigError::SubnetLenTooShort {
+                        len,
+                        network,
+                        min: plen + 2,
+                    });
+                }
+                len
+            }
+            None if plen > 28 => return Err(ConfigError::NetworkTooSmall(network)),
+            None if plen <= 22 => 24,
+            None => plen + 2,
+        };
+        let size = 1u32 << (32 - subnet_len);
+        let mask = !(size - 1);
+        let net_start = u32::from(network.network());
+        let net_last_subnet = u32::from(network.broadcast()) & mask;
+
+        let check = |key: &'static str, addr: Ipv4Addr| -> Result<Ipv4Addr, ConfigError> {
+            if !network.contains(&addr) {
+                return Err(ConfigError::OutsideNetwork { key, addr, network });
+            }
+            let aligned = Ipv4Addr::from(u32::from(addr) & mask);
+            if aligned != addr {
+                return Err(ConfigError::NotAligned {
+                    key,
+                    addr,
+                    len: subnet_len,
+                    aligned,
+                });
+            }
+            Ok(addr)
+        };
+        let subnet_min = match get_ipv4(obj, "SubnetMin")? {
+            Some(a) => check("SubnetMin", a)?,
+            // The first subnet is skipped: its first address would be the network address.
+            None => Ipv4Addr::from(net_start + size),
+        };
+        let subnet_max = match get_ipv4(obj, "SubnetMax")? {
+            Some(a) => check("SubnetMax", a)?,
+            None => Ipv4Addr::from(net_last_subnet),
+        };
+        if u32::from(subnet_min) > u32::from(subnet_max) {
+            return Err(ConfigError::MinAboveMax {
+                min: subnet_min,
+                max: subnet_max,
+            });
+        }
+
+        let enable_ipv6 = get_bool(obj, "EnableIPv6", false)?;
+        let ipv6_network: Option<Ipv6Net> = get_str(obj, "IPv6Network")?
+            .map(|s| {
+                s.parse().map_err(|_| ConfigError::BadValue {
+                    key: "IPv6Network",
+                    value: format!("{s:?}"),
+                    expected: "an IPv6 CIDR such as fc00::/48",
+                })
+            })
+            .transpose()?;
+        if enable_ipv6 && ipv6_network.is_none() {
+            return Err(ConfigError::MissingIpv6Network);
+        }
+        let ipv6_subnet_len = match get_uint(obj, "IPv6SubnetLen", 128)? {
+            Some(n) => n as u8,
+            None => match ipv6_network {
+                Some(n) if n.prefix_len() > 62 => n.prefix_len() + 2,
+                _ => 64,
+            },
+        };
+        let enable_nftables = get_bool(obj, "EnableNFTables", false)?;
+
+        let backend_raw = get(obj, "Backend").cloned().unwrap_or(Value::Null);
+        let empty = Map::new();
+        let be = match &backend_raw {
+            Value::Null => &empty,
+            Value::Object(m) => m,
+            other => {
+                return Err(ConfigError::BadValue {
+                    key: "Backend",
+                    value: other.to_string(),
+                    expected: "an object such as {\"Type\":\"vxlan\"}",
+                })
+            }
+        };
+        // flannel's default when no Backend is given is udp.
+        let type_name = get_str(be, "Type")?.unwrap_or("udp");
+        let backend = match type_name.to_ascii_lowercase().as_str() {
+            "vxlan" => BackendKind::Vxlan,
+            "host-gw" => BackendKind::HostGw,
+            "udp" => BackendKind::Udp,
+            "ipip" | "wireguard" | "extension" | "alloc" | "alivpc" | "aws-vpc" | "gce" | "tencent-vpc" | "ipsec" => {
+                return Err(ConfigError::UnsupportedBackend(type_name.to_string()))
+            }
+            _ => return Err(ConfigError::UnknownBackend(type_name.to_string())),
+        };
+        let vxlan = VxlanOptions {
+            vni: get_uint(be, "VNI", 0xff_ffff)?.unwrap_or(1) as u32,
+            port: get_uint(be, "Port", 65535)?.filter(|p| *p != 0).unwrap_or(8472) as u16,
+            gbp: get_bool(be, "GBP", false)?,
+            learning: get_bool(be, "Learning", false)?,
+            direct_routing: get_bool(be, "DirectRouting", false)?,
+            mtu: get_uint(be, "MTU", 65535)?.filter(|m| *m != 0).map(|m| m as u32),
+        };
+        let udp = UdpOptions {
+            port: get_uint(be, "Port", 65535)?.filter(|p| *p != 0).unwrap_or(8285) as u16,
+        };
+
+        Ok(NetworkConfig {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            enable_ipv6,
+            ipv6_network,
+            ipv6_subnet_len,
+            enable_nftables,
+            backend,
+            vxlan,
+            udp,
+            backend_raw,
+        })
+    }
+
+    /// How many node subnets lie between SubnetMin and SubnetMax.
+    pub fn subnet_count(&self) -> u32 {
+        ((u32::from(self.subnet_max) - u32::from(self.subnet_min)) >> (32 - self.subnet_len)) + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<NetworkConfig, ConfigError> {
+        NetworkConfig::parse(s)
+    }
+
+    #[test]
+    fn flannel_documented_defaults() {
+        let c = parse(r#"{"Network":"10.3.0.0/16"}"#).unwrap();
+        assert_eq!(c.subnet_len, 24);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 3, 1, 0));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 3, 255, 0));
+        assert_eq!(c.backend, BackendKind::Udp);
+        assert_eq!(c.udp.port, 8285);
+        assert!(!c.enable_nftables);
+        assert_eq!(c.subnet_count(), 255);
+    }
+
+    #[test]
+    fn small_networks_get_prefix_plus_two() {
+        let c = parse(r#"{"Network":"10.3.0.0/24"}"#).unwrap();
+        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 3, 0, 64));
+        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 3, 0, 192));
+        assert_eq!(parse(r#"{"Network":"10.3.0.0/22"}"#).unwrap().subnet_len, 24);
+        assert_eq!(parse(r#"{"Network":"10.3.0.0/28"}"#).unwrap().subnet_len, 30);
+    }
+
+    #[test]
+    fn keys_are_case_insensitive() {
+        let c = parse(
+            r#"{"network":"10.5.0.0/16","subnetlen":26,"backend":{"type":"vxlan","vni":7,"directrouting":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.backend, BackendKind::Vxlan);
+        assert_eq!(c.vxlan.vni, 7);
+        assert_eq!(c.vxlan.port, 8472);
+        assert!(c.vxlan.direct_routing);
+    }
+
+    #[test]
+    fn vxlan_defaults() {
+        let c = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(
+            c.vxlan,
+            VxlanOptions {
+                vni: 1,
+                port: 8472,
+                gbp: false,
+                learning: false,
+                direct_routing: false,
+                mtu: None
+            }
+        );
+        assert_eq!(c.backend.lease_backend_type(), "vxlan");
+        assert_eq!(BackendKind::Udp.lease_backend_type(), "");
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_with_the_key_named() {
+        let e = parse(r#"{"Network":"10.5.0.0/16","SubnetLen":31}"#).unwrap_err();
+        assert_eq!(e, ConfigError::SubnetLenTooLong(31));
+        assert!(e.to_string().contains("SubnetLen 31"));
+        let e = parse(r#"{"Network":"10.5.0.0/29"}"#).unwrap_err();
+        assert!(matches!(e, ConfigError::NetworkTooSmall(_)), "{e}");
+        let e = parse(r#"{"Network":"10.5.0.0/16","SubnetLen":17}"#).unwrap_err();
+        assert!(matches!(e, ConfigError::SubnetLenTooShort { min: 18, .. }), "{e}");
+        let e = parse(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.7"}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("SubnetMin 10.5.1.7 is not on a /24 boundary"),
+            "{e}"
+        );
+        let e = parse(r#"{"Network":"10.5.0.0/16","SubnetMax":"10.6.1.0"}"#).unwrap_err();
+        assert!(matches!(e, ConfigError::OutsideNetwork { key: "SubnetMax", .. }), "{e}");
+        let e = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"carrier-pigeon"}}"#).unwrap_err();
+        assert!(e.to_string().contains("\"carrier-pigeon\""), "{e}");
+        assert!(matches!(
+            parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#),
+            Err(ConfigError::UnsupportedBackend(_))
+        ));
+        assert_eq!(parse(r#"{"SubnetLen":24}"#).unwrap_err(), ConfigError::MissingNetwork);
+        assert!(matches!(parse("{not json"), Err(ConfigError::NotJson(_))));
+        assert!(matches!(
+            parse(r#"{"Network":"10.5.0.0/33"}"#),
+            Err(ConfigError::BadValue { key: "Network", .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"Network":"10.5.0.0/16","SubnetLen":"24"}"#),
+            Err(ConfigError::BadValue { key: "SubnetLen", .. })
+        ));
+    }
+
+    #[test]
+    fn explicit_min_max_are_kept() {
+        let c = parse(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.10.0","SubnetMax":"10.5.12.0"}"#).unwrap();
+        assert_eq!(c.subnet_count(), 3);
+        assert!(matches!(
+            parse(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.12.0","SubnetMax":"10.5.10.0"}"#),
+            Err(ConfigError::MinAboveMax { .. })
+        ));
+    }
+
+    #[test]
+    fn ipv6_fields() {
+        let c = parse(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#).unwrap();
+        assert_eq!(c.ipv6_subnet_len, 64);
+        assert_eq!(
+            parse(r#"{"Network":"10.5.0.0/16","EnableIPv6":true}"#).unwrap_err(),
+            ConfigError::MissingIpv6Network
+        );
+        assert_eq!(
+            parse(r#"{"Network":"10.5.0.0/16","EnableIPv4":false}"#).unwrap_err(),
+            ConfigError::Ipv4Disabled
+        );
+    }
+}

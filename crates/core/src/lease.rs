@@ -1,0 +1,191 @@
+//! Subnet keys (`10.5.34.0-24`, dual stack `10.5.34.0-24&fc00:0:0:1::-64`) and lease values,
+//! byte-compatible with flannel's etcd records.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LeaseError {
+    #[error("subnet key {key:?} is not of the form 10.5.34.0-24 (or 10.5.34.0-24&fc00::-64)")]
+    BadKey { key: String },
+    #[error("lease value for {key}: {reason}")]
+    BadValue { key: String, reason: String },
+}
+
+/// The subnet a node leases, which is also the last path element of its etcd key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubnetKey {
+    pub ipv4: Ipv4Net,
+    pub ipv6: Option<Ipv6Net>,
+}
+
+impl SubnetKey {
+    pub fn v4(ipv4: Ipv4Net) -> Self {
+        SubnetKey { ipv4, ipv6: None }
+    }
+
+    /// The key's last path element, as flannel writes it.
+    pub fn to_key(&self) -> String {
+        let v4 = format!("{}-{}", self.ipv4.addr(), self.ipv4.prefix_len());
+        match self.ipv6 {
+            Some(v6) => format!("{v4}&{}-{}", v6.addr(), v6.prefix_len()),
+            None => v4,
+        }
+    }
+
+    /// Parses a key's last element, or a whole key path (everything before the last `/` is ignored).
+    pub fn parse(key: &str) -> Result<Self, LeaseError> {
+        let bad = || LeaseError::BadKey { key: key.to_string() };
+        let last = key.rsplit('/').next().unwrap_or(key);
+        let (v4part, v6part) = match last.split_once('&') {
+            Some((a, b)) => (a, Some(b)),
+            None => (last, None),
+        };
+        let (addr, len) = v4part.split_once('-').ok_or_else(bad)?;
+        let addr = Ipv4Addr::from_str(addr).map_err(|_| bad())?;
+        let len: u8 = len.parse().map_err(|_| bad())?;
+        let ipv4 = Ipv4Net::new(addr, len).map_err(|_| bad())?;
+        if ipv4.network() != addr {
+            return Err(bad());
+        }
+        let ipv6 = match v6part {
+            None => None,
+            Some(p) => {
+                let (addr, len) = p.rsplit_once('-').ok_or_else(bad)?;
+                let addr = Ipv6Addr::from_str(addr).map_err(|_| bad())?;
+                let len: u8 = len.parse().map_err(|_| bad())?;
+                Some(Ipv6Net::new(addr, len).map_err(|_| bad())?)
+            }
+        };
+        Ok(SubnetKey { ipv4, ipv6 })
+    }
+
+    /// The first host address of the subnet: the address the node puts on its devices
+    /// (and on cni0/docker0), e.g. 10.5.72.1 for 10.5.72.0/24.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.ipv4.network()) + 1)
+    }
+}
+
+impl fmt::Display for SubnetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.ipv4)?;
+        if let Some(v6) = self.ipv6 {
+            write!(f, "&{v6}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The JSON value stored at a lease key. Field order and presence match flannel's encoder:
+/// `PublicIPv6` always present (null when unset), `BackendType`/`BackendData` left out when empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseAttrs {
+    #[serde(rename = "PublicIP")]
+    pub public_ip: Ipv4Addr,
+    #[serde(rename = "PublicIPv6", default)]
+    pub public_ipv6: Option<Ipv6Addr>,
+    #[serde(rename = "BackendType", default, skip_serializing_if = "String::is_empty")]
+    pub backend_type: String,
+    #[serde(rename = "BackendData", default, skip_serializing_if = "is_null")]
+    pub backend_data: serde_json::Value,
+}
+
+fn is_null(v: &serde_json::Value) -> bool {
+    v.is_null()
+}
+
+impl LeaseAttrs {
+    pub fn new(public_ip: Ipv4Addr, backend_type: &str, backend_data: serde_json::Value) -> Self {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: backend_type.to_string(),
+            backend_data,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("lease attributes always serialize")
+    }
+
+    /// Parses a lease value; `key` only names the record in the error.
+    pub fn from_json(key: &str, value: &[u8]) -> Result<Self, LeaseError> {
+        serde_json::from_slice(value).map_err(|e| LeaseError::BadValue {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// One node's lease: which subnet, and how to reach it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub subnet: SubnetKey,
+    pub attrs: LeaseAttrs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_round_trips() {
+        let k = SubnetKey::parse("10.5.34.0-24").unwrap();
+        assert_eq!(k.ipv4, "10.5.34.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(k.to_key(), "10.5.34.0-24");
+        assert_eq!(k.gateway(), Ipv4Addr::new(10, 5, 34, 1));
+        let full = SubnetKey::parse("/coreos.com/network/subnets/10.5.34.0-24").unwrap();
+        assert_eq!(full, k);
+    }
+
+    #[test]
+    fn dual_stack_key_round_trips() {
+        let k = SubnetKey::parse("10.5.34.0-24&fc00:0:0:1::-64").unwrap();
+        assert_eq!(k.ipv6.unwrap(), "fc00:0:0:1::/64".parse::<Ipv6Net>().unwrap());
+        assert_eq!(k.to_key(), "10.5.34.0-24&fc00:0:0:1::-64");
+    }
+
+    #[test]
+    fn bad_keys_are_refused() {
+        for bad in [
+            "10.5.34.0",
+            "10.5.34.1-24",
+            "10.5.34.0-33",
+            "x-24",
+            "10.5.34.0-24&zz-64",
+        ] {
+            assert!(SubnetKey::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lease_json_matches_flannel_bytes() {
+        let attrs = LeaseAttrs::new(
+            Ipv4Addr::new(192, 168, 64, 3),
+            "vxlan",
+            serde_json::json!({"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:44"}),
+        );
+        assert_eq!(
+            attrs.to_json(),
+            r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#
+        );
+        let udp = LeaseAttrs::new(Ipv4Addr::new(192, 168, 64, 3), "", serde_json::Value::Null);
+        assert_eq!(udp.to_json(), r#"{"PublicIP":"192.168.64.3","PublicIPv6":null}"#);
+        let back = LeaseAttrs::from_json("k", attrs.to_json().as_bytes()).unwrap();
+        assert_eq!(back, attrs);
+    }
+
+    #[test]
+    fn lease_json_from_flannel_parses() {
+        let v = br#"{"PublicIP":"198.51.100.2","BackendType":"vxlan","BackendData":{"VtepMAC":"aa:bb:cc:dd:ee:ff"}}"#;
+        let a = LeaseAttrs::from_json("k", v).unwrap();
+        assert_eq!(a.public_ipv6, None);
+        assert_eq!(a.backend_data["VtepMAC"], "aa:bb:cc:dd:ee:ff");
+        assert!(LeaseAttrs::from_json("k", b"{}").is_err());
+    }
+}

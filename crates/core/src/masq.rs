@@ -1,0 +1,1 @@
+//! Masquerade and forward rule sets (iptables-restore text and nft batches), pure.
