@@ -1,1 +1,233 @@
-// placeholder: filled in by its owner
+//! Choosing the external interface, as flanneld does: `--iface` (names or IPs, tried in order),
+//! then `--iface-can-reach`, then `--iface-regex`; with none of them, the interface that holds
+//! the default route. The public IP (`--public-ip`) is the caller's business.
+
+use std::net::Ipv4Addr;
+
+use regex::Regex;
+
+use crate::netlink::{AddrInfo, LinkInfo, Netlink, NetlinkError};
+
+/// The interface the overlay's encapsulated traffic leaves through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalInterface {
+    pub name: String,
+    pub index: u32,
+    /// The interface's IPv4 address (the one named in `--iface`, else its first address).
+    pub ip: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// The `--iface`, `--iface-regex` and `--iface-can-reach` flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IfaceSelection {
+    /// Interface names or IPv4 addresses, tried in order.
+    pub ifaces: Vec<String>,
+    /// Regular expressions matched against interface IPs, then names, tried in order.
+    pub iface_regex: Vec<String>,
+    /// Use the interface of the route to this address.
+    pub can_reach: Option<Ipv4Addr>,
+}
+
+impl IfaceSelection {
+    pub fn is_empty(&self) -> bool {
+        self.ifaces.is_empty() && self.iface_regex.is_empty() && self.can_reach.is_none()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IfaceError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("no default IPv4 route: pass --iface (a name or an IP) to choose the external interface")]
+    NoDefaultRoute,
+    #[error("--iface-regex {pattern:?} is not a valid regular expression: {reason}")]
+    BadRegex { pattern: String, reason: String },
+    #[error("no interface named {0} and no interface holds address {0}")]
+    NotFound(String),
+    #[error("interface {0} has no IPv4 address: give it one or choose another with --iface")]
+    NoAddress(String),
+    #[error("interface {name} reports MTU 0: cannot size the overlay; check the device")]
+    NoMtu { name: String },
+    #[error("no route to {0} (--iface-can-reach): fix routing or use --iface")]
+    Unreachable(Ipv4Addr),
+    #[error("no interface matches --iface {ifaces:?}, --iface-can-reach {can_reach:?} or --iface-regex {regexes:?}")]
+    NoMatch {
+        ifaces: Vec<String>,
+        can_reach: Option<Ipv4Addr>,
+        regexes: Vec<String>,
+    },
+}
+
+/// Chooses the external interface according to `sel` (see the module docs for the order).
+pub async fn select_external_interface(nl: &Netlink, sel: &IfaceSelection) -> Result<ExternalInterface, IfaceError> {
+    let regexes = sel
+        .iface_regex
+        .iter()
+        .map(|p| {
+            Regex::new(p).map_err(|e| IfaceError::BadRegex {
+                pattern: p.clone(),
+                reason: e.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    if sel.is_empty() {
+        let index = nl.default_route_v4_oif().await?.ok_or(IfaceError::NoDefaultRoute)?;
+        let link = nl
+            .link_by_index(index)
+            .await?
+            .ok_or_else(|| IfaceError::NotFound(format!("#{index}")))?;
+        return with_first_addr(nl, link).await;
+    }
+
+    let links = nl.list_links().await?;
+    let addrs = nl.list_all_addrs_v4().await?;
+
+    let mut last_error = None;
+    for wanted in &sel.ifaces {
+        match by_name_or_ip(wanted, &links, &addrs) {
+            Ok(found) => return Ok(found),
+            Err(e) => {
+                tracing::warn!("--iface {wanted}: {e}");
+                last_error = Some(e);
+            }
+        }
+    }
+    if sel.ifaces.len() == 1 && sel.can_reach.is_none() && regexes.is_empty() {
+        // One name given and nothing else to try: its own error says most.
+        return Err(last_error.expect("one --iface was tried"));
+    }
+
+    if let Some(target) = sel.can_reach {
+        let route = nl.route_get_v4(target).await?.ok_or(IfaceError::Unreachable(target))?;
+        let index = route.oif.ok_or(IfaceError::Unreachable(target))?;
+        if let Some(link) = links.iter().find(|l| l.index == index) {
+            let ip = match route.pref_src {
+                Some(src) if addrs.iter().any(|a| a.index == index && a.addr.addr() == src) => Some(src),
+                _ => first_addr(&addrs, index),
+            };
+            let ip = ip.ok_or_else(|| IfaceError::NoAddress(link.name.clone()))?;
+            return external(link, ip);
+        }
+    }
+
+    for re in &regexes {
+        // Like flanneld: a regex is matched against every interface's IPs first, then names.
+        for a in &addrs {
+            if re.is_match(&a.addr.addr().to_string()) {
+                if let Some(link) = links.iter().find(|l| l.index == a.index) {
+                    return external(link, a.addr.addr());
+                }
+            }
+        }
+        for link in &links {
+            if re.is_match(&link.name) {
+                if let Some(ip) = first_addr(&addrs, link.index) {
+                    return external(link, ip);
+                }
+                tracing::warn!(
+                    "--iface-regex {}: interface {} has no IPv4 address; skipped",
+                    re,
+                    link.name
+                );
+            }
+        }
+    }
+
+    Err(IfaceError::NoMatch {
+        ifaces: sel.ifaces.clone(),
+        can_reach: sel.can_reach,
+        regexes: sel.iface_regex.clone(),
+    })
+}
+
+fn by_name_or_ip(wanted: &str, links: &[LinkInfo], addrs: &[AddrInfo]) -> Result<ExternalInterface, IfaceError> {
+    if let Ok(ip) = wanted.parse::<Ipv4Addr>() {
+        let holder = addrs.iter().find(|a| a.addr.addr() == ip);
+        let link = holder.and_then(|a| links.iter().find(|l| l.index == a.index));
+        return match link {
+            Some(link) => external(link, ip),
+            None => Err(IfaceError::NotFound(wanted.to_string())),
+        };
+    }
+    let link = links
+        .iter()
+        .find(|l| l.name == wanted)
+        .ok_or_else(|| IfaceError::NotFound(wanted.to_string()))?;
+    let ip = first_addr(addrs, link.index).ok_or_else(|| IfaceError::NoAddress(link.name.clone()))?;
+    external(link, ip)
+}
+
+fn first_addr(addrs: &[AddrInfo], index: u32) -> Option<Ipv4Addr> {
+    addrs.iter().find(|a| a.index == index).map(|a| a.addr.addr())
+}
+
+async fn with_first_addr(nl: &Netlink, link: LinkInfo) -> Result<ExternalInterface, IfaceError> {
+    let ip = nl
+        .list_addrs_v4(link.index)
+        .await?
+        .first()
+        .map(|a| a.addr())
+        .ok_or_else(|| IfaceError::NoAddress(link.name.clone()))?;
+    external(&link, ip)
+}
+
+fn external(link: &LinkInfo, ip: Ipv4Addr) -> Result<ExternalInterface, IfaceError> {
+    if link.mtu == 0 {
+        return Err(IfaceError::NoMtu {
+            name: link.name.clone(),
+        });
+    }
+    Ok(ExternalInterface {
+        name: link.name.clone(),
+        index: link.index,
+        ip,
+        mtu: link.mtu,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, name: &str) -> LinkInfo {
+        LinkInfo {
+            index,
+            name: name.into(),
+            mac: None,
+            mtu: 1500,
+            up: true,
+            kind: None,
+            vxlan: None,
+        }
+    }
+
+    #[test]
+    fn iface_by_name_takes_first_address_and_by_ip_takes_that_ip() {
+        let links = [link(1, "lo"), link(2, "eth0")];
+        let addrs = [
+            AddrInfo {
+                index: 2,
+                addr: "198.51.100.7/24".parse().unwrap(),
+            },
+            AddrInfo {
+                index: 2,
+                addr: "198.51.100.8/24".parse().unwrap(),
+            },
+        ];
+        let by_name = by_name_or_ip("eth0", &links, &addrs).unwrap();
+        assert_eq!((by_name.index, by_name.ip), (2, Ipv4Addr::new(198, 51, 100, 7)));
+        let by_ip = by_name_or_ip("198.51.100.8", &links, &addrs).unwrap();
+        assert_eq!(
+            (by_ip.name.as_str(), by_ip.ip),
+            ("eth0", Ipv4Addr::new(198, 51, 100, 8))
+        );
+        let missing = by_name_or_ip("eth9", &links, &addrs).unwrap_err().to_string();
+        assert_eq!(missing, "no interface named eth9 and no interface holds address eth9");
+        assert!(matches!(
+            by_name_or_ip("lo", &links, &addrs),
+            Err(IfaceError::NoAddress(_))
+        ));
+    }
+}

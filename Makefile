@@ -1,0 +1,35 @@
+# weft: the two commands a newcomer needs are `make demo` and `make test` (both as root).
+
+CARGO ?= cargo
+APT_PACKAGES := etcd-server etcd-client iproute2 nftables iptables protobuf-compiler iperf3 containernetworking-plugins iputils-ping
+
+.PHONY: deps build demo test bench fmt clippy
+
+# Installs what is missing (Debian), nothing when all is there.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(CARGO) build --workspace --bins
+
+# A 3-node VXLAN cluster in network namespaces with a real etcd: leases, one host's kernel
+# entries, the pod-to-pod reachability matrix, then teardown.
+demo: build
+	./scripts/demo.sh
+
+# Unit tests, then the integration tests (root: namespaces, real etcd, real kernel).
+test: build
+	$(CARGO) test --workspace -- --test-threads=2
+
+bench: build
+	./scripts/bench.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

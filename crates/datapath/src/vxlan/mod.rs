@@ -1,0 +1,384 @@
+//! The vxlan backend (flannel's `vxlan` type): device `flannel.<VNI>`, and per remote lease a
+//! permanent neighbour, a permanent FDB entry and an onlink route, kept in shape by reconcile.
+//!
+//! It owns the device and, on it, every neighbour and FDB entry; in the main table it owns the
+//! routes into the cluster network through the device (and, for DirectRouting, through the
+//! external interface via a gateway). It never touches the route to our own subnet, anything
+//! outside the cluster network, or other devices' neighbour tables, and it never flushes:
+//! a restart adopts what is there and fixes only what is wrong.
+
+pub mod plan;
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use weft_core::config::VxlanOptions;
+use weft_core::{Lease, SubnetKey};
+use weft_kernel::iface::ExternalInterface;
+use weft_kernel::netlink::{format_mac, LinkInfo, Netlink, NetlinkError, VxlanSpec};
+
+use self::plan::{desired_state, peers_from_leases, plan, Action, ActualState, Change, LeaseSkip, Topology};
+
+/// VXLAN over IPv4 adds 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VxlanError {
+    #[error("vxlan backend: {0}")]
+    Netlink(#[from] NetlinkError),
+    #[error("vxlan backend: the underlay MTU {mtu} leaves no room for the 50-byte VXLAN header; set Backend.MTU or fix the interface MTU")]
+    MtuTooSmall { mtu: u32 },
+    #[error("vxlan backend: device {device} has no MAC address; delete it so weftd can create it again")]
+    NoMac { device: String },
+    #[error("vxlan backend: no lease yet; call set_lease with this node's subnet before reconcile")]
+    NoLease,
+    #[error("vxlan backend: {failed} of {attempted} changes failed; first: {first}")]
+    Apply {
+        failed: usize,
+        attempted: usize,
+        first: NetlinkError,
+        errors: Vec<NetlinkError>,
+    },
+}
+
+/// What one reconcile changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// The device was missing or incompatible and was created again.
+    pub device_recreated: bool,
+    pub added: usize,
+    pub replaced: usize,
+    pub removed: usize,
+    /// Remote leases left out (other backend, no VtepMAC, ...); our own lease is not counted.
+    pub skipped_leases: usize,
+    /// Remote subnets programmed (through the tunnel or directly).
+    pub peers: usize,
+}
+
+impl ReconcileReport {
+    pub fn changed(&self) -> bool {
+        self.device_recreated || self.added + self.replaced + self.removed > 0
+    }
+}
+
+/// The vxlan backend of one node.
+#[derive(Debug)]
+pub struct VxlanBackend {
+    nl: Netlink,
+    ext: ExternalInterface,
+    public_ip: Ipv4Addr,
+    opts: VxlanOptions,
+    own: Option<SubnetKey>,
+    network: Ipv4Net,
+    device: LinkInfo,
+    vtep_mac: [u8; 6],
+}
+
+impl VxlanBackend {
+    /// Creates or adopts `flannel.<VNI>` (keeping an existing device's MAC and every entry on
+    /// it), sets its MTU and brings it up. Call before acquiring the lease: the lease's
+    /// BackendData carries the device's MAC. Then call [`VxlanBackend::set_lease`].
+    pub async fn start(
+        nl: Netlink,
+        ext: ExternalInterface,
+        public_ip: Ipv4Addr,
+        opts: VxlanOptions,
+        network: Ipv4Net,
+    ) -> Result<Self, VxlanError> {
+        let mtu = device_mtu(&opts, &ext)?;
+        let spec = vxlan_spec(&opts, &ext, public_ip, mtu, None);
+        let device = nl.ensure_vxlan(&spec).await?;
+        let vtep_mac = device.mac.ok_or_else(|| VxlanError::NoMac {
+            device: spec.name.clone(),
+        })?;
+        let mut backend = VxlanBackend {
+            nl,
+            ext,
+            public_ip,
+            opts,
+            own: None,
+            network: network.trunc(),
+            device,
+            vtep_mac,
+        };
+        backend.ensure_device().await?;
+        tracing::info!(
+            device = %backend.device_name(),
+            vtep_mac = %format_mac(&backend.vtep_mac),
+            mtu = backend.mtu(),
+            "vxlan device ready"
+        );
+        Ok(backend)
+    }
+
+    /// `flannel.<VNI>`.
+    pub fn device_name(&self) -> String {
+        device_name(self.opts.vni)
+    }
+
+    /// The device's index (changes when the device had to be created again).
+    pub fn device_index(&self) -> u32 {
+        self.device.index
+    }
+
+    /// The overlay MTU: Backend.MTU (or the interface's) minus 50. Also FLANNEL_MTU.
+    pub fn mtu(&self) -> u32 {
+        device_mtu(&self.opts, &self.ext).unwrap_or(0)
+    }
+
+    pub fn vtep_mac(&self) -> [u8; 6] {
+        self.vtep_mac
+    }
+
+    /// The lease's BackendData: `{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}`.
+    pub fn backend_data(&self) -> serde_json::Value {
+        serde_json::json!({"VNI": self.opts.vni, "VtepMAC": format_mac(&self.vtep_mac)})
+    }
+
+    /// Records this node's lease and gives the device the subnet's network address /32
+    /// (10.5.72.0/24 -> 10.5.72.0/32), removing any other address. Call again if the lease's
+    /// subnet changes.
+    pub async fn set_lease(&mut self, own: SubnetKey) -> Result<(), VxlanError> {
+        self.own = Some(own);
+        self.ensure_device().await?;
+        Ok(())
+    }
+
+    /// Makes sure the device exists with our settings and MAC, has the MTU, holds our address
+    /// (once [`VxlanBackend::set_lease`] was called) and is up. Returns whether it had to be
+    /// created again. Entries on an existing device are left as they are.
+    pub async fn ensure_device(&mut self) -> Result<bool, VxlanError> {
+        let mtu = device_mtu(&self.opts, &self.ext)?;
+        let spec = vxlan_spec(&self.opts, &self.ext, self.public_ip, mtu, Some(self.vtep_mac));
+        let link = self.nl.ensure_vxlan(&spec).await?;
+        let recreated = link.index != self.device.index;
+        if recreated {
+            tracing::warn!(device = %spec.name, "vxlan device was missing or changed; created it again");
+        }
+        if link.mac != Some(self.vtep_mac) {
+            // The lease advertises this MAC: put it back rather than advertise a new one.
+            tracing::warn!(device = %spec.name, "device MAC was changed; restoring {}", format_mac(&self.vtep_mac));
+            self.nl.set_mac(link.index, self.vtep_mac).await?;
+        }
+        if let Some(own) = &self.own {
+            let addr = Ipv4Net::new(own.ipv4.network(), 32).expect("/32 is a valid prefix");
+            self.nl.ensure_addr_v4(link.index, addr).await?;
+        }
+        if !link.up {
+            self.nl.set_link_up(link.index).await?;
+        }
+        self.device = link;
+        Ok(recreated)
+    }
+
+    fn topology(&self, own: &SubnetKey, ext_nets: Vec<Ipv4Net>) -> Topology {
+        Topology {
+            network: self.network,
+            own_subnet: own.ipv4,
+            public_ip: self.public_ip,
+            vxlan_index: self.device.index,
+            ext_index: self.ext.index,
+            ext_nets,
+            direct_routing: self.opts.direct_routing,
+        }
+    }
+
+    /// Brings the kernel in line with `leases`, the full current lease set (our own included).
+    /// Re-ensures the device first, then adds what is missing, corrects what is wrong and
+    /// removes what no lease asks for. Every change is attempted even if one fails.
+    pub async fn reconcile(&mut self, leases: &[Lease]) -> Result<ReconcileReport, VxlanError> {
+        let own = self.own.ok_or(VxlanError::NoLease)?;
+        let mut report = ReconcileReport {
+            device_recreated: self.ensure_device().await?,
+            ..ReconcileReport::default()
+        };
+        let ext_nets = if self.opts.direct_routing {
+            self.nl
+                .list_addrs_v4(self.ext.index)
+                .await?
+                .into_iter()
+                .map(|n| n.trunc())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let topo = self.topology(&own, ext_nets);
+
+        let (peers, skipped) = peers_from_leases(leases, &own, &topo);
+        for (subnet, why) in &skipped {
+            match why {
+                LeaseSkip::Own => continue,
+                LeaseSkip::OtherBackend(kind) => {
+                    tracing::debug!(lease = %subnet, "lease of backend {kind:?} ignored by the vxlan backend")
+                }
+                LeaseSkip::BadVtepMac => {
+                    tracing::warn!(lease = %subnet, "lease has no valid BackendData.VtepMAC; skipped")
+                }
+                LeaseSkip::OutsideNetwork => {
+                    tracing::warn!(lease = %subnet, network = %self.network, "lease is outside the network; skipped")
+                }
+                LeaseSkip::OwnPublicIp => tracing::warn!(
+                    lease = %subnet,
+                    public_ip = %self.public_ip,
+                    "lease carries our own public IP (a stale lease of this node?); skipped"
+                ),
+            }
+            report.skipped_leases += 1;
+        }
+        report.peers = peers.len();
+        let desired = desired_state(&peers, &topo);
+
+        let index = self.device.index;
+        let actual = ActualState {
+            neighbours: self.nl.list_neighbours_v4(index).await?,
+            fdb: self.nl.list_fdb(index).await?,
+            routes: self.nl.list_routes_v4().await?,
+        };
+        let actions = plan(&desired, &actual, &topo);
+
+        let attempted = actions.len();
+        let mut errors = Vec::new();
+        for action in actions {
+            tracing::debug!(device = %self.device_name(), "{action}");
+            match self.apply(&action).await {
+                Ok(()) => match action {
+                    Action::SetNeighbour { change, .. }
+                    | Action::SetFdb { change, .. }
+                    | Action::SetRoute { change, .. } => match change {
+                        Change::Add => report.added += 1,
+                        Change::Replace => report.replaced += 1,
+                    },
+                    Action::DeleteRoute { .. } | Action::DeleteNeighbour { .. } | Action::DeleteFdb { .. } => {
+                        report.removed += 1
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(device = %self.device_name(), "{action} failed: {e}");
+                    errors.push(e);
+                }
+            }
+        }
+        if report.changed() {
+            tracing::info!(
+                device = %self.device_name(),
+                added = report.added,
+                replaced = report.replaced,
+                removed = report.removed,
+                recreated = report.device_recreated,
+                "vxlan state reconciled"
+            );
+        }
+        if !errors.is_empty() {
+            let first = errors.remove(0);
+            return Err(VxlanError::Apply {
+                failed: errors.len() + 1,
+                attempted,
+                first,
+                errors,
+            });
+        }
+        Ok(report)
+    }
+
+    async fn apply(&self, action: &Action) -> Result<(), NetlinkError> {
+        let index = self.device.index;
+        match action {
+            Action::DeleteRoute { spec, metric } => self.nl.delete_route_v4_at_metric(spec, *metric).await,
+            Action::SetNeighbour { ip, mac, .. } => self.nl.replace_neighbour(index, *ip, *mac).await,
+            Action::SetFdb { mac, dst, .. } => self.nl.replace_fdb(index, *mac, *dst).await,
+            Action::SetRoute { spec, .. } => self.nl.replace_route_v4(spec).await,
+            Action::DeleteNeighbour { ip } => self.nl.delete_neighbour(index, *ip).await,
+            Action::DeleteFdb { mac, dst } => self.nl.delete_fdb(index, *mac, *dst).await,
+        }
+    }
+}
+
+/// `flannel.<VNI>`.
+pub fn device_name(vni: u32) -> String {
+    format!("flannel.{vni}")
+}
+
+/// The overlay MTU for these options on this interface.
+pub fn device_mtu(opts: &VxlanOptions, ext: &ExternalInterface) -> Result<u32, VxlanError> {
+    let underlay = opts.mtu.unwrap_or(ext.mtu);
+    match underlay.checked_sub(VXLAN_OVERHEAD) {
+        Some(mtu) if mtu >= 68 => Ok(mtu),
+        _ => Err(VxlanError::MtuTooSmall { mtu: underlay }),
+    }
+}
+
+fn vxlan_spec(
+    opts: &VxlanOptions,
+    ext: &ExternalInterface,
+    public_ip: Ipv4Addr,
+    mtu: u32,
+    mac: Option<[u8; 6]>,
+) -> VxlanSpec {
+    VxlanSpec {
+        name: device_name(opts.vni),
+        vni: opts.vni,
+        port: opts.port,
+        local: public_ip,
+        dev_index: ext.index,
+        learning: opts.learning,
+        gbp: opts.gbp,
+        mtu,
+        mac,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> VxlanOptions {
+        VxlanOptions {
+            vni: 1,
+            port: 8472,
+            gbp: false,
+            learning: false,
+            direct_routing: false,
+            mtu: None,
+        }
+    }
+
+    fn ext(mtu: u32) -> ExternalInterface {
+        ExternalInterface {
+            name: "eth0".into(),
+            index: 2,
+            ip: Ipv4Addr::new(198, 51, 100, 1),
+            mtu,
+        }
+    }
+
+    #[test]
+    fn mtu_is_underlay_minus_50() {
+        assert_eq!(device_mtu(&opts(), &ext(1500)).unwrap(), 1450);
+        let o = VxlanOptions {
+            mtu: Some(9000),
+            ..opts()
+        };
+        assert_eq!(device_mtu(&o, &ext(1500)).unwrap(), 8950);
+        assert!(matches!(
+            device_mtu(&opts(), &ext(100)),
+            Err(VxlanError::MtuTooSmall { mtu: 100 })
+        ));
+    }
+
+    #[test]
+    fn spec_follows_flannel() {
+        let s = vxlan_spec(&opts(), &ext(1500), Ipv4Addr::new(203, 0, 113, 9), 1450, None);
+        assert_eq!(s.name, "flannel.1");
+        assert_eq!(
+            (s.vni, s.port, s.dev_index, s.learning, s.gbp),
+            (1, 8472, 2, false, false)
+        );
+        assert_eq!(s.local, Ipv4Addr::new(203, 0, 113, 9), "local is the public IP");
+    }
+
+    #[test]
+    fn backend_data_keys_in_flannel_order() {
+        let v = serde_json::json!({"VNI": 1, "VtepMAC": format_mac(&[0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44])});
+        assert_eq!(v.to_string(), r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}"#);
+    }
+}

@@ -1,0 +1,580 @@
+//! Root test: two network namespaces joined by a veth (198.51.100.0/24), a VxlanBackend in
+//! each, and a "pod" address on a bridge `pod0` per node (as on cni0). Checks that a ping crosses the VXLAN,
+//! that damage done by hand (neighbour, FDB entry, the whole device) is healed by the next
+//! reconcile, that a restart adopts the device without changing anything, and that a removed
+//! lease takes its neighbour, FDB entry and route with it.
+//!
+//! Skipped (with a message) when not run as root. `ip`/`bridge` are used only to build the
+//! topology and to inspect or damage state.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use nix::sched::{setns, CloneFlags};
+use weft_core::config::VxlanOptions;
+use weft_core::{Lease, LeaseAttrs, SubnetKey};
+use weft_datapath::vxlan::{ReconcileReport, VxlanBackend};
+use weft_kernel::iface::{select_external_interface, IfaceSelection};
+use weft_kernel::netlink::Netlink;
+
+const NETWORK: &str = "10.5.0.0/16";
+
+/// True when running as root; also turns on logs (RUST_LOG, default debug for the backend).
+fn is_root() -> bool {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("weft_datapath=debug,weft_kernel=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+    nix::unistd::geteuid().is_root()
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        args,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn unique_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{:06x}", (nanos ^ (std::process::id() << 8)) & 0xff_ffff)
+}
+
+/// Two namespaces, removed on drop even when the test fails.
+struct Namespaces {
+    a: String,
+    b: String,
+}
+
+impl Namespaces {
+    fn new() -> Self {
+        let tag = unique_tag();
+        let ns = Namespaces {
+            a: format!("wtn-{tag}-a"),
+            b: format!("wtn-{tag}-b"),
+        };
+        run(&["ip", "netns", "add", &ns.a]);
+        run(&["ip", "netns", "add", &ns.b]);
+        ns
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// Node `ns` with underlay address `underlay` on veth0 and pod address `pod` on pod0.
+fn setup_node(ns: &str, underlay: &str, pod: &str) {
+    run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    run(&["ip", "-n", ns, "addr", "add", underlay, "dev", "veth0"]);
+    run(&["ip", "-n", ns, "link", "set", "veth0", "up"]);
+    run(&["ip", "-n", ns, "link", "add", "pod0", "type", "bridge"]);
+    run(&["ip", "-n", ns, "addr", "add", pod, "dev", "pod0"]);
+    run(&["ip", "-n", ns, "link", "set", "pod0", "up"]);
+}
+
+fn topology() -> Namespaces {
+    let ns = Namespaces::new();
+    run(&[
+        "ip", "-n", &ns.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", &ns.b,
+    ]);
+    setup_node(&ns.a, "198.51.100.1/24", "10.5.1.1/24");
+    setup_node(&ns.b, "198.51.100.2/24", "10.5.2.1/24");
+    ns
+}
+
+enum Cmd {
+    Reconcile(Vec<Lease>, mpsc::Sender<Result<ReconcileReport, String>>),
+}
+
+/// A VxlanBackend running on its own thread inside a namespace, as weftd runs inside its own.
+struct Node {
+    tx: Option<tokio::sync::mpsc::UnboundedSender<Cmd>>,
+    thread: Option<thread::JoinHandle<()>>,
+    backend_data: serde_json::Value,
+    mtu: u32,
+}
+
+impl Node {
+    fn start(ns: &str, own: &str, public_ip: Ipv4Addr, direct_routing: bool) -> Node {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Cmd>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let ns_path = format!("/run/netns/{ns}");
+        let own = SubnetKey::v4(own.parse().unwrap());
+        let thread = thread::spawn(move || {
+            setns(File::open(&ns_path).unwrap(), CloneFlags::CLONE_NEWNET).expect("setns");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let nl = Netlink::new().expect("netlink socket");
+                let sel = IfaceSelection {
+                    ifaces: vec!["veth0".into()],
+                    ..IfaceSelection::default()
+                };
+                let ext = select_external_interface(&nl, &sel).await.expect("external interface");
+                let opts = VxlanOptions {
+                    vni: 1,
+                    port: 8472,
+                    gbp: false,
+                    learning: false,
+                    direct_routing,
+                    mtu: None,
+                };
+                let network: Ipv4Net = NETWORK.parse().unwrap();
+                // As weftd does: device first (its MAC goes into the lease), then the lease.
+                let started = async {
+                    let mut backend = VxlanBackend::start(nl, ext, public_ip, opts, network).await?;
+                    backend.set_lease(own).await?;
+                    Ok::<_, weft_datapath::vxlan::VxlanError>(backend)
+                };
+                let mut backend = match started.await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        ready_tx.send(Err(e.to_string())).unwrap();
+                        return;
+                    }
+                };
+                ready_tx.send(Ok((backend.backend_data(), backend.mtu()))).unwrap();
+                while let Some(Cmd::Reconcile(leases, reply)) = rx.recv().await {
+                    let _ = reply.send(backend.reconcile(&leases).await.map_err(|e| e.to_string()));
+                }
+            });
+        });
+        let (backend_data, mtu) = ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("backend thread answers")
+            .expect("backend starts");
+        Node {
+            tx: Some(tx),
+            thread: Some(thread),
+            backend_data,
+            mtu,
+        }
+    }
+
+    fn reconcile(&self, leases: &[Lease]) -> ReconcileReport {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        self.tx
+            .as_ref()
+            .unwrap()
+            .send(Cmd::Reconcile(leases.to_vec(), reply_tx))
+            .unwrap();
+        reply_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reconcile answers")
+            .expect("reconcile succeeds")
+    }
+
+    fn vtep_mac(&self) -> String {
+        self.backend_data["VtepMAC"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lease(subnet: &str, public_ip: &str, node: &Node) -> Lease {
+    Lease {
+        subnet: SubnetKey::v4(subnet.parse().unwrap()),
+        attrs: LeaseAttrs::new(public_ip.parse().unwrap(), "vxlan", node.backend_data.clone()),
+    }
+}
+
+/// Runs `f` on a thread that has entered namespace `ns`.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// Sends UDP datagrams from pod address `src` in `ns_a` to pod address `dst` in `ns_b`, which
+/// echoes them back; true once a round trip succeeds within `within`. Like a ping, but with no
+/// tool to install.
+fn ping(ns_a: &str, src: &str, ns_b: &str, dst: &str, within: Duration) -> bool {
+    let (src, dst): (Ipv4Addr, Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let deadline = Instant::now() + within;
+    let (port_tx, port_rx) = mpsc::channel();
+    let done = Arc::new(AtomicBool::new(false));
+    let echo_done = done.clone();
+    let echo = in_netns(ns_b, move || {
+        let sock = UdpSocket::bind((dst, 0)).expect("bind echo socket");
+        port_tx.send(sock.local_addr().unwrap().port()).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut buf = [0u8; 64];
+        while !echo_done.load(Ordering::Relaxed) && Instant::now() < deadline + Duration::from_millis(500) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    let port = port_rx.recv().unwrap();
+    let client = in_netns(ns_a, move || {
+        let sock = UdpSocket::bind((src, 0)).expect("bind client socket");
+        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            let _ = sock.send_to(b"weft", (dst, port));
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                if &buf[..n] == b"weft" && from.ip() == dst {
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+        }
+    });
+    let ok = client.join().unwrap();
+    done.store(true, Ordering::Relaxed);
+    echo.join().unwrap();
+    ok
+}
+
+fn neigh(ns: &str) -> String {
+    run(&["ip", "-n", ns, "neigh", "show", "dev", "flannel.1"])
+}
+
+fn fdb(ns: &str) -> String {
+    run(&["bridge", "-n", ns, "fdb", "show", "dev", "flannel.1"])
+}
+
+fn routes(ns: &str) -> String {
+    run(&["ip", "-n", ns, "route", "show"])
+}
+
+#[test]
+fn vxlan_two_nodes_ping_heal_restart_and_remove() {
+    if !is_root() {
+        eprintln!("skipped: needs root to create network namespaces");
+        return;
+    }
+    let ns = topology();
+    let a = Node::start(&ns.a, "10.5.1.0/24", Ipv4Addr::new(198, 51, 100, 1), false);
+    let b = Node::start(&ns.b, "10.5.2.0/24", Ipv4Addr::new(198, 51, 100, 2), false);
+    assert_eq!(a.mtu, 1450);
+    assert_eq!(a.backend_data["VNI"], 1);
+    let leases = vec![
+        lease("10.5.1.0/24", "198.51.100.1", &a),
+        lease("10.5.2.0/24", "198.51.100.2", &b),
+        // Ignored: another backend, and a vxlan lease without a VtepMAC.
+        Lease {
+            subnet: SubnetKey::v4("10.5.3.0/24".parse().unwrap()),
+            attrs: LeaseAttrs::new("198.51.100.3".parse().unwrap(), "", serde_json::Value::Null),
+        },
+        Lease {
+            subnet: SubnetKey::v4("10.5.4.0/24".parse().unwrap()),
+            attrs: LeaseAttrs::new("198.51.100.4".parse().unwrap(), "vxlan", serde_json::json!({"VNI": 1})),
+        },
+    ];
+
+    // The device looks like flannel's.
+    let link = run(&["ip", "-d", "-n", &ns.a, "link", "show", "flannel.1"]);
+    assert!(link.contains("mtu 1450"), "{link}");
+    assert!(link.contains("vxlan id 1 local 198.51.100.1 dev veth0"), "{link}");
+    assert!(link.contains("dstport 8472 nolearning"), "{link}");
+    assert!(link.contains(&a.vtep_mac()), "{link}");
+    let addr = run(&["ip", "-n", &ns.a, "-4", "addr", "show", "dev", "flannel.1"]);
+    assert!(addr.contains("inet 10.5.1.0/32"), "{addr}");
+
+    let ra = a.reconcile(&leases);
+    let rb = b.reconcile(&leases);
+    assert_eq!(
+        (ra.added, ra.replaced, ra.removed, ra.peers, ra.skipped_leases),
+        (3, 0, 0, 1, 2),
+        "{ra:?}"
+    );
+    assert_eq!(rb.added, 3, "{rb:?}");
+    assert!(neigh(&ns.a).contains(&format!("10.5.2.0 lladdr {} PERMANENT", b.vtep_mac())));
+    assert!(fdb(&ns.a).contains(&format!("{} dst 198.51.100.2 self permanent", b.vtep_mac())));
+    assert!(
+        routes(&ns.a).contains("10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink"),
+        "{}",
+        routes(&ns.a)
+    );
+    assert!(
+        ping(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
+        "ping a -> b across VXLAN"
+    );
+
+    // A second reconcile with nothing changed does nothing.
+    let again = a.reconcile(&leases);
+    assert!(!again.changed(), "{again:?}");
+
+    // Lost neighbour entry: healed.
+    run(&["ip", "-n", &ns.a, "neigh", "del", "10.5.2.0", "dev", "flannel.1"]);
+    let r = a.reconcile(&leases);
+    assert_eq!(r.added + r.replaced, 1, "{r:?}");
+    assert!(neigh(&ns.a).contains(&format!("10.5.2.0 lladdr {} PERMANENT", b.vtep_mac())));
+    assert!(
+        ping(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
+        "ping after neighbour heal"
+    );
+
+    // Wrong neighbour MAC (e.g. a peer's VTEP MAC changed): replaced.
+    run(&[
+        "ip",
+        "-n",
+        &ns.a,
+        "neigh",
+        "replace",
+        "10.5.2.0",
+        "lladdr",
+        "02:11:22:33:44:55",
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ]);
+    let r = a.reconcile(&leases);
+    assert_eq!(r.replaced, 1, "{r:?}");
+    assert!(
+        ping(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
+        "ping after MAC fix"
+    );
+
+    // Lost FDB entry: healed.
+    run(&[
+        "bridge",
+        "-n",
+        &ns.a,
+        "fdb",
+        "del",
+        &b.vtep_mac(),
+        "dev",
+        "flannel.1",
+        "dst",
+        "198.51.100.2",
+    ]);
+    assert!(!fdb(&ns.a).contains(&b.vtep_mac()));
+    let r = a.reconcile(&leases);
+    assert_eq!(r.added, 1, "{r:?}");
+    assert!(fdb(&ns.a).contains(&format!("{} dst 198.51.100.2 self permanent", b.vtep_mac())));
+    assert!(
+        ping(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
+        "ping after FDB heal"
+    );
+
+    // Stale entries nobody asked for: removed; foreign routes outside the network stay.
+    run(&[
+        "ip",
+        "-n",
+        &ns.a,
+        "neigh",
+        "add",
+        "10.5.9.0",
+        "lladdr",
+        "02:99:99:99:99:99",
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &ns.a,
+        "route",
+        "add",
+        "10.5.9.0/24",
+        "via",
+        "10.5.9.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &ns.a,
+        "route",
+        "add",
+        "192.0.2.0/24",
+        "via",
+        "10.5.9.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    let r = a.reconcile(&leases);
+    assert_eq!(r.removed, 2, "{r:?}");
+    assert!(!neigh(&ns.a).contains("10.5.9.0"));
+    let rt = routes(&ns.a);
+    assert!(!rt.contains("10.5.9.0/24") && rt.contains("192.0.2.0/24"), "{rt}");
+
+    // The whole device deleted: created again with the same MAC, and everything back.
+    run(&["ip", "-n", &ns.a, "link", "del", "flannel.1"]);
+    let r = a.reconcile(&leases);
+    assert!(r.device_recreated, "{r:?}");
+    assert_eq!(r.added, 3, "{r:?}");
+    let link = run(&["ip", "-n", &ns.a, "link", "show", "flannel.1"]);
+    assert!(link.contains(&a.vtep_mac()), "VtepMAC is stable: {link}");
+    assert!(
+        ping(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
+        "ping after device heal"
+    );
+
+    // Someone changed the device's MAC: the one the lease advertises is put back.
+    let set_mac = ["link", "set", "flannel.1", "address", "02:aa:bb:cc:dd:ee"];
+    run(&[&["ip", "-n", &ns.a][..], &set_mac[..]].concat());
+    a.reconcile(&leases);
+    let link = run(&["ip", "-n", &ns.a, "link", "show", "flannel.1"]);
+    assert!(link.contains(&a.vtep_mac()), "MAC restored: {link}");
+
+    // Restart: a new backend adopts the device and its entries; nothing is flushed or changed.
+    let mac_before = a.vtep_mac();
+    drop(a);
+    let a = Node::start(&ns.a, "10.5.1.0/24", Ipv4Addr::new(198, 51, 100, 1), false);
+    assert_eq!(a.vtep_mac(), mac_before);
+    assert!(neigh(&ns.a).contains(&b.vtep_mac()), "restart keeps entries");
+    let leases = vec![
+        lease("10.5.1.0/24", "198.51.100.1", &a),
+        lease("10.5.2.0/24", "198.51.100.2", &b),
+    ];
+    let r = a.reconcile(&leases);
+    assert!(!r.changed(), "restart changes nothing: {r:?}");
+
+    // b's lease removed: its neighbour, FDB entry and route go; our own pod route stays.
+    let r = a.reconcile(&leases[..1]);
+    assert_eq!(r.removed, 3, "{r:?}");
+    assert!(!neigh(&ns.a).contains("10.5.2.0"));
+    assert!(!fdb(&ns.a).contains(&b.vtep_mac()));
+    let rt = routes(&ns.a);
+    assert!(!rt.contains("10.5.2.0/24"), "{rt}");
+    assert!(rt.contains("10.5.1.0/24 dev pod0"), "{rt}");
+    assert!(
+        !ping(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(1)),
+        "no path after lease removal"
+    );
+}
+
+#[test]
+fn direct_routing_uses_the_underlay_for_peers_on_the_same_segment() {
+    if !is_root() {
+        eprintln!("skipped: needs root to create network namespaces");
+        return;
+    }
+    let ns = topology();
+    let a = Node::start(&ns.a, "10.5.1.0/24", Ipv4Addr::new(198, 51, 100, 1), true);
+    let b = Node::start(&ns.b, "10.5.2.0/24", Ipv4Addr::new(198, 51, 100, 2), true);
+    let leases = vec![
+        lease("10.5.1.0/24", "198.51.100.1", &a),
+        lease("10.5.2.0/24", "198.51.100.2", &b),
+    ];
+    a.reconcile(&leases);
+    b.reconcile(&leases);
+    let rt = routes(&ns.a);
+    assert!(rt.contains("10.5.2.0/24 via 198.51.100.2 dev veth0"), "{rt}");
+    assert!(!neigh(&ns.a).contains("10.5.2.0"));
+    assert!(
+        ping(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
+        "direct ping a -> b"
+    );
+    let r = a.reconcile(&leases[..1]);
+    assert_eq!(r.removed, 1, "{r:?}");
+    assert!(!routes(&ns.a).contains("10.5.2.0/24"));
+}
+
+#[test]
+fn interface_selection_in_a_namespace() {
+    if !is_root() {
+        eprintln!("skipped: needs root to create network namespaces");
+        return;
+    }
+    let ns = topology();
+    run(&["ip", "-n", &ns.a, "route", "add", "default", "via", "198.51.100.2"]);
+    let path = format!("/run/netns/{}", ns.a);
+    let handle = thread::spawn(move || {
+        setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let nl = Netlink::new().unwrap();
+            let by_default = select_external_interface(&nl, &IfaceSelection::default())
+                .await
+                .unwrap();
+            assert_eq!(
+                (by_default.name.as_str(), by_default.ip),
+                ("veth0", Ipv4Addr::new(198, 51, 100, 1))
+            );
+            assert_eq!(by_default.mtu, 1500);
+
+            let by_ip = IfaceSelection {
+                ifaces: vec!["eth7".into(), "10.5.1.1".into()],
+                ..IfaceSelection::default()
+            };
+            let found = select_external_interface(&nl, &by_ip).await.unwrap();
+            assert_eq!((found.name.as_str(), found.ip), ("pod0", Ipv4Addr::new(10, 5, 1, 1)));
+
+            let by_regex = IfaceSelection {
+                iface_regex: vec!["^nomatch$".into(), "^pod".into()],
+                ..IfaceSelection::default()
+            };
+            assert_eq!(select_external_interface(&nl, &by_regex).await.unwrap().name, "pod0");
+
+            let can_reach = IfaceSelection {
+                can_reach: Some(Ipv4Addr::new(203, 0, 113, 5)),
+                ..IfaceSelection::default()
+            };
+            assert_eq!(select_external_interface(&nl, &can_reach).await.unwrap().name, "veth0");
+
+            let missing = IfaceSelection {
+                ifaces: vec!["eth7".into()],
+                ..IfaceSelection::default()
+            };
+            let err = select_external_interface(&nl, &missing).await.unwrap_err().to_string();
+            assert_eq!(err, "no interface named eth7 and no interface holds address eth7");
+        });
+    });
+    let joined = handle.join();
+    // The default route is gone once removed: the error tells the operator what to pass.
+    run(&["ip", "-n", &ns.a, "route", "del", "default"]);
+    let path = format!("/run/netns/{}", ns.a);
+    let no_default = thread::spawn(move || {
+        setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let nl = Netlink::new().unwrap();
+            select_external_interface(&nl, &IfaceSelection::default())
+                .await
+                .unwrap_err()
+                .to_string()
+        })
+    })
+    .join();
+    joined.expect("selection assertions");
+    assert!(no_default.unwrap().contains("no default IPv4 route: pass --iface"));
+}

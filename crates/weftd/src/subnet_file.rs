@@ -1,0 +1,48 @@
+//! Writing subnet.env atomically (temporary file in the same directory, then rename), so a CNI
+//! plugin never reads half a file.
+
+use std::io::Write;
+use std::path::Path;
+
+use weft_core::SubnetEnv;
+
+pub fn write_atomically(path: &Path, env: &SubnetEnv) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("subnet.env")));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(env.render().as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// The subnet from a previous run's subnet.env, if there is a readable one.
+pub fn previous_subnet(path: &Path) -> Option<ipnet::Ipv4Net> {
+    let text = std::fs::read_to_string(path).ok()?;
+    SubnetEnv::parse(&text).ok().map(|e| e.subnet.trunc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_and_reads_back() {
+        let dir = std::env::temp_dir().join(format!("weftd-subnet-file-{}", std::process::id()));
+        let path = dir.join("sub/subnet.env");
+        let env = SubnetEnv {
+            network: "10.5.0.0/16".parse().unwrap(),
+            subnet: "10.5.72.1/24".parse().unwrap(),
+            mtu: 1450,
+            ipmasq: false,
+            ipv6_network: None,
+            ipv6_subnet: None,
+        };
+        write_atomically(&path, &env).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), env.render());
+        assert_eq!(previous_subnet(&path), Some("10.5.72.0/24".parse().unwrap()));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
