@@ -1,6 +1,14 @@
 //! Control plane: the subnet manager (etcd, or an in-memory fake for unit tests) and the lease
 //! life cycle (acquire, keep alive, watch, re-acquire).
 
+pub mod error;
 pub mod etcd;
 pub mod manager;
 pub mod memory;
+pub mod store;
+
+pub use error::ControlError;
+pub use etcd::{EtcdOptions, EtcdSubnetManager, LeaseWatcher};
+pub use manager::{KeeperOptions, LeaseHealth, LeaseKeeper, LeaseSnapshot};
+pub use memory::MemoryStore;
+pub use store::{StoredKey, SubnetStore};

@@ -7,11 +7,19 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser};
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "weftd", version, about = "weft node daemon: a drop-in replacement for flanneld")]
+#[command(
+    name = "weftd",
+    version,
+    about = "weft node daemon: a drop-in replacement for flanneld"
+)]
 pub struct Flags {
     /// etcd endpoints, comma separated.
-    #[arg(long, env = "FLANNELD_ETCD_ENDPOINTS", value_delimiter = ',',
-          default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "FLANNELD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379"
+    )]
     pub etcd_endpoints: Vec<String>,
     /// etcd prefix under which the config and the leases live.
     #[arg(long, env = "FLANNELD_ETCD_PREFIX", default_value = "/coreos.com/network")]
@@ -86,8 +94,11 @@ pub fn normalize_go_style(args: impl IntoIterator<Item = String>) -> Vec<String>
     args.into_iter()
         .enumerate()
         .map(|(i, a)| {
-            let single_dash_long =
-                i > 0 && a.starts_with('-') && !a.starts_with("--") && a.len() > 2 && a.as_bytes()[1].is_ascii_alphabetic();
+            let single_dash_long = i > 0
+                && a.starts_with('-')
+                && !a.starts_with("--")
+                && a.len() > 2
+                && a.as_bytes()[1].is_ascii_alphabetic();
             if single_dash_long {
                 format!("-{a}")
             } else {

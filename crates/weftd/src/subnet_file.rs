@@ -7,9 +7,15 @@ use std::path::Path;
 use weft_core::SubnetEnv;
 
 pub fn write_atomically(path: &Path, env: &SubnetEnv) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("subnet.env")));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("subnet.env")
+    ));
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(env.render().as_bytes())?;

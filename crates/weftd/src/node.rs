@@ -1,0 +1,222 @@
+//! One node's life: interface, etcd, config, lease, subnet.env, backend, reconcile loop.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::signal::unix::{signal, SignalKind};
+use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
+use weft_control::manager::LeaseHealth;
+use weft_core::masq::FirewallPlan;
+use weft_core::{BackendKind, Lease, LeaseAttrs, NetworkConfig, SubnetEnv};
+use weft_datapath::vxlan::VxlanBackend;
+use weft_kernel::firewall::{Firewall, Mode};
+use weft_kernel::iface::{select_external_interface, IfaceSelection};
+use weft_kernel::netlink::Netlink;
+
+use crate::flags::Flags;
+use crate::{healthz, subnet_file};
+
+pub async fn run(flags: Flags) -> anyhow::Result<()> {
+    let nl = Netlink::new().context("opening the netlink socket")?;
+    let selection = IfaceSelection {
+        ifaces: flags.iface.clone(),
+        iface_regex: flags.iface_regex.clone(),
+        can_reach: flags.iface_can_reach,
+    };
+    let ext = select_external_interface(&nl, &selection)
+        .await
+        .context("choosing the external interface")?;
+    let public_ip: Ipv4Addr = flags.public_ip.unwrap_or(ext.ip);
+    tracing::info!(iface = %ext.name, ip = %ext.ip, %public_ip, mtu = ext.mtu, "using the external interface");
+
+    let etcd = EtcdSubnetManager::connect_with_retry(EtcdOptions {
+        endpoints: flags.etcd_endpoints.clone(),
+        prefix: flags.etcd_prefix.clone(),
+        cafile: flags.etcd_cafile.clone(),
+        certfile: flags.etcd_certfile.clone(),
+        keyfile: flags.etcd_keyfile.clone(),
+        username: flags.etcd_username.clone(),
+        password: flags.etcd_password.clone(),
+        renew_margin: Duration::from_secs(flags.subnet_lease_renew_margin * 60),
+        ..Default::default()
+    })
+    .await
+    .context("connecting to etcd")?;
+    let etcd = Arc::new(etcd);
+    let cfg = etcd.wait_for_config().await;
+    tracing::info!(network = %cfg.network, subnet_len = cfg.subnet_len, backend = cfg.backend.name(), "network config");
+
+    match cfg.backend {
+        BackendKind::Vxlan => {
+            let backend = VxlanBackend::start(nl, ext.clone(), public_ip, cfg.vxlan.clone(), cfg.network)
+                .await
+                .with_context(|| format!("setting up the vxlan device flannel.{}", cfg.vxlan.vni))?;
+            let attrs = LeaseAttrs::new(public_ip, "vxlan", backend.backend_data());
+            let node = Node { flags, cfg, etcd };
+            node.run(Datapath::Vxlan(backend), attrs).await
+        }
+        other => bail!(
+            "Backend.Type {:?} in {}/config is not implemented by this weftd yet: use \"vxlan\"",
+            other.name(),
+            flags.etcd_prefix
+        ),
+    }
+}
+
+/// The backend that owns the kernel datapath.
+enum Datapath {
+    Vxlan(VxlanBackend),
+}
+
+impl Datapath {
+    fn mtu(&self) -> u32 {
+        match self {
+            Datapath::Vxlan(b) => b.mtu(),
+        }
+    }
+
+    async fn set_lease(&mut self, lease: &Lease) -> anyhow::Result<()> {
+        match self {
+            Datapath::Vxlan(b) => b.set_lease(lease.subnet).await.context("addressing flannel device")?,
+        }
+        Ok(())
+    }
+
+    /// Makes the kernel match the leases; returns how many entries it had to correct.
+    async fn reconcile(&mut self, leases: &[Lease]) -> anyhow::Result<usize> {
+        match self {
+            Datapath::Vxlan(b) => {
+                let report = b.reconcile(leases).await?;
+                if report.changed() {
+                    tracing::info!(?report, "vxlan: kernel state corrected");
+                }
+                Ok(report.added + report.replaced + report.removed + usize::from(report.device_recreated))
+            }
+        }
+    }
+}
+
+struct Node {
+    flags: Flags,
+    cfg: NetworkConfig,
+    etcd: Arc<EtcdSubnetManager>,
+}
+
+impl Node {
+    async fn run(self, mut datapath: Datapath, attrs: LeaseAttrs) -> anyhow::Result<()> {
+        let Node { flags, cfg, etcd } = self;
+        let previous = subnet_file::previous_subnet(&flags.subnet_file);
+        let lease = etcd
+            .acquire_lease(&cfg, attrs, previous)
+            .await
+            .context("leasing a subnet")?;
+        tracing::info!(subnet = %lease.subnet, public_ip = %lease.attrs.public_ip, "holding lease");
+        datapath.set_lease(&lease).await?;
+
+        let env = SubnetEnv {
+            network: cfg.network,
+            subnet: ipnet::Ipv4Net::new(lease.subnet.gateway(), lease.subnet.ipv4.prefix_len())?,
+            mtu: datapath.mtu(),
+            ipmasq: flags.ip_masq,
+            ipv6_network: None,
+            ipv6_subnet: None,
+        };
+        subnet_file::write_atomically(&flags.subnet_file, &env)
+            .with_context(|| format!("writing {}", flags.subnet_file.display()))?;
+        tracing::info!(file = %flags.subnet_file.display(), subnet = %env.subnet, mtu = env.mtu, "wrote subnet file");
+
+        spawn_firewall(&flags, &cfg, &lease);
+
+        let watcher = etcd.spawn_lease_watcher();
+        let keeper = etcd.spawn_lease_keeper(cfg.clone(), lease.clone(), Some(watcher.snapshots.clone()));
+        let _config_watch = etcd.spawn_config_watcher(cfg.clone());
+
+        if flags.healthz_port != 0 {
+            let health = keeper.health.clone();
+            let grace = Duration::from_secs(flags.healthz_etcd_grace);
+            let check: healthz::HealthCheck = Arc::new(move || match &*health.borrow() {
+                LeaseHealth::EtcdUnreachable { since, .. } if since.elapsed() < grace => Ok(()),
+                other => other.check(),
+            });
+            let addr = SocketAddr::from((flags.healthz_ip, flags.healthz_port));
+            tokio::spawn(async move {
+                if let Err(e) = healthz::serve(addr, check).await {
+                    tracing::error!(%addr, "healthz server stopped: {e}");
+                }
+            });
+        }
+
+        let mut snapshots = watcher.snapshots.clone();
+        let mut lease_rx = keeper.lease.clone();
+        let mut tick = tokio::time::interval(Duration::from_secs(flags.reconcile_interval.max(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+                changed = lease_rx.changed() => {
+                    if changed.is_err() { bail!("the lease keeper stopped"); }
+                    let now = lease_rx.borrow_and_update().clone();
+                    if now.subnet != lease.subnet {
+                        bail!("our subnet changed from {} to {} (the old lease was taken by another node); pods are numbered from the old subnet, so weftd stops: restart it to use the new one", lease.subnet, now.subnet);
+                    }
+                }
+                changed = snapshots.changed() => {
+                    if changed.is_err() { bail!("the lease watcher stopped"); }
+                }
+                _ = tick.tick() => {}
+            }
+            let snapshot = snapshots.borrow_and_update().clone();
+            // Until the first full listing we do not know which entries are stale: touch nothing.
+            if !snapshot.synced && snapshot.revision == 0 {
+                continue;
+            }
+            if let Err(e) = datapath.reconcile(&snapshot.to_leases()).await {
+                tracing::warn!("reconcile failed, retrying at the next event or tick: {e:#}");
+            }
+        }
+        tracing::info!("stopping; the datapath stays in place and the lease is kept for the next start");
+        Ok(())
+    }
+}
+
+/// Keeps the masquerade/forward rules as the flags say, checked every `--iptables-resync` seconds.
+fn spawn_firewall(flags: &Flags, cfg: &NetworkConfig, lease: &Lease) {
+    let (mode, other) = if cfg.enable_nftables {
+        (Mode::Nftables, Mode::Iptables)
+    } else {
+        (Mode::Iptables, Mode::Nftables)
+    };
+    let plan = FirewallPlan {
+        network: cfg.network,
+        pod: lease.subnet.ipv4,
+        masq: flags.ip_masq,
+        forward: flags.iptables_forward_rules,
+    };
+    let every = Duration::from_secs(flags.iptables_resync.max(1));
+    let spawned = std::thread::Builder::new().name("firewall".into()).spawn(move || {
+        if let Err(e) = Firewall::new(other).remove() {
+            tracing::debug!("clearing {other:?} leftovers: {e}");
+        }
+        let firewall = Firewall::new(mode);
+        let mut first = true;
+        loop {
+            match firewall.ensure(&plan) {
+                Ok(changes) if changes.any() && !first => {
+                    tracing::info!(?changes, "{mode:?}: masquerade/forward rules corrected")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("{mode:?}: cannot apply masquerade/forward rules: {e}"),
+            }
+            first = false;
+            std::thread::sleep(every);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the firewall thread: {e}");
+    }
+}
