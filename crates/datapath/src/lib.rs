@@ -2,3 +2,5 @@
 //! (desired state from the leases vs actual state read from the kernel, apply the difference).
 
 pub mod vxlan;
+pub mod hostgw;
+pub mod udp;

@@ -7,3 +7,4 @@
 pub mod firewall;
 pub mod iface;
 pub mod netlink;
+pub mod tun;

@@ -1,0 +1,1 @@
+//! host-gw backend (placeholder: filled in by its owner).

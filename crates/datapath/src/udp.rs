@@ -1,0 +1,1 @@
+//! udp backend (placeholder: filled in by its owner).

@@ -1,0 +1,1 @@
+//! TUN devices (placeholder: filled in by its owner).
