@@ -1,1 +1,33 @@
-fn main() {}
+//! `weft`: weft's operator CLI. Each subcommand's work lives in the library (`weft::lab`, ...).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about = "weft operator tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A multi-host weft cluster on this machine, built from network namespaces.
+    #[command(subcommand)]
+    Lab(weft::lab::cli::LabCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Lab(command) => command.run().map_err(anyhow::Error::from),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("weft: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! `weft lab bench`: single-stream TCP throughput (iperf3) and ping RTT, pod-to-pod across two
+//! hosts against host-to-host on the underlay, medians of several runs.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::error::{LabError, Result};
+use super::iproute::command_line;
+use super::{process, Lab};
+
+const IPERF_PORT: &str = "5201";
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Length of one iperf3 run.
+    pub seconds: u64,
+    pub runs: usize,
+    /// Pings per RTT measurement (0.01 s apart).
+    pub pings: usize,
+    /// Client node and server node.
+    pub from: usize,
+    pub to: usize,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            seconds: 10,
+            runs: 3,
+            pings: 20,
+            from: 1,
+            to: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub lab: String,
+    pub backend: String,
+    pub seconds: u64,
+    pub runs: usize,
+    /// Median throughput, bits per second (iperf3's end.sum_received).
+    pub host_bps: f64,
+    pub pod_bps: f64,
+    pub host_bps_runs: Vec<f64>,
+    pub pod_bps_runs: Vec<f64>,
+    /// Median ping RTT in milliseconds, None when no reply came back.
+    pub host_rtt_ms: Option<f64>,
+    pub pod_rtt_ms: Option<f64>,
+    /// pod / host.
+    pub throughput_ratio: f64,
+    pub rtt_ratio: Option<f64>,
+}
+
+pub fn run(lab: &Lab, options: &BenchOptions) -> Result<BenchReport> {
+    if options.runs == 0 || options.seconds == 0 {
+        return Err(LabError::BadSpec(
+            "bench needs --runs and --seconds of at least 1".into(),
+        ));
+    }
+    let (from, to) = (options.from, options.to);
+    if from == to {
+        return Err(LabError::BadSpec("bench needs two different nodes".into()));
+    }
+    let host_pair = (
+        lab.host_ns(from)?.to_string(),
+        lab.host_ns(to)?.to_string(),
+        lab.underlay_ip(to)?,
+    );
+    let pod_pair = (
+        lab.pod_ns(from)?.to_string(),
+        lab.pod_ns(to)?.to_string(),
+        lab.pod_ip(to)?,
+    );
+
+    let host_bps_runs = throughput(&host_pair.0, &host_pair.1, host_pair.2, options)?;
+    let pod_bps_runs = throughput(&pod_pair.0, &pod_pair.1, pod_pair.2, options)?;
+    let host_rtt_ms = rtt(&host_pair.0, host_pair.2, options.pings)?;
+    let pod_rtt_ms = rtt(&pod_pair.0, pod_pair.2, options.pings)?;
+    let (host_bps, pod_bps) = (median(&host_bps_runs), median(&pod_bps_runs));
+    Ok(BenchReport {
+        lab: lab.name().to_string(),
+        backend: lab.state().backend.clone(),
+        seconds: options.seconds,
+        runs: options.runs,
+        host_bps,
+        pod_bps,
+        host_bps_runs,
+        pod_bps_runs,
+        host_rtt_ms,
+        pod_rtt_ms,
+        throughput_ratio: if host_bps > 0.0 { pod_bps / host_bps } else { 0.0 },
+        rtt_ratio: match (pod_rtt_ms, host_rtt_ms) {
+            (Some(p), Some(h)) if h > 0.0 => Some(p / h),
+            _ => None,
+        },
+    })
+}
+
+/// An iperf3 server in a namespace, killed when dropped.
+struct IperfServer(Child);
+
+impl IperfServer {
+    fn start(ns: &str) -> Result<Self> {
+        let args = ["netns", "exec", ns, "iperf3", "-s", "-p", IPERF_PORT];
+        let child = Command::new("ip")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| LabError::Spawn {
+                command: command_line("ip", &args),
+                source,
+            })?;
+        Ok(IperfServer(child))
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn throughput(client_ns: &str, server_ns: &str, server_ip: Ipv4Addr, options: &BenchOptions) -> Result<Vec<f64>> {
+    if process::which("iperf3").is_none() {
+        return Err(LabError::ProgramNotFound {
+            program: "iperf3",
+            hint: "install it with `apt-get install iperf3`",
+        });
+    }
+    let mut server = IperfServer::start(server_ns)?;
+    let ip = server_ip.to_string();
+    let secs = options.seconds.to_string();
+    let args = [
+        "netns", "exec", client_ns, "iperf3", "-c", &ip, "-p", IPERF_PORT, "-t", &secs, "-J",
+    ];
+    let mut results = Vec::new();
+    for _ in 0..options.runs {
+        // The server may still be starting: retry a refused connection for a few seconds.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let report = loop {
+            let out = run_bounded("ip", &args, Duration::from_secs(options.seconds + 15))?;
+            let parsed: serde_json::Value = serde_json::from_slice(&out).map_err(|e| LabError::Parse {
+                what: format!("iperf3 -J output from {client_ns}"),
+                detail: e.to_string(),
+            })?;
+            match parsed.get("error").and_then(|e| e.as_str()) {
+                Some(_) if Instant::now() < deadline => {
+                    if let Ok(Some(status)) = server.0.try_wait() {
+                        return Err(LabError::Exited {
+                            what: format!("iperf3 server in {server_ns}"),
+                            detail: format!(" ({status})"),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Some(error) => {
+                    return Err(LabError::Other(format!("iperf3 from {client_ns} to {ip}: {error}")));
+                }
+                None => break parsed,
+            }
+        };
+        let bps = report["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .ok_or_else(|| LabError::Parse {
+                what: format!("iperf3 -J output from {client_ns}"),
+                detail: "no end.sum_received.bits_per_second".into(),
+            })?;
+        results.push(bps);
+    }
+    drop(server);
+    Ok(results)
+}
+
+/// Median RTT of `count` pings 0.01 s apart, bounded by a deadline.
+fn rtt(ns: &str, to: Ipv4Addr, count: usize) -> Result<Option<f64>> {
+    let to = to.to_string();
+    let count_arg = count.max(1).to_string();
+    let args = [
+        "netns", "exec", ns, "ping", "-n", "-c", &count_arg, "-i", "0.01", "-w", "10", &to,
+    ];
+    let out = run_bounded("ip", &args, Duration::from_secs(15))?;
+    let text = String::from_utf8_lossy(&out);
+    let times: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|word| word.strip_prefix("time="))
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    Ok((!times.is_empty()).then(|| median(&times)))
+}
+
+/// Runs a command, killing it if it outlives `limit`; returns its stdout.
+fn run_bounded(program: &str, args: &[&str], limit: Duration) -> Result<Vec<u8>> {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| LabError::Spawn {
+            command: command_line(program, args),
+            source,
+        })?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(output)) => Ok(output.stdout),
+        Ok(Err(source)) => Err(LabError::Spawn {
+            command: command_line(program, args),
+            source,
+        }),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            Err(LabError::Timeout {
+                what: command_line(program, args),
+                seconds: limit.as_secs(),
+                detail: String::new(),
+            })
+        }
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn gbits(bps: f64) -> String {
+    format!("{:.2} Gbit/s", bps / 1e9)
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "lab {} ({}): single TCP stream, median of {} x {} s; ping RTT median",
+            self.lab, self.backend, self.runs, self.seconds
+        )?;
+        writeln!(
+            f,
+            "{:<14} {:>14} {:>8} {:>12} {:>8}",
+            "path", "throughput", "ratio", "rtt", "ratio"
+        )?;
+        let rtt = |r: Option<f64>| r.map(|ms| format!("{ms:.3} ms")).unwrap_or_else(|| "no reply".into());
+        writeln!(
+            f,
+            "{:<14} {:>14} {:>8.2} {:>12} {:>8.2}",
+            "host-to-host",
+            gbits(self.host_bps),
+            1.0,
+            rtt(self.host_rtt_ms),
+            1.0
+        )?;
+        let rtt_ratio = self.rtt_ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
+        writeln!(
+            f,
+            "{:<14} {:>14} {:>8.2} {:>12} {:>8}",
+            "pod-to-pod",
+            gbits(self.pod_bps),
+            self.throughput_ratio,
+            rtt(self.pod_rtt_ms),
+            rtt_ratio
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+}

@@ -1,0 +1,261 @@
+//! The `weft lab ...` command line: argument parsing and printing; the work is in [`Lab`].
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use clap::{Args, Subcommand, ValueEnum};
+use ipnet::Ipv4Net;
+use weft_core::BackendKind;
+
+use super::error::{LabError, Result};
+use super::{iproute, BenchOptions, Lab, LabSpec, WeftdBinary};
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build a lab: switch + etcd (TLS), N hosts running weftd, one pod per host.
+    Up(UpArgs),
+    /// Add host N+1 (and its pod) to a running lab.
+    AddNode(NameArg),
+    /// SIGTERM weftd on one host and wait for it to exit.
+    StopNode(NodeArgs),
+    /// Start weftd on one host again with the same arguments.
+    StartNode(NodeArgs),
+    /// Stop then start weftd on one host; kernel state is left alone.
+    RestartNode(NodeArgs),
+    /// Hosts, leases from etcd, and the pod-to-pod reachability matrix.
+    Status {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command in a host's (or its pod's) network namespace.
+    Exec {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(long)]
+        node: usize,
+        /// Run in the host's pod instead of the host.
+        #[arg(long)]
+        pod: bool,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// TCP throughput and ping RTT, pod-to-pod vs host-to-host.
+    Bench {
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tear a lab down (idempotent).
+    Down {
+        #[arg(long, default_value = "weft", conflicts_with = "all")]
+        name: String,
+        /// Every lab on this machine.
+        #[arg(long)]
+        all: bool,
+    },
+    /// List the labs on this machine.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    #[arg(long, default_value = "weft")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    #[arg(long)]
+    pub node: usize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Backend {
+    Vxlan,
+    Udp,
+    HostGw,
+}
+
+impl From<Backend> for BackendKind {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Vxlan => BackendKind::Vxlan,
+            Backend::Udp => BackendKind::Udp,
+            Backend::HostGw => BackendKind::HostGw,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[arg(long, default_value = "weft")]
+    pub name: String,
+    #[arg(long, default_value_t = 2)]
+    pub nodes: usize,
+    #[arg(long, value_enum, default_value = "vxlan")]
+    pub backend: Backend,
+    #[arg(long, default_value = "10.5.0.0/16")]
+    pub network: Ipv4Net,
+    /// Pass --ip-masq to every weftd.
+    #[arg(long)]
+    pub ip_masq: bool,
+    /// Set EnableNFTables in the network config.
+    #[arg(long)]
+    pub nftables: bool,
+    /// Extra keys of the Backend object as JSON, e.g. '{"DirectRouting":true}'.
+    #[arg(long)]
+    pub backend_options: Option<String>,
+    /// The weftd binary (default: next to this executable, else PATH).
+    #[arg(long)]
+    pub weftd: Option<PathBuf>,
+    /// Start no weftd (and so no pods): for testing the lab itself.
+    #[arg(long, conflicts_with = "weftd")]
+    pub no_weftd: bool,
+    /// An extra argument for every weftd (repeatable).
+    #[arg(long = "weftd-arg", allow_hyphen_values = true)]
+    pub weftd_args: Vec<String>,
+    /// Seconds to wait for every host's subnet.env.
+    #[arg(long, default_value_t = 30)]
+    pub subnet_timeout: u64,
+}
+
+impl LabCommand {
+    pub fn run(self) -> Result<ExitCode> {
+        match self {
+            LabCommand::Up(args) => {
+                let mut spec = LabSpec::new(&args.name, args.nodes, args.backend.into());
+                spec.network = args.network;
+                spec.ip_masq = args.ip_masq;
+                spec.nftables = args.nftables;
+                spec.weftd_args = args.weftd_args;
+                spec.subnet_timeout = std::time::Duration::from_secs(args.subnet_timeout);
+                spec.keep = true;
+                spec.weftd = match (args.no_weftd, args.weftd) {
+                    (true, _) => WeftdBinary::Skip,
+                    (false, Some(path)) => WeftdBinary::At(path),
+                    (false, None) => WeftdBinary::Find,
+                };
+                if let Some(json) = args.backend_options {
+                    spec.backend_options = serde_json::from_str(&json).map_err(|e| {
+                        LabError::BadSpec(format!("--backend-options {json:?} is not a JSON object: {e}"))
+                    })?;
+                }
+                let lab = Lab::up(spec)?;
+                println!(
+                    "lab {} is up: {} nodes, config {}",
+                    lab.name(),
+                    lab.nodes(),
+                    lab.state().config
+                );
+                for pod in lab.pods() {
+                    println!(
+                        "  h{}: {} pod {} ({})",
+                        pod.node,
+                        lab.state().hosts[pod.node - 1].ns,
+                        pod.ip,
+                        pod.ns
+                    );
+                }
+                println!("files in {}", lab.dir().display());
+            }
+            LabCommand::AddNode(NameArg { name }) => {
+                let mut lab = Lab::open(&name)?;
+                let node = lab.add_node()?;
+                let pod = lab
+                    .pod(node)
+                    .map(|p| p.ip.to_string())
+                    .unwrap_or_else(|_| "none".into());
+                println!("added node {node} ({}), pod {pod}", lab.host_ns(node)?);
+            }
+            LabCommand::StopNode(NodeArgs {
+                name: NameArg { name },
+                node,
+            }) => Lab::open(&name)?.stop_node(node)?,
+            LabCommand::StartNode(NodeArgs {
+                name: NameArg { name },
+                node,
+            }) => Lab::open(&name)?.start_node(node)?,
+            LabCommand::RestartNode(NodeArgs {
+                name: NameArg { name },
+                node,
+            }) => Lab::open(&name)?.restart_node(node)?,
+            LabCommand::Status {
+                name: NameArg { name },
+                json,
+            } => {
+                let status = Lab::open(&name)?.status();
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+                } else {
+                    print!("{status}");
+                }
+            }
+            LabCommand::Exec {
+                name: NameArg { name },
+                node,
+                pod,
+                cmd,
+            } => {
+                let lab = Lab::open(&name)?;
+                let ns = if pod { lab.pod_ns(node)? } else { lab.host_ns(node)? };
+                let status = Command::new("ip")
+                    .args(["netns", "exec", ns])
+                    .args(&cmd)
+                    .status()
+                    .map_err(|source| LabError::Spawn {
+                        command: cmd.join(" "),
+                        source,
+                    })?;
+                return Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8));
+            }
+            LabCommand::Bench {
+                name: NameArg { name },
+                seconds,
+                runs,
+                json,
+            } => {
+                let options = BenchOptions {
+                    seconds,
+                    runs,
+                    ..BenchOptions::default()
+                };
+                let report = Lab::open(&name)?.bench(&options)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+                } else {
+                    print!("{report}");
+                }
+            }
+            LabCommand::Down { name, all } => {
+                if all {
+                    Lab::down_all()?;
+                } else {
+                    Lab::down_by_name(&name)?;
+                }
+            }
+            LabCommand::List => {
+                for name in Lab::list() {
+                    let up = Lab::open(&name).is_ok();
+                    let namespaces = iproute::netns_list()
+                        .into_iter()
+                        .filter(|ns| super::topology::is_lab_ns(&name, ns))
+                        .count();
+                    println!(
+                        "{name}: {} ({namespaces} namespaces)",
+                        if up { "up" } else { "partial" }
+                    );
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,183 @@
+//! `weft lab status`: the hosts, the leases in etcd, and which pod reaches which.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use super::error::Result;
+use super::etcd::EtcdAccess;
+use super::{ping_once, process, read_subnet_env, Lab, PodState, SUBNETS_PREFIX};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostStatus {
+    pub node: usize,
+    pub ns: String,
+    pub underlay_ip: Ipv4Addr,
+    pub weftd_pid: Option<u32>,
+    pub weftd_alive: bool,
+    /// FLANNEL_SUBNET from the host's subnet.env, if it exists.
+    pub subnet: Option<String>,
+    pub pod_ip: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LeaseEntry {
+    pub key: String,
+    /// The lease value parsed as JSON (a string when it is not JSON).
+    pub value: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LabStatus {
+    pub name: String,
+    pub backend: String,
+    pub network: String,
+    pub etcd_alive: bool,
+    pub hosts: Vec<HostStatus>,
+    pub leases: Vec<LeaseEntry>,
+    /// Set when the leases could not be read.
+    pub leases_error: Option<String>,
+    /// Node numbers of the rows and columns of `reachability`.
+    pub pod_nodes: Vec<usize>,
+    /// `reachability[a][b]`: the pod of `pod_nodes[a]` reaches the pod of `pod_nodes[b]` (null on the
+    /// diagonal).
+    pub reachability: Vec<Vec<Option<bool>>>,
+}
+
+pub fn read_leases(etcd: &EtcdAccess) -> Result<Vec<LeaseEntry>> {
+    Ok(etcd
+        .get_prefix(SUBNETS_PREFIX)?
+        .into_iter()
+        .map(|(key, value)| LeaseEntry {
+            key,
+            value: serde_json::from_slice(&value)
+                .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&value).into_owned())),
+        })
+        .collect())
+}
+
+/// Pings every other pod from every pod, all at once on scoped threads.
+pub fn reachability(pods: &[&PodState]) -> Vec<Vec<Option<bool>>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<Vec<Option<_>>> = pods
+            .iter()
+            .enumerate()
+            .map(|(a, from)| {
+                pods.iter()
+                    .enumerate()
+                    .map(|(b, to)| {
+                        let (ns, ip) = (from.ns.clone(), to.ip.addr());
+                        (a != b).then(|| scope.spawn(move || ping_once(&ns, ip)))
+                    })
+                    .collect()
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|row| row.into_iter().map(|h| h.map(|h| h.join().unwrap_or(false))).collect())
+            .collect()
+    })
+}
+
+pub fn collect(lab: &Lab) -> LabStatus {
+    let state = lab.state();
+    let hosts = state
+        .hosts
+        .iter()
+        .map(|h| HostStatus {
+            node: h.node,
+            ns: h.ns.clone(),
+            underlay_ip: h.underlay_ip,
+            weftd_pid: h.weftd_pid,
+            weftd_alive: h.weftd_pid.is_some_and(process::alive),
+            subnet: read_subnet_env(&h.subnet_file).ok().map(|env| env.subnet.to_string()),
+            pod_ip: h.pod.as_ref().map(|p| p.ip.addr()),
+        })
+        .collect();
+    let (leases, leases_error) = match read_leases(&state.etcd) {
+        Ok(leases) => (leases, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let pods = lab.pods();
+    LabStatus {
+        name: state.name.clone(),
+        backend: state.backend.clone(),
+        network: state.network.to_string(),
+        etcd_alive: process::alive(state.etcd_pid),
+        hosts,
+        leases,
+        leases_error,
+        pod_nodes: pods.iter().map(|p| p.node).collect(),
+        reachability: reachability(&pods),
+    }
+}
+
+impl fmt::Display for LabStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let alive = |b: bool| if b { "running" } else { "DOWN" };
+        writeln!(
+            f,
+            "lab {}: backend {}, network {}, etcd {}",
+            self.name,
+            self.backend,
+            self.network,
+            alive(self.etcd_alive)
+        )?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "{:<5} {:<20} {:<15} {:<16} {:<18} pod",
+            "node", "namespace", "underlay", "weftd", "subnet"
+        )?;
+        for h in &self.hosts {
+            let weftd = match h.weftd_pid {
+                Some(pid) => format!("{pid} {}", alive(h.weftd_alive)),
+                None => "stopped".to_string(),
+            };
+            let subnet = h.subnet.as_deref().unwrap_or("-");
+            let pod = h.pod_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into());
+            writeln!(
+                f,
+                "h{:<4} {:<20} {:<15} {:<16} {:<18} {pod}",
+                h.node,
+                h.ns,
+                h.underlay_ip.to_string(),
+                weftd,
+                subnet
+            )?;
+        }
+        writeln!(f)?;
+        match &self.leases_error {
+            Some(e) => writeln!(f, "leases: could not read: {e}")?,
+            None => {
+                writeln!(f, "leases ({}):", self.leases.len())?;
+                for lease in &self.leases {
+                    writeln!(f, "  {} {}", lease.key, lease.value)?;
+                }
+            }
+        }
+        if self.pod_nodes.is_empty() {
+            return writeln!(f, "\nno pods");
+        }
+        writeln!(f)?;
+        write!(f, "reachability (row pings column):\n{:<6}", "")?;
+        for node in &self.pod_nodes {
+            write!(f, "{:<6}", format!("p{node}"))?;
+        }
+        writeln!(f)?;
+        for (row, node) in self.reachability.iter().zip(&self.pod_nodes) {
+            write!(f, "{:<6}", format!("p{node}"))?;
+            for cell in row {
+                let mark = match cell {
+                    None => "-",
+                    Some(true) => "ok",
+                    Some(false) => "FAIL",
+                };
+                write!(f, "{mark:<6}")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,162 @@
+//! The lab's network picture, built with iproute2:
+//! - switch namespace `wl-<name>-sw`: bridge `br0` (198.51.100.254/24, the underlay and etcd's
+//!   address) with one port `h<i>` per host, and `inet0` (a dummy device, or a veth when the
+//!   kernel has no dummy module) holding 203.0.113.1/24, standing for the internet. It routes but
+//!   never NATs.
+//! - host namespace `wl-<name>-h<i>`: `eth0` `198.51.100.<i>/24`, default route via the switch.
+//! - pod namespace `wl-<name>-h<i>-p1`: `eth0` on the host's bridge `cni0` (docker0's picture).
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use weft_core::SubnetEnv;
+
+use super::error::{LabError, Result};
+use super::iproute::{add_address, bridge, default_route, ip_in, netns_add, set_master, veth_pair};
+use super::netns::sysctl;
+
+pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+pub const UNDERLAY_PREFIX_LEN: u8 = 24;
+/// The address that stands for "the internet" outside the cluster, held by the switch.
+pub const INTERNET_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const UNDERLAY_MTU: u32 = 1500;
+pub const MAX_NODES: usize = 250;
+/// The pod's interface on the host's bridge, in the host namespace.
+pub const POD_HOST_VETH: &str = "veth-p1";
+pub const POD_BRIDGE: &str = "cni0";
+
+pub fn underlay_ip(node: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, node as u8)
+}
+
+pub fn switch_ns(lab: &str) -> String {
+    format!("wl-{lab}-sw")
+}
+
+pub fn host_ns(lab: &str, node: usize) -> String {
+    format!("wl-{lab}-h{node}")
+}
+
+pub fn pod_ns(lab: &str, node: usize) -> String {
+    format!("wl-{lab}-h{node}-p1")
+}
+
+/// True when `ns` is one of the names this lab creates (`wl-<lab>-sw`, `wl-<lab>-h<i>`,
+/// `wl-<lab>-h<i>-p<j>`), and nothing else: lab "a" must not claim lab "a-b"'s namespaces.
+pub fn is_lab_ns(lab: &str, ns: &str) -> bool {
+    lab_of_ns(ns).is_some_and(|owner| owner == lab)
+}
+
+/// The lab a namespace name belongs to, when it is shaped like one of the lab's names.
+pub fn lab_of_ns(ns: &str) -> Option<&str> {
+    let rest = ns.strip_prefix("wl-")?;
+    let (lab, last) = rest.rsplit_once('-')?;
+    if last == "sw" || is_indexed(last, 'h') {
+        return Some(lab).filter(|l| !l.is_empty());
+    }
+    if is_indexed(last, 'p') {
+        let (lab, host) = lab.rsplit_once('-')?;
+        return is_indexed(host, 'h').then_some(lab).filter(|l| !l.is_empty());
+    }
+    None
+}
+
+fn is_indexed(part: &str, letter: char) -> bool {
+    part.strip_prefix(letter)
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+pub fn create_switch(ns: &str) -> Result<()> {
+    netns_add(ns)?;
+    bridge(ns, "br0", &format!("{SWITCH_IP}/{UNDERLAY_PREFIX_LEN}"), None)?;
+    // A dummy device when the kernel has the module, else a veth pair whose far end idles.
+    if ip_in(ns, &["link", "add", "inet0", "type", "dummy"]).is_err() {
+        veth_pair(ns, "inet0", ns, "inet0-peer", UNDERLAY_MTU)?;
+    }
+    add_address(ns, "inet0", &format!("{INTERNET_IP}/24"))?;
+    ip_in(ns, &["link", "set", "inet0", "up"])?;
+    sysctl(ns, "net/ipv4/ip_forward", "1")
+}
+
+pub fn create_host(switch: &str, ns: &str, node: usize) -> Result<()> {
+    netns_add(ns)?;
+    let port = format!("h{node}");
+    veth_pair(switch, &port, ns, "eth0", UNDERLAY_MTU)?;
+    set_master(switch, &port, "br0")?;
+    add_address(ns, "eth0", &format!("{}/{UNDERLAY_PREFIX_LEN}", underlay_ip(node)))?;
+    default_route(ns, &SWITCH_IP.to_string())?;
+    sysctl(ns, "net/ipv4/ip_forward", "1")
+}
+
+/// What a pod gets from its host's subnet.env: the gateway (FLANNEL_SUBNET) and the next address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodAddressing {
+    pub gateway: Ipv4Net,
+    pub ip: Ipv4Net,
+    pub mtu: u32,
+}
+
+impl PodAddressing {
+    pub fn from_subnet_env(env: &SubnetEnv) -> Result<Self> {
+        let gateway = env.subnet;
+        let next = u32::from(gateway.addr()) + 1;
+        let ip =
+            Ipv4Net::new(Ipv4Addr::from(next), gateway.prefix_len()).expect("prefix length taken from a valid net");
+        if !gateway.contains(&ip.addr()) || ip.addr() == gateway.broadcast() {
+            return Err(LabError::Parse {
+                what: "subnet.env".into(),
+                detail: format!("FLANNEL_SUBNET={gateway} leaves no room for a pod address"),
+            });
+        }
+        Ok(PodAddressing {
+            gateway,
+            ip,
+            mtu: env.mtu,
+        })
+    }
+}
+
+pub fn create_pod(host: &str, pod: &str, addressing: &PodAddressing) -> Result<()> {
+    netns_add(pod)?;
+    bridge(host, POD_BRIDGE, &addressing.gateway.to_string(), Some(addressing.mtu))?;
+    veth_pair(host, POD_HOST_VETH, pod, "eth0", addressing.mtu)?;
+    set_master(host, POD_HOST_VETH, POD_BRIDGE)?;
+    add_address(pod, "eth0", &addressing.ip.to_string())?;
+    default_route(pod, &addressing.gateway.addr().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_names_belong_to_exactly_one_lab() {
+        assert_eq!(lab_of_ns("wl-weft-sw"), Some("weft"));
+        assert_eq!(lab_of_ns("wl-weft-h12"), Some("weft"));
+        assert_eq!(lab_of_ns("wl-weft-h3-p1"), Some("weft"));
+        assert_eq!(lab_of_ns("wl-a-b-h1"), Some("a-b"));
+        assert!(!is_lab_ns("a", "wl-a-b-h1"));
+        assert!(is_lab_ns("a-b", "wl-a-b-h1-p1"));
+        for other in [
+            "wl-weft",
+            "wl--sw",
+            "wl-weft-hx",
+            "wl-weft-p1",
+            "xwl-weft-sw",
+            "wl-weft-h1-q1",
+            "wd-x-sw",
+        ] {
+            assert_eq!(lab_of_ns(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn pod_takes_the_address_after_the_gateway() {
+        let env =
+            SubnetEnv::parse("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\n").unwrap();
+        let a = PodAddressing::from_subnet_env(&env).unwrap();
+        assert_eq!(a.gateway.to_string(), "10.5.72.1/24");
+        assert_eq!(a.ip.to_string(), "10.5.72.2/24");
+        assert_eq!(a.mtu, 1450);
+    }
+}
