@@ -26,6 +26,8 @@ pub struct LeaseEntry {
     pub key: String,
     /// The lease value parsed as JSON (a string when it is not JSON).
     pub value: serde_json::Value,
+    /// The value exactly as stored in etcd (flannel's field order).
+    pub raw: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +53,7 @@ pub fn read_leases(etcd: &EtcdAccess) -> Result<Vec<LeaseEntry>> {
         .into_iter()
         .map(|(key, value)| LeaseEntry {
             key,
+            raw: String::from_utf8_lossy(&value).into_owned(),
             value: serde_json::from_slice(&value)
                 .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&value).into_owned())),
         })
@@ -153,7 +156,7 @@ impl fmt::Display for LabStatus {
             None => {
                 writeln!(f, "leases ({}):", self.leases.len())?;
                 for lease in &self.leases {
-                    writeln!(f, "  {} {}", lease.key, lease.value)?;
+                    writeln!(f, "  {} {}", lease.key, lease.raw)?;
                 }
             }
         }
