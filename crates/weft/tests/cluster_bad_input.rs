@@ -14,7 +14,8 @@ const CONFIG: &str = "/coreos.com/network/config";
 fn reset_node(lab: &mut weft::lab::Lab, node: usize) {
     let subnet = lab.subnet_env(node).unwrap().subnet.trunc();
     lab.stop_node(node).unwrap();
-    lab.etcd_delete(&format!("/coreos.com/network/subnets/{}-24", subnet.network())).unwrap();
+    lab.etcd_delete(&format!("/coreos.com/network/subnets/{}-24", subnet.network()))
+        .unwrap();
     std::fs::remove_file(subnet_file(lab, node)).unwrap();
 }
 
@@ -31,13 +32,18 @@ fn missing_config_is_waited_for_and_bad_configs_are_refused_without_changes() {
 
     lab.start_node(1).unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || weftd_log(&lab, 1).contains("waiting for the network config at /coreos.com/network/config")),
+        wait_until(Duration::from_secs(10), || weftd_log(&lab, 1)
+            .contains("waiting for the network config at /coreos.com/network/config")),
         "weftd says it waits for the config:\n{}",
         weftd_log(&lab, 1)
     );
 
     // SubnetLen 31: the error names the key and the value; no lease, no subnet.env.
-    lab.etcd_put(CONFIG, r#"{"Network":"10.5.0.0/16","SubnetLen":31,"Backend":{"Type":"vxlan"}}"#).unwrap();
+    lab.etcd_put(
+        CONFIG,
+        r#"{"Network":"10.5.0.0/16","SubnetLen":31,"Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
     assert!(
         wait_until(Duration::from_secs(10), || {
             let log = weftd_log(&lab, 1);
@@ -47,9 +53,14 @@ fn missing_config_is_waited_for_and_bad_configs_are_refused_without_changes() {
         weftd_log(&lab, 1)
     );
     // An unknown backend type.
-    lab.etcd_put(CONFIG, r#"{"Network":"10.5.0.0/16","Backend":{"Type":"carrier-pigeon"}}"#).unwrap();
+    lab.etcd_put(
+        CONFIG,
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"carrier-pigeon"}}"#,
+    )
+    .unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || weftd_log(&lab, 1).contains(r#"Backend.Type "carrier-pigeon" is not a backend weft knows"#)),
+        wait_until(Duration::from_secs(10), || weftd_log(&lab, 1)
+            .contains(r#"Backend.Type "carrier-pigeon" is not a backend weft knows"#)),
         "weftd names the unknown backend:\n{}",
         weftd_log(&lab, 1)
     );
@@ -59,7 +70,11 @@ fn missing_config_is_waited_for_and_bad_configs_are_refused_without_changes() {
 
     // A good config: weftd proceeds.
     lab.etcd_put(CONFIG, &good).unwrap();
-    assert!(wait_until(Duration::from_secs(15), || subnet_file(&lab, 1).exists()), "{}", weftd_log(&lab, 1));
+    assert!(
+        wait_until(Duration::from_secs(15), || subnet_file(&lab, 1).exists()),
+        "{}",
+        weftd_log(&lab, 1)
+    );
     assert_eq!(lease_count(&lab), 1);
 }
 
@@ -68,16 +83,32 @@ fn unreachable_etcd_at_start_is_retried_with_a_clear_message() {
     let mut lab = up(spec(&lab_name("cbb"), 1, BackendKind::Vxlan));
     reset_node(&mut lab, 1);
     let switch = lab.switch_ns().to_string();
-    let block = ["-I", "INPUT", "-p", "tcp", "--dport", "2379", "-j", "REJECT", "--reject-with", "tcp-reset"];
+    let block = [
+        "-I",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "2379",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ];
     let ipt = |args: &[&str]| {
-        let out = std::process::Command::new("ip").args(["netns", "exec", &switch, "iptables"]).args(args).output().unwrap();
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &switch, "iptables"])
+            .args(args)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
     ipt(&block);
 
     lab.start_node(1).unwrap();
     assert!(
-        wait_until(Duration::from_secs(15), || weftd_log(&lab, 1).contains("cannot reach etcd at https://198.51.100.254:2379")),
+        wait_until(Duration::from_secs(15), || weftd_log(&lab, 1)
+            .contains("cannot reach etcd at https://198.51.100.254:2379")),
         "weftd says which etcd it cannot reach:\n{}",
         weftd_log(&lab, 1)
     );
@@ -102,7 +133,9 @@ fn no_free_subnet_is_a_clear_error() {
     reset_node(&mut lab, 2);
     lab.etcd_put(
         CONFIG,
-        format!(r#"{{"Network":"10.5.0.0/16","SubnetMin":"{taken}","SubnetMax":"{taken}","Backend":{{"Type":"vxlan"}}}}"#),
+        format!(
+            r#"{{"Network":"10.5.0.0/16","SubnetMin":"{taken}","SubnetMax":"{taken}","Backend":{{"Type":"vxlan"}}}}"#
+        ),
     )
     .unwrap();
     lab.start_node(2).unwrap();

@@ -18,7 +18,8 @@ fn egress_source(lab: &Lab, node: usize, port: u16) -> Ipv4Addr {
     let (tx, rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
         in_netns(&switch, move || {
-            let listener = TcpListener::bind(SocketAddr::from((INTERNET_IP, port))).expect("bind in the switch namespace");
+            let listener =
+                TcpListener::bind(SocketAddr::from((INTERNET_IP, port))).expect("bind in the switch namespace");
             tx.send(()).unwrap();
             let (mut conn, peer) = listener.accept().expect("accept");
             let mut buf = [0u8; 16];
@@ -28,9 +29,20 @@ fn egress_source(lab: &Lab, node: usize, port: u16) -> Ipv4Addr {
     });
     rx.recv_timeout(Duration::from_secs(5)).expect("server listening");
     let out = lab
-        .exec_in_pod(node, &["bash", "-c", &format!("exec 3<>/dev/tcp/{INTERNET_IP}/{port} && echo hi >&3")])
+        .exec_in_pod(
+            node,
+            &[
+                "bash",
+                "-c",
+                &format!("exec 3<>/dev/tcp/{INTERNET_IP}/{port} && echo hi >&3"),
+            ],
+        )
         .unwrap();
-    assert!(out.status.success(), "pod connects out: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pod connects out: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     match server.join().unwrap().expect("server") {
         SocketAddr::V4(a) => *a.ip(),
         other => panic!("unexpected peer {other}"),
@@ -43,7 +55,9 @@ fn iptables_mode_installs_flannels_rules_and_masquerades_egress() {
     spec.ip_masq = true;
     let lab = up(spec);
     let pod = lab.subnet_env(1).unwrap().subnet.trunc();
-    assert!(std::fs::read_to_string(subnet_file(&lab, 1)).unwrap().contains("FLANNEL_IPMASQ=true\n"));
+    assert!(std::fs::read_to_string(subnet_file(&lab, 1))
+        .unwrap()
+        .contains("FLANNEL_IPMASQ=true\n"));
 
     let masq = host_out(&lab, 1, &["iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"]);
     let expected = format!(
@@ -58,17 +72,34 @@ fn iptables_mode_installs_flannels_rules_and_masquerades_egress() {
     );
     assert_eq!(masq, expected);
     let hook = host_out(&lab, 1, &["iptables", "-t", "nat", "-S", "POSTROUTING"]);
-    assert!(hook.contains("-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG"), "{hook}");
+    assert!(
+        hook.contains("-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG"),
+        "{hook}"
+    );
     let fwd = host_out(&lab, 1, &["iptables", "-t", "filter", "-S", "FLANNEL-FWD"]);
-    assert!(fwd.contains("-A FLANNEL-FWD -s 10.5.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT"), "{fwd}");
-    assert!(fwd.contains("-A FLANNEL-FWD -d 10.5.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT"), "{fwd}");
+    assert!(
+        fwd.contains("-A FLANNEL-FWD -s 10.5.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT"),
+        "{fwd}"
+    );
+    assert!(
+        fwd.contains("-A FLANNEL-FWD -d 10.5.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT"),
+        "{fwd}"
+    );
 
-    assert_eq!(egress_source(&lab, 1, 7701), Ipv4Addr::new(198, 51, 100, 1), "leaves with host 1's address");
+    assert_eq!(
+        egress_source(&lab, 1, 7701),
+        Ipv4Addr::new(198, 51, 100, 1),
+        "leaves with host 1's address"
+    );
 
     // A rule removed by hand is restored by the resync (every 5 s).
     host_out(&lab, 1, &["iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG"]);
     assert!(
-        wait_until(Duration::from_secs(12), || host_out(&lab, 1, &["iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"]) == expected),
+        wait_until(Duration::from_secs(12), || host_out(
+            &lab,
+            1,
+            &["iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"]
+        ) == expected),
         "masquerade rules restored"
     );
     // Pod-to-pod traffic inside the cluster is not masqueraded (the RETURN rules).
@@ -85,13 +116,26 @@ fn nftables_mode_installs_the_flannel_table_and_masquerades_egress() {
     let table = host_out(&lab, 2, &["nft", "list", "table", "ip", "flannel-ipv4"]);
     assert!(table.contains("chain postrtg"), "{table}");
     assert!(table.contains("type nat hook postrouting priority srcnat"), "{table}");
-    assert!(table.contains(&format!("ip saddr {pod} ip daddr 10.5.0.0/16")), "{table}");
-    assert!(table.contains("ip saddr 10.5.0.0/16 ip daddr != 224.0.0.0/4") && table.contains("masquerade fully-random"), "{table}");
+    assert!(
+        table.contains(&format!("ip saddr {pod} ip daddr 10.5.0.0/16")),
+        "{table}"
+    );
+    assert!(
+        table.contains("ip saddr 10.5.0.0/16 ip daddr != 224.0.0.0/4") && table.contains("masquerade fully-random"),
+        "{table}"
+    );
     assert!(table.contains("chain forward"), "{table}");
     let ipt = host_out(&lab, 2, &["iptables-save", "-t", "nat"]);
-    assert!(!ipt.contains("FLANNEL-POSTRTG"), "no iptables rules in nftables mode:\n{ipt}");
+    assert!(
+        !ipt.contains("FLANNEL-POSTRTG"),
+        "no iptables rules in nftables mode:\n{ipt}"
+    );
 
-    assert_eq!(egress_source(&lab, 2, 7702), Ipv4Addr::new(198, 51, 100, 2), "leaves with host 2's address");
+    assert_eq!(
+        egress_source(&lab, 2, 7702),
+        Ipv4Addr::new(198, 51, 100, 2),
+        "leaves with host 2's address"
+    );
     assert!(all_pods_reach_each_other(&lab));
 }
 
@@ -99,7 +143,9 @@ fn nftables_mode_installs_the_flannel_table_and_masquerades_egress() {
 fn without_ip_masq_egress_keeps_the_pod_address() {
     let lab = up(spec(&lab_name("cmc"), 1, BackendKind::Vxlan));
     let pod_ip = lab.pod_ip(1).unwrap();
-    assert!(host_out(&lab, 1, &["iptables-save", "-t", "nat"]).find("FLANNEL-POSTRTG").is_none());
+    assert!(host_out(&lab, 1, &["iptables-save", "-t", "nat"])
+        .find("FLANNEL-POSTRTG")
+        .is_none());
     // Unmasqueraded replies need a way back to the pod network: route it via host 1.
     let switch = lab.switch_ns().to_string();
     let out = std::process::Command::new("ip")

@@ -19,9 +19,15 @@ fn three_nodes_get_flannel_leases_and_a_full_mesh_then_a_fourth_joins() {
         let env = lab.subnet_env(node).unwrap();
         assert_eq!(
             text,
-            format!("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET={}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n", env.subnet)
+            format!(
+                "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET={}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+                env.subnet
+            )
         );
-        assert_eq!(env.subnet.addr(), weft_core::SubnetKey::v4(env.subnet.trunc()).gateway());
+        assert_eq!(
+            env.subnet.addr(),
+            weft_core::SubnetKey::v4(env.subnet.trunc()).gateway()
+        );
         assert_eq!(env.subnet.prefix_len(), 24);
         subnets.push(env.subnet.trunc());
     }
@@ -35,7 +41,11 @@ fn three_nodes_get_flannel_leases_and_a_full_mesh_then_a_fourth_joins() {
     for node in 1..=3 {
         let net = lab.subnet_env(node).unwrap().subnet.trunc();
         let key = format!("/coreos.com/network/subnets/{}-24", net.network());
-        let value = &stored.iter().find(|(k, _)| *k == key).unwrap_or_else(|| panic!("no key {key}")).1;
+        let value = &stored
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap_or_else(|| panic!("no key {key}"))
+            .1;
         assert_eq!(
             String::from_utf8_lossy(value),
             format!(
@@ -51,12 +61,20 @@ fn three_nodes_get_flannel_leases_and_a_full_mesh_then_a_fourth_joins() {
     assert!(link.contains("vxlan id 1 local 198.51.100.1 dev eth0"), "{link}");
     assert!(link.contains("dstport 8472") && link.contains("nolearning"), "{link}");
 
-    assert!(all_pods_reach_each_other(&lab), "every pod pings every other pod:\n{}", lab.status());
+    assert!(
+        all_pods_reach_each_other(&lab),
+        "every pod pings every other pod:\n{}",
+        lab.status()
+    );
 
     // A fourth node joins and becomes reachable from everyone.
     let n4 = lab.add_node().expect("add node");
     assert_eq!(n4, 4);
-    assert!(all_pods_reach_each_other(&lab), "the new node is part of the mesh:\n{}", lab.status());
+    assert!(
+        all_pods_reach_each_other(&lab),
+        "the new node is part of the mesh:\n{}",
+        lab.status()
+    );
 }
 
 #[test]
@@ -79,11 +97,19 @@ fn lost_kernel_entries_heal_and_departed_nodes_are_cleaned_up() {
     assert!(lab.wait_ping(1, pod2, Duration::from_secs(3)));
 
     // An FDB entry deleted by hand comes back.
-    host_out(&lab, 1, &["bridge", "fdb", "del", &mac2, "dev", "flannel.1", "dst", "198.51.100.2"]);
+    host_out(
+        &lab,
+        1,
+        &["bridge", "fdb", "del", &mac2, "dev", "flannel.1", "dst", "198.51.100.2"],
+    );
     assert!(!host_out(&lab, 1, &["bridge", "fdb", "show", "dev", "flannel.1"]).contains(&mac2));
     assert!(
-        wait_until(heal, || host_out(&lab, 1, &["bridge", "fdb", "show", "dev", "flannel.1"])
-            .contains(&format!("{mac2} dst 198.51.100.2 self permanent"))),
+        wait_until(heal, || host_out(
+            &lab,
+            1,
+            &["bridge", "fdb", "show", "dev", "flannel.1"]
+        )
+        .contains(&format!("{mac2} dst 198.51.100.2 self permanent"))),
         "fdb entry healed"
     );
     assert!(lab.wait_ping(1, pod2, Duration::from_secs(3)));
@@ -91,8 +117,14 @@ fn lost_kernel_entries_heal_and_departed_nodes_are_cleaned_up() {
     // The whole device deleted by hand is recreated with the same VTEP MAC, and traffic flows.
     let mac1 = vtep_mac(&lab, 1);
     host_out(&lab, 1, &["ip", "link", "del", "flannel.1"]);
-    assert!(wait_until(heal, || vtep_mac(&lab, 1) == mac1), "flannel.1 recreated with its MAC");
-    assert!(lab.wait_ping(1, pod2, heal), "traffic flows again after the device came back");
+    assert!(
+        wait_until(heal, || vtep_mac(&lab, 1) == mac1),
+        "flannel.1 recreated with its MAC"
+    );
+    assert!(
+        lab.wait_ping(1, pod2, heal),
+        "traffic flows again after the device came back"
+    );
     assert!(lab.wait_ping(2, lab.pod_ip(1).unwrap(), heal));
 
     // A node that leaves (weftd stopped, lease deleted) disappears from the others' tables.
@@ -100,7 +132,9 @@ fn lost_kernel_entries_heal_and_departed_nodes_are_cleaned_up() {
     let gone_ip = gone.network().to_string();
     let mac3 = vtep_mac(&lab, 3);
     lab.stop_node(3).unwrap();
-    assert!(lab.etcd_delete(&format!("/coreos.com/network/subnets/{}-24", gone.network())).unwrap());
+    assert!(lab
+        .etcd_delete(&format!("/coreos.com/network/subnets/{}-24", gone.network()))
+        .unwrap());
     for node in 1..=2 {
         assert!(
             wait_until(heal, || {
@@ -112,14 +146,19 @@ fn lost_kernel_entries_heal_and_departed_nodes_are_cleaned_up() {
             host_out(&lab, node, &["ip", "route"])
         );
     }
-    assert!(lab.wait_ping(1, pod2, Duration::from_secs(3)), "the remaining nodes still talk");
+    assert!(
+        lab.wait_ping(1, pod2, Duration::from_secs(3)),
+        "the remaining nodes still talk"
+    );
 }
 
 #[test]
 fn restart_keeps_the_subnet_and_a_ping_flood_across_it_loses_nothing() {
     let mut lab = up(spec(&lab_name("cvc"), 2, BackendKind::Vxlan));
     assert!(all_pods_reach_each_other(&lab));
-    let before: Vec<_> = (1..=2).map(|n| (lab.subnet_env(n).unwrap(), vtep_mac(&lab, n))).collect();
+    let before: Vec<_> = (1..=2)
+        .map(|n| (lab.subnet_env(n).unwrap(), vtep_mac(&lab, n)))
+        .collect();
     let leases_before = lab.etcd_get_prefix("/coreos.com/network/subnets/").unwrap();
 
     // 4000 echo requests every 2 ms (8 s) from pod 1 to pod 2 while both weftds restart.
@@ -127,7 +166,9 @@ fn restart_keeps_the_subnet_and_a_ping_flood_across_it_loses_nothing() {
     let target = lab.pod_ip(2).unwrap().to_string();
     let flood = std::thread::spawn(move || {
         std::process::Command::new("ip")
-            .args(["netns", "exec", &pod_ns, "ping", "-q", "-i", "0.002", "-c", "4000", "-w", "30", &target])
+            .args([
+                "netns", "exec", &pod_ns, "ping", "-q", "-i", "0.002", "-c", "4000", "-w", "30", &target,
+            ])
             .output()
             .expect("run ping")
     });
@@ -136,11 +177,27 @@ fn restart_keeps_the_subnet_and_a_ping_flood_across_it_loses_nothing() {
     lab.restart_node(1).unwrap();
     let out = flood.join().unwrap();
     let summary = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(summary.contains("4000 packets transmitted, 4000 received"), "no packet lost:\n{summary}");
-    println!("restart ping flood: {}", summary.lines().find(|l| l.contains("transmitted")).unwrap_or(""));
+    assert!(
+        summary.contains("4000 packets transmitted, 4000 received"),
+        "no packet lost:\n{summary}"
+    );
+    println!(
+        "restart ping flood: {}",
+        summary.lines().find(|l| l.contains("transmitted")).unwrap_or("")
+    );
 
-    let after: Vec<_> = (1..=2).map(|n| (lab.subnet_env(n).unwrap(), vtep_mac(&lab, n))).collect();
+    let after: Vec<_> = (1..=2)
+        .map(|n| (lab.subnet_env(n).unwrap(), vtep_mac(&lab, n)))
+        .collect();
     assert_eq!(before, after, "same subnets and VTEP MACs after restart");
-    assert_eq!(lab.etcd_get_prefix("/coreos.com/network/subnets/").unwrap(), leases_before, "the leases are kept, not re-created");
-    assert!(weftd_log(&lab, 1).contains("reusing the lease"), "{}", weftd_log(&lab, 1));
+    assert_eq!(
+        lab.etcd_get_prefix("/coreos.com/network/subnets/").unwrap(),
+        leases_before,
+        "the leases are kept, not re-created"
+    );
+    assert!(
+        weftd_log(&lab, 1).contains("reusing the lease"),
+        "{}",
+        weftd_log(&lab, 1)
+    );
 }

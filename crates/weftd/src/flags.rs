@@ -153,6 +153,6 @@ mod tests {
         assert_eq!(f.iface, ["eth0", "192.0.2.7"]);
         assert!(f.ip_masq);
         assert!(!f.iptables_forward_rules);
-        assert_eq!(parse(&["--ip-masq=false"]).ip_masq, false);
+        assert!(!parse(&["--ip-masq=false"]).ip_masq);
     }
 }

@@ -11,7 +11,9 @@ use weft_core::BackendKind;
 /// The real weftd from this workspace's target directory. `make test` builds it first; a test
 /// without it must fail, not pass vacuously.
 pub fn weftd() -> PathBuf {
-    weft::lab::find_weftd().expect("weftd binary not found next to the test binary: run `cargo build --workspace --bins` first (make test does)")
+    weft::lab::find_weftd().expect(
+        "weftd binary not found next to the test binary: run `cargo build --workspace --bins` first (make test does)",
+    )
 }
 
 /// A lab spec running the real weftd with a short reconcile interval.
@@ -60,7 +62,9 @@ pub fn subnet_file(lab: &Lab, node: usize) -> PathBuf {
 }
 
 pub fn vtep_mac(lab: &Lab, node: usize) -> String {
-    host_out(lab, node, &["cat", "/sys/class/net/flannel.1/address"]).trim().to_string()
+    host_out(lab, node, &["cat", "/sys/class/net/flannel.1/address"])
+        .trim()
+        .to_string()
 }
 
 /// The network address of node's subnet (the VXLAN next hop other nodes use for it).
@@ -70,6 +74,9 @@ pub fn subnet_ip(lab: &Lab, node: usize) -> Ipv4Addr {
 
 pub fn all_pods_reach_each_other(lab: &Lab) -> bool {
     let pods: Vec<(usize, Ipv4Addr)> = lab.pods().iter().map(|p| (p.node, p.ip.addr())).collect();
-    pods.iter()
-        .all(|(from, _)| pods.iter().filter(|(to, _)| to != from).all(|(_, ip)| lab.wait_ping(*from, *ip, Duration::from_secs(5))))
+    pods.iter().all(|(from, _)| {
+        pods.iter()
+            .filter(|(to, _)| to != from)
+            .all(|(_, ip)| lab.wait_ping(*from, *ip, Duration::from_secs(5)))
+    })
 }
