@@ -72,6 +72,9 @@ pub struct Flags {
     /// Port of the healthz server (0 = off).
     #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]
     pub healthz_port: u16,
+    /// weft: port serving Prometheus /metrics (0 = off; /metrics is also served on the healthz port).
+    #[arg(long, env = "WEFTD_METRICS_PORT", default_value_t = 0)]
+    pub metrics_port: u16,
     /// weft: seconds between reconciles of the kernel state with the leases.
     #[arg(long, env = "WEFTD_RECONCILE_INTERVAL", default_value_t = 10)]
     pub reconcile_interval: u64,

@@ -4,7 +4,8 @@
 //! restart drops no packet.
 
 mod flags;
-mod healthz;
+mod http;
+mod metrics;
 mod node;
 mod subnet_file;
 

@@ -16,7 +16,10 @@ use weft_kernel::iface::{select_external_interface, IfaceSelection};
 use weft_kernel::netlink::Netlink;
 
 use crate::flags::Flags;
-use crate::{healthz, subnet_file};
+use crate::http::{self, Endpoints, HealthCheck, MetricsPage};
+use crate::metrics::Metrics;
+use crate::subnet_file;
+use std::sync::atomic::Ordering;
 
 pub async fn run(flags: Flags) -> anyhow::Result<()> {
     let nl = Netlink::new().context("opening the netlink socket")?;
@@ -127,23 +130,59 @@ impl Node {
             .with_context(|| format!("writing {}", flags.subnet_file.display()))?;
         tracing::info!(file = %flags.subnet_file.display(), subnet = %env.subnet, mtu = env.mtu, "wrote subnet file");
 
-        spawn_firewall(&flags, &cfg, &lease);
-
         let watcher = etcd.spawn_lease_watcher();
         let keeper = etcd.spawn_lease_keeper(cfg.clone(), lease.clone(), Some(watcher.snapshots.clone()));
         let _config_watch = etcd.spawn_config_watcher(cfg.clone());
 
-        if flags.healthz_port != 0 {
+        let metrics = Arc::new(Metrics {
+            backend: cfg.backend.name(),
+            watch_restarts: watcher.restarts.clone(),
+            lease_renewals: keeper.renewals.clone(),
+            ..Default::default()
+        });
+        metrics.lease_held.store(1, Ordering::Relaxed);
+        spawn_firewall(&flags, &cfg, &lease, metrics.clone());
+        let health: HealthCheck = {
             let health = keeper.health.clone();
             let grace = Duration::from_secs(flags.healthz_etcd_grace);
-            let check: healthz::HealthCheck = Arc::new(move || match &*health.borrow() {
+            Arc::new(move || match &*health.borrow() {
                 LeaseHealth::EtcdUnreachable { since, .. } if since.elapsed() < grace => Ok(()),
                 other => other.check(),
-            });
+            })
+        };
+        let page: MetricsPage = {
+            let metrics = metrics.clone();
+            let health = health.clone();
+            Arc::new(move || {
+                metrics.lease_held.store(u64::from(health().is_ok()), Ordering::Relaxed);
+                metrics.render()
+            })
+        };
+        let mut listeners = Vec::new();
+        if flags.healthz_port != 0 {
             let addr = SocketAddr::from((flags.healthz_ip, flags.healthz_port));
+            listeners.push((
+                addr,
+                Endpoints {
+                    health: Some(health.clone()),
+                    metrics: Some(page.clone()),
+                },
+            ));
+        }
+        if flags.metrics_port != 0 && flags.metrics_port != flags.healthz_port {
+            let addr = SocketAddr::from((flags.healthz_ip, flags.metrics_port));
+            listeners.push((
+                addr,
+                Endpoints {
+                    health: None,
+                    metrics: Some(page.clone()),
+                },
+            ));
+        }
+        for (addr, endpoints) in listeners {
             tokio::spawn(async move {
-                if let Err(e) = healthz::serve(addr, check).await {
-                    tracing::error!(%addr, "healthz server stopped: {e}");
+                if let Err(e) = http::serve(addr, endpoints).await {
+                    tracing::error!(%addr, "http server stopped: {e}");
                 }
             });
         }
@@ -175,8 +214,18 @@ impl Node {
             if !snapshot.synced && snapshot.revision == 0 {
                 continue;
             }
-            if let Err(e) = datapath.reconcile(&snapshot.to_leases()).await {
-                tracing::warn!("reconcile failed, retrying at the next event or tick: {e:#}");
+            metrics.leases.store(snapshot.leases.len() as u64, Ordering::Relaxed);
+            metrics.reconcile_runs.fetch_add(1, Ordering::Relaxed);
+            match datapath.reconcile(&snapshot.to_leases()).await {
+                Ok(corrections) => {
+                    metrics
+                        .reconcile_corrections
+                        .fetch_add(corrections as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    metrics.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("reconcile failed, retrying at the next event or tick: {e:#}");
+                }
             }
         }
         tracing::info!("stopping; the datapath stays in place and the lease is kept for the next start");
@@ -185,7 +234,7 @@ impl Node {
 }
 
 /// Keeps the masquerade/forward rules as the flags say, checked every `--iptables-resync` seconds.
-fn spawn_firewall(flags: &Flags, cfg: &NetworkConfig, lease: &Lease) {
+fn spawn_firewall(flags: &Flags, cfg: &NetworkConfig, lease: &Lease, metrics: Arc<Metrics>) {
     let (mode, other) = if cfg.enable_nftables {
         (Mode::Nftables, Mode::Iptables)
     } else {
@@ -205,8 +254,10 @@ fn spawn_firewall(flags: &Flags, cfg: &NetworkConfig, lease: &Lease) {
         let firewall = Firewall::new(mode);
         let mut first = true;
         loop {
+            metrics.firewall_checks.fetch_add(1, Ordering::Relaxed);
             match firewall.ensure(&plan) {
                 Ok(changes) if changes.any() && !first => {
+                    metrics.firewall_corrections.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(?changes, "{mode:?}: masquerade/forward rules corrected")
                 }
                 Ok(_) => {}

@@ -1,0 +1,142 @@
+//! weftd's counters and their Prometheus text rendering. Counters are plain atomics bumped by the
+//! loops that own the work; the page is rendered on scrape.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Default)]
+pub struct Metrics {
+    pub backend: &'static str,
+    pub leases: AtomicU64,
+    pub reconcile_runs: AtomicU64,
+    pub reconcile_errors: AtomicU64,
+    /// Kernel entries added, replaced or removed because the kernel differed from the leases.
+    pub reconcile_corrections: AtomicU64,
+    pub firewall_checks: AtomicU64,
+    pub firewall_corrections: AtomicU64,
+    /// Shared with the lease watcher and keeper.
+    pub watch_restarts: Arc<AtomicU64>,
+    pub lease_renewals: Arc<AtomicU64>,
+    pub lease_held: AtomicU64,
+    /// Extra lines from the backend (e.g. udp packet counters), already in exposition format.
+    pub backend_page: std::sync::Mutex<Option<Box<dyn Fn() -> String + Send>>>,
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, labels: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{labels} {value}"
+    );
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let b = format!("{{backend=\"{}\"}}", self.backend);
+        let mut out = String::new();
+        metric(
+            &mut out,
+            "weft_leases",
+            "gauge",
+            "Leases in the cluster, ours included.",
+            "",
+            get(&self.leases),
+        );
+        metric(
+            &mut out,
+            "weft_lease_held",
+            "gauge",
+            "1 while this node holds its subnet lease.",
+            "",
+            get(&self.lease_held),
+        );
+        metric(
+            &mut out,
+            "weft_lease_renewals_total",
+            "counter",
+            "Renewals of this node's lease.",
+            "",
+            get(&self.lease_renewals),
+        );
+        metric(
+            &mut out,
+            "weft_etcd_watch_restarts_total",
+            "counter",
+            "Times the lease watch was re-established with a full listing.",
+            "",
+            get(&self.watch_restarts),
+        );
+        metric(
+            &mut out,
+            "weft_reconcile_runs_total",
+            "counter",
+            "Reconciles of the kernel state with the leases.",
+            &b,
+            get(&self.reconcile_runs),
+        );
+        metric(
+            &mut out,
+            "weft_reconcile_errors_total",
+            "counter",
+            "Reconciles that failed (retried at the next event or tick).",
+            &b,
+            get(&self.reconcile_errors),
+        );
+        metric(
+            &mut out,
+            "weft_reconcile_corrections_total",
+            "counter",
+            "Kernel entries added, replaced or removed because the kernel differed from the leases.",
+            &b,
+            get(&self.reconcile_corrections),
+        );
+        metric(
+            &mut out,
+            "weft_firewall_checks_total",
+            "counter",
+            "Checks of the masquerade/forward rules.",
+            "",
+            get(&self.firewall_checks),
+        );
+        metric(
+            &mut out,
+            "weft_firewall_corrections_total",
+            "counter",
+            "Checks that found the rules different and rewrote them.",
+            "",
+            get(&self.firewall_corrections),
+        );
+        if let Some(extra) = self
+            .backend_page
+            .lock()
+            .ok()
+            .as_ref()
+            .and_then(|g| g.as_ref().map(|f| f()))
+        {
+            out.push_str(&extra);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics {
+            backend: "vxlan",
+            ..Default::default()
+        };
+        m.reconcile_runs.store(3, Ordering::Relaxed);
+        m.leases.store(2, Ordering::Relaxed);
+        let page = m.render();
+        assert!(
+            page.contains("# TYPE weft_reconcile_runs_total counter\nweft_reconcile_runs_total{backend=\"vxlan\"} 3\n"),
+            "{page}"
+        );
+        assert!(page.contains("\nweft_leases 2\n"), "{page}");
+    }
+}
