@@ -16,12 +16,18 @@ enum Command {
     /// A multi-host weft cluster on this machine, built from network namespaces.
     #[command(subcommand)]
     Lab(weft::lab::cli::LabCommand),
+    /// The cluster's leases as etcd holds them (same --etcd-* flags as weftd).
+    Leases(weft::leases::LeasesArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lab(command) => command.run().map_err(anyhow::Error::from),
+        Command::Leases(args) => weft::leases::run(&args).map(|text| {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }),
     };
     match result {
         Ok(code) => code,
