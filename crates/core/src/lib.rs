@@ -6,6 +6,7 @@
 
 pub mod allocate;
 pub mod config;
+pub mod docker_opts;
 pub mod lease;
 pub mod masq;
 pub mod subnet_env;

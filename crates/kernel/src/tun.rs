@@ -1,1 +1,212 @@
-//! TUN devices (placeholder: filled in by its owner).
+//! TUN devices: open (or create) a persistent, multi-queue layer-3 TUN device and hand out one
+//! file descriptor per queue.
+//!
+//! The device is made persistent (TUNSETPERSIST), so it outlives the process: a restarted
+//! daemon attaches to the same device, and its addresses and routes stay in place. Addresses,
+//! MTU and link state are netlink's job, not this module's. Nothing here decides which packets
+//! go where.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+/// `_IOW('T', 202, int)`.
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `_IOW('T', 203, int)`.
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+/// `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `_IOW('T', 216, int)`.
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+
+const IFF_TUN: libc::c_short = 0x0001;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+
+/// TUNSETOFFLOAD bits: the kernel may hand us packets with a partial checksum, and TCP
+/// super-segments (TSO) over IPv4.
+pub const TUN_F_CSUM: libc::c_uint = 0x01;
+pub const TUN_F_TSO4: libc::c_uint = 0x02;
+
+/// Size of `struct virtio_net_hdr`, which precedes every packet on a device opened with
+/// [`TunOptions::vnet_hdr`].
+pub const VNET_HDR_LEN: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunError {
+    #[error("cannot open /dev/net/tun: {0}; load the tun module and run with CAP_NET_ADMIN")]
+    Open(#[source] io::Error),
+    #[error("TUN device name {0:?} is empty or longer than 15 bytes")]
+    BadName(String),
+    #[error(
+        "cannot attach queue {queue} of TUN device {name}: {source}; if the device was created with other \
+         flags (not multi-queue, or with a packet-info header), delete it (`ip link del {name}`) and start again"
+    )]
+    Attach {
+        name: String,
+        queue: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("TUN device {name}: {op}: {source}")]
+    Ioctl {
+        name: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl TunError {
+    /// The errno of the failed system call, if any.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            TunError::Open(e) | TunError::Attach { source: e, .. } | TunError::Ioctl { source: e, .. } => {
+                e.raw_os_error()
+            }
+            TunError::BadName(_) => None,
+        }
+    }
+}
+
+/// How to open the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunOptions {
+    /// Number of queues (one file descriptor each); at least 1.
+    pub queues: usize,
+    /// Prefix every packet with a `virtio_net_hdr` and enable TSO/checksum offload, so reads
+    /// return TCP super-segments and writes may carry them.
+    pub vnet_hdr: bool,
+}
+
+impl Default for TunOptions {
+    fn default() -> Self {
+        TunOptions {
+            queues: 1,
+            vnet_hdr: false,
+        }
+    }
+}
+
+/// `struct ifreq` as TUNSETIFF reads it: the name, then the flags (the rest of the union unused).
+#[repr(C)]
+struct IfReq {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// One queue of a TUN device: reads return one packet, writes take one packet.
+#[derive(Debug)]
+pub struct TunQueue {
+    file: File,
+    vnet_hdr: bool,
+}
+
+impl TunQueue {
+    /// Whether every packet read or written is preceded by a [`VNET_HDR_LEN`]-byte header.
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// Reads one packet (non-blocking: `WouldBlock` when the queue is empty).
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: the buffer is valid for writes of buf.len() bytes; the fd is owned by self.
+        let n = unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Writes one packet (with its header, on a vnet_hdr device).
+    pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        // SAFETY: the buffer is valid for reads of packet.len() bytes; the fd is owned by self.
+        let n = unsafe { libc::write(self.file.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+impl AsFd for TunQueue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+impl AsRawFd for TunQueue {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+fn ioctl_int(fd: RawFd, request: libc::c_ulong, arg: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: these TUN ioctls take an integer argument by value.
+    let rc = unsafe { libc::ioctl(fd, request as _, arg) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Creates the persistent TUN device `name` (layer 3, no packet-info header, multi-queue) or
+/// attaches to the existing one, and returns one non-blocking file descriptor per queue. The
+/// device keeps existing after every queue is closed.
+pub fn open_tun(name: &str, opts: &TunOptions) -> Result<Vec<TunQueue>, TunError> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(TunError::BadName(name.to_string()));
+    }
+    let mut flags = IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE;
+    if opts.vnet_hdr {
+        flags |= IFF_VNET_HDR;
+    }
+    let mut queues = Vec::with_capacity(opts.queues.max(1));
+    for queue in 0..opts.queues.max(1) {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(TunError::Open)?;
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags,
+            _pad: [0; 22],
+        };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which IfReq lays out.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
+        if rc < 0 {
+            return Err(TunError::Attach {
+                name: name.to_string(),
+                queue,
+                source: io::Error::last_os_error(),
+            });
+        }
+        let ioctl_err = |op: &'static str| {
+            move |source| TunError::Ioctl {
+                name: name.to_string(),
+                op,
+                source,
+            }
+        };
+        if queue == 0 {
+            ioctl_int(file.as_raw_fd(), TUNSETPERSIST, 1).map_err(ioctl_err("make it persistent"))?;
+        }
+        if opts.vnet_hdr {
+            ioctl_int(file.as_raw_fd(), TUNSETVNETHDRSZ, VNET_HDR_LEN as libc::c_ulong)
+                .map_err(ioctl_err("set the vnet header size"))?;
+            ioctl_int(file.as_raw_fd(), TUNSETOFFLOAD, (TUN_F_CSUM | TUN_F_TSO4) as libc::c_ulong)
+                .map_err(ioctl_err("enable TSO and checksum offload"))?;
+        }
+        queues.push(TunQueue {
+            file,
+            vnet_hdr: opts.vnet_hdr,
+        });
+    }
+    Ok(queues)
+}

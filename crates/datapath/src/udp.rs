@@ -1,1 +1,0 @@
-//! udp backend (placeholder: filled in by its owner).
