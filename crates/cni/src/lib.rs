@@ -1,0 +1,21 @@
+//! weft-cni, the CNI plugin that plugs containers into the subnet weftd leased for the node.
+//!
+//! Built-in mode (no `delegate` in the config): bridge + veth + a host-local-compatible address
+//! store, all through netlink. Delegate mode (flannel's config): renders and runs the real
+//! `bridge` + `host-local` plugins as flannel's plugin does. Also `docker-opts`, the
+//! mk-docker-opts replacement. It owns no daemon state: subnet.env is its only input from weftd.
+
+pub mod builtin;
+pub mod delegate;
+pub mod docker_opts;
+pub mod error;
+pub mod invocation;
+pub mod ipam;
+pub mod netns;
+pub mod plugin;
+pub mod types;
+pub mod veth;
+
+pub use docker_opts::{run_docker_opts, DockerOptsArgs, DockerOptsError};
+pub use error::{CniError, ErrorCode};
+pub use plugin::{run, Outcome};
