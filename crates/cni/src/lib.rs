@@ -7,7 +7,6 @@
 
 pub mod builtin;
 pub mod delegate;
-pub mod docker_opts;
 pub mod error;
 pub mod invocation;
 pub mod ipam;
@@ -16,6 +15,5 @@ pub mod plugin;
 pub mod types;
 pub mod veth;
 
-pub use docker_opts::{run_docker_opts, DockerOptsArgs, DockerOptsError};
 pub use error::{CniError, ErrorCode};
 pub use plugin::{run, Outcome};

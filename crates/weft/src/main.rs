@@ -18,12 +18,17 @@ enum Command {
     Lab(weft::lab::cli::LabCommand),
     /// The cluster's leases as etcd holds them (same --etcd-* flags as weftd).
     Leases(weft::leases::LeasesArgs),
+    /// mk-docker-opts: turn subnet.env into dockerd options (--bip, --ip-masq, --mtu).
+    DockerOpts(weft::docker_opts::DockerOptsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lab(command) => command.run().map_err(anyhow::Error::from),
+        Command::DockerOpts(args) => weft::docker_opts::run_docker_opts(&args)
+            .map(|_| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
         Command::Leases(args) => weft::leases::run(&args).map(|text| {
             print!("{text}");
             ExitCode::SUCCESS

@@ -3,51 +3,11 @@
 
 mod common;
 
-use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::*;
-use weft::lab::{in_netns, Lab, INTERNET_IP};
 use weft_core::BackendKind;
-
-/// Connects from node's pod to 203.0.113.1 (outside the cluster, in the switch namespace) and
-/// returns the source address the server saw.
-fn egress_source(lab: &Lab, node: usize, port: u16) -> Ipv4Addr {
-    let switch = lab.switch_ns().to_string();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let server = std::thread::spawn(move || {
-        in_netns(&switch, move || {
-            let listener =
-                TcpListener::bind(SocketAddr::from((INTERNET_IP, port))).expect("bind in the switch namespace");
-            tx.send(()).unwrap();
-            let (mut conn, peer) = listener.accept().expect("accept");
-            let mut buf = [0u8; 16];
-            let _ = conn.read(&mut buf);
-            Ok(peer)
-        })
-    });
-    rx.recv_timeout(Duration::from_secs(5)).expect("server listening");
-    let out = lab
-        .exec_in_pod(
-            node,
-            &[
-                "bash",
-                "-c",
-                &format!("exec 3<>/dev/tcp/{INTERNET_IP}/{port} && echo hi >&3"),
-            ],
-        )
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pod connects out: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    match server.join().unwrap().expect("server") {
-        SocketAddr::V4(a) => *a.ip(),
-        other => panic!("unexpected peer {other}"),
-    }
-}
 
 #[test]
 fn iptables_mode_installs_flannels_rules_and_masquerades_egress() {
@@ -87,7 +47,7 @@ fn iptables_mode_installs_flannels_rules_and_masquerades_egress() {
     );
 
     assert_eq!(
-        egress_source(&lab, 1, 7701),
+        egress_source(&lab, &lab.pod_ns(1).unwrap().to_string(), 7701),
         Ipv4Addr::new(198, 51, 100, 1),
         "leaves with host 1's address"
     );
@@ -132,7 +92,7 @@ fn nftables_mode_installs_the_flannel_table_and_masquerades_egress() {
     );
 
     assert_eq!(
-        egress_source(&lab, 2, 7702),
+        egress_source(&lab, &lab.pod_ns(2).unwrap().to_string(), 7702),
         Ipv4Addr::new(198, 51, 100, 2),
         "leaves with host 2's address"
     );
@@ -153,5 +113,5 @@ fn without_ip_masq_egress_keeps_the_pod_address() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(egress_source(&lab, 1, 7703), pod_ip);
+    assert_eq!(egress_source(&lab, &lab.pod_ns(1).unwrap().to_string(), 7703), pod_ip);
 }

@@ -1,11 +1,12 @@
 //! Shared pieces of the cluster tests: a lab running the real weftd, polling, reading logs.
 #![allow(dead_code)]
 
-use std::net::Ipv4Addr;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use weft::lab::{Lab, LabSpec, WeftdBinary};
+use weft::lab::{in_netns, Lab, LabSpec, WeftdBinary, INTERNET_IP};
 use weft_core::BackendKind;
 
 /// The real weftd from this workspace's target directory. `make test` builds it first; a test
@@ -79,4 +80,43 @@ pub fn all_pods_reach_each_other(lab: &Lab) -> bool {
             .filter(|(to, _)| to != from)
             .all(|(_, ip)| lab.wait_ping(*from, *ip, Duration::from_secs(5)))
     })
+}
+
+/// Connects from the pod namespace `pod_ns` to 203.0.113.1 (outside the cluster, in the switch namespace) and
+/// returns the source address the server saw.
+pub fn egress_source(lab: &Lab, pod_ns: &str, port: u16) -> Ipv4Addr {
+    let switch = lab.switch_ns().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        in_netns(&switch, move || {
+            let listener =
+                TcpListener::bind(SocketAddr::from((INTERNET_IP, port))).expect("bind in the switch namespace");
+            tx.send(()).unwrap();
+            let (mut conn, peer) = listener.accept().expect("accept");
+            let mut buf = [0u8; 16];
+            let _ = conn.read(&mut buf);
+            Ok(peer)
+        })
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("server listening");
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            pod_ns,
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{INTERNET_IP}/{port} && echo hi >&3"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pod connects out: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match server.join().unwrap().expect("server") {
+        SocketAddr::V4(a) => *a.ip(),
+        other => panic!("unexpected peer {other}"),
+    }
 }

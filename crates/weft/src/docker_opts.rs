@@ -8,19 +8,19 @@ use weft_core::{SubnetEnv, SubnetEnvError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerOptsError {
-    #[error("read {path}: {source}; is weftd running and has it written subnet.env? (-f names another file)")]
+    #[error("cannot read {path} (is weftd running and has it written subnet.env? -f names another file)")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not a valid subnet.env: {source}")]
+    #[error("{path} is not a valid subnet.env")]
     Parse {
         path: PathBuf,
         #[source]
         source: SubnetEnvError,
     },
-    #[error("write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         #[source]
