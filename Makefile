@@ -3,7 +3,7 @@
 CARGO ?= cargo
 APT_PACKAGES := etcd-server etcd-client iproute2 nftables iptables protobuf-compiler iperf3 containernetworking-plugins iputils-ping
 
-.PHONY: deps build demo test bench fmt clippy
+.PHONY: deps build demo test bench bench-cni fmt clippy
 
 # Installs what is missing (Debian), nothing when all is there.
 deps:
@@ -25,8 +25,13 @@ demo: build
 test: build
 	$(CARGO) test --workspace -- --test-threads=2
 
-bench: build
-	./scripts/bench.sh
+bench: deps
+	$(CARGO) build --release --workspace --bins
+	WEFT=target/release/weft ./scripts/bench.sh
+
+# CNI ADD/DEL latency, weft-cni vs Debian's bridge + host-local, 100 containers each.
+bench-cni: deps
+	$(CARGO) test --release -p weft-cni --test bench -- --ignored --nocapture
 
 fmt:
 	$(CARGO) fmt --all
