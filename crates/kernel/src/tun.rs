@@ -121,6 +121,26 @@ impl TunQueue {
         Ok(n as usize)
     }
 
+    /// Writes one packet made of two parts (a vnet header and the packet), with one writev.
+    pub fn send2(&self, head: &[u8], packet: &[u8]) -> io::Result<usize> {
+        let iov = [
+            libc::iovec {
+                iov_base: head.as_ptr().cast_mut().cast(),
+                iov_len: head.len(),
+            },
+            libc::iovec {
+                iov_base: packet.as_ptr().cast_mut().cast(),
+                iov_len: packet.len(),
+            },
+        ];
+        // SAFETY: both iovecs point at live buffers of the given lengths, only read by writev.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
     /// Writes one packet (with its header, on a vnet_hdr device).
     pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
         // SAFETY: the buffer is valid for reads of packet.len() bytes; the fd is owned by self.
@@ -198,10 +218,17 @@ pub fn open_tun(name: &str, opts: &TunOptions) -> Result<Vec<TunQueue>, TunError
             ioctl_int(file.as_raw_fd(), TUNSETPERSIST, 1).map_err(ioctl_err("make it persistent"))?;
         }
         if opts.vnet_hdr {
-            ioctl_int(file.as_raw_fd(), TUNSETVNETHDRSZ, VNET_HDR_LEN as libc::c_ulong)
-                .map_err(ioctl_err("set the vnet header size"))?;
-            ioctl_int(file.as_raw_fd(), TUNSETOFFLOAD, (TUN_F_CSUM | TUN_F_TSO4) as libc::c_ulong)
-                .map_err(ioctl_err("enable TSO and checksum offload"))?;
+            let size = VNET_HDR_LEN as libc::c_int;
+            // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer, which lives across the call.
+            if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ as _, &size as *const libc::c_int) } < 0 {
+                return Err(ioctl_err("set the vnet header size")(io::Error::last_os_error()));
+            }
+            ioctl_int(
+                file.as_raw_fd(),
+                TUNSETOFFLOAD,
+                (TUN_F_CSUM | TUN_F_TSO4) as libc::c_ulong,
+            )
+            .map_err(ioctl_err("enable TSO and checksum offload"))?;
         }
         queues.push(TunQueue {
             file,

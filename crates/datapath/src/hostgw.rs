@@ -1,1 +1,0 @@
-//! host-gw backend (placeholder: filled in by its owner).

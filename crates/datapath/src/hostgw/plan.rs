@@ -1,0 +1,385 @@
+//! The pure half of the host-gw backend: which remote subnets the leases describe, which routes
+//! they call for (`subnet via PublicIP dev <ext>`), and which kernel changes turn the actual
+//! routes into those. No I/O here; everything is tested without root.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use weft_core::{Lease, SubnetKey};
+use weft_kernel::netlink::{RouteInfo, RouteSpec};
+
+/// `rtm_protocol` of routes the kernel adds for connected subnets; never ours.
+const RTPROT_KERNEL: u8 = 2;
+
+/// The lease `BackendType` this backend programs.
+pub const BACKEND_TYPE: &str = "host-gw";
+
+/// A remote node the host-gw backend routes to: its subnet lives behind its public IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub subnet: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+}
+
+/// Why a lease was left out of the desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseSkip {
+    /// Our own lease.
+    Own,
+    /// A lease of another backend (vxlan, udp): nothing to program for it.
+    OtherBackend(String),
+    /// The subnet is not inside the cluster network (we would never clean up its route).
+    OutsideNetwork,
+    /// The lease carries our own public IP: a route via ourselves would loop.
+    OwnPublicIp,
+}
+
+/// What the reconcile needs to know about this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub network: Ipv4Net,
+    pub own_subnet: Ipv4Net,
+    pub public_ip: Ipv4Addr,
+    /// The external interface the routes leave through.
+    pub ext_index: u32,
+}
+
+/// Turns the full lease set into peers, saying why each left-out lease was left out.
+pub fn peers_from_leases(
+    leases: &[Lease],
+    own: &SubnetKey,
+    topo: &Topology,
+) -> (Vec<Peer>, Vec<(SubnetKey, LeaseSkip)>) {
+    let mut peers = Vec::new();
+    let mut skipped = Vec::new();
+    for lease in leases {
+        let skip = if lease.subnet.ipv4 == own.ipv4 {
+            Some(LeaseSkip::Own)
+        } else if lease.attrs.backend_type != BACKEND_TYPE {
+            Some(LeaseSkip::OtherBackend(lease.attrs.backend_type.clone()))
+        } else if !topo.network.contains(&lease.subnet.ipv4) {
+            Some(LeaseSkip::OutsideNetwork)
+        } else if lease.attrs.public_ip == topo.public_ip {
+            Some(LeaseSkip::OwnPublicIp)
+        } else {
+            None
+        };
+        match skip {
+            Some(skip) => skipped.push((lease.subnet, skip)),
+            None => peers.push(Peer {
+                subnet: lease.subnet.ipv4.trunc(),
+                public_ip: lease.attrs.public_ip,
+            }),
+        }
+    }
+    (peers, skipped)
+}
+
+/// One route per peer, keyed by destination: `subnet via PublicIP dev <ext>`.
+pub fn desired_routes(peers: &[Peer], topo: &Topology) -> BTreeMap<Ipv4Net, RouteSpec> {
+    peers
+        .iter()
+        .map(|p| {
+            (
+                p.subnet,
+                RouteSpec {
+                    dst: p.subnet,
+                    gateway: Some(p.public_ip),
+                    oif: topo.ext_index,
+                    onlink: false,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Whether a change adds a new entry or overwrites an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Add,
+    Replace,
+}
+
+/// One kernel change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Add the route, or replace the main table's route to the same destination.
+    SetRoute { spec: RouteSpec, change: Change },
+    /// Delete the route at this metric.
+    DeleteRoute { spec: RouteSpec, metric: u32 },
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let describe = |spec: &RouteSpec| {
+            let gw = spec.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+            format!("{}{gw} dev #{}", spec.dst, spec.oif)
+        };
+        match self {
+            Action::SetRoute { spec, change } => {
+                let verb = match change {
+                    Change::Add => "add",
+                    Change::Replace => "replace",
+                };
+                write!(f, "{verb} route {}", describe(spec))
+            }
+            Action::DeleteRoute { spec, metric } => write!(f, "delete route {} metric {metric}", describe(spec)),
+        }
+    }
+}
+
+/// Is this main-table route one the host-gw backend manages? Routes into the cluster network
+/// (narrower than it) through the external interface via a gateway, except the route to our
+/// own subnet and kernel-made connected routes.
+pub fn is_ours(route: &RouteInfo, topo: &Topology) -> bool {
+    route.oif == Some(topo.ext_index)
+        && route.gateway.is_some()
+        && route.protocol != RTPROT_KERNEL
+        && topo.network.contains(&route.dst)
+        && route.dst.prefix_len() > topo.network.prefix_len()
+        && !topo.own_subnet.contains(&route.dst)
+        && !route.dst.contains(&topo.own_subnet)
+}
+
+/// The changes that turn the actual main-table routes into the desired ones: stale routes out
+/// first (so a moved subnet never has two paths), then missing or wrong routes set.
+pub fn plan(desired: &BTreeMap<Ipv4Net, RouteSpec>, actual: &[RouteInfo], topo: &Topology) -> Vec<Action> {
+    let ours: Vec<&RouteInfo> = actual.iter().filter(|r| is_ours(r, topo)).collect();
+    let mut sets = Vec::new();
+    let mut kept = BTreeSet::new();
+    for (dst, spec) in desired {
+        let exact = ours
+            .iter()
+            .any(|r| r.dst == *dst && r.spec() == Some(*spec) && r.priority == 0);
+        if exact {
+            kept.insert(*dst);
+            continue;
+        }
+        // Any metric-0 route to this destination (ours or not) is overwritten by the replace.
+        let exists = actual.iter().any(|r| r.dst == *dst && r.priority == 0);
+        sets.push(Action::SetRoute {
+            spec: *spec,
+            change: if exists { Change::Replace } else { Change::Add },
+        });
+    }
+    let mut deletes = Vec::new();
+    let mut kept_once = BTreeSet::new();
+    for r in &ours {
+        let spec = r.spec().expect("is_ours requires an oif");
+        let wanted = desired.get(&r.dst);
+        let is_the_kept_one =
+            wanted == Some(&spec) && r.priority == 0 && kept.contains(&r.dst) && kept_once.insert(r.dst);
+        let replaced_in_place = wanted.is_some() && r.priority == 0 && !kept.contains(&r.dst);
+        if !is_the_kept_one && !replaced_in_place {
+            deletes.push(Action::DeleteRoute {
+                spec,
+                metric: r.priority,
+            });
+        }
+    }
+    deletes.extend(sets);
+    deletes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use weft_core::LeaseAttrs;
+
+    const EXT: u32 = 2;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn topo() -> Topology {
+        Topology {
+            network: net("10.5.0.0/16"),
+            own_subnet: net("10.5.1.0/24"),
+            public_ip: ip("198.51.100.1"),
+            ext_index: EXT,
+        }
+    }
+
+    fn lease(subnet: &str, public_ip: &str, backend: &str) -> Lease {
+        let data = if backend == "vxlan" {
+            json!({"VNI": 1, "VtepMAC": "02:00:00:00:00:01"})
+        } else {
+            serde_json::Value::Null
+        };
+        Lease {
+            subnet: SubnetKey::v4(net(subnet)),
+            attrs: LeaseAttrs::new(ip(public_ip), backend, data),
+        }
+    }
+
+    fn route(dst: &str, gw: Option<&str>, oif: u32) -> RouteInfo {
+        RouteInfo {
+            dst: net(dst),
+            gateway: gw.map(ip),
+            oif: Some(oif),
+            onlink: false,
+            protocol: 3,
+            scope: 0,
+            priority: 0,
+            pref_src: None,
+        }
+    }
+
+    fn gw_route(dst: &str, gw: &str) -> RouteSpec {
+        RouteSpec {
+            dst: net(dst),
+            gateway: Some(ip(gw)),
+            oif: EXT,
+            onlink: false,
+        }
+    }
+
+    fn desired_for(leases: &[Lease]) -> BTreeMap<Ipv4Net, RouteSpec> {
+        let t = topo();
+        let (peers, _) = peers_from_leases(leases, &SubnetKey::v4(t.own_subnet), &t);
+        desired_routes(&peers, &t)
+    }
+
+    #[test]
+    fn leases_are_filtered_with_reasons() {
+        let t = topo();
+        let leases = [
+            lease("10.5.1.0/24", "198.51.100.1", "host-gw"),
+            lease("10.5.2.0/24", "198.51.100.2", "host-gw"),
+            lease("10.5.3.0/24", "198.51.100.3", "vxlan"),
+            lease("10.5.4.0/24", "198.51.100.4", ""),
+            lease("10.9.0.0/24", "198.51.100.6", "host-gw"),
+            lease("10.5.7.0/24", "198.51.100.1", "host-gw"),
+        ];
+        let (peers, skipped) = peers_from_leases(&leases, &SubnetKey::v4(t.own_subnet), &t);
+        assert_eq!(
+            peers,
+            vec![Peer {
+                subnet: net("10.5.2.0/24"),
+                public_ip: ip("198.51.100.2")
+            }]
+        );
+        let reasons: Vec<LeaseSkip> = skipped.into_iter().map(|(_, r)| r).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                LeaseSkip::Own,
+                LeaseSkip::OtherBackend("vxlan".into()),
+                LeaseSkip::OtherBackend(String::new()),
+                LeaseSkip::OutsideNetwork,
+                LeaseSkip::OwnPublicIp,
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_kernel_gets_one_route_per_peer_via_its_public_ip() {
+        let desired = desired_for(&[
+            lease("10.5.2.0/24", "198.51.100.2", "host-gw"),
+            lease("10.5.3.0/24", "198.51.100.3", "host-gw"),
+        ]);
+        assert_eq!(
+            plan(&desired, &[], &topo()),
+            vec![
+                Action::SetRoute {
+                    spec: gw_route("10.5.2.0/24", "198.51.100.2"),
+                    change: Change::Add
+                },
+                Action::SetRoute {
+                    spec: gw_route("10.5.3.0/24", "198.51.100.3"),
+                    change: Change::Add
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn converged_state_plans_nothing() {
+        let desired = desired_for(&[lease("10.5.2.0/24", "198.51.100.2", "host-gw")]);
+        let actual = [
+            route("10.5.2.0/24", Some("198.51.100.2"), EXT),
+            route("0.0.0.0/0", Some("198.51.100.254"), EXT),
+            route("198.51.100.0/24", None, EXT),
+        ];
+        assert_eq!(plan(&desired, &actual, &topo()), vec![]);
+    }
+
+    #[test]
+    fn moved_peer_is_replaced_in_place() {
+        let desired = desired_for(&[lease("10.5.2.0/24", "198.51.100.9", "host-gw")]);
+        let actual = [route("10.5.2.0/24", Some("198.51.100.2"), EXT)];
+        assert_eq!(
+            plan(&desired, &actual, &topo()),
+            vec![Action::SetRoute {
+                spec: gw_route("10.5.2.0/24", "198.51.100.9"),
+                change: Change::Replace
+            }]
+        );
+    }
+
+    #[test]
+    fn route_through_another_device_is_replaced() {
+        // e.g. left over from the vxlan backend before the cluster switched to host-gw.
+        let desired = desired_for(&[lease("10.5.2.0/24", "198.51.100.2", "host-gw")]);
+        let mut old = route("10.5.2.0/24", Some("10.5.2.0"), 7);
+        old.onlink = true;
+        assert_eq!(
+            plan(&desired, &[old], &topo()),
+            vec![Action::SetRoute {
+                spec: gw_route("10.5.2.0/24", "198.51.100.2"),
+                change: Change::Replace
+            }]
+        );
+    }
+
+    #[test]
+    fn departed_peer_and_duplicates_are_deleted() {
+        let desired = desired_for(&[lease("10.5.2.0/24", "198.51.100.2", "host-gw")]);
+        let mut dup = route("10.5.2.0/24", Some("198.51.100.2"), EXT);
+        dup.priority = 100;
+        let actual = [
+            route("10.5.2.0/24", Some("198.51.100.2"), EXT),
+            dup,
+            route("10.5.3.0/24", Some("198.51.100.3"), EXT),
+        ];
+        assert_eq!(
+            plan(&desired, &actual, &topo()),
+            vec![
+                Action::DeleteRoute {
+                    spec: gw_route("10.5.2.0/24", "198.51.100.2"),
+                    metric: 100
+                },
+                Action::DeleteRoute {
+                    spec: gw_route("10.5.3.0/24", "198.51.100.3"),
+                    metric: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn own_foreign_and_connected_routes_are_left_alone() {
+        let mut connected = route("10.5.9.0/24", None, EXT);
+        connected.protocol = RTPROT_KERNEL;
+        let actual = [
+            // Our own subnet, even via a gateway on the external interface.
+            route("10.5.1.0/24", Some("198.51.100.7"), EXT),
+            route("10.5.1.0/25", Some("198.51.100.7"), EXT),
+            // Outside the cluster network, or the whole network.
+            route("192.0.2.0/24", Some("198.51.100.7"), EXT),
+            route("10.5.0.0/16", Some("198.51.100.7"), EXT),
+            // No gateway, or another device.
+            route("10.5.4.0/24", None, EXT),
+            route("10.5.6.0/24", Some("10.5.6.1"), 99),
+            connected,
+        ];
+        assert_eq!(plan(&BTreeMap::new(), &actual, &topo()), vec![]);
+    }
+}

@@ -1,0 +1,369 @@
+//! Root test: two network namespaces on one L2 segment (a veth, 198.51.100.0/24), a
+//! HostGwBackend in each, and a "pod" address on a bridge `cni0` per node. Checks that the
+//! backend refuses a public IP that is not on the interface, that a datagram crosses between
+//! pods, that a route deleted or changed by hand is healed by the next reconcile, that stale
+//! routes go while foreign ones stay, and that a departed lease takes its route with it.
+//!
+//! Skipped (with a message) when not run as root. `ip` is used only to build the topology and to
+//! inspect or damage state.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use nix::sched::{setns, CloneFlags};
+use weft_core::{Lease, LeaseAttrs, SubnetKey};
+use weft_datapath::hostgw::{HostGwBackend, ReconcileReport};
+use weft_kernel::iface::{select_external_interface, IfaceSelection};
+use weft_kernel::netlink::Netlink;
+
+const NETWORK: &str = "10.6.0.0/16";
+
+fn is_root() -> bool {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("weft_datapath=debug,weft_kernel=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+    nix::unistd::geteuid().is_root()
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        args,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn unique_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{:06x}", (nanos ^ (std::process::id() << 8)) & 0xff_ffff)
+}
+
+/// Two namespaces, removed on drop even when the test fails.
+struct Namespaces {
+    a: String,
+    b: String,
+}
+
+impl Namespaces {
+    fn new() -> Self {
+        let tag = unique_tag();
+        let ns = Namespaces {
+            a: format!("wth-{tag}-a"),
+            b: format!("wth-{tag}-b"),
+        };
+        run(&["ip", "netns", "add", &ns.a]);
+        run(&["ip", "netns", "add", &ns.b]);
+        ns
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+fn setup_node(ns: &str, underlay: &str, pod: &str) {
+    run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    run(&["ip", "-n", ns, "addr", "add", underlay, "dev", "veth0"]);
+    run(&["ip", "-n", ns, "link", "set", "veth0", "up"]);
+    run(&["ip", "-n", ns, "link", "add", "cni0", "type", "bridge"]);
+    run(&["ip", "-n", ns, "addr", "add", pod, "dev", "cni0"]);
+    run(&["ip", "-n", ns, "link", "set", "cni0", "up"]);
+    // The node forwards between its pods and the underlay, as a flannel node must.
+    run(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+}
+
+fn topology() -> Namespaces {
+    let ns = Namespaces::new();
+    run(&[
+        "ip", "-n", &ns.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", &ns.b,
+    ]);
+    setup_node(&ns.a, "198.51.100.1/24", "10.6.1.1/24");
+    setup_node(&ns.b, "198.51.100.2/24", "10.6.2.1/24");
+    ns
+}
+
+type Reply = mpsc::Sender<Result<ReconcileReport, String>>;
+
+/// A HostGwBackend running on its own thread inside a namespace, as weftd runs inside its own.
+struct Node {
+    tx: Option<tokio::sync::mpsc::UnboundedSender<(Vec<Lease>, Reply)>>,
+    thread: Option<thread::JoinHandle<()>>,
+    mtu: u32,
+    backend_data: serde_json::Value,
+}
+
+impl Node {
+    /// Starts the backend; Err carries the start error's message.
+    fn start(ns: &str, own: &str, public_ip: Ipv4Addr) -> Result<Node, String> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<Lease>, Reply)>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let ns_path = format!("/run/netns/{ns}");
+        let own = SubnetKey::v4(own.parse().unwrap());
+        let thread = thread::spawn(move || {
+            setns(File::open(&ns_path).unwrap(), CloneFlags::CLONE_NEWNET).expect("setns");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let nl = Netlink::new().expect("netlink socket");
+                let sel = IfaceSelection {
+                    ifaces: vec!["veth0".into()],
+                    ..IfaceSelection::default()
+                };
+                let ext = select_external_interface(&nl, &sel).await.expect("external interface");
+                let network: Ipv4Net = NETWORK.parse().unwrap();
+                let mut backend = match HostGwBackend::start(nl, ext, public_ip, network).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        ready_tx.send(Err(e.to_string())).unwrap();
+                        return;
+                    }
+                };
+                backend.set_lease(own);
+                ready_tx.send(Ok((backend.mtu(), backend.backend_data()))).unwrap();
+                while let Some((leases, reply)) = rx.recv().await {
+                    let _ = reply.send(backend.reconcile(&leases).await.map_err(|e| e.to_string()));
+                }
+            });
+        });
+        let (mtu, backend_data) = ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("backend thread answers")?;
+        Ok(Node {
+            tx: Some(tx),
+            thread: Some(thread),
+            mtu,
+            backend_data,
+        })
+    }
+
+    fn reconcile(&self, leases: &[Lease]) -> ReconcileReport {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        self.tx.as_ref().unwrap().send((leases.to_vec(), reply_tx)).unwrap();
+        reply_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reconcile answers")
+            .expect("reconcile succeeds")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lease(subnet: &str, public_ip: &str, backend: &str) -> Lease {
+    Lease {
+        subnet: SubnetKey::v4(subnet.parse().unwrap()),
+        attrs: LeaseAttrs::new(public_ip.parse().unwrap(), backend, serde_json::Value::Null),
+    }
+}
+
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// UDP round trip from pod address `src` in `ns_a` to pod address `dst` in `ns_b` within `within`.
+fn ping(ns_a: &str, src: &str, ns_b: &str, dst: &str, within: Duration) -> bool {
+    let (src, dst): (Ipv4Addr, Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let deadline = Instant::now() + within;
+    let (port_tx, port_rx) = mpsc::channel();
+    let done = Arc::new(AtomicBool::new(false));
+    let echo_done = done.clone();
+    let echo = in_netns(ns_b, move || {
+        let sock = UdpSocket::bind((dst, 0)).expect("bind echo socket");
+        port_tx.send(sock.local_addr().unwrap().port()).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut buf = [0u8; 64];
+        while !echo_done.load(Ordering::Relaxed) && Instant::now() < deadline + Duration::from_millis(500) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    let port = port_rx.recv().unwrap();
+    let client = in_netns(ns_a, move || {
+        let sock = UdpSocket::bind((src, 0)).expect("bind client socket");
+        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            let _ = sock.send_to(b"weft", (dst, port));
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                if &buf[..n] == b"weft" && from.ip() == dst {
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+        }
+    });
+    let ok = client.join().unwrap();
+    done.store(true, Ordering::Relaxed);
+    echo.join().unwrap();
+    ok
+}
+
+fn routes(ns: &str) -> String {
+    run(&["ip", "-n", ns, "route", "show"])
+}
+
+#[test]
+fn hostgw_refuses_a_public_ip_that_is_not_on_the_interface() {
+    if !is_root() {
+        eprintln!("skipped: needs root to create network namespaces");
+        return;
+    }
+    let ns = topology();
+    let err = Node::start(&ns.a, "10.6.1.0/24", Ipv4Addr::new(203, 0, 113, 7))
+        .err()
+        .expect("a NATed public IP is refused");
+    assert!(
+        err.contains("public IP 203.0.113.7 is not an address of interface veth0 (it has 198.51.100.1/24)"),
+        "{err}"
+    );
+    assert!(err.contains("use the vxlan backend"), "{err}");
+}
+
+#[test]
+fn hostgw_two_nodes_mesh_heal_and_leave() {
+    if !is_root() {
+        eprintln!("skipped: needs root to create network namespaces");
+        return;
+    }
+    let ns = topology();
+    let a = Node::start(&ns.a, "10.6.1.0/24", Ipv4Addr::new(198, 51, 100, 1)).unwrap();
+    let b = Node::start(&ns.b, "10.6.2.0/24", Ipv4Addr::new(198, 51, 100, 2)).unwrap();
+    assert_eq!(a.mtu, 1500, "host-gw MTU is the interface's");
+    assert!(a.backend_data.is_null());
+
+    let leases = vec![
+        lease("10.6.1.0/24", "198.51.100.1", "host-gw"),
+        lease("10.6.2.0/24", "198.51.100.2", "host-gw"),
+        // Ignored: a vxlan node and a udp node.
+        lease("10.6.3.0/24", "198.51.100.3", "vxlan"),
+        lease("10.6.4.0/24", "198.51.100.4", ""),
+    ];
+    let ra = a.reconcile(&leases);
+    assert_eq!(
+        (ra.added, ra.replaced, ra.removed, ra.peers, ra.skipped_leases),
+        (1, 0, 0, 1, 2),
+        "{ra:?}"
+    );
+    b.reconcile(&leases);
+    let rt = routes(&ns.a);
+    assert!(rt.contains("10.6.2.0/24 via 198.51.100.2 dev veth0"), "{rt}");
+    assert!(!rt.contains("10.6.3.0") && !rt.contains("10.6.4.0"), "{rt}");
+    assert!(rt.contains("10.6.1.0/24 dev cni0"), "own subnet untouched: {rt}");
+    assert!(
+        ping(&ns.a, "10.6.1.1", &ns.b, "10.6.2.1", Duration::from_secs(5)),
+        "pod a -> pod b via host-gw"
+    );
+
+    // Nothing changed: nothing done.
+    assert!(!a.reconcile(&leases).changed());
+
+    // A route deleted by hand: healed.
+    run(&["ip", "-n", &ns.a, "route", "del", "10.6.2.0/24"]);
+    assert!(
+        !ping(&ns.a, "10.6.1.1", &ns.b, "10.6.2.1", Duration::from_millis(600)),
+        "no path without the route"
+    );
+    let r = a.reconcile(&leases);
+    assert_eq!(r.added, 1, "{r:?}");
+    assert!(
+        ping(&ns.a, "10.6.1.1", &ns.b, "10.6.2.1", Duration::from_secs(5)),
+        "ping after route heal"
+    );
+
+    // A route changed by hand to a wrong gateway: replaced.
+    run(&[
+        "ip",
+        "-n",
+        &ns.a,
+        "route",
+        "replace",
+        "10.6.2.0/24",
+        "via",
+        "198.51.100.9",
+        "dev",
+        "veth0",
+    ]);
+    let r = a.reconcile(&leases);
+    assert_eq!(r.replaced, 1, "{r:?}");
+    assert!(routes(&ns.a).contains("10.6.2.0/24 via 198.51.100.2 dev veth0"));
+
+    // A stale route in the cluster network goes; one outside it stays.
+    run(&[
+        "ip",
+        "-n",
+        &ns.a,
+        "route",
+        "add",
+        "10.6.9.0/24",
+        "via",
+        "198.51.100.9",
+        "dev",
+        "veth0",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &ns.a,
+        "route",
+        "add",
+        "192.0.2.0/24",
+        "via",
+        "198.51.100.9",
+        "dev",
+        "veth0",
+    ]);
+    let r = a.reconcile(&leases);
+    assert_eq!(r.removed, 1, "{r:?}");
+    let rt = routes(&ns.a);
+    assert!(!rt.contains("10.6.9.0/24") && rt.contains("192.0.2.0/24"), "{rt}");
+
+    // A restart adopts the routes: nothing changes.
+    drop(a);
+    let a = Node::start(&ns.a, "10.6.1.0/24", Ipv4Addr::new(198, 51, 100, 1)).unwrap();
+    assert!(!a.reconcile(&leases).changed(), "restart changes nothing");
+
+    // b leaves: its route goes, ours stays.
+    let r = a.reconcile(&leases[..1]);
+    assert_eq!(r.removed, 1, "{r:?}");
+    let rt = routes(&ns.a);
+    assert!(!rt.contains("10.6.2.0/24"), "{rt}");
+    assert!(rt.contains("10.6.1.0/24 dev cni0"), "{rt}");
+    assert!(
+        !ping(&ns.a, "10.6.1.1", &ns.b, "10.6.2.1", Duration::from_millis(600)),
+        "no path after b left"
+    );
+}

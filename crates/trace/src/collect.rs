@@ -1,0 +1,177 @@
+//! Reads the facts a trace needs from this node (netlink, /proc, iptables-save, nft, the subnet
+//! file) and from etcd. Runs in the calling thread's network namespace. It never changes state.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
+use weft_core::{Lease, SubnetEnv};
+use weft_kernel::netlink::{parse_mac, Netlink};
+
+use crate::facts::{Facts, Leases, Link, Lookup, SubnetFile};
+use crate::rtnl::Rtnl;
+use crate::{TraceError, TraceOptions};
+
+fn read_subnet_file(path: &Path) -> SubnetFile {
+    match std::fs::read_to_string(path) {
+        Ok(text) => match SubnetEnv::parse(&text) {
+            Ok(env) => SubnetFile::Present(env),
+            Err(e) => SubnetFile::Invalid(e.to_string()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => SubnetFile::Missing,
+        Err(e) => SubnetFile::Invalid(format!("cannot read it: {e}")),
+    }
+}
+
+fn read_ip_forward() -> Option<bool> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").ok()?;
+    Some(text.trim() != "0")
+}
+
+/// Runs a read-only listing tool; None when it is missing or fails.
+fn listing(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn read_etcd(opts: &EtcdOptions, within: Duration) -> (Leases, Option<ipnet::Ipv4Net>) {
+    let read = async {
+        let etcd = EtcdSubnetManager::connect(opts.clone()).await?;
+        let leases = etcd.list_leases().await?;
+        let network = etcd.get_config().await.ok().flatten().map(|c| c.network);
+        Ok::<_, weft_control::ControlError>((leases, network))
+    };
+    match tokio::time::timeout(within, read).await {
+        Ok(Ok((leases, network))) => (Leases::Listed(leases), network),
+        Ok(Err(e)) => (Leases::Failed(e.to_string()), None),
+        Err(_) => (
+            Leases::Failed(format!("no answer from {} within {within:?}", opts.endpoints.join(","))),
+            None,
+        ),
+    }
+}
+
+fn owning_lease(leases: &Leases, dst: Ipv4Addr) -> Option<&Lease> {
+    match leases {
+        Leases::Listed(all) => all
+            .iter()
+            .filter(|l| l.subnet.ipv4.contains(&dst))
+            .max_by_key(|l| l.subnet.ipv4.prefix_len()),
+        _ => None,
+    }
+}
+
+/// Collects everything [`crate::walk::walk`] looks at.
+pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
+    let subnet_file = read_subnet_file(&opts.subnet_file);
+    let (leases, etcd_network) = match &opts.etcd {
+        Some(etcd) => read_etcd(etcd, opts.etcd_timeout).await,
+        None => (Leases::NotAsked, None),
+    };
+    let nl = Netlink::new().map_err(TraceError::Netlink)?;
+    let rtnl = Rtnl::new().map_err(TraceError::Socket)?;
+    let masters = rtnl.masters().await.map_err(TraceError::Read)?;
+    let links: Vec<Link> = nl
+        .list_links()
+        .await
+        .map_err(TraceError::Netlink)?
+        .into_iter()
+        .map(|info| Link {
+            master: masters.get(&info.index).copied(),
+            info,
+        })
+        .collect();
+    let addrs = nl.list_all_addrs_v4().await.map_err(TraceError::Netlink)?;
+    let route = rtnl.fib_match(opts.dst).await;
+
+    let mut neighbours = Vec::new();
+    let mut fdb = Vec::new();
+    let mut underlay_targets = Vec::new();
+    let route_dev = match &route {
+        Lookup::Found(r) => r.oif.and_then(|i| links.iter().find(|l| l.info.index == i)),
+        _ => None,
+    };
+    if let Some(dev) = route_dev {
+        for n in nl
+            .list_neighbours_v4(dev.info.index)
+            .await
+            .map_err(TraceError::Netlink)?
+        {
+            neighbours.push((dev.info.index, n));
+        }
+        if dev.info.kind.as_deref() == Some("vxlan") {
+            fdb = nl.list_fdb(dev.info.index).await.map_err(TraceError::Netlink)?;
+        }
+    }
+    let owner = owning_lease(&leases, opts.dst);
+    // The VTEP MACs that matter: the next hop's in the kernel, and the one the lease advertises.
+    let next_hop = match &route {
+        Lookup::Found(r) => r.gateway.unwrap_or(opts.dst),
+        _ => opts.dst,
+    };
+    let mut macs: Vec<[u8; 6]> = neighbours
+        .iter()
+        .filter(|(_, n)| n.ip == next_hop)
+        .filter_map(|(_, n)| n.mac)
+        .collect();
+    if let Some(mac) = owner
+        .and_then(|l| l.attrs.backend_data.get("VtepMAC"))
+        .and_then(|v| v.as_str())
+        .and_then(parse_mac)
+    {
+        macs.push(mac);
+    }
+    for e in fdb.iter().filter(|e| macs.contains(&e.mac)) {
+        underlay_targets.extend(e.dst);
+    }
+    underlay_targets.extend(owner.map(|l| l.attrs.public_ip));
+    underlay_targets.sort();
+    underlay_targets.dedup();
+    let mut underlay = Vec::new();
+    for target in underlay_targets {
+        underlay.push((target, rtnl.fib_match(target).await));
+    }
+
+    let mut port_fdb = Vec::new();
+    if let Some(bridge) = links.iter().find(|l| l.info.name == opts.bridge) {
+        for n in nl
+            .list_neighbours_v4(bridge.info.index)
+            .await
+            .map_err(TraceError::Netlink)?
+        {
+            neighbours.push((bridge.info.index, n));
+        }
+        let src_is_local = addrs.iter().any(|a| a.addr.addr() == opts.src);
+        if !src_is_local {
+            for port in links.iter().filter(|l| l.master == Some(bridge.info.index)) {
+                for e in nl.list_fdb(port.info.index).await.map_err(TraceError::Netlink)? {
+                    port_fdb.push((port.info.index, e));
+                }
+            }
+        }
+    }
+
+    Ok(Facts {
+        src: opts.src,
+        dst: opts.dst,
+        subnet_file_path: opts.subnet_file.display().to_string(),
+        subnet_file,
+        etcd_network,
+        leases,
+        ip_forward: read_ip_forward(),
+        bridge: opts.bridge.clone(),
+        links,
+        addrs,
+        route,
+        neighbours,
+        fdb,
+        port_fdb,
+        underlay,
+        iptables_filter: listing("iptables-save", &["-t", "filter"]),
+        nft_ruleset: listing("nft", &["list", "ruleset"]),
+    })
+}

@@ -1,0 +1,1340 @@
+//! The pure walk: from the collected [`Facts`] to the steps of a [`Trace`], in the order a packet
+//! meets them — subnet.env, source, owning lease, route, forwarding, the backend's tables
+//! (vxlan: neighbour, FDB, underlay route; host-gw: gateway; udp: TUN), then MTUs. A step that
+//! breaks says why and what to do; the walk goes on where later steps still mean something.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use weft_core::{Lease, SubnetEnv};
+use weft_kernel::netlink::{format_mac, parse_mac, Neighbour};
+
+use crate::facts::{Facts, FibRoute, Leases, Lookup, SubnetFile};
+use crate::forward::{iptables_forward, nft_forward, Packet, Verdict};
+use crate::report::{Cause, Step, Trace};
+
+/// VXLAN over IPv4 adds 50 bytes; the udp backend 28.
+const VXLAN_OVERHEAD: u32 = 50;
+const UDP_OVERHEAD: u32 = 28;
+
+const NUD_INCOMPLETE: u16 = 0x01;
+const NUD_FAILED: u16 = 0x20;
+
+/// How the route sends the packet on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Vxlan,
+    /// Via the peer's PublicIP on the external interface (host-gw, or vxlan DirectRouting).
+    Gateway,
+    Udp,
+}
+
+impl Path {
+    fn name(self, lease: Option<&Lease>) -> &'static str {
+        match self {
+            Path::Vxlan => "vxlan",
+            Path::Udp => "udp",
+            Path::Gateway if lease.is_some_and(|l| l.attrs.backend_type == "vxlan") => "vxlan (direct routing)",
+            Path::Gateway => "host-gw",
+        }
+    }
+}
+
+fn nud_name(state: u16) -> String {
+    const NAMES: [(u16, &str); 8] = [
+        (0x01, "INCOMPLETE"),
+        (0x02, "REACHABLE"),
+        (0x04, "STALE"),
+        (0x08, "DELAY"),
+        (0x10, "PROBE"),
+        (0x20, "FAILED"),
+        (0x40, "NOARP"),
+        (0x80, "PERMANENT"),
+    ];
+    let names: Vec<&str> = NAMES.iter().filter(|(b, _)| state & b != 0).map(|(_, n)| *n).collect();
+    if names.is_empty() {
+        "NONE".into()
+    } else {
+        names.join("|")
+    }
+}
+
+fn table_name(table: Option<u32>) -> String {
+    match table {
+        Some(254) => "main".into(),
+        Some(255) => "local".into(),
+        Some(253) => "default".into(),
+        Some(t) => t.to_string(),
+        None => "?".into(),
+    }
+}
+
+/// A route as `ip route` prints it, plus its table.
+fn describe_route(r: &FibRoute, f: &Facts) -> String {
+    let mut s = String::new();
+    if r.kind != "unicast" {
+        s.push_str(&r.kind);
+        s.push(' ');
+    }
+    s.push_str(&r.dst.to_string());
+    if let Some(gw) = r.gateway {
+        s.push_str(&format!(" via {gw}"));
+    }
+    if let Some(oif) = r.oif {
+        s.push_str(&format!(" dev {}", f.link_name(oif)));
+    }
+    if r.onlink {
+        s.push_str(" onlink");
+    }
+    s.push_str(&format!(" table {}", table_name(r.table)));
+    s
+}
+
+fn describe_neighbour(n: &Neighbour, dev: &str) -> String {
+    let mac = n.mac.map(|m| format_mac(&m)).unwrap_or_else(|| "(no lladdr)".into());
+    format!("{} dev {dev} lladdr {mac} {}", n.ip, nud_name(n.state))
+}
+
+fn describe_env(path: &str, env: &SubnetEnv) -> String {
+    format!(
+        "{path}: FLANNEL_NETWORK={} FLANNEL_SUBNET={} FLANNEL_MTU={} FLANNEL_IPMASQ={}",
+        env.network, env.subnet, env.mtu, env.ipmasq
+    )
+}
+
+fn describe_lease(l: &Lease) -> String {
+    let backend = if l.attrs.backend_type.is_empty() {
+        "udp"
+    } else {
+        &l.attrs.backend_type
+    };
+    let mut s = format!("{} PublicIP {} backend {backend}", l.subnet, l.attrs.public_ip);
+    if !l.attrs.backend_data.is_null() {
+        s.push_str(&format!(" BackendData {}", l.attrs.backend_data));
+    }
+    s
+}
+
+fn lease_vtep_mac(l: &Lease) -> Option<[u8; 6]> {
+    l.attrs.backend_data.get("VtepMAC")?.as_str().and_then(parse_mac)
+}
+
+/// Walks the facts; see the module docs.
+pub fn walk(f: &Facts) -> Trace {
+    let mut steps = Vec::new();
+    let backend = walk_into(f, &mut steps);
+    Trace::new(f.src, f.dst, backend, steps)
+}
+
+fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
+    // subnet.env
+    let env = match &f.subnet_file {
+        SubnetFile::Present(env) => {
+            steps.push(Step::ok(
+                "subnet.env",
+                describe_env(&f.subnet_file_path, env),
+                "weftd holds a lease on this node",
+            ));
+            Some(env)
+        }
+        SubnetFile::Missing => {
+            steps.push(Step::broken(
+                "subnet.env",
+                Cause::MissingSubnetEnv,
+                format!(
+                    "{} does not exist: weftd has not acquired a lease on this node, so CNI cannot set up \
+                     pods here; check that weftd runs (and its log), or pass --subnet-file if it writes elsewhere",
+                    f.subnet_file_path
+                ),
+            ));
+            None
+        }
+        SubnetFile::Invalid(why) => {
+            steps.push(Step::broken(
+                "subnet.env",
+                Cause::InvalidSubnetEnv,
+                format!(
+                    "{} cannot be used: {why}; restart weftd to write it again",
+                    f.subnet_file_path
+                ),
+            ));
+            None
+        }
+    };
+    let network = env.map(|e| e.network.trunc()).or(f.etcd_network);
+    let bridge = f.link_named(&f.bridge);
+    let bridge_nets: Vec<Ipv4Net> = bridge
+        .map(|b| {
+            f.addrs
+                .iter()
+                .filter(|a| a.index == b.info.index)
+                .map(|a| a.addr.trunc())
+                .collect()
+        })
+        .unwrap_or_default();
+    let own_subnet = env.map(|e| e.subnet.trunc()).or_else(|| bridge_nets.first().copied());
+
+    // source
+    let src_addr = f.addrs.iter().find(|a| a.addr.addr() == f.src);
+    let src_is_pod = src_addr.is_none() && own_subnet.is_some_and(|s| s.contains(&f.src));
+    if let Some(a) = src_addr {
+        steps.push(Step::ok(
+            "source",
+            format!("{} dev {}", a.addr, f.link_name(a.index)),
+            format!(
+                "{} is an address of this node: its packets are sent, not forwarded",
+                f.src
+            ),
+        ));
+    } else if src_is_pod {
+        steps.push(Step::ok(
+            "source",
+            "",
+            format!(
+                "{} is a pod of this node (subnet {} on {})",
+                f.src,
+                own_subnet.expect("src_is_pod needs a subnet"),
+                f.bridge
+            ),
+        ));
+    } else {
+        let subnet = own_subnet.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into());
+        steps.push(Step::broken(
+            "source",
+            Cause::SourceNotLocal,
+            format!(
+                "{} is neither an address of this node nor in its pod subnet ({subnet}): run weft trace on \
+                 the node that hosts {}",
+                f.src, f.src
+            ),
+        ));
+    }
+
+    // destination
+    match network {
+        Some(net) if !net.contains(&f.dst) => {
+            steps.push(Step::broken(
+                "destination",
+                Cause::DestinationOutsideNetwork,
+                format!(
+                    "{} is outside the cluster network {net}: it is not an overlay address, so weft \
+                     does not route it; give a pod address",
+                    f.dst
+                ),
+            ));
+            return None;
+        }
+        Some(_) => {}
+        None => steps.push(Step::info(
+            "destination",
+            "the cluster network is unknown (no subnet.env and no etcd config): cannot check that the destination is a pod address",
+        )),
+    }
+    if own_subnet.is_some_and(|s| s.contains(&f.dst)) {
+        local_destination(f, own_subnet.expect("checked"), steps);
+        return Some("local".into());
+    }
+
+    // owning lease
+    let lease = match &f.leases {
+        Leases::Listed(leases) => {
+            let owner = leases
+                .iter()
+                .filter(|l| l.subnet.ipv4.contains(&f.dst))
+                .max_by_key(|l| l.subnet.ipv4.prefix_len());
+            match owner {
+                Some(l) => steps.push(Step::ok(
+                    "lease",
+                    describe_lease(l),
+                    format!("the node at {} owns the subnet of {}", l.attrs.public_ip, f.dst),
+                )),
+                None => steps.push(Step::broken(
+                    "lease",
+                    Cause::NoLease,
+                    format!(
+                        "no lease in etcd covers {}: no node holds that subnet (its node is gone or its lease \
+                         expired, or the address is wrong); `weft leases` lists the cluster's subnets",
+                        f.dst
+                    ),
+                )),
+            }
+            owner
+        }
+        Leases::Failed(why) => {
+            steps.push(Step::broken(
+                "lease",
+                Cause::EtcdUnreachable,
+                format!("cannot read the leases from etcd: {why}; check --etcd-endpoints and the TLS flags"),
+            ));
+            None
+        }
+        Leases::NotAsked => {
+            steps.push(Step::info(
+                "lease",
+                "no etcd options given: the owning lease is not checked",
+            ));
+            None
+        }
+    };
+
+    // route
+    let route = match &f.route {
+        Lookup::Found(r) => r,
+        Lookup::NoRoute => {
+            steps.push(Step::broken(
+                "route",
+                Cause::NoRoute,
+                format!(
+                    "the kernel has no route to {}: weftd has not programmed this node (check that weftd runs, \
+                     with the cluster's backend, and its log)",
+                    f.dst
+                ),
+            ));
+            return None;
+        }
+        Lookup::Failed(why) => {
+            steps.push(Step::broken(
+                "route",
+                Cause::NoRoute,
+                format!("route lookup for {} failed: {why}", f.dst),
+            ));
+            return None;
+        }
+    };
+    let entry = describe_route(route, f);
+    if route.kind != "unicast" {
+        steps.push(
+            Step::broken(
+                "route",
+                Cause::NoRoute,
+                format!(
+                    "{} matches a {} route, which discards the packet: delete it (ip route del {})",
+                    f.dst, route.kind, route.dst
+                ),
+            )
+            .with_entry(entry),
+        );
+        return None;
+    }
+    let Some(dev) = route.oif.and_then(|i| f.link(i)) else {
+        steps.push(Step::broken("route", Cause::NoRoute, "the matched route has no output device").with_entry(entry));
+        return None;
+    };
+    let dev_name = dev.info.name.clone();
+    let path = if dev.info.kind.as_deref() == Some("vxlan") {
+        Some(Path::Vxlan)
+    } else if dev_name == "flannel0" || dev.info.kind.as_deref() == Some("tun") {
+        Some(Path::Udp)
+    } else if route.gateway.is_some()
+        && route.dst.prefix_len() > 0
+        // Without a lease to compare with, any gateway route narrower than the default counts.
+        && lease.is_none_or(|l| Some(l.attrs.public_ip) == route.gateway)
+    {
+        Some(Path::Gateway)
+    } else {
+        None
+    };
+    let Some(path) = path else {
+        let subnet = lease
+            .map(|l| l.subnet.ipv4.to_string())
+            .unwrap_or_else(|| "its subnet".into());
+        let (cause, why) = if lease.is_some_and(|l| l.attrs.backend_type == "host-gw") && route.dst.prefix_len() > 0 {
+            (
+                Cause::RouteMismatchesLease,
+                format!(
+                    "the route sends {} via {}, but the lease says the node is at {}: weftd corrects the \
+                     route on its next reconcile",
+                    f.dst,
+                    route
+                        .gateway
+                        .map(|g| g.to_string())
+                        .unwrap_or_else(|| "no gateway".into()),
+                    lease.expect("checked").attrs.public_ip
+                ),
+            )
+        } else {
+            (
+                Cause::RouteNotIntoOverlay,
+                format!(
+                    "{} leaves through {} ({}), not into the overlay: the route for {subnet} is missing; weftd \
+                     adds it on its next reconcile (check that weftd runs and its log)",
+                    f.dst,
+                    dev_name,
+                    if route.dst.prefix_len() == 0 {
+                        "the default route"
+                    } else {
+                        "an unrelated route"
+                    }
+                ),
+            )
+        };
+        steps.push(Step::broken("route", cause, why).with_entry(entry));
+        return None;
+    };
+    let expected = lease.map(|l| l.attrs.backend_type.as_str());
+    let consistent = match (path, expected) {
+        (_, None) => true,
+        (Path::Vxlan, Some(b)) => b == "vxlan",
+        (Path::Udp, Some(b)) => b.is_empty() || b == "udp",
+        (Path::Gateway, Some(b)) => b == "host-gw" || b == "vxlan",
+    };
+    if consistent {
+        steps.push(Step::ok(
+            "route",
+            entry,
+            format!("{} goes out through {dev_name} ({})", f.dst, path.name(lease)),
+        ));
+    } else {
+        steps.push(
+            Step::broken(
+                "route",
+                Cause::RouteMismatchesLease,
+                format!(
+                    "the route goes through {dev_name} ({}), but the lease of {} says backend {:?}: nodes of one \
+                     cluster must run the same backend; restart weftd on the node that differs",
+                    path.name(None),
+                    lease.expect("expected is Some").subnet,
+                    expected.unwrap_or_default()
+                ),
+            )
+            .with_entry(entry),
+        );
+    }
+    if !dev.info.up {
+        steps.push(Step::broken(
+            "device",
+            Cause::DeviceDown,
+            format!("{dev_name} is down: packets routed to it are dropped; `ip link set {dev_name} up` (weftd does this on its next reconcile)"),
+        ));
+    }
+
+    // forwarding on this node
+    forwarding(f, src_is_pod, network, &dev_name, steps);
+
+    // the backend's own tables
+    let mut underlay_dev = None;
+    match path {
+        Path::Vxlan => underlay_dev = vxlan_hops(f, route, &dev_name, lease, steps),
+        Path::Gateway => gateway_hops(f, route, &dev_name, steps),
+        Path::Udp => {
+            steps.push(Step::info(
+                "peer table",
+                "weftd's user-space datapath encapsulates the packet to the owning node's PublicIP (UDP port \
+                 8285); its peer table is built from the lease above and is not shown here yet",
+            ));
+            if let Some(l) = lease {
+                underlay_dev = underlay_hop(f, l.attrs.public_ip, route.oif, &dev_name, steps);
+            }
+        }
+    }
+
+    // MTU
+    mtu_check(f, path, dev, underlay_dev, env, src_is_pod, steps);
+    Some(path.name(lease).to_string())
+}
+
+/// The destination is a pod of this node: the route must lead to the bridge.
+fn local_destination(f: &Facts, own: Ipv4Net, steps: &mut Vec<Step>) {
+    match &f.route {
+        Lookup::Found(r) => {
+            let entry = describe_route(r, f);
+            if r.oif.map(|i| f.link_name(i)) == Some(f.bridge.clone()) {
+                steps.push(Step::ok(
+                    "route",
+                    entry,
+                    format!("{} is a pod of this node ({own}): delivered on {}", f.dst, f.bridge),
+                ));
+            } else {
+                steps.push(
+                    Step::broken(
+                        "route",
+                        Cause::RouteNotIntoOverlay,
+                        format!(
+                            "{} is in this node's subnet {own} but the route does not lead to {}: is {} up with \
+                             its gateway address? (the CNI plugin creates it with the first pod)",
+                            f.dst, f.bridge, f.bridge
+                        ),
+                    )
+                    .with_entry(entry),
+                );
+            }
+        }
+        _ => steps.push(Step::broken(
+            "route",
+            Cause::NoRoute,
+            format!(
+                "no route to {} in this node's own subnet {own}: {} is missing or has no address",
+                f.dst, f.bridge
+            ),
+        )),
+    }
+}
+
+fn forwarding(f: &Facts, src_is_pod: bool, network: Option<Ipv4Net>, out_dev: &str, steps: &mut Vec<Step>) {
+    match (f.ip_forward, src_is_pod) {
+        (Some(true), _) => steps.push(Step::ok(
+            "ip_forward",
+            "net.ipv4.ip_forward = 1",
+            "this node forwards between its pods and the overlay",
+        )),
+        (Some(false), true) => steps.push(
+            Step::broken(
+                "ip_forward",
+                Cause::IpForwardDisabled,
+                "this node does not forward, so it drops every packet from its pods to other nodes: run `sysctl -w \
+                 net.ipv4.ip_forward=1` and persist it in /etc/sysctl.d/",
+            )
+            .with_entry("net.ipv4.ip_forward = 0"),
+        ),
+        (Some(false), false) => steps.push(Step::info(
+            "ip_forward",
+            "net.ipv4.ip_forward = 0: not needed for this node's own packets, but its pods cannot reach other nodes",
+        )),
+        (None, _) => steps.push(Step::info("ip_forward", "cannot read /proc/sys/net/ipv4/ip_forward")),
+    }
+    if !src_is_pod {
+        return;
+    }
+    let out = Packet {
+        src: f.src,
+        dst: f.dst,
+        iif: f.bridge.clone(),
+        oif: out_dev.to_string(),
+    };
+    let back = Packet {
+        src: f.dst,
+        dst: f.src,
+        iif: out_dev.to_string(),
+        oif: f.bridge.clone(),
+    };
+    let iptables_read_filter = f.iptables_filter.as_deref().is_some_and(|s| s.contains(":FORWARD "));
+    let verdict = |p: &Packet| -> Option<Verdict> {
+        let ipt = f.iptables_filter.as_deref().and_then(|s| iptables_forward(s, p));
+        let nft = f
+            .nft_ruleset
+            .as_deref()
+            .and_then(|s| nft_forward(s, p, iptables_read_filter));
+        match (ipt, nft) {
+            (Some(d @ Verdict::Drop { .. }), _) | (_, Some(d @ Verdict::Drop { .. })) => Some(d),
+            (Some(Verdict::Accept { by: a }), Some(Verdict::Accept { by: b })) => Some(Verdict::Accept {
+                by: format!("{a}; {b}"),
+            }),
+            (a, b) => a.or(b),
+        }
+    };
+    let net = network
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "<cluster network>".into());
+    let fix = format!(
+        "weftd installs accept rules for the cluster network unless --iptables-forward-rules=false; or add them: \
+         `iptables -A FORWARD -s {net} -j ACCEPT; iptables -A FORWARD -d {net} -j ACCEPT`"
+    );
+    match (verdict(&out), verdict(&back)) {
+        (Some(Verdict::Drop { by }), _) => steps.push(
+            Step::broken(
+                "forward",
+                Cause::ForwardDropped,
+                format!(
+                    "the FORWARD hook drops {} -> {} (in {}, out {out_dev}): {fix}",
+                    f.src, f.dst, f.bridge
+                ),
+            )
+            .with_entry(by),
+        ),
+        (_, Some(Verdict::Drop { by })) => steps.push(
+            Step::broken(
+                "forward",
+                Cause::ForwardDropped,
+                format!("the FORWARD hook drops the replies {} -> {}: {fix}", f.dst, f.src),
+            )
+            .with_entry(by),
+        ),
+        (Some(Verdict::Accept { by }), _) => steps.push(Step::ok(
+            "forward",
+            by,
+            "the FORWARD hook lets the packet and its replies through",
+        )),
+        _ => steps.push(Step::info(
+            "forward",
+            "no iptables or nftables forward rules could be read (iptables-save/nft missing?): nothing checked",
+        )),
+    }
+}
+
+/// Neighbour, FDB entry and underlay route of a VXLAN path; returns the underlay device.
+fn vxlan_hops(f: &Facts, route: &FibRoute, dev: &str, lease: Option<&Lease>, steps: &mut Vec<Step>) -> Option<u32> {
+    let oif = route.oif?;
+    let next_hop = route.gateway.unwrap_or(f.dst);
+    let lease_mac = lease.and_then(lease_vtep_mac);
+    let lease_mac_text = lease_mac
+        .map(|m| format_mac(&m))
+        .unwrap_or_else(|| "<VtepMAC of the lease>".into());
+    let neighbour = f
+        .neighbours
+        .iter()
+        .find(|(i, n)| *i == oif && n.ip == next_hop)
+        .map(|(_, n)| n);
+    let kernel_mac = match neighbour {
+        None => {
+            steps.push(Step::broken(
+                "neighbour",
+                Cause::MissingNeighbour,
+                format!(
+                    "{dev} has no neighbour entry for {next_hop}, the VTEP address of the owning node: the kernel \
+                     cannot build the inner Ethernet header and drops the packet. weftd adds it on its next \
+                     reconcile; by hand: `ip neigh replace {next_hop} lladdr {lease_mac_text} dev {dev} nud permanent`"
+                ),
+            ));
+            None
+        }
+        Some(n) => {
+            let entry = describe_neighbour(n, dev);
+            match n.mac {
+                None => steps.push(
+                    Step::broken(
+                        "neighbour",
+                        Cause::NeighbourUnresolved,
+                        format!("the entry for {next_hop} has no MAC: `ip neigh replace {next_hop} lladdr {lease_mac_text} dev {dev} nud permanent`"),
+                    )
+                    .with_entry(entry),
+                ),
+                Some(mac) if n.state & (NUD_FAILED | NUD_INCOMPLETE) != 0 => steps.push(
+                    Step::broken(
+                        "neighbour",
+                        Cause::NeighbourUnresolved,
+                        format!(
+                            "the entry for {next_hop} is {}: `ip neigh replace {next_hop} lladdr {} dev {dev} nud permanent`",
+                            nud_name(n.state),
+                            lease_mac.map(|m| format_mac(&m)).unwrap_or_else(|| format_mac(&mac))
+                        ),
+                    )
+                    .with_entry(entry),
+                ),
+                Some(mac) if lease_mac.is_some_and(|l| l != mac) => steps.push(
+                    Step::broken(
+                        "neighbour",
+                        Cause::VtepMacMismatch,
+                        format!(
+                            "{dev} resolves {next_hop} to {}, but the owning node's lease advertises VtepMAC \
+                             {lease_mac_text}: that node's device has another MAC now (it was re-created), so it \
+                             drops these frames. weftd replaces the entry on its next reconcile; by hand: `ip neigh \
+                             replace {next_hop} lladdr {lease_mac_text} dev {dev} nud permanent`",
+                            format_mac(&mac)
+                        ),
+                    )
+                    .with_entry(entry),
+                ),
+                Some(_) => steps.push(Step::ok(
+                    "neighbour",
+                    entry,
+                    if lease_mac.is_some() {
+                        "the inner frame goes to the owning node's VTEP MAC (as in its lease)"
+                    } else {
+                        "the inner frame goes to this VTEP MAC"
+                    },
+                )),
+            }
+            n.mac
+        }
+    };
+
+    // FDB: which node (underlay IP) the VTEP MAC lives behind.
+    let lease_ip = lease.map(|l| l.attrs.public_ip);
+    let Some(mac) = kernel_mac.or(lease_mac) else {
+        steps.push(Step::info(
+            "fdb",
+            "no VTEP MAC known (no neighbour entry, no lease): FDB not checked",
+        ));
+        return lease_ip.and_then(|ip| underlay_hop(f, ip, Some(oif), dev, steps));
+    };
+    let mac_text = format_mac(&mac);
+    let entries: Vec<_> = f.fdb.iter().filter(|e| e.mac == mac && e.dst.is_some()).collect();
+    let fdb_dst = match entries.first() {
+        None => {
+            let dst = lease_ip
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "<PublicIP of the owning node>".into());
+            steps.push(Step::broken(
+                "fdb",
+                Cause::MissingFdb,
+                format!(
+                    "{dev} has no FDB entry for {mac_text}: the kernel does not know which node to send the VXLAN \
+                     packet to and drops it. weftd adds it on its next reconcile; by hand: `bridge fdb replace \
+                     {mac_text} dev {dev} dst {dst} self permanent`"
+                ),
+            ));
+            None
+        }
+        Some(e) => {
+            let dst = e.dst.expect("filtered");
+            let entry = format!(
+                "{mac_text} dev {dev} dst {dst}{}{}",
+                if e.is_self { " self" } else { "" },
+                if e.is_permanent() { " permanent" } else { "" }
+            );
+            match lease_ip {
+                Some(ip) if ip != dst && !entries.iter().any(|e| e.dst == Some(ip)) => steps.push(
+                    Step::broken(
+                        "fdb",
+                        Cause::FdbDestinationMismatch,
+                        format!(
+                            "{dev} sends {mac_text} to {dst}, but the owning node's lease says PublicIP {ip}: weftd \
+                             corrects it on its next reconcile; by hand: `bridge fdb replace {mac_text} dev {dev} dst {ip} self permanent`"
+                        ),
+                    )
+                    .with_entry(entry),
+                ),
+                _ => steps.push(Step::ok(
+                    "fdb",
+                    entry,
+                    format!("the VXLAN packet goes to {dst}"),
+                )),
+            }
+            Some(dst)
+        }
+    };
+    let target = fdb_dst.or(lease_ip)?;
+    underlay_hop(f, target, Some(oif), dev, steps)
+}
+
+/// The underlay route to a node's address; returns its output device.
+fn underlay_hop(f: &Facts, target: Ipv4Addr, overlay: Option<u32>, dev: &str, steps: &mut Vec<Step>) -> Option<u32> {
+    match f.underlay_lookup(target) {
+        Some(Lookup::Found(r)) if r.kind == "unicast" && r.oif.is_some() && r.oif != overlay => {
+            steps.push(Step::ok(
+                "underlay",
+                describe_route(r, f),
+                format!(
+                    "the encapsulated packet to {target} leaves through {}",
+                    f.link_name(r.oif.expect("checked"))
+                ),
+            ));
+            r.oif
+        }
+        Some(Lookup::Found(r)) => {
+            steps.push(
+                Step::broken(
+                    "underlay",
+                    Cause::NoUnderlayRoute,
+                    format!(
+                        "the route to {target} (the owning node) does not lead to the underlay{}: fix this node's \
+                         routing so {target} is reached through the external interface",
+                        if r.oif == overlay {
+                            format!(" but back into {dev}")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                )
+                .with_entry(describe_route(r, f)),
+            );
+            None
+        }
+        Some(Lookup::NoRoute) => {
+            steps.push(Step::broken(
+                "underlay",
+                Cause::NoUnderlayRoute,
+                format!(
+                    "no route to {target}, the owning node's address: the encapsulated packet cannot leave this \
+                     node; fix the underlay routing (the nodes must reach each other's PublicIP)"
+                ),
+            ));
+            None
+        }
+        Some(Lookup::Failed(why)) => {
+            steps.push(Step::broken(
+                "underlay",
+                Cause::NoUnderlayRoute,
+                format!("route lookup for {target} failed: {why}"),
+            ));
+            None
+        }
+        None => {
+            steps.push(Step::info(
+                "underlay",
+                format!("the route to {target} was not looked up"),
+            ));
+            None
+        }
+    }
+}
+
+/// host-gw (or DirectRouting): the gateway must answer ARP on the external interface.
+fn gateway_hops(f: &Facts, route: &FibRoute, dev: &str, steps: &mut Vec<Step>) {
+    let (Some(gw), Some(oif)) = (route.gateway, route.oif) else {
+        return;
+    };
+    match f
+        .neighbours
+        .iter()
+        .find(|(i, n)| *i == oif && n.ip == gw)
+        .map(|(_, n)| n)
+    {
+        Some(n) if n.state & (NUD_FAILED | NUD_INCOMPLETE) != 0 || n.mac.is_none() => steps.push(
+            Step::broken(
+                "neighbour",
+                Cause::NeighbourUnresolved,
+                format!(
+                    "{gw} does not answer ARP on {dev}: host-gw needs every node on one L2 segment; check that the \
+                     node is up and on this segment, or use the vxlan backend"
+                ),
+            )
+            .with_entry(describe_neighbour(n, dev)),
+        ),
+        Some(n) => steps.push(Step::ok(
+            "neighbour",
+            describe_neighbour(n, dev),
+            format!("the owning node {gw} answers on {dev}"),
+        )),
+        None => steps.push(Step::info(
+            "neighbour",
+            format!("no ARP entry for {gw} on {dev} yet: the kernel resolves it with the first packet"),
+        )),
+    }
+}
+
+fn mtu_check(
+    f: &Facts,
+    path: Path,
+    dev: &crate::facts::Link,
+    underlay_dev: Option<u32>,
+    env: Option<&SubnetEnv>,
+    src_is_pod: bool,
+    steps: &mut Vec<Step>,
+) {
+    let overlay_mtu = dev.info.mtu;
+    let name = &dev.info.name;
+    let mut seen = vec![format!("{name} {overlay_mtu}")];
+    let mut problems = Vec::new();
+    let underlay = underlay_dev.or(dev.info.vxlan.as_ref().and_then(|v| v.dev_index));
+    let overhead = match path {
+        Path::Vxlan => VXLAN_OVERHEAD,
+        Path::Udp => UDP_OVERHEAD,
+        Path::Gateway => 0,
+    };
+    if overhead > 0 {
+        if let Some(u) = underlay.and_then(|i| f.link(i)) {
+            seen.push(format!("{} {}", u.info.name, u.info.mtu));
+            if overlay_mtu + overhead > u.info.mtu {
+                problems.push(format!(
+                    "{name} has MTU {overlay_mtu}, but with the {overhead}-byte header that exceeds {}'s MTU {}; \
+                     {name} should have {}",
+                    u.info.name,
+                    u.info.mtu,
+                    u.info.mtu.saturating_sub(overhead)
+                ));
+            }
+        }
+    }
+    if let Some(env) = env {
+        seen.push(format!("FLANNEL_MTU {}", env.mtu));
+        if env.mtu != overlay_mtu {
+            problems.push(format!(
+                "subnet.env says FLANNEL_MTU={} but {name} has MTU {overlay_mtu}, so new pods get the wrong MTU",
+                env.mtu
+            ));
+        }
+    }
+    if let Some(b) = f.link_named(&f.bridge) {
+        seen.push(format!("{} {}", b.info.name, b.info.mtu));
+        if b.info.mtu > overlay_mtu {
+            problems.push(format!(
+                "{} has MTU {} but {name} carries at most {overlay_mtu}",
+                b.info.name, b.info.mtu
+            ));
+        }
+        // The pods' veths on the bridge: the source pod's when it can be found, else all.
+        let ports: Vec<_> = f.links.iter().filter(|l| l.master == Some(b.info.index)).collect();
+        let src_port = src_is_pod
+            .then(|| {
+                let mac = f
+                    .neighbours
+                    .iter()
+                    .find(|(i, n)| *i == b.info.index && n.ip == f.src)
+                    .and_then(|(_, n)| n.mac)?;
+                f.port_fdb.iter().find(|(_, e)| e.mac == mac).map(|(port, _)| *port)
+            })
+            .flatten();
+        let checked: Vec<_> = match src_port {
+            Some(p) => ports.into_iter().filter(|l| l.info.index == p).collect(),
+            None => ports,
+        };
+        for port in checked {
+            let who = if src_port.is_some() {
+                format!("{}'s interface ({} on {})", f.src, port.info.name, f.bridge)
+            } else {
+                format!("pod interface {}", port.info.name)
+            };
+            seen.push(format!("{} {}", port.info.name, port.info.mtu));
+            if port.info.mtu > overlay_mtu {
+                problems.push(format!(
+                    "{who} has MTU {} but {name} carries at most {overlay_mtu}",
+                    port.info.mtu
+                ));
+            }
+        }
+    }
+    let entry = seen.join(", ");
+    if problems.is_empty() {
+        steps.push(Step::ok("mtu", entry, "the MTUs along the path agree"));
+    } else {
+        steps.push(
+            Step::broken(
+                "mtu",
+                Cause::MtuMismatch,
+                format!(
+                    "{}: large packets are dropped or fragmented (small pings pass, big transfers hang); give the \
+                     bridge and the pods FLANNEL_MTU (re-create the pods) or fix Backend.MTU",
+                    problems.join("; ")
+                ),
+            )
+            .with_entry(entry),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::Link;
+    use crate::report::Status;
+    use serde_json::json;
+    use weft_core::{LeaseAttrs, SubnetKey};
+    use weft_kernel::netlink::{AddrInfo, FdbEntry, LinkInfo, VxlanInfo};
+
+    const VETH0: u32 = 2;
+    const CNI0: u32 = 3;
+    const FLANNEL: u32 = 4;
+    const POD_PORT: u32 = 5;
+    const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+    const POD_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x02];
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn link(index: u32, name: &str, kind: Option<&str>, mtu: u32, master: Option<u32>) -> Link {
+        Link {
+            info: LinkInfo {
+                index,
+                name: name.into(),
+                mac: None,
+                mtu,
+                up: true,
+                kind: kind.map(str::to_string),
+                vxlan: (kind == Some("vxlan")).then_some(VxlanInfo {
+                    vni: 1,
+                    port: 8472,
+                    local: Some(ip("198.51.100.1")),
+                    dev_index: Some(VETH0),
+                    learning: false,
+                    gbp: false,
+                }),
+            },
+            master,
+        }
+    }
+
+    fn fib(dst: &str, gw: Option<&str>, oif: u32, onlink: bool) -> FibRoute {
+        FibRoute {
+            dst: net(dst),
+            gateway: gw.map(ip),
+            oif: Some(oif),
+            table: Some(254),
+            onlink,
+            kind: "unicast".into(),
+        }
+    }
+
+    fn vx_lease(subnet: &str, public_ip: &str, mac: &str) -> Lease {
+        Lease {
+            subnet: SubnetKey::v4(net(subnet)),
+            attrs: LeaseAttrs::new(ip(public_ip), "vxlan", json!({"VNI": 1, "VtepMAC": mac})),
+        }
+    }
+
+    /// Node a (198.51.100.1, 10.5.1.0/24) tracing its pod 10.5.1.2 to node b's pod 10.5.2.3 over
+    /// a healthy vxlan path.
+    fn healthy() -> Facts {
+        Facts {
+            src: ip("10.5.1.2"),
+            dst: ip("10.5.2.3"),
+            subnet_file_path: "/run/flannel/subnet.env".into(),
+            subnet_file: SubnetFile::Present(SubnetEnv {
+                network: net("10.5.0.0/16"),
+                subnet: net("10.5.1.1/24"),
+                mtu: 1450,
+                ipmasq: false,
+                ipv6_network: None,
+                ipv6_subnet: None,
+            }),
+            etcd_network: None,
+            leases: Leases::Listed(vec![
+                vx_lease("10.5.1.0/24", "198.51.100.1", "02:00:00:00:00:0a"),
+                vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b"),
+            ]),
+            ip_forward: Some(true),
+            bridge: "cni0".into(),
+            links: vec![
+                link(VETH0, "veth0", Some("veth"), 1500, None),
+                link(CNI0, "cni0", Some("bridge"), 1450, None),
+                link(FLANNEL, "flannel.1", Some("vxlan"), 1450, None),
+                link(POD_PORT, "veth1234", Some("veth"), 1450, Some(CNI0)),
+            ],
+            addrs: vec![
+                AddrInfo {
+                    index: VETH0,
+                    addr: net("198.51.100.1/24"),
+                },
+                AddrInfo {
+                    index: CNI0,
+                    addr: net("10.5.1.1/24"),
+                },
+                AddrInfo {
+                    index: FLANNEL,
+                    addr: net("10.5.1.0/32"),
+                },
+            ],
+            route: Lookup::Found(fib("10.5.2.0/24", Some("10.5.2.0"), FLANNEL, true)),
+            neighbours: vec![
+                (
+                    FLANNEL,
+                    Neighbour {
+                        ip: ip("10.5.2.0"),
+                        mac: Some(MAC_B),
+                        state: 0x80,
+                    },
+                ),
+                (
+                    CNI0,
+                    Neighbour {
+                        ip: ip("10.5.1.2"),
+                        mac: Some(POD_MAC),
+                        state: 0x02,
+                    },
+                ),
+            ],
+            fdb: vec![FdbEntry {
+                mac: MAC_B,
+                dst: Some(ip("198.51.100.2")),
+                state: 0x80,
+                is_self: true,
+            }],
+            port_fdb: vec![(
+                POD_PORT,
+                FdbEntry {
+                    mac: POD_MAC,
+                    dst: None,
+                    state: 0x02,
+                    is_self: false,
+                },
+            )],
+            underlay: vec![(
+                ip("198.51.100.2"),
+                Lookup::Found(fib("198.51.100.0/24", None, VETH0, false)),
+            )],
+            iptables_filter: Some("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\nCOMMIT\n".into()),
+            nft_ruleset: None,
+        }
+    }
+
+    fn step<'a>(t: &'a Trace, check: &str) -> &'a Step {
+        t.steps
+            .iter()
+            .find(|s| s.check == check)
+            .unwrap_or_else(|| panic!("no {check} step in {t:#?}"))
+    }
+
+    #[test]
+    fn healthy_vxlan_path_names_every_entry() {
+        let t = walk(&healthy());
+        assert!(t.ok, "{}", crate::render_text(&t));
+        assert_eq!(t.backend.as_deref(), Some("vxlan"));
+        let checks: Vec<&str> = t.steps.iter().map(|s| s.check).collect();
+        assert_eq!(
+            checks,
+            [
+                "subnet.env",
+                "source",
+                "lease",
+                "route",
+                "ip_forward",
+                "forward",
+                "neighbour",
+                "fdb",
+                "underlay",
+                "mtu"
+            ]
+        );
+        assert_eq!(
+            step(&t, "route").entry.as_deref(),
+            Some("10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink table main")
+        );
+        assert_eq!(
+            step(&t, "neighbour").entry.as_deref(),
+            Some("10.5.2.0 dev flannel.1 lladdr 02:00:00:00:00:0b PERMANENT")
+        );
+        assert_eq!(
+            step(&t, "fdb").entry.as_deref(),
+            Some("02:00:00:00:00:0b dev flannel.1 dst 198.51.100.2 self permanent")
+        );
+        assert_eq!(
+            step(&t, "underlay").entry.as_deref(),
+            Some("198.51.100.0/24 dev veth0 table main")
+        );
+        assert!(step(&t, "lease")
+            .entry
+            .as_deref()
+            .unwrap()
+            .contains(r#""VtepMAC":"02:00:00:00:00:0b""#));
+        assert_eq!(
+            step(&t, "mtu").entry.as_deref(),
+            Some("flannel.1 1450, veth0 1500, FLANNEL_MTU 1450, cni0 1450, veth1234 1450")
+        );
+        let text = crate::render_text(&t);
+        assert!(text.starts_with("trace 10.5.1.2 -> 10.5.2.3 (vxlan)\n"), "{text}");
+        assert!(text.ends_with("result: no break found on this node\n"), "{text}");
+        let js: serde_json::Value = serde_json::from_str(&crate::render_json(&t)).unwrap();
+        assert_eq!(js["ok"], true);
+        assert_eq!(js["steps"][3]["check"], "route");
+        assert_eq!(js["steps"][3]["status"], "ok");
+    }
+
+    fn causes(f: &Facts) -> Vec<Cause> {
+        walk(f).causes()
+    }
+
+    #[test]
+    fn missing_subnet_env_is_named_and_the_walk_goes_on() {
+        let mut f = healthy();
+        f.subnet_file = SubnetFile::Missing;
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::MissingSubnetEnv]);
+        assert!(step(&t, "subnet.env")
+            .message
+            .contains("/run/flannel/subnet.env does not exist"));
+        assert_eq!(
+            step(&t, "source").status,
+            Status::Ok,
+            "the bridge address still places the pod"
+        );
+    }
+
+    #[test]
+    fn ip_forward_off_breaks_pod_traffic_only() {
+        let mut f = healthy();
+        f.ip_forward = Some(false);
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::IpForwardDisabled]);
+        assert!(step(&t, "ip_forward")
+            .message
+            .contains("sysctl -w net.ipv4.ip_forward=1"));
+        f.src = ip("10.5.1.1");
+        assert_eq!(causes(&f), vec![], "the node's own packets are not forwarded");
+    }
+
+    #[test]
+    fn forward_drop_policy_without_rules_is_named_with_the_policy() {
+        let mut f = healthy();
+        f.iptables_filter = Some("*filter\n:FORWARD DROP [0:0]\nCOMMIT\n".into());
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::ForwardDropped]);
+        let s = step(&t, "forward");
+        assert_eq!(s.entry.as_deref(), Some(":FORWARD DROP (iptables policy)"));
+        assert!(
+            s.message.contains("iptables -A FORWARD -s 10.5.0.0/16 -j ACCEPT"),
+            "{}",
+            s.message
+        );
+        f.iptables_filter = Some(
+            "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -s 10.5.0.0/16 -j ACCEPT\n-A FORWARD -d 10.5.0.0/16 -j ACCEPT\nCOMMIT\n"
+                .into(),
+        );
+        assert_eq!(causes(&f), vec![]);
+        // Only the outbound direction accepted: the replies are dropped.
+        f.iptables_filter = Some("*filter\n:FORWARD DROP [0:0]\n-A FORWARD -i cni0 -j ACCEPT\nCOMMIT\n".into());
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::ForwardDropped]);
+        assert!(step(&t, "forward").message.contains("replies 10.5.2.3 -> 10.5.1.2"));
+    }
+
+    #[test]
+    fn missing_neighbour_names_the_vtep_and_the_fix() {
+        let mut f = healthy();
+        f.neighbours.retain(|(i, _)| *i != FLANNEL);
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::MissingNeighbour]);
+        let m = &step(&t, "neighbour").message;
+        assert!(
+            m.contains("ip neigh replace 10.5.2.0 lladdr 02:00:00:00:00:0b dev flannel.1 nud permanent"),
+            "{m}"
+        );
+        // The FDB is still checked with the lease's MAC.
+        assert_eq!(step(&t, "fdb").status, Status::Ok);
+    }
+
+    #[test]
+    fn neighbour_mac_differing_from_the_lease_is_a_vtep_mac_mismatch() {
+        let mut f = healthy();
+        f.neighbours[0].1.mac = Some([0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
+        let t = walk(&f);
+        // The kernel's MAC has no FDB entry either; both are named.
+        assert_eq!(t.causes(), vec![Cause::VtepMacMismatch, Cause::MissingFdb]);
+        let m = &step(&t, "neighbour").message;
+        assert!(
+            m.contains("02:11:22:33:44:55") && m.contains("VtepMAC 02:00:00:00:00:0b"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn missing_or_wrong_fdb_entry() {
+        let mut f = healthy();
+        f.fdb.clear();
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::MissingFdb]);
+        assert!(step(&t, "fdb")
+            .message
+            .contains("bridge fdb replace 02:00:00:00:00:0b dev flannel.1 dst 198.51.100.2 self permanent"));
+        assert_eq!(
+            step(&t, "underlay").status,
+            Status::Ok,
+            "the lease's PublicIP is still checked"
+        );
+
+        let mut f = healthy();
+        f.fdb[0].dst = Some(ip("198.51.100.9"));
+        f.underlay.push((ip("198.51.100.9"), Lookup::NoRoute));
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::FdbDestinationMismatch, Cause::NoUnderlayRoute]);
+    }
+
+    #[test]
+    fn no_lease_and_unreachable_etcd() {
+        let mut f = healthy();
+        f.leases = Leases::Listed(vec![vx_lease("10.5.1.0/24", "198.51.100.1", "02:00:00:00:00:0a")]);
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::NoLease]);
+        assert!(step(&t, "lease").message.contains("no lease in etcd covers 10.5.2.3"));
+        f.leases = Leases::Failed("connection refused".into());
+        assert_eq!(causes(&f), vec![Cause::EtcdUnreachable]);
+        f.leases = Leases::NotAsked;
+        assert_eq!(causes(&f), vec![]);
+    }
+
+    #[test]
+    fn missing_route_and_default_route() {
+        let mut f = healthy();
+        f.route = Lookup::NoRoute;
+        assert_eq!(causes(&f), vec![Cause::NoRoute]);
+        f.route = Lookup::Found(fib("0.0.0.0/0", Some("198.51.100.254"), VETH0, false));
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::RouteNotIntoOverlay]);
+        assert!(step(&t, "route")
+            .message
+            .contains("the route for 10.5.2.0/24 is missing"));
+    }
+
+    #[test]
+    fn mtu_mismatches_are_named() {
+        let mut f = healthy();
+        f.links[1].info.mtu = 1500; // cni0
+        f.links[3].info.mtu = 1500; // the pod's veth
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::MtuMismatch]);
+        let m = &step(&t, "mtu").message;
+        assert!(
+            m.contains("cni0 has MTU 1500 but flannel.1 carries at most 1450"),
+            "{m}"
+        );
+        assert!(
+            m.contains("10.5.1.2's interface (veth1234 on cni0) has MTU 1500"),
+            "{m}"
+        );
+
+        let mut f = healthy();
+        f.links[0].info.mtu = 1400; // underlay
+        let m = walk(&f).steps.last().unwrap().message.clone();
+        assert!(
+            m.contains("exceeds veth0's MTU 1400; flannel.1 should have 1350"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn host_gw_path_via_public_ip() {
+        let mut f = healthy();
+        f.leases = Leases::Listed(vec![Lease {
+            subnet: SubnetKey::v4(net("10.5.2.0/24")),
+            attrs: LeaseAttrs::new(ip("198.51.100.2"), "host-gw", serde_json::Value::Null),
+        }]);
+        f.links.retain(|l| l.info.index != FLANNEL);
+        f.links[1].info.mtu = 1500;
+        f.links[2].info.mtu = 1500;
+        f.subnet_file = match f.subnet_file {
+            SubnetFile::Present(env) => SubnetFile::Present(SubnetEnv { mtu: 1500, ..env }),
+            other => other,
+        };
+        f.route = Lookup::Found(fib("10.5.2.0/24", Some("198.51.100.2"), VETH0, false));
+        f.neighbours = vec![(
+            VETH0,
+            Neighbour {
+                ip: ip("198.51.100.2"),
+                mac: Some(MAC_B),
+                state: 0x02,
+            },
+        )];
+        let t = walk(&f);
+        assert!(t.ok, "{}", crate::render_text(&t));
+        assert_eq!(t.backend.as_deref(), Some("host-gw"));
+        assert_eq!(
+            step(&t, "neighbour").entry.as_deref(),
+            Some("198.51.100.2 dev veth0 lladdr 02:00:00:00:00:0b REACHABLE")
+        );
+        // A stale route to an old address of the node.
+        f.route = Lookup::Found(fib("10.5.2.0/24", Some("198.51.100.9"), VETH0, false));
+        assert_eq!(causes(&f), vec![Cause::RouteMismatchesLease]);
+    }
+
+    #[test]
+    fn udp_path_through_the_tun() {
+        let mut f = healthy();
+        f.leases = Leases::Listed(vec![Lease {
+            subnet: SubnetKey::v4(net("10.5.2.0/24")),
+            attrs: LeaseAttrs::new(ip("198.51.100.2"), "", serde_json::Value::Null),
+        }]);
+        f.links[2] = link(FLANNEL, "flannel0", Some("tun"), 1472, None);
+        f.links[1].info.mtu = 1472;
+        f.links[3].info.mtu = 1472;
+        f.subnet_file = match f.subnet_file {
+            SubnetFile::Present(env) => SubnetFile::Present(SubnetEnv { mtu: 1472, ..env }),
+            other => other,
+        };
+        f.route = Lookup::Found(fib("10.5.0.0/16", None, FLANNEL, false));
+        let t = walk(&f);
+        assert!(t.ok, "{}", crate::render_text(&t));
+        assert_eq!(t.backend.as_deref(), Some("udp"));
+        assert_eq!(step(&t, "peer table").status, Status::Info);
+        assert_eq!(step(&t, "underlay").status, Status::Ok);
+    }
+
+    #[test]
+    fn source_elsewhere_and_destination_outside_or_local() {
+        let mut f = healthy();
+        f.src = ip("10.5.7.2");
+        assert_eq!(causes(&f), vec![Cause::SourceNotLocal]);
+        let mut f = healthy();
+        f.dst = ip("192.0.2.1");
+        assert_eq!(causes(&f), vec![Cause::DestinationOutsideNetwork]);
+        let mut f = healthy();
+        f.dst = ip("10.5.1.9");
+        f.route = Lookup::Found(fib("10.5.1.0/24", None, CNI0, false));
+        let t = walk(&f);
+        assert!(t.ok);
+        assert_eq!(t.backend.as_deref(), Some("local"));
+    }
+}

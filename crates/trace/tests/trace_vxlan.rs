@@ -1,0 +1,546 @@
+//! Root test: a two-node VXLAN setup in network namespaces (node a with a pod namespace on its
+//! `cni0`, node b, a VxlanBackend in each, a real etcd inside a's namespace holding the leases),
+//! then `run_trace` on node a while things are broken on purpose: a deleted neighbour or FDB
+//! entry, a neighbour MAC that differs from the lease's VtepMAC, ip_forward=0, a FORWARD policy
+//! of DROP, a missing subnet.env, a missing lease, a pod MTU above the tunnel's. Each time the
+//! trace must name that cause; after the backend's reconcile (or the undo) it must be clean.
+//!
+//! Skipped (with a message) when not run as root. `ip`, `bridge`, `iptables` and `sysctl` are
+//! used only to build the topology and to damage it.
+
+use std::fs::File;
+use std::future::Future;
+use std::net::{Ipv4Addr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use nix::sched::{setns, CloneFlags};
+use weft_control::etcd::EtcdOptions;
+use weft_core::config::VxlanOptions;
+use weft_core::{Lease, LeaseAttrs, SubnetKey};
+use weft_datapath::vxlan::VxlanBackend;
+use weft_kernel::iface::{select_external_interface, IfaceSelection};
+use weft_kernel::netlink::Netlink;
+use weft_trace::{render_json, render_text, run_trace, Cause, Trace, TraceOptions};
+
+const PREFIX: &str = "/coreos.com/network";
+const ETCD_URL: &str = "http://127.0.0.1:2379";
+
+fn is_root() -> bool {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+    nix::unistd::geteuid().is_root()
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        args,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn unique_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{:06x}", (nanos ^ (std::process::id() << 8)) & 0xff_ffff)
+}
+
+/// Node a, node b and a pod of node a; removed on drop even when the test fails.
+struct Namespaces {
+    a: String,
+    b: String,
+    pod: String,
+}
+
+impl Namespaces {
+    fn new() -> Self {
+        let tag = unique_tag();
+        let ns = Namespaces {
+            a: format!("wth-{tag}-a"),
+            b: format!("wth-{tag}-b"),
+            pod: format!("wth-{tag}-p"),
+        };
+        for n in [&ns.a, &ns.b, &ns.pod] {
+            run(&["ip", "netns", "add", n]);
+            run(&["ip", "-n", n, "link", "set", "lo", "up"]);
+        }
+        ns
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in [&self.a, &self.b, &self.pod] {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+fn topology() -> Namespaces {
+    let ns = Namespaces::new();
+    run(&[
+        "ip", "-n", &ns.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", &ns.b,
+    ]);
+    for (n, underlay, gw) in [
+        (&ns.a, "198.51.100.1/24", "10.5.1.1/24"),
+        (&ns.b, "198.51.100.2/24", "10.5.2.1/24"),
+    ] {
+        run(&["ip", "-n", n, "addr", "add", underlay, "dev", "veth0"]);
+        run(&["ip", "-n", n, "link", "set", "veth0", "up"]);
+        run(&["ip", "-n", n, "link", "add", "cni0", "mtu", "1450", "type", "bridge"]);
+        run(&["ip", "-n", n, "addr", "add", gw, "dev", "cni0"]);
+        run(&["ip", "-n", n, "link", "set", "cni0", "up"]);
+        run(&["ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    }
+    // The pod: eth0 10.5.1.2 in its namespace, vpod on a's cni0, as the bridge CNI plugin does.
+    run(&[
+        "ip", "-n", &ns.a, "link", "add", "vpod", "mtu", "1450", "type", "veth", "peer", "name", "eth0", "mtu", "1450",
+        "netns", &ns.pod,
+    ]);
+    run(&["ip", "-n", &ns.a, "link", "set", "vpod", "master", "cni0", "up"]);
+    run(&["ip", "-n", &ns.pod, "addr", "add", "10.5.1.2/24", "dev", "eth0"]);
+    run(&["ip", "-n", &ns.pod, "link", "set", "eth0", "up"]);
+    run(&["ip", "-n", &ns.pod, "route", "add", "default", "via", "10.5.1.1"]);
+    ns
+}
+
+/// Runs `f`'s future on a current-thread runtime in a thread that entered namespace `ns`.
+fn in_netns<T, F, Fut>(ns: &str, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+{
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).expect("setns");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// etcd listening on 127.0.0.1:2379 inside node a's namespace; killed on drop.
+struct Etcd {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    fn start(ns: &str) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let log = File::create(dir.path().join("etcd.log")).unwrap();
+        let peer = "http://127.0.0.1:2380";
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "/usr/bin/etcd", "--name=default"])
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={ETCD_URL}"))
+            .arg(format!("--advertise-client-urls={ETCD_URL}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=default={peer}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start /usr/bin/etcd");
+        let etcd = Etcd { child, _dir: dir };
+        let up = in_netns(ns, || async {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", 2379)).is_ok() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        });
+        assert!(up, "etcd did not listen within 15 s");
+        etcd
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn etcd_put(ns: &str, key: String, value: String) {
+    in_netns(ns, move || async move {
+        let mut c = etcd_client::Client::connect([ETCD_URL], None).await.unwrap();
+        c.put(key, value, None).await.unwrap();
+    })
+}
+
+fn etcd_delete(ns: &str, key: String) {
+    in_netns(ns, move || async move {
+        let mut c = etcd_client::Client::connect([ETCD_URL], None).await.unwrap();
+        c.delete(key, None).await.unwrap();
+    })
+}
+
+type Reply = mpsc::Sender<Result<(), String>>;
+
+/// A VxlanBackend on its own thread inside a node's namespace.
+struct Node {
+    tx: Option<tokio::sync::mpsc::UnboundedSender<(Vec<Lease>, Reply)>>,
+    thread: Option<thread::JoinHandle<()>>,
+    backend_data: serde_json::Value,
+}
+
+impl Node {
+    fn start(ns: &str, own: &str, public_ip: Ipv4Addr) -> Node {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<Lease>, Reply)>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let ns_path = format!("/run/netns/{ns}");
+        let own = SubnetKey::v4(own.parse().unwrap());
+        let thread = thread::spawn(move || {
+            setns(File::open(&ns_path).unwrap(), CloneFlags::CLONE_NEWNET).expect("setns");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let nl = Netlink::new().expect("netlink socket");
+                let sel = IfaceSelection {
+                    ifaces: vec!["veth0".into()],
+                    ..IfaceSelection::default()
+                };
+                let ext = select_external_interface(&nl, &sel).await.expect("external interface");
+                let opts = VxlanOptions {
+                    vni: 1,
+                    port: 8472,
+                    gbp: false,
+                    learning: false,
+                    direct_routing: false,
+                    mtu: None,
+                };
+                let network: Ipv4Net = "10.5.0.0/16".parse().unwrap();
+                let mut backend = VxlanBackend::start(nl, ext, public_ip, opts, network)
+                    .await
+                    .expect("vxlan backend starts");
+                backend.set_lease(own).await.expect("set lease");
+                ready_tx.send(backend.backend_data()).unwrap();
+                while let Some((leases, reply)) = rx.recv().await {
+                    let _ = reply.send(backend.reconcile(&leases).await.map(|_| ()).map_err(|e| e.to_string()));
+                }
+            });
+        });
+        let backend_data = ready_rx.recv_timeout(Duration::from_secs(10)).expect("backend starts");
+        Node {
+            tx: Some(tx),
+            thread: Some(thread),
+            backend_data,
+        }
+    }
+
+    fn reconcile(&self, leases: &[Lease]) {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        self.tx.as_ref().unwrap().send((leases.to_vec(), reply_tx)).unwrap();
+        reply_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reconcile answers")
+            .expect("reconcile succeeds");
+    }
+
+    fn vtep_mac(&self) -> String {
+        self.backend_data["VtepMAC"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lease(subnet: &str, public_ip: &str, node: &Node) -> Lease {
+    Lease {
+        subnet: SubnetKey::v4(subnet.parse().unwrap()),
+        attrs: LeaseAttrs::new(public_ip.parse().unwrap(), "vxlan", node.backend_data.clone()),
+    }
+}
+
+fn lease_key(l: &Lease) -> String {
+    format!("{PREFIX}/subnets/{}", l.subnet.to_key())
+}
+
+/// UDP round trip from the pod (10.5.1.2) to node b's cni0 address (10.5.2.1) within `within`.
+fn pod_reaches_b(ns: &Namespaces, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let done = Arc::new(AtomicBool::new(false));
+    let (port_tx, port_rx) = mpsc::channel();
+    let echo_done = done.clone();
+    let b_path = format!("/run/netns/{}", ns.b);
+    let echo = thread::spawn(move || {
+        setns(File::open(&b_path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
+        let sock = UdpSocket::bind(("10.5.2.1", 0)).unwrap();
+        port_tx.send(sock.local_addr().unwrap().port()).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut buf = [0u8; 64];
+        while !echo_done.load(Ordering::Relaxed) && Instant::now() < deadline + Duration::from_millis(500) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    let port = port_rx.recv().unwrap();
+    let pod_path = format!("/run/netns/{}", ns.pod);
+    let ok = thread::spawn(move || {
+        setns(File::open(&pod_path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
+        let sock = UdpSocket::bind(("10.5.1.2", 0)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            let _ = sock.send_to(b"weft", ("10.5.2.1", port));
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                if &buf[..n] == b"weft" {
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+        }
+    })
+    .join()
+    .unwrap();
+    done.store(true, Ordering::Relaxed);
+    echo.join().unwrap();
+    ok
+}
+
+fn trace_on(ns: &str, opts: &TraceOptions) -> Trace {
+    let opts = opts.clone();
+    in_netns(ns, move || async move { run_trace(&opts).await.expect("trace runs") })
+}
+
+fn write_subnet_env(path: &Path) {
+    std::fs::write(
+        path,
+        "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+    )
+    .unwrap();
+}
+
+/// Asserts that the trace's first break is `cause`, and that the text names it.
+fn assert_breaks(t: &Trace, cause: Cause, needle: &str) {
+    let text = render_text(t);
+    assert!(!t.ok, "expected a break ({cause:?}):\n{text}");
+    assert_eq!(t.causes().first(), Some(&cause), "\n{text}");
+    assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
+}
+
+fn assert_clean(t: &Trace) {
+    assert!(t.ok, "expected a clean trace:\n{}", render_text(t));
+}
+
+#[test]
+fn trace_names_each_break_on_a_two_node_vxlan_setup() {
+    if !is_root() {
+        eprintln!("skipped: needs root to create network namespaces");
+        return;
+    }
+    let ns = topology();
+    let etcd = Etcd::start(&ns.a);
+    let a = Node::start(&ns.a, "10.5.1.0/24", Ipv4Addr::new(198, 51, 100, 1));
+    let b = Node::start(&ns.b, "10.5.2.0/24", Ipv4Addr::new(198, 51, 100, 2));
+    let leases = vec![
+        lease("10.5.1.0/24", "198.51.100.1", &a),
+        lease("10.5.2.0/24", "198.51.100.2", &b),
+    ];
+    etcd_put(
+        &ns.a,
+        format!("{PREFIX}/config"),
+        r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#.into(),
+    );
+    for l in &leases {
+        etcd_put(&ns.a, lease_key(l), l.attrs.to_json());
+    }
+    a.reconcile(&leases);
+    b.reconcile(&leases);
+    assert!(
+        pod_reaches_b(&ns, Duration::from_secs(5)),
+        "the setup works before we break it"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let subnet_env: PathBuf = dir.path().join("subnet.env");
+    write_subnet_env(&subnet_env);
+    let mut opts = TraceOptions::new("10.5.1.2".parse().unwrap(), "10.5.2.1".parse().unwrap());
+    opts.subnet_file = subnet_env.clone();
+    opts.etcd = Some(EtcdOptions {
+        endpoints: vec![ETCD_URL.into()],
+        dial_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(3),
+        ..Default::default()
+    });
+
+    // Healthy: every hop named, with the entries the backend put there.
+    let t = trace_on(&ns.a, &opts);
+    assert_clean(&t);
+    let text = render_text(&t);
+    eprintln!("{text}");
+    assert_eq!(t.backend.as_deref(), Some("vxlan"));
+    assert!(
+        text.contains("10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink table main"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("10.5.2.0 dev flannel.1 lladdr {} PERMANENT", b.vtep_mac())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{} dev flannel.1 dst 198.51.100.2 self permanent",
+            b.vtep_mac()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("198.51.100.0/24 dev veth0 table main"), "{text}");
+    assert!(
+        text.contains("10.5.2.0/24 PublicIP 198.51.100.2 backend vxlan"),
+        "{text}"
+    );
+    assert!(text.contains("vpod 1450"), "the pod's interface is checked: {text}");
+
+    // Lost neighbour entry.
+    run(&["ip", "-n", &ns.a, "neigh", "del", "10.5.2.0", "dev", "flannel.1"]);
+    assert_breaks(
+        &trace_on(&ns.a, &opts),
+        Cause::MissingNeighbour,
+        "no neighbour entry for 10.5.2.0",
+    );
+    a.reconcile(&leases);
+    assert_clean(&trace_on(&ns.a, &opts));
+
+    // Neighbour MAC differs from the VtepMAC in b's lease.
+    run(&[
+        "ip",
+        "-n",
+        &ns.a,
+        "neigh",
+        "replace",
+        "10.5.2.0",
+        "lladdr",
+        "02:11:22:33:44:55",
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ]);
+    let t = trace_on(&ns.a, &opts);
+    assert_breaks(
+        &t,
+        Cause::VtepMacMismatch,
+        &format!("advertises VtepMAC {}", b.vtep_mac()),
+    );
+    a.reconcile(&leases);
+    assert_clean(&trace_on(&ns.a, &opts));
+
+    // Lost FDB entry.
+    run(&[
+        "bridge",
+        "-n",
+        &ns.a,
+        "fdb",
+        "del",
+        &b.vtep_mac(),
+        "dev",
+        "flannel.1",
+        "dst",
+        "198.51.100.2",
+    ]);
+    let t = trace_on(&ns.a, &opts);
+    assert_breaks(&t, Cause::MissingFdb, "no FDB entry for");
+    let json: serde_json::Value = serde_json::from_str(&render_json(&t)).unwrap();
+    assert_eq!(json["ok"], false);
+    assert!(
+        json["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["cause"] == "missing_fdb"),
+        "{json}"
+    );
+    a.reconcile(&leases);
+    assert_clean(&trace_on(&ns.a, &opts));
+
+    // ip_forward=0.
+    run(&["ip", "netns", "exec", &ns.a, "sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    assert_breaks(
+        &trace_on(&ns.a, &opts),
+        Cause::IpForwardDisabled,
+        "net.ipv4.ip_forward = 0",
+    );
+    assert!(!pod_reaches_b(&ns, Duration::from_millis(600)), "the break is real");
+    run(&["ip", "netns", "exec", &ns.a, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    assert_clean(&trace_on(&ns.a, &opts));
+
+    // FORWARD policy DROP without a forward rule; then with flannel's forward rules.
+    let ipt = |args: &[&str]| run(&[&["ip", "netns", "exec", &ns.a, "iptables"][..], args].concat());
+    ipt(&["-P", "FORWARD", "DROP"]);
+    assert_breaks(&trace_on(&ns.a, &opts), Cause::ForwardDropped, ":FORWARD DROP");
+    assert!(!pod_reaches_b(&ns, Duration::from_millis(600)), "the break is real");
+    ipt(&["-A", "FORWARD", "-s", "10.5.0.0/16", "-j", "ACCEPT"]);
+    ipt(&["-A", "FORWARD", "-d", "10.5.0.0/16", "-j", "ACCEPT"]);
+    assert_clean(&trace_on(&ns.a, &opts));
+    assert!(pod_reaches_b(&ns, Duration::from_secs(5)), "the rules let it through");
+    ipt(&["-F", "FORWARD"]);
+    ipt(&["-P", "FORWARD", "ACCEPT"]);
+
+    // Missing subnet.env.
+    std::fs::remove_file(&subnet_env).unwrap();
+    assert_breaks(
+        &trace_on(&ns.a, &opts),
+        Cause::MissingSubnetEnv,
+        &format!("{} does not exist", subnet_env.display()),
+    );
+    write_subnet_env(&subnet_env);
+
+    // No lease for the destination's subnet.
+    etcd_delete(&ns.a, lease_key(&leases[1]));
+    assert_breaks(
+        &trace_on(&ns.a, &opts),
+        Cause::NoLease,
+        "no lease in etcd covers 10.5.2.1",
+    );
+    etcd_put(&ns.a, lease_key(&leases[1]), leases[1].attrs.to_json());
+
+    // The pod's interface MTU above the tunnel's.
+    run(&["ip", "-n", &ns.a, "link", "set", "vpod", "mtu", "1500"]);
+    assert_breaks(
+        &trace_on(&ns.a, &opts),
+        Cause::MtuMismatch,
+        "10.5.1.2's interface (vpod on cni0) has MTU 1500 but flannel.1 carries at most 1450",
+    );
+    run(&["ip", "-n", &ns.a, "link", "set", "vpod", "mtu", "1450"]);
+
+    assert_clean(&trace_on(&ns.a, &opts));
+    drop(etcd);
+}
