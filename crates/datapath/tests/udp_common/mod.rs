@@ -1,0 +1,277 @@
+//! Shared harness of the udp backend's root tests: two network namespaces joined by a veth
+//! (198.51.100.0/24), a "pod" address per node on a bridge `pod0` (as on cni0), and a backend
+//! running on its own thread inside each namespace, as weftd runs inside its own.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use nix::sched::{setns, CloneFlags};
+use weft_core::config::{UdpOptions, VxlanOptions};
+use weft_core::{Lease, LeaseAttrs, SubnetKey};
+use weft_datapath::udp::{ReconcileReport, UdpBackend, UdpCounters, UdpTuning};
+use weft_datapath::vxlan::VxlanBackend;
+use weft_kernel::iface::{select_external_interface, IfaceSelection};
+use weft_kernel::netlink::Netlink;
+
+pub const NETWORK: &str = "10.5.0.0/16";
+
+/// True when running as root; also turns on logs (RUST_LOG, default info for the backend).
+pub fn is_root() -> bool {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("weft_datapath=info,weft_kernel=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+    nix::unistd::geteuid().is_root()
+}
+
+pub fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        args,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn unique_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{:06x}", (nanos ^ (std::process::id() << 8)) & 0xff_ffff)
+}
+
+/// Two namespaces joined by a veth, removed on drop even when the test fails.
+pub struct Topology {
+    pub a: String,
+    pub b: String,
+}
+
+impl Topology {
+    /// Node a: 198.51.100.1 on veth0, pod 10.5.1.1/24 on pod0; node b: .2 and 10.5.2.1/24.
+    pub fn new() -> Self {
+        let tag = unique_tag();
+        let t = Topology {
+            a: format!("wtu-{tag}-a"),
+            b: format!("wtu-{tag}-b"),
+        };
+        run(&["ip", "netns", "add", &t.a]);
+        run(&["ip", "netns", "add", &t.b]);
+        run(&[
+            "ip", "-n", &t.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", &t.b,
+        ]);
+        setup_node(&t.a, "198.51.100.1/24", "10.5.1.1/24");
+        setup_node(&t.b, "198.51.100.2/24", "10.5.2.1/24");
+        t
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for name in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+fn setup_node(ns: &str, underlay: &str, pod: &str) {
+    run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    run(&["ip", "-n", ns, "addr", "add", underlay, "dev", "veth0"]);
+    run(&["ip", "-n", ns, "link", "set", "veth0", "up"]);
+    run(&["ip", "-n", ns, "link", "add", "pod0", "type", "bridge"]);
+    run(&["ip", "-n", ns, "addr", "add", pod, "dev", "pod0"]);
+    run(&["ip", "-n", ns, "link", "set", "pod0", "up"]);
+}
+
+/// Runs `f` on a thread that has entered namespace `ns`.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+pub enum Kind {
+    Udp(UdpTuning),
+    Vxlan,
+}
+
+enum Cmd {
+    Reconcile(Vec<Lease>, mpsc::Sender<Result<ReconcileReport, String>>),
+    Counters(mpsc::Sender<UdpCounters>),
+}
+
+/// A backend running on its own thread inside a namespace. Dropping it stops the backend
+/// (for udp: the workers stop, flannel0 stays).
+pub struct Node {
+    tx: Option<tokio::sync::mpsc::UnboundedSender<Cmd>>,
+    thread: Option<thread::JoinHandle<()>>,
+    pub mtu: u32,
+    pub backend_data: serde_json::Value,
+}
+
+impl Node {
+    pub fn start(ns: &str, own: &str, public_ip: Ipv4Addr, kind: Kind) -> Node {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Cmd>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let own = SubnetKey::v4(own.parse().unwrap());
+        let thread = in_netns(ns, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let nl = Netlink::new().expect("netlink socket");
+                let sel = IfaceSelection {
+                    ifaces: vec!["veth0".into()],
+                    ..IfaceSelection::default()
+                };
+                let ext = select_external_interface(&nl, &sel).await.expect("external interface");
+                let network: Ipv4Net = NETWORK.parse().unwrap();
+                match kind {
+                    Kind::Udp(tuning) => {
+                        let started = async {
+                            let opts = UdpOptions { port: 8285 };
+                            let mut b = UdpBackend::start_tuned(nl, ext, public_ip, opts, network, tuning).await?;
+                            b.set_lease(own).await?;
+                            Ok::<_, weft_datapath::udp::UdpError>(b)
+                        };
+                        let mut backend = match started.await {
+                            Ok(b) => b,
+                            Err(e) => return ready_tx.send(Err(e.to_string())).unwrap(),
+                        };
+                        ready_tx.send(Ok((backend.mtu(), backend.backend_data()))).unwrap();
+                        while let Some(cmd) = rx.recv().await {
+                            match cmd {
+                                Cmd::Reconcile(leases, reply) => {
+                                    let _ = reply.send(backend.reconcile(&leases).await.map_err(|e| e.to_string()));
+                                }
+                                Cmd::Counters(reply) => {
+                                    let _ = reply.send(backend.counters());
+                                }
+                            }
+                        }
+                    }
+                    Kind::Vxlan => {
+                        let started = async {
+                            let opts = VxlanOptions {
+                                vni: 1,
+                                port: 8472,
+                                gbp: false,
+                                learning: false,
+                                direct_routing: false,
+                                mtu: None,
+                            };
+                            let mut b = VxlanBackend::start(nl, ext, public_ip, opts, network).await?;
+                            b.set_lease(own).await?;
+                            Ok::<_, weft_datapath::vxlan::VxlanError>(b)
+                        };
+                        let mut backend = match started.await {
+                            Ok(b) => b,
+                            Err(e) => return ready_tx.send(Err(e.to_string())).unwrap(),
+                        };
+                        ready_tx.send(Ok((backend.mtu(), backend.backend_data()))).unwrap();
+                        while let Some(cmd) = rx.recv().await {
+                            if let Cmd::Reconcile(leases, reply) = cmd {
+                                let report = backend.reconcile(&leases).await.map_err(|e| e.to_string());
+                                let _ = reply.send(report.map(|r| ReconcileReport {
+                                    peers: r.peers,
+                                    ..ReconcileReport::default()
+                                }));
+                            }
+                        }
+                    }
+                }
+            });
+        });
+        let (mtu, backend_data) = ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("backend thread answers")
+            .expect("backend starts");
+        Node {
+            tx: Some(tx),
+            thread: Some(thread),
+            mtu,
+            backend_data,
+        }
+    }
+
+    pub fn reconcile(&self, leases: &[Lease]) -> ReconcileReport {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        self.tx
+            .as_ref()
+            .unwrap()
+            .send(Cmd::Reconcile(leases.to_vec(), reply_tx))
+            .unwrap();
+        reply_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reconcile answers")
+            .expect("reconcile succeeds")
+    }
+
+    pub fn counters(&self) -> UdpCounters {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        self.tx.as_ref().unwrap().send(Cmd::Counters(reply_tx)).unwrap();
+        reply_rx.recv_timeout(Duration::from_secs(10)).expect("counters answer")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A lease as flannel's udp backend writes it: no BackendType, no BackendData.
+pub fn udp_lease(subnet: &str, public_ip: &str) -> Lease {
+    Lease {
+        subnet: SubnetKey::v4(subnet.parse().unwrap()),
+        attrs: LeaseAttrs::new(public_ip.parse().unwrap(), "", serde_json::Value::Null),
+    }
+}
+
+pub fn vxlan_lease(subnet: &str, public_ip: &str, node: &Node) -> Lease {
+    Lease {
+        subnet: SubnetKey::v4(subnet.parse().unwrap()),
+        attrs: LeaseAttrs::new(public_ip.parse().unwrap(), "vxlan", node.backend_data.clone()),
+    }
+}
+
+/// `ping -c count` from `src` in namespace `ns`; returns (success, output).
+pub fn ping(ns: &str, src: &str, dst: &str, count: u32, wait_s: u32) -> (bool, String) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-c",
+            &count.to_string(),
+            "-W",
+            &wait_s.to_string(),
+        ])
+        .args(["-i", "0.2", "-I", src, dst])
+        .output()
+        .expect("run ping");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
