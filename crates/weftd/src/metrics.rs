@@ -19,8 +19,9 @@ pub struct Metrics {
     pub watch_restarts: Arc<AtomicU64>,
     pub lease_renewals: Arc<AtomicU64>,
     pub lease_held: AtomicU64,
-    /// Extra lines from the backend (e.g. udp packet counters), already in exposition format.
-    pub backend_page: std::sync::Mutex<Option<Box<dyn Fn() -> String + Send>>>,
+    /// Extra lines from the backend (udp packet counters), in exposition format, refreshed on
+    /// every reconcile.
+    pub backend_page: std::sync::Mutex<Option<String>>,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, labels: &str, value: u64) {
@@ -107,13 +108,7 @@ impl Metrics {
             "",
             get(&self.firewall_corrections),
         );
-        if let Some(extra) = self
-            .backend_page
-            .lock()
-            .ok()
-            .as_ref()
-            .and_then(|g| g.as_ref().map(|f| f()))
-        {
+        if let Some(extra) = self.backend_page.lock().ok().and_then(|g| g.clone()) {
             out.push_str(&extra);
         }
         out

@@ -10,6 +10,8 @@ use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
 use weft_control::manager::LeaseHealth;
 use weft_core::masq::FirewallPlan;
 use weft_core::{BackendKind, Lease, LeaseAttrs, NetworkConfig, SubnetEnv};
+use weft_datapath::hostgw::HostGwBackend;
+use weft_datapath::udp::{DropReason, UdpBackend};
 use weft_datapath::vxlan::VxlanBackend;
 use weft_kernel::firewall::{Firewall, Mode};
 use weft_kernel::iface::{select_external_interface, IfaceSelection};
@@ -51,40 +53,117 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     let cfg = etcd.wait_for_config().await;
     tracing::info!(network = %cfg.network, subnet_len = cfg.subnet_len, backend = cfg.backend.name(), "network config");
 
-    match cfg.backend {
-        BackendKind::Vxlan => {
-            let backend = VxlanBackend::start(nl, ext.clone(), public_ip, cfg.vxlan.clone(), cfg.network)
+    let network = cfg.network;
+    let datapath = match cfg.backend {
+        BackendKind::Vxlan => Datapath::Vxlan(
+            VxlanBackend::start(nl, ext, public_ip, cfg.vxlan.clone(), network)
                 .await
-                .with_context(|| format!("setting up the vxlan device flannel.{}", cfg.vxlan.vni))?;
-            let attrs = LeaseAttrs::new(public_ip, "vxlan", backend.backend_data());
-            let node = Node { flags, cfg, etcd };
-            node.run(Datapath::Vxlan(backend), attrs).await
-        }
-        other => bail!(
-            "Backend.Type {:?} in {}/config is not implemented by this weftd yet: use \"vxlan\"",
-            other.name(),
-            flags.etcd_prefix
+                .with_context(|| format!("setting up the vxlan device flannel.{}", cfg.vxlan.vni))?,
         ),
-    }
+        BackendKind::HostGw => Datapath::HostGw(
+            HostGwBackend::start(nl, ext, public_ip, network)
+                .await
+                .context("setting up the host-gw backend")?,
+        ),
+        BackendKind::Udp => Datapath::Udp(
+            UdpBackend::start(nl, ext, public_ip, cfg.udp.clone(), network)
+                .await
+                .context("setting up the udp backend (flannel0)")?,
+        ),
+    };
+    let attrs = LeaseAttrs::new(public_ip, cfg.backend.lease_backend_type(), datapath.backend_data());
+    Node { flags, cfg, etcd }.run(datapath, attrs).await
 }
 
 /// The backend that owns the kernel datapath.
 enum Datapath {
     Vxlan(VxlanBackend),
+    HostGw(HostGwBackend),
+    Udp(UdpBackend),
 }
 
 impl Datapath {
     fn mtu(&self) -> u32 {
         match self {
             Datapath::Vxlan(b) => b.mtu(),
+            Datapath::HostGw(b) => b.mtu(),
+            Datapath::Udp(b) => b.mtu(),
+        }
+    }
+
+    fn backend_data(&self) -> serde_json::Value {
+        match self {
+            Datapath::Vxlan(b) => b.backend_data(),
+            Datapath::HostGw(b) => b.backend_data(),
+            Datapath::Udp(b) => b.backend_data(),
         }
     }
 
     async fn set_lease(&mut self, lease: &Lease) -> anyhow::Result<()> {
         match self {
-            Datapath::Vxlan(b) => b.set_lease(lease.subnet).await.context("addressing flannel device")?,
+            Datapath::Vxlan(b) => b.set_lease(lease.subnet).await.context("addressing flannel.<VNI>")?,
+            Datapath::HostGw(b) => b.set_lease(lease.subnet),
+            Datapath::Udp(b) => b.set_lease(lease.subnet).await.context("addressing flannel0")?,
         }
         Ok(())
+    }
+
+    /// Backend-specific lines for /metrics (udp packet counters).
+    fn metrics_page(&self) -> Option<String> {
+        let Datapath::Udp(b) = self else { return None };
+        let c = b.counters();
+        let mut out = String::new();
+        let mut line = |name: &str, kind: &str, help: &str, labels: &str, v: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{labels} {v}\n"
+            ));
+        };
+        line(
+            "weft_udp_tx_packets_total",
+            "counter",
+            "Packets read from flannel0 and sent to peers.",
+            "",
+            c.tx_packets,
+        );
+        line(
+            "weft_udp_tx_bytes_total",
+            "counter",
+            "Bytes read from flannel0 and sent to peers.",
+            "",
+            c.tx_bytes,
+        );
+        line(
+            "weft_udp_rx_packets_total",
+            "counter",
+            "Datagrams from peers written into flannel0.",
+            "",
+            c.rx_packets,
+        );
+        line(
+            "weft_udp_rx_bytes_total",
+            "counter",
+            "Bytes from peers written into flannel0.",
+            "",
+            c.rx_bytes,
+        );
+        line(
+            "weft_udp_icmp_unreachable_total",
+            "counter",
+            "ICMP net-unreachable replies for destinations no lease covers.",
+            "",
+            c.icmp_unreachable,
+        );
+        out.push_str(
+            "# HELP weft_udp_dropped_total Packets dropped, by reason.\n# TYPE weft_udp_dropped_total counter\n",
+        );
+        for reason in DropReason::ALL {
+            out.push_str(&format!(
+                "weft_udp_dropped_total{{reason=\"{}\"}} {}\n",
+                reason.name(),
+                c.dropped(reason)
+            ));
+        }
+        Some(out)
     }
 
     /// Makes the kernel match the leases; returns how many entries it had to correct.
@@ -96,6 +175,20 @@ impl Datapath {
                     tracing::info!(?report, "vxlan: kernel state corrected");
                 }
                 Ok(report.added + report.replaced + report.removed + usize::from(report.device_recreated))
+            }
+            Datapath::HostGw(b) => {
+                let report = b.reconcile(leases).await?;
+                if report.changed() {
+                    tracing::info!(?report, "host-gw: kernel state corrected");
+                }
+                Ok(report.added + report.replaced + report.removed)
+            }
+            Datapath::Udp(b) => {
+                let report = b.reconcile(leases).await?;
+                if report.device_recreated || report.corrected > 0 {
+                    tracing::info!(?report, "udp: kernel state corrected");
+                }
+                Ok(report.corrected + usize::from(report.device_recreated))
             }
         }
     }
@@ -215,6 +308,9 @@ impl Node {
                 continue;
             }
             metrics.leases.store(snapshot.leases.len() as u64, Ordering::Relaxed);
+            if let Some(page) = datapath.metrics_page() {
+                *metrics.backend_page.lock().expect("metrics lock") = Some(page);
+            }
             metrics.reconcile_runs.fetch_add(1, Ordering::Relaxed);
             match datapath.reconcile(&snapshot.to_leases()).await {
                 Ok(corrections) => {
