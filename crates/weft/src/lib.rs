@@ -5,3 +5,4 @@ pub mod docker_opts;
 pub mod etcd_args;
 pub mod lab;
 pub mod leases;
+pub mod trace;

@@ -18,6 +18,8 @@ enum Command {
     Lab(weft::lab::cli::LabCommand),
     /// The cluster's leases as etcd holds them (same --etcd-* flags as weftd).
     Leases(weft::leases::LeasesArgs),
+    /// How a packet travels from a local pod to a pod address, from this node's live tables.
+    Trace(weft::trace::TraceArgs),
     /// mk-docker-opts: turn subnet.env into dockerd options (--bip, --ip-masq, --mtu).
     DockerOpts(weft::docker_opts::DockerOptsArgs),
 }
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
         Command::DockerOpts(args) => weft::docker_opts::run_docker_opts(&args)
             .map(|_| ExitCode::SUCCESS)
             .map_err(anyhow::Error::from),
+        Command::Trace(args) => weft::trace::run(&args),
         Command::Leases(args) => weft::leases::run(&args).map(|text| {
             print!("{text}");
             ExitCode::SUCCESS
