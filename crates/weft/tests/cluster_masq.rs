@@ -47,7 +47,7 @@ fn iptables_mode_installs_flannels_rules_and_masquerades_egress() {
     );
 
     assert_eq!(
-        egress_source(&lab, &lab.pod_ns(1).unwrap().to_string(), 7701),
+        egress_source(&lab, lab.pod_ns(1).unwrap(), 7701),
         Ipv4Addr::new(198, 51, 100, 1),
         "leaves with host 1's address"
     );
@@ -92,7 +92,7 @@ fn nftables_mode_installs_the_flannel_table_and_masquerades_egress() {
     );
 
     assert_eq!(
-        egress_source(&lab, &lab.pod_ns(2).unwrap().to_string(), 7702),
+        egress_source(&lab, lab.pod_ns(2).unwrap(), 7702),
         Ipv4Addr::new(198, 51, 100, 2),
         "leaves with host 2's address"
     );
@@ -113,5 +113,5 @@ fn without_ip_masq_egress_keeps_the_pod_address() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(egress_source(&lab, &lab.pod_ns(1).unwrap().to_string(), 7703), pod_ip);
+    assert_eq!(egress_source(&lab, lab.pod_ns(1).unwrap(), 7703), pod_ip);
 }
