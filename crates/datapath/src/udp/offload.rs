@@ -221,14 +221,12 @@ impl Coalescer {
         self.len += payload;
         self.count += 1;
         self.next_seq = seq.wrapping_add(payload as u32);
-        let ack_and_window = 28..36;
         let psh = pkt[33] & 0x08;
         // The newest ACK, window and PSH win, as in the kernel's GRO.
         let h = VNET_HDR_LEN;
         self.buf[h + 28..h + 32].copy_from_slice(&pkt[28..32]);
         self.buf[h + 33] |= psh;
         self.buf[h + 34..h + 36].copy_from_slice(&pkt[34..36]);
-        let _ = ack_and_window;
         if payload < self.mss || psh != 0 {
             self.closed = true;
         }

@@ -106,7 +106,7 @@ impl PeerTable {
             sources.entry(p.public_ip).or_default().push(subnet);
         }
         let mut routes: Vec<(u8, HashMap<u32, Ipv4Addr>)> = by_prefix.into_iter().collect();
-        routes.sort_by(|a, b| b.0.cmp(&a.0));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0));
         PeerTable {
             network: network.map(|n| n.trunc()),
             own: own.map(|o| o.trunc()),
