@@ -55,6 +55,27 @@ pub struct BenchReport {
     /// pod / host.
     pub throughput_ratio: f64,
     pub rtt_ratio: Option<f64>,
+    /// CPU the weftds of both nodes used during the pod-to-pod runs, in cores (CPU seconds per
+    /// second); near zero for kernel datapaths, the cost of the udp backend.
+    pub weftd_cores: Option<f64>,
+}
+
+/// CPU seconds (user + system) used so far by the weftds of `nodes`.
+fn weftd_cpu_seconds(lab: &Lab, nodes: &[usize]) -> Option<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut total = 0.0;
+    for &node in nodes {
+        let pid = lab.weftd_pid(node)?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        total += (utime + stime) / ticks;
+    }
+    Some(total)
 }
 
 pub fn run(lab: &Lab, options: &BenchOptions) -> Result<BenchReport> {
@@ -79,7 +100,13 @@ pub fn run(lab: &Lab, options: &BenchOptions) -> Result<BenchReport> {
     );
 
     let host_bps_runs = throughput(&host_pair.0, &host_pair.1, host_pair.2, options)?;
+    let cpu_before = weftd_cpu_seconds(lab, &[from, to]);
+    let started = Instant::now();
     let pod_bps_runs = throughput(&pod_pair.0, &pod_pair.1, pod_pair.2, options)?;
+    let weftd_cores = match (cpu_before, weftd_cpu_seconds(lab, &[from, to])) {
+        (Some(a), Some(b)) => Some((b - a) / started.elapsed().as_secs_f64()),
+        _ => None,
+    };
     let host_rtt_ms = rtt(&host_pair.0, host_pair.2, options.pings)?;
     let pod_rtt_ms = rtt(&pod_pair.0, pod_pair.2, options.pings)?;
     let (host_bps, pod_bps) = (median(&host_bps_runs), median(&pod_bps_runs));
@@ -99,6 +126,7 @@ pub fn run(lab: &Lab, options: &BenchOptions) -> Result<BenchReport> {
             (Some(p), Some(h)) if h > 0.0 => Some(p / h),
             _ => None,
         },
+        weftd_cores,
     })
 }
 
@@ -279,7 +307,12 @@ impl fmt::Display for BenchReport {
             self.throughput_ratio,
             rtt(self.pod_rtt_ms),
             rtt_ratio
-        )
+        )?;
+        if let Some(cores) = self.weftd_cores {
+            let per_gbit = if self.pod_bps > 0.0 { cores / (self.pod_bps / 1e9) } else { 0.0 };
+            writeln!(f, "weftd CPU during pod-to-pod: {cores:.2} cores, {per_gbit:.3} cores per Gbit/s")?;
+        }
+        Ok(())
     }
 }
 
