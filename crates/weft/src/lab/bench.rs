@@ -309,8 +309,15 @@ impl fmt::Display for BenchReport {
             rtt_ratio
         )?;
         if let Some(cores) = self.weftd_cores {
-            let per_gbit = if self.pod_bps > 0.0 { cores / (self.pod_bps / 1e9) } else { 0.0 };
-            writeln!(f, "weftd CPU during pod-to-pod: {cores:.2} cores, {per_gbit:.3} cores per Gbit/s")?;
+            let per_gbit = if self.pod_bps > 0.0 {
+                cores / (self.pod_bps / 1e9)
+            } else {
+                0.0
+            };
+            writeln!(
+                f,
+                "weftd CPU during pod-to-pod: {cores:.2} cores, {per_gbit:.3} cores per Gbit/s"
+            )?;
         }
         Ok(())
     }
