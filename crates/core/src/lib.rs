@@ -9,6 +9,7 @@ pub mod config;
 pub mod docker_opts;
 pub mod lease;
 pub mod masq;
+pub mod peer_file;
 pub mod subnet_env;
 
 pub use allocate::{choose_subnet, AllocError, Allocation};

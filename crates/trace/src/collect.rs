@@ -173,5 +173,13 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
         underlay,
         iptables_filter: listing("iptables-save", &["-t", "filter"]),
         nft_ruleset: listing("nft", &["list", "ruleset"]),
+        udp_peers: read_udp_peers(&opts.subnet_file),
     })
+}
+
+/// The udp peer table weftd publishes beside the subnet file.
+fn read_udp_peers(subnet_file: &std::path::Path) -> Result<Vec<weft_core::peer_file::PeerEntry>, String> {
+    let path = weft_core::peer_file::peer_file_for(subnet_file);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    weft_core::peer_file::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }

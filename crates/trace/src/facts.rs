@@ -87,6 +87,8 @@ pub struct Facts {
     pub iptables_filter: Option<String>,
     /// `nft list ruleset` output; None when nft is missing or failed.
     pub nft_ruleset: Option<String>,
+    /// The udp peer table weftd publishes next to subnet.env: Err says why it is unreadable.
+    pub udp_peers: Result<Vec<weft_core::peer_file::PeerEntry>, String>,
 }
 
 impl Facts {

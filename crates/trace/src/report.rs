@@ -41,6 +41,8 @@ pub enum Cause {
     NoUnderlayRoute,
     MtuMismatch,
     DeviceDown,
+    UdpPeerMissing,
+    UdpPeerMismatch,
 }
 
 /// One step of the walk.

@@ -417,11 +417,7 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
         Path::Vxlan => underlay_dev = vxlan_hops(f, route, &dev_name, lease, steps),
         Path::Gateway => gateway_hops(f, route, &dev_name, steps),
         Path::Udp => {
-            steps.push(Step::info(
-                "peer table",
-                "weftd's user-space datapath encapsulates the packet to the owning node's PublicIP (UDP port \
-                 8285); its peer table is built from the lease above and is not shown here yet",
-            ));
+            udp_peer_hop(f, lease, steps);
             if let Some(l) = lease {
                 underlay_dev = underlay_hop(f, l.attrs.public_ip, route.oif, &dev_name, steps);
             }
@@ -431,6 +427,54 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
     // MTU
     mtu_check(f, path, dev, underlay_dev, env, src_is_pod, steps);
     Some(path.name(lease).to_string())
+}
+
+/// The udp backend: weftd's peer table must send the destination's subnet to the lease's PublicIP.
+fn udp_peer_hop(f: &Facts, lease: Option<&Lease>, steps: &mut Vec<Step>) {
+    let peers = match &f.udp_peers {
+        Ok(p) => p,
+        Err(why) => {
+            steps.push(Step::info(
+                "peer table",
+                format!("weftd's udp peer table is not readable ({why}); is weftd running in udp mode with this --subnet-file?"),
+            ));
+            return;
+        }
+    };
+    let Some(peer) = peers.iter().find(|p| p.subnet.contains(&f.dst)) else {
+        steps.push(
+            Step::broken(
+                "peer table",
+                Cause::UdpPeerMissing,
+                format!(
+                    "weftd's udp peer table has no entry for {}: its packets get ICMP net-unreachable. weftd adds the peer on \
+                     its next reconcile once the lease is in etcd; check `weft leases`",
+                    f.dst
+                ),
+            ),
+        );
+        return;
+    };
+    let entry = format!("{} -> {}:8285", peer.subnet, peer.public_ip);
+    match lease {
+        Some(l) if l.attrs.public_ip != peer.public_ip => steps.push(
+            Step::broken(
+                "peer table",
+                Cause::UdpPeerMismatch,
+                format!(
+                    "weftd sends {} to {} but the lease says PublicIP {}: weftd has not caught up with the lease; it \
+                     swaps its table on the next lease event or reconcile",
+                    peer.subnet, peer.public_ip, l.attrs.public_ip
+                ),
+            )
+            .with_entry(entry),
+        ),
+        _ => steps.push(Step::ok(
+            "peer table",
+            entry,
+            format!("weftd wraps the packet in one UDP datagram to {}", peer.public_ip),
+        )),
+    }
 }
 
 /// The destination is a pod of this node: the route must lead to the bridge.
@@ -1039,6 +1083,7 @@ mod tests {
             )],
             iptables_filter: Some("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\nCOMMIT\n".into()),
             nft_ruleset: None,
+            udp_peers: Err("not collected".into()),
         }
     }
 
@@ -1318,8 +1363,29 @@ mod tests {
         let t = walk(&f);
         assert!(t.ok, "{}", crate::render_text(&t));
         assert_eq!(t.backend.as_deref(), Some("udp"));
-        assert_eq!(step(&t, "peer table").status, Status::Info);
+        assert_eq!(
+            step(&t, "peer table").status,
+            Status::Info,
+            "no table published: said, not a break"
+        );
         assert_eq!(step(&t, "underlay").status, Status::Ok);
+
+        use weft_core::peer_file::PeerEntry;
+        let entry = |subnet: &str, public: &str| PeerEntry {
+            subnet: net(subnet),
+            public_ip: ip(public),
+        };
+        f.udp_peers = Ok(vec![entry("10.5.2.0/24", "198.51.100.2")]);
+        let t = walk(&f);
+        assert!(t.ok, "{}", crate::render_text(&t));
+        assert_eq!(
+            step(&t, "peer table").entry.as_deref(),
+            Some("10.5.2.0/24 -> 198.51.100.2:8285")
+        );
+        f.udp_peers = Ok(vec![entry("10.5.2.0/24", "198.51.100.9")]);
+        assert_eq!(causes(&f), vec![Cause::UdpPeerMismatch]);
+        f.udp_peers = Ok(vec![]);
+        assert_eq!(causes(&f), vec![Cause::UdpPeerMissing]);
     }
 
     #[test]

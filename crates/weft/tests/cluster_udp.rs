@@ -76,6 +76,27 @@ fn udp_mesh_drops_bad_datagrams_and_follows_joins_and_leaves() {
 
     assert!(all_pods_reach_each_other(&lab), "udp mesh:\n{}", lab.status());
 
+    // weft trace shows weftd's peer-table entry for the destination.
+    let dir = lab.dir().display().to_string();
+    let (src, dst) = (lab.pod_ip(1).unwrap().to_string(), lab.pod_ip(2).unwrap().to_string());
+    let args = [
+        env!("CARGO_BIN_EXE_weft").to_string(),
+        "trace".into(),
+        src,
+        dst,
+        format!("--subnet-file={dir}/h1/subnet.env"),
+        "--etcd-endpoints=https://198.51.100.254:2379".into(),
+        format!("--etcd-cafile={dir}/ca.pem"),
+        format!("--etcd-certfile={dir}/client.pem"),
+        format!("--etcd-keyfile={dir}/client-key.pem"),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let subnet2 = lab.subnet_env(2).unwrap().subnet.trunc();
+    let out = lab.exec_in_host(1, &args).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("{subnet2} -> 198.51.100.2:8285")), "{text}");
+
     // Garbage from a peer, a packet from an address no lease names, a peer forging its inner
     // source: all dropped and counted, and the daemon keeps forwarding.
     let pod1 = lab.pod_ip(1).unwrap();

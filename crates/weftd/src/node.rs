@@ -9,6 +9,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
 use weft_control::manager::LeaseHealth;
 use weft_core::masq::FirewallPlan;
+use weft_core::peer_file::{self, PeerEntry};
 use weft_core::{BackendKind, Lease, LeaseAttrs, NetworkConfig, SubnetEnv};
 use weft_datapath::hostgw::HostGwBackend;
 use weft_datapath::udp::{DropReason, UdpBackend};
@@ -106,6 +107,20 @@ impl Datapath {
             Datapath::Udp(b) => b.set_lease(lease.subnet).await.context("addressing flannel0")?,
         }
         Ok(())
+    }
+
+    /// The udp peer table as weft trace reads it; None for kernel backends.
+    fn peer_file_text(&self) -> Option<String> {
+        let Datapath::Udp(b) = self else { return None };
+        let peers: Vec<PeerEntry> = b
+            .peer_table()
+            .iter()
+            .map(|p| PeerEntry {
+                subnet: p.subnet,
+                public_ip: p.public_ip,
+            })
+            .collect();
+        Some(peer_file::render(&peers))
     }
 
     /// Backend-specific lines for /metrics (udp packet counters).
@@ -286,6 +301,7 @@ impl Node {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
+        let mut published_peers = String::new();
         loop {
             tokio::select! {
                 _ = sigterm.recv() => break,
@@ -317,6 +333,13 @@ impl Node {
                     metrics
                         .reconcile_corrections
                         .fetch_add(corrections as u64, Ordering::Relaxed);
+                    if let Some(text) = datapath.peer_file_text().filter(|t| *t != published_peers) {
+                        let path = peer_file::peer_file_for(&flags.subnet_file);
+                        match subnet_file::write_text_atomically(&path, &text) {
+                            Ok(()) => published_peers = text,
+                            Err(e) => tracing::warn!(file = %path.display(), "cannot publish the udp peer table: {e}"),
+                        }
+                    }
                 }
                 Err(e) => {
                     metrics.reconcile_errors.fetch_add(1, Ordering::Relaxed);

@@ -7,6 +7,11 @@ use std::path::Path;
 use weft_core::SubnetEnv;
 
 pub fn write_atomically(path: &Path, env: &SubnetEnv) -> std::io::Result<()> {
+    write_text_atomically(path, &env.render())
+}
+
+/// Writes `text` to `path` through a temporary file in the same directory and a rename.
+pub fn write_text_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -18,7 +23,7 @@ pub fn write_atomically(path: &Path, env: &SubnetEnv) -> std::io::Result<()> {
     ));
     {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(env.render().as_bytes())?;
+        f.write_all(text.as_bytes())?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)

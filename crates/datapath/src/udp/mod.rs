@@ -268,6 +268,11 @@ impl UdpBackend {
     }
 
     /// Packet counters summed over the workers.
+    /// The peer table the workers use now: every remote subnet and the public IP it goes to.
+    pub fn peer_table(&self) -> Vec<peers::Peer> {
+        self.shared.table.load().peers().to_vec()
+    }
+
     pub fn counters(&self) -> UdpCounters {
         self.shared.counters.snapshot()
     }
