@@ -12,3 +12,4 @@ pub use etcd::{EtcdOptions, EtcdSubnetManager, LeaseWatcher};
 pub use manager::{KeeperOptions, LeaseHealth, LeaseKeeper, LeaseSnapshot};
 pub use memory::MemoryStore;
 pub use store::{StoredKey, SubnetStore};
+pub mod etcd_args;

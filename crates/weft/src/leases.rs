@@ -6,7 +6,7 @@ use clap::Args;
 use weft_control::etcd::EtcdSubnetManager;
 use weft_core::Lease;
 
-use crate::etcd_args::EtcdArgs;
+use weft_control::etcd_args::EtcdArgs;
 
 #[derive(Debug, Clone, Args)]
 pub struct LeasesArgs {

@@ -2,7 +2,6 @@
 //! machine out of network namespaces; the `weft` binary and the integration tests drive it.
 
 pub mod docker_opts;
-pub mod etcd_args;
 pub mod lab;
 pub mod leases;
 pub mod trace;

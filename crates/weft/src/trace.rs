@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Args;
 use weft_trace::{render_json, render_text, run_trace, TraceOptions, DEFAULT_SUBNET_FILE};
 
-use crate::etcd_args::EtcdArgs;
+use weft_control::etcd_args::EtcdArgs;
 
 #[derive(Debug, Clone, Args)]
 pub struct TraceArgs {

@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use clap::{ArgAction, Parser};
+use weft_control::etcd_args::EtcdArgs;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -13,32 +14,8 @@ use clap::{ArgAction, Parser};
     about = "weft node daemon: a drop-in replacement for flanneld"
 )]
 pub struct Flags {
-    /// etcd endpoints, comma separated.
-    #[arg(
-        long,
-        env = "FLANNELD_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379"
-    )]
-    pub etcd_endpoints: Vec<String>,
-    /// etcd prefix under which the config and the leases live.
-    #[arg(long, env = "FLANNELD_ETCD_PREFIX", default_value = "/coreos.com/network")]
-    pub etcd_prefix: String,
-    /// TLS key file for etcd.
-    #[arg(long, env = "FLANNELD_ETCD_KEYFILE")]
-    pub etcd_keyfile: Option<PathBuf>,
-    /// TLS certificate file for etcd.
-    #[arg(long, env = "FLANNELD_ETCD_CERTFILE")]
-    pub etcd_certfile: Option<PathBuf>,
-    /// TLS CA file for etcd.
-    #[arg(long, env = "FLANNELD_ETCD_CAFILE")]
-    pub etcd_cafile: Option<PathBuf>,
-    /// Username for etcd authentication.
-    #[arg(long, env = "FLANNELD_ETCD_USERNAME")]
-    pub etcd_username: Option<String>,
-    /// Password for etcd authentication.
-    #[arg(long, env = "FLANNELD_ETCD_PASSWORD")]
-    pub etcd_password: Option<String>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Interface (name or IP) for inter-host traffic; repeat to try several in order.
     #[arg(long, env = "FLANNELD_IFACE", value_delimiter = ',', action = ArgAction::Append)]
     pub iface: Vec<String>,
@@ -130,8 +107,11 @@ mod tests {
     #[test]
     fn defaults_match_flanneld() {
         let f = parse(&[]);
-        assert_eq!(f.etcd_endpoints, ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]);
-        assert_eq!(f.etcd_prefix, "/coreos.com/network");
+        assert_eq!(
+            f.etcd.etcd_endpoints,
+            ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+        );
+        assert_eq!(f.etcd.etcd_prefix, "/coreos.com/network");
         assert_eq!(f.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert_eq!(f.subnet_lease_renew_margin, 60);
         assert!(!f.ip_masq);
@@ -152,7 +132,7 @@ mod tests {
             "--iptables-forward-rules=false",
             "-v=2",
         ]);
-        assert_eq!(f.etcd_endpoints, ["https://198.51.100.254:2379"]);
+        assert_eq!(f.etcd.etcd_endpoints, ["https://198.51.100.254:2379"]);
         assert_eq!(f.iface, ["eth0", "192.0.2.7"]);
         assert!(f.ip_masq);
         assert!(!f.iptables_forward_rules);

@@ -38,15 +38,8 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     tracing::info!(iface = %ext.name, ip = %ext.ip, %public_ip, mtu = ext.mtu, "using the external interface");
 
     let etcd = EtcdSubnetManager::connect_with_retry(EtcdOptions {
-        endpoints: flags.etcd_endpoints.clone(),
-        prefix: flags.etcd_prefix.clone(),
-        cafile: flags.etcd_cafile.clone(),
-        certfile: flags.etcd_certfile.clone(),
-        keyfile: flags.etcd_keyfile.clone(),
-        username: flags.etcd_username.clone(),
-        password: flags.etcd_password.clone(),
         renew_margin: Duration::from_secs(flags.subnet_lease_renew_margin * 60),
-        ..Default::default()
+        ..flags.etcd.options()
     })
     .await
     .context("connecting to etcd")?;

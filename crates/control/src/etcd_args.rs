@@ -1,10 +1,10 @@
-//! The `--etcd-*` flags the operator commands share with weftd (and flanneld), with the same
+//! The `--etcd-*` flags weftd and the operator commands share: flanneld's, with the same
 //! names, defaults and `FLANNELD_*` environment variables.
 
 use std::path::PathBuf;
 
+use crate::etcd::EtcdOptions;
 use clap::Args;
-use weft_control::etcd::EtcdOptions;
 
 #[derive(Debug, Clone, Args)]
 pub struct EtcdArgs {
