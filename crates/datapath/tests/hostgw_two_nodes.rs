@@ -7,9 +7,10 @@
 //! Skipped (with a message) when not run as root. `ip` is used only to build the topology and to
 //! inspect or damage state.
 
+mod two_nodes;
+
 use std::fs::File;
 use std::net::{Ipv4Addr, UdpSocket};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -22,84 +23,9 @@ use weft_datapath::hostgw::{HostGwBackend, ReconcileReport};
 use weft_kernel::iface::{select_external_interface, IfaceSelection};
 use weft_kernel::netlink::Netlink;
 
+use two_nodes::{in_netns, is_root, run, TwoNodes};
+
 const NETWORK: &str = "10.6.0.0/16";
-
-fn is_root() -> bool {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("weft_datapath=debug,weft_kernel=debug"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-    nix::unistd::geteuid().is_root()
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        args,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn unique_tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{:06x}", (nanos ^ (std::process::id() << 8)) & 0xff_ffff)
-}
-
-/// Two namespaces, removed on drop even when the test fails.
-struct Namespaces {
-    a: String,
-    b: String,
-}
-
-impl Namespaces {
-    fn new() -> Self {
-        let tag = unique_tag();
-        let ns = Namespaces {
-            a: format!("wth-{tag}-a"),
-            b: format!("wth-{tag}-b"),
-        };
-        run(&["ip", "netns", "add", &ns.a]);
-        run(&["ip", "netns", "add", &ns.b]);
-        ns
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-fn setup_node(ns: &str, underlay: &str, pod: &str) {
-    run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-    run(&["ip", "-n", ns, "addr", "add", underlay, "dev", "veth0"]);
-    run(&["ip", "-n", ns, "link", "set", "veth0", "up"]);
-    run(&["ip", "-n", ns, "link", "add", "cni0", "type", "bridge"]);
-    run(&["ip", "-n", ns, "addr", "add", pod, "dev", "cni0"]);
-    run(&["ip", "-n", ns, "link", "set", "cni0", "up"]);
-    // The node forwards between its pods and the underlay, as a flannel node must.
-    run(&["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-}
-
-fn topology() -> Namespaces {
-    let ns = Namespaces::new();
-    run(&[
-        "ip", "-n", &ns.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", &ns.b,
-    ]);
-    setup_node(&ns.a, "198.51.100.1/24", "10.6.1.1/24");
-    setup_node(&ns.b, "198.51.100.2/24", "10.6.2.1/24");
-    ns
-}
 
 type Reply = mpsc::Sender<Result<ReconcileReport, String>>;
 
@@ -183,14 +109,6 @@ fn lease(subnet: &str, public_ip: &str, backend: &str) -> Lease {
     }
 }
 
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || {
-        setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-}
-
 /// UDP round trip from pod address `src` in `ns_a` to pod address `dst` in `ns_b` within `within`.
 fn ping(ns_a: &str, src: &str, ns_b: &str, dst: &str, within: Duration) -> bool {
     let (src, dst): (Ipv4Addr, Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
@@ -242,7 +160,7 @@ fn hostgw_refuses_a_public_ip_that_is_not_on_the_interface() {
         eprintln!("skipped: needs root to create network namespaces");
         return;
     }
-    let ns = topology();
+    let ns = TwoNodes::forwarding_via_cni0("wth", 6);
     let err = Node::start(&ns.a, "10.6.1.0/24", Ipv4Addr::new(203, 0, 113, 7))
         .err()
         .expect("a NATed public IP is refused");
@@ -259,7 +177,7 @@ fn hostgw_two_nodes_mesh_heal_and_leave() {
         eprintln!("skipped: needs root to create network namespaces");
         return;
     }
-    let ns = topology();
+    let ns = TwoNodes::forwarding_via_cni0("wth", 6);
     let a = Node::start(&ns.a, "10.6.1.0/24", Ipv4Addr::new(198, 51, 100, 1)).unwrap();
     let b = Node::start(&ns.b, "10.6.2.0/24", Ipv4Addr::new(198, 51, 100, 2)).unwrap();
     assert_eq!(a.mtu, 1500, "host-gw MTU is the interface's");

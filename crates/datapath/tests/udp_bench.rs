@@ -6,6 +6,7 @@
 //! `cargo test --release -p weft-datapath --test udp_bench -- --ignored --nocapture`
 //! `WEFT_BENCH_SECS` (default 10) and `WEFT_BENCH_RUNS` (default 3) shorten it.
 
+mod two_nodes;
 mod udp_common;
 
 use std::net::Ipv4Addr;
@@ -114,7 +115,7 @@ fn udp_vs_vxlan_single_stream() {
     let runs = env_or("WEFT_BENCH_RUNS", 3);
     let (ip_a, ip_b) = (Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(198, 51, 100, 2));
 
-    let tv = Topology::new();
+    let tv = Topology::new("wtu", 5);
     let va = Node::start(&tv.a, "10.5.1.0/24", ip_a, Kind::Vxlan);
     let vb = Node::start(&tv.b, "10.5.2.0/24", ip_b, Kind::Vxlan);
     let vleases = vec![
@@ -129,7 +130,7 @@ fn udp_vs_vxlan_single_stream() {
         udp_lease("10.5.1.0/24", "198.51.100.1"),
         udp_lease("10.5.2.0/24", "198.51.100.2"),
     ];
-    let tu = Topology::new();
+    let tu = Topology::new("wtu", 5);
     let ua = Node::start(
         &tu.a,
         "10.5.1.0/24",
@@ -144,7 +145,7 @@ fn udp_vs_vxlan_single_stream() {
     );
     ua.reconcile(&uleases);
     ub.reconcile(&uleases);
-    let tp = Topology::new();
+    let tp = Topology::new("wtu", 5);
     let pa = Node::start(
         &tp.a,
         "10.5.1.0/24",

@@ -7,6 +7,7 @@
 //!
 //! Skipped (with a message) when not run as root.
 
+mod two_nodes;
 mod udp_common;
 
 use std::net::{Ipv4Addr, UdpSocket};
@@ -98,7 +99,7 @@ fn scenario(offload: bool) {
         return;
     }
     let tuning = || Kind::Udp(UdpTuning { workers: 2, offload });
-    let t = Topology::new();
+    let t = Topology::new("wtu", 5);
     let a = Node::start(&t.a, "10.5.1.0/24", Ipv4Addr::new(198, 51, 100, 1), tuning());
     let b = Node::start(&t.b, "10.5.2.0/24", Ipv4Addr::new(198, 51, 100, 2), tuning());
     assert_eq!(a.mtu, 1472, "interface MTU 1500 - 28");

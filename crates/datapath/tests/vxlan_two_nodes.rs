@@ -7,9 +7,10 @@
 //! Skipped (with a message) when not run as root. `ip`/`bridge` are used only to build the
 //! topology and to inspect or damage state.
 
+mod two_nodes;
+
 use std::fs::File;
 use std::net::{Ipv4Addr, UdpSocket};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -23,84 +24,9 @@ use weft_datapath::vxlan::{ReconcileReport, VxlanBackend};
 use weft_kernel::iface::{select_external_interface, IfaceSelection};
 use weft_kernel::netlink::Netlink;
 
+use two_nodes::{in_netns, is_root, run, TwoNodes};
+
 const NETWORK: &str = "10.5.0.0/16";
-
-/// True when running as root; also turns on logs (RUST_LOG, default debug for the backend).
-fn is_root() -> bool {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("weft_datapath=debug,weft_kernel=debug"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-    nix::unistd::geteuid().is_root()
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        args,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn unique_tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{:06x}", (nanos ^ (std::process::id() << 8)) & 0xff_ffff)
-}
-
-/// Two namespaces, removed on drop even when the test fails.
-struct Namespaces {
-    a: String,
-    b: String,
-}
-
-impl Namespaces {
-    fn new() -> Self {
-        let tag = unique_tag();
-        let ns = Namespaces {
-            a: format!("wtn-{tag}-a"),
-            b: format!("wtn-{tag}-b"),
-        };
-        run(&["ip", "netns", "add", &ns.a]);
-        run(&["ip", "netns", "add", &ns.b]);
-        ns
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-/// Node `ns` with underlay address `underlay` on veth0 and pod address `pod` on pod0.
-fn setup_node(ns: &str, underlay: &str, pod: &str) {
-    run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-    run(&["ip", "-n", ns, "addr", "add", underlay, "dev", "veth0"]);
-    run(&["ip", "-n", ns, "link", "set", "veth0", "up"]);
-    run(&["ip", "-n", ns, "link", "add", "pod0", "type", "bridge"]);
-    run(&["ip", "-n", ns, "addr", "add", pod, "dev", "pod0"]);
-    run(&["ip", "-n", ns, "link", "set", "pod0", "up"]);
-}
-
-fn topology() -> Namespaces {
-    let ns = Namespaces::new();
-    run(&[
-        "ip", "-n", &ns.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", &ns.b,
-    ]);
-    setup_node(&ns.a, "198.51.100.1/24", "10.5.1.1/24");
-    setup_node(&ns.b, "198.51.100.2/24", "10.5.2.1/24");
-    ns
-}
 
 enum Cmd {
     Reconcile(Vec<Lease>, mpsc::Sender<Result<ReconcileReport, String>>),
@@ -207,15 +133,6 @@ fn lease(subnet: &str, public_ip: &str, node: &Node) -> Lease {
     }
 }
 
-/// Runs `f` on a thread that has entered namespace `ns`.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || {
-        setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-}
-
 /// Sends UDP datagrams from pod address `src` in `ns_a` to pod address `dst` in `ns_b`, which
 /// echoes them back; true once a round trip succeeds within `within`. Like a ping, but with no
 /// tool to install.
@@ -277,7 +194,7 @@ fn vxlan_two_nodes_ping_heal_restart_and_remove() {
         eprintln!("skipped: needs root to create network namespaces");
         return;
     }
-    let ns = topology();
+    let ns = TwoNodes::new("wtn", 5);
     let a = Node::start(&ns.a, "10.5.1.0/24", Ipv4Addr::new(198, 51, 100, 1), false);
     let b = Node::start(&ns.b, "10.5.2.0/24", Ipv4Addr::new(198, 51, 100, 2), false);
     assert_eq!(a.mtu, 1450);
@@ -482,7 +399,7 @@ fn direct_routing_uses_the_underlay_for_peers_on_the_same_segment() {
         eprintln!("skipped: needs root to create network namespaces");
         return;
     }
-    let ns = topology();
+    let ns = TwoNodes::new("wtn", 5);
     let a = Node::start(&ns.a, "10.5.1.0/24", Ipv4Addr::new(198, 51, 100, 1), true);
     let b = Node::start(&ns.b, "10.5.2.0/24", Ipv4Addr::new(198, 51, 100, 2), true);
     let leases = vec![
@@ -509,7 +426,7 @@ fn interface_selection_in_a_namespace() {
         eprintln!("skipped: needs root to create network namespaces");
         return;
     }
-    let ns = topology();
+    let ns = TwoNodes::new("wtn", 5);
     run(&["ip", "-n", &ns.a, "route", "add", "default", "via", "198.51.100.2"]);
     let path = format!("/run/netns/{}", ns.a);
     let handle = thread::spawn(move || {

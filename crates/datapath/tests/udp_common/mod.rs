@@ -3,7 +3,6 @@
 //! running on its own thread inside each namespace, as weftd runs inside its own.
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::mpsc;
@@ -11,7 +10,6 @@ use std::thread;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use nix::sched::{setns, CloneFlags};
 use weft_core::config::{UdpOptions, VxlanOptions};
 use weft_core::{Lease, LeaseAttrs, SubnetKey};
 use weft_datapath::udp::{ReconcileReport, UdpBackend, UdpCounters, UdpTuning};
@@ -21,86 +19,9 @@ use weft_kernel::netlink::Netlink;
 
 pub const NETWORK: &str = "10.5.0.0/16";
 
-/// True when running as root; also turns on logs (RUST_LOG, default info for the backend).
-pub fn is_root() -> bool {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("weft_datapath=info,weft_kernel=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-    nix::unistd::geteuid().is_root()
-}
-
-pub fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        args,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn unique_tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{:06x}", (nanos ^ (std::process::id() << 8)) & 0xff_ffff)
-}
-
-/// Two namespaces joined by a veth, removed on drop even when the test fails.
-pub struct Topology {
-    pub a: String,
-    pub b: String,
-}
-
-impl Topology {
-    /// Node a: 198.51.100.1 on veth0, pod 10.5.1.1/24 on pod0; node b: .2 and 10.5.2.1/24.
-    pub fn new() -> Self {
-        let tag = unique_tag();
-        let t = Topology {
-            a: format!("wtu-{tag}-a"),
-            b: format!("wtu-{tag}-b"),
-        };
-        run(&["ip", "netns", "add", &t.a]);
-        run(&["ip", "netns", "add", &t.b]);
-        run(&[
-            "ip", "-n", &t.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", &t.b,
-        ]);
-        setup_node(&t.a, "198.51.100.1/24", "10.5.1.1/24");
-        setup_node(&t.b, "198.51.100.2/24", "10.5.2.1/24");
-        t
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for name in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-fn setup_node(ns: &str, underlay: &str, pod: &str) {
-    run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-    run(&["ip", "-n", ns, "addr", "add", underlay, "dev", "veth0"]);
-    run(&["ip", "-n", ns, "link", "set", "veth0", "up"]);
-    run(&["ip", "-n", ns, "link", "add", "pod0", "type", "bridge"]);
-    run(&["ip", "-n", ns, "addr", "add", pod, "dev", "pod0"]);
-    run(&["ip", "-n", ns, "link", "set", "pod0", "up"]);
-}
-
-/// Runs `f` on a thread that has entered namespace `ns`.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    thread::spawn(move || {
-        setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-}
+// Each test binary uses a different part of the fixture.
+#[allow(unused_imports)]
+pub use crate::two_nodes::{in_netns, is_root, run, TwoNodes as Topology};
 
 pub enum Kind {
     Udp(UdpTuning),
