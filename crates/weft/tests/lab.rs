@@ -91,6 +91,14 @@ fn up_builds_hosts_etcd_and_pods_and_down_removes_everything() {
     assert!(routes.contains("default via 198.51.100.254 dev eth0"), "{routes}");
     let forward = stdout(lab.exec_in_host(1, &["cat", "/proc/sys/net/ipv4/ip_forward"]).unwrap());
     assert_eq!(forward.trim(), "1");
+    // Each host's receive processing runs on its own CPU (RPS on eth0) when there are two.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        let rps = |host| {
+            let out = lab.exec_in_host(host, &["cat", "/sys/class/net/eth0/queues/rx-0/rps_cpus"]);
+            u64::from_str_radix(&stdout(out.unwrap()).trim().replace(',', ""), 16).unwrap()
+        };
+        assert_eq!((rps(1), rps(2)), (0b01, 0b10));
+    }
     assert!(lab
         .exec_in_host(1, &["ping", "-c1", "-W1", "203.0.113.1"])
         .unwrap()

@@ -31,7 +31,7 @@ impl Default for BenchOptions {
         BenchOptions {
             seconds: 10,
             runs: 3,
-            pings: 20,
+            pings: 40,
             from: 1,
             to: 2,
         }
@@ -99,16 +99,30 @@ pub fn run(lab: &Lab, options: &BenchOptions) -> Result<BenchReport> {
         lab.pod_ip(to)?,
     );
 
-    let host_bps_runs = throughput(&host_pair.0, &host_pair.1, host_pair.2, options)?;
-    let cpu_before = weftd_cpu_seconds(lab, &[from, to]);
-    let started = Instant::now();
-    let pod_bps_runs = throughput(&pod_pair.0, &pod_pair.1, pod_pair.2, options)?;
-    let weftd_cores = match (cpu_before, weftd_cpu_seconds(lab, &[from, to])) {
-        (Some(a), Some(b)) => Some((b - a) / started.elapsed().as_secs_f64()),
-        _ => None,
-    };
-    let host_rtt_ms = rtt(&host_pair.0, host_pair.2, options.pings)?;
-    let pod_rtt_ms = rtt(&pod_pair.0, pod_pair.2, options.pings)?;
+    // Runs alternate host, pod, host, pod, ... so that a slow spell of this (shared, noisy)
+    // machine falls on both paths alike, and the ratio compares like with like.
+    let host_client = Iperf::start(&host_pair.0, &host_pair.1, host_pair.2)?;
+    let pod_client = Iperf::start(&pod_pair.0, &pod_pair.1, pod_pair.2)?;
+    let (mut host_bps_runs, mut pod_bps_runs) = (Vec::new(), Vec::new());
+    let (mut weftd_cpu, mut pod_time) = (Some(0.0), Duration::ZERO);
+    let (mut host_rtts, mut pod_rtts) = (Vec::new(), Vec::new());
+    for _ in 0..options.runs {
+        host_bps_runs.push(host_client.run(options.seconds)?);
+        let cpu_before = weftd_cpu_seconds(lab, &[from, to]);
+        let started = Instant::now();
+        pod_bps_runs.push(pod_client.run(options.seconds)?);
+        pod_time += started.elapsed();
+        weftd_cpu = match (weftd_cpu, cpu_before, weftd_cpu_seconds(lab, &[from, to])) {
+            (Some(total), Some(a), Some(b)) => Some(total + (b - a)),
+            _ => None,
+        };
+        host_rtts.extend(rtts(&host_pair.0, host_pair.2, options.pings)?);
+        pod_rtts.extend(rtts(&pod_pair.0, pod_pair.2, options.pings)?);
+    }
+    drop((host_client, pod_client));
+    let weftd_cores = weftd_cpu.map(|cpu| cpu / pod_time.as_secs_f64());
+    let host_rtt_ms = (!host_rtts.is_empty()).then(|| median(&host_rtts));
+    let pod_rtt_ms = (!pod_rtts.is_empty()).then(|| median(&pod_rtts));
     let (host_bps, pod_bps) = (median(&host_bps_runs), median(&pod_bps_runs));
     Ok(BenchReport {
         lab: lab.name().to_string(),
@@ -130,13 +144,25 @@ pub fn run(lab: &Lab, options: &BenchOptions) -> Result<BenchReport> {
     })
 }
 
-/// An iperf3 server in a namespace, killed when dropped.
-struct IperfServer(Child);
+/// An iperf3 server in one namespace and the client command that measures against it from
+/// another. The server is killed when this is dropped.
+struct Iperf {
+    server: Child,
+    client_ns: String,
+    server_ns: String,
+    server_ip: String,
+}
 
-impl IperfServer {
-    fn start(ns: &str) -> Result<Self> {
-        let args = ["netns", "exec", ns, "iperf3", "-s", "-p", IPERF_PORT];
-        let child = Command::new("ip")
+impl Iperf {
+    fn start(client_ns: &str, server_ns: &str, server_ip: Ipv4Addr) -> Result<Self> {
+        if process::which("iperf3").is_none() {
+            return Err(LabError::ProgramNotFound {
+                program: "iperf3",
+                hint: "install it with `apt-get install iperf3`",
+            });
+        }
+        let args = ["netns", "exec", server_ns, "iperf3", "-s", "-p", IPERF_PORT];
+        let server = Command::new("ip")
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -146,70 +172,58 @@ impl IperfServer {
                 command: command_line("ip", &args),
                 source,
             })?;
-        Ok(IperfServer(child))
+        Ok(Iperf {
+            server,
+            client_ns: client_ns.to_string(),
+            server_ns: server_ns.to_string(),
+            server_ip: server_ip.to_string(),
+        })
     }
-}
 
-impl Drop for IperfServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn throughput(client_ns: &str, server_ns: &str, server_ip: Ipv4Addr, options: &BenchOptions) -> Result<Vec<f64>> {
-    if process::which("iperf3").is_none() {
-        return Err(LabError::ProgramNotFound {
-            program: "iperf3",
-            hint: "install it with `apt-get install iperf3`",
-        });
-    }
-    let mut server = IperfServer::start(server_ns)?;
-    let ip = server_ip.to_string();
-    let secs = options.seconds.to_string();
-    let args = [
-        "netns", "exec", client_ns, "iperf3", "-c", &ip, "-p", IPERF_PORT, "-t", &secs, "-J",
-    ];
-    let mut results = Vec::new();
-    for _ in 0..options.runs {
+    /// One single-stream run of `seconds`: the receiver's bits per second.
+    fn run(&self, seconds: u64) -> Result<f64> {
+        let (client_ns, ip) = (self.client_ns.as_str(), self.server_ip.as_str());
+        let secs = seconds.to_string();
+        let args = [
+            "netns", "exec", client_ns, "iperf3", "-c", ip, "-p", IPERF_PORT, "-t", &secs, "-J",
+        ];
         // The server may still be starting: retry a refused connection for a few seconds.
         let deadline = Instant::now() + Duration::from_secs(5);
         let report = loop {
-            let out = run_bounded("ip", &args, Duration::from_secs(options.seconds + 15))?;
+            let out = run_bounded("ip", &args, Duration::from_secs(seconds + 15))?;
             let parsed: serde_json::Value = serde_json::from_slice(&out).map_err(|e| LabError::Parse {
                 what: format!("iperf3 -J output from {client_ns}"),
                 detail: e.to_string(),
             })?;
             match parsed.get("error").and_then(|e| e.as_str()) {
-                Some(_) if Instant::now() < deadline => {
-                    if let Ok(Some(status)) = server.0.try_wait() {
-                        return Err(LabError::Exited {
-                            what: format!("iperf3 server in {server_ns}"),
-                            detail: format!(" ({status})"),
-                        });
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+                Some(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
                 Some(error) => {
-                    return Err(LabError::Other(format!("iperf3 from {client_ns} to {ip}: {error}")));
+                    return Err(LabError::Other(format!(
+                        "iperf3 from {client_ns} to {ip} (server in {}): {error}",
+                        self.server_ns
+                    )));
                 }
                 None => break parsed,
             }
         };
-        let bps = report["end"]["sum_received"]["bits_per_second"]
+        report["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .ok_or_else(|| LabError::Parse {
                 what: format!("iperf3 -J output from {client_ns}"),
                 detail: "no end.sum_received.bits_per_second".into(),
-            })?;
-        results.push(bps);
+            })
     }
-    drop(server);
-    Ok(results)
 }
 
-/// Median RTT of `count` pings 0.01 s apart, bounded by a deadline.
-fn rtt(ns: &str, to: Ipv4Addr, count: usize) -> Result<Option<f64>> {
+impl Drop for Iperf {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// The RTTs of `count` pings 0.01 s apart, bounded by a deadline (lost ones left out).
+fn rtts(ns: &str, to: Ipv4Addr, count: usize) -> Result<Vec<f64>> {
     let to = to.to_string();
     let count_arg = count.max(1).to_string();
     let args = [
@@ -222,7 +236,7 @@ fn rtt(ns: &str, to: Ipv4Addr, count: usize) -> Result<Option<f64>> {
         .filter_map(|word| word.strip_prefix("time="))
         .filter_map(|t| t.parse().ok())
         .collect();
-    Ok((!times.is_empty()).then(|| median(&times)))
+    Ok(times)
 }
 
 /// Runs a command, killing it if it outlives `limit`; returns its stdout.

@@ -4,6 +4,11 @@
 //!   kernel has no dummy module) holding 203.0.113.1/24, standing for the internet. It routes but
 //!   never NATs.
 //! - host namespace `wl-<name>-h<i>`: `eth0` `198.51.100.<i>/24`, default route via the switch.
+//!   What arrives on a host's `eth0` is processed on that host's own CPU (CPU `(i - 1) mod
+//!   ncpu`, by RPS), as a real host's NIC interrupts run on that host's CPUs. Without it a veth
+//!   hands every packet to the next namespace on the sender's CPU, so one CPU would do both
+//!   hosts' network work: the receiving host's decapsulation and forwarding would be charged
+//!   to the sender, which no pair of real machines does.
 //! - pod namespace `wl-<name>-h<i>-p1`: `eth0` on the host's bridge `cni0` (docker0's picture).
 
 use std::net::Ipv4Addr;
@@ -12,7 +17,7 @@ use ipnet::Ipv4Net;
 use weft_core::SubnetEnv;
 
 use super::error::{LabError, Result};
-use super::iproute::{add_address, bridge, default_route, ip_in, netns_add, set_master, veth_pair};
+use super::iproute::{add_address, bridge, default_route, ip_in, netns_add, run, set_master, veth_pair};
 use super::netns::sysctl;
 
 pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
@@ -85,7 +90,42 @@ pub fn create_host(switch: &str, ns: &str, node: usize) -> Result<()> {
     set_master(switch, &port, "br0")?;
     add_address(ns, "eth0", &format!("{}/{UNDERLAY_PREFIX_LEN}", underlay_ip(node)))?;
     default_route(ns, &SWITCH_IP.to_string())?;
+    receive_on_own_cpu(ns, node)?;
     sysctl(ns, "net/ipv4/ip_forward", "1")
+}
+
+/// The RPS mask that puts host `node`'s receive processing on CPU `(node - 1) mod cpus`, as
+/// the hex string `rps_cpus` takes; None on a single CPU (nothing to separate).
+pub fn host_rps_mask(node: usize, cpus: usize) -> Option<String> {
+    if cpus < 2 {
+        return None;
+    }
+    let cpu = (node.max(1) - 1) % cpus;
+    // rps_cpus is a comma-separated list of 32-bit hex words, most significant first.
+    let words = cpus.div_ceil(32);
+    let mask: Vec<String> = (0..words)
+        .rev()
+        .map(|w| {
+            if cpu / 32 == w {
+                format!("{:08x}", 1u32 << (cpu % 32))
+            } else {
+                "00000000".into()
+            }
+        })
+        .collect();
+    Some(mask.join(","))
+}
+
+/// Steers what `eth0` of host `node` receives to the host's CPU (see the module comment).
+/// sysfs shows a namespace's devices only to a process that mounted it there, hence `ip netns
+/// exec` (which does).
+fn receive_on_own_cpu(ns: &str, node: usize) -> Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Some(mask) = host_rps_mask(node, cpus) else {
+        return Ok(());
+    };
+    let write = format!("echo {mask} > /sys/class/net/eth0/queues/rx-0/rps_cpus");
+    run("ip", &["netns", "exec", ns, "sh", "-c", &write]).map(drop)
 }
 
 /// What a pod gets from its host's subnet.env: the gateway (FLANNEL_SUBNET) and the next address.
@@ -148,6 +188,15 @@ mod tests {
         ] {
             assert_eq!(lab_of_ns(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn each_host_receives_on_its_own_cpu() {
+        assert_eq!(host_rps_mask(1, 1), None);
+        assert_eq!(host_rps_mask(1, 2).as_deref(), Some("00000001"));
+        assert_eq!(host_rps_mask(2, 2).as_deref(), Some("00000002"));
+        assert_eq!(host_rps_mask(3, 2).as_deref(), Some("00000001"));
+        assert_eq!(host_rps_mask(34, 40).as_deref(), Some("00000002,00000000"));
     }
 
     #[test]
