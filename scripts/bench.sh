@@ -30,8 +30,8 @@ vx = reports.get("vxlan")
 r0 = next(iter(reports.values()))
 print(f"single TCP stream, 2-node lab, median of {r0['runs']} x {r0['seconds']} s (iperf3); ratios from the same run")
 print("added rtt = pod rtt - host rtt of the same lab; +rtt/vxlan compares that with vxlan's")
-print(f"{'path':<24}{'Gbit/s':>8}{'/underlay':>11}{'/vxlan':>8}{'rtt ms':>9}{'rtt/vxlan':>11}{'+rtt/vxlan':>12}{'weftd cores/Gbit/s':>20}")
-print(f"{'host-to-host (underlay)':<24}{under_bps/1e9:>8.2f}{1:>11.2f}{'':>8}{under_rtt:>9.3f}{'':>11}{'':>12}{'':>20}")
+print(f"{'path':<26}{'Gbit/s':>8}{'/underlay':>11}{'/vxlan':>8}{'rtt ms':>9}{'rtt/vxlan':>11}{'+rtt/vxlan':>12}{'weftd cores/Gbit/s':>20}")
+print(f"{'host-to-host (underlay)':<26}{under_bps/1e9:>8.2f}{1:>11.2f}{'':>8}{under_rtt:>9.3f}{'':>11}{'':>12}{'':>20}")
 for b, r in reports.items():
     gb = r["pod_bps"] / 1e9
     ratio_vx = f"{r['pod_bps']/vx['pod_bps']:.2f}" if vx else "-"
@@ -41,5 +41,5 @@ for b, r in reports.items():
     add_vx = f"{added(r)/added(vx):.2f}" if vx and added(r) is not None and added(vx) else "-"
     cores = r.get("weftd_cores")
     cpg = f"{cores/gb:.3f}" if cores is not None and gb > 0 else "-"
-    print(f"{'pod-to-pod, ' + b:<24}{gb:>8.2f}{r['pod_bps']/r['host_bps']:>11.2f}{ratio_vx:>8}{rtt or 0:>9.3f}{rtt_vx:>11}{add_vx:>12}{cpg:>20}")
+    print(f"{'pod-to-pod, ' + b:<26}{gb:>8.2f}{r['pod_bps']/r['host_bps']:>11.2f}{ratio_vx:>8}{rtt or 0:>9.3f}{rtt_vx:>11}{add_vx:>12}{cpg:>20}")
 PY
