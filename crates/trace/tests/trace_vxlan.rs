@@ -31,92 +31,16 @@ use weft_trace::{render_json, render_text, run_trace, Cause, Trace, TraceOptions
 const PREFIX: &str = "/coreos.com/network";
 const ETCD_URL: &str = "http://127.0.0.1:2379";
 
-fn is_root() -> bool {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
-    nix::unistd::geteuid().is_root()
-}
+#[path = "../../datapath/tests/two_nodes/mod.rs"]
+mod two_nodes;
 
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        args,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use two_nodes::{is_root, run, TwoNodes};
 
-fn unique_tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{:06x}", (nanos ^ (std::process::id() << 8)) & 0xff_ffff)
-}
-
-/// Node a, node b and a pod of node a; removed on drop even when the test fails.
-struct Namespaces {
-    a: String,
-    b: String,
-    pod: String,
-}
-
-impl Namespaces {
-    fn new() -> Self {
-        let tag = unique_tag();
-        let ns = Namespaces {
-            a: format!("wth-{tag}-a"),
-            b: format!("wth-{tag}-b"),
-            pod: format!("wth-{tag}-p"),
-        };
-        for n in [&ns.a, &ns.b, &ns.pod] {
-            run(&["ip", "netns", "add", n]);
-            run(&["ip", "-n", n, "link", "set", "lo", "up"]);
-        }
-        ns
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in [&self.a, &self.b, &self.pod] {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-fn topology() -> Namespaces {
-    let ns = Namespaces::new();
-    run(&[
-        "ip", "-n", &ns.a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", &ns.b,
-    ]);
-    for (n, underlay, gw) in [
-        (&ns.a, "198.51.100.1/24", "10.5.1.1/24"),
-        (&ns.b, "198.51.100.2/24", "10.5.2.1/24"),
-    ] {
-        run(&["ip", "-n", n, "addr", "add", underlay, "dev", "veth0"]);
-        run(&["ip", "-n", n, "link", "set", "veth0", "up"]);
-        run(&["ip", "-n", n, "link", "add", "cni0", "mtu", "1450", "type", "bridge"]);
-        run(&["ip", "-n", n, "addr", "add", gw, "dev", "cni0"]);
-        run(&["ip", "-n", n, "link", "set", "cni0", "up"]);
-        run(&["ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    }
-    // The pod: eth0 10.5.1.2 in its namespace, vpod on a's cni0, as the bridge CNI plugin does.
-    run(&[
-        "ip", "-n", &ns.a, "link", "add", "vpod", "mtu", "1450", "type", "veth", "peer", "name", "eth0", "mtu", "1450",
-        "netns", &ns.pod,
-    ]);
-    run(&["ip", "-n", &ns.a, "link", "set", "vpod", "master", "cni0", "up"]);
-    run(&["ip", "-n", &ns.pod, "addr", "add", "10.5.1.2/24", "dev", "eth0"]);
-    run(&["ip", "-n", &ns.pod, "link", "set", "eth0", "up"]);
-    run(&["ip", "-n", &ns.pod, "route", "add", "default", "via", "10.5.1.1"]);
+/// Node a with a pod on its `cni0` (10.5.1.2, MTU 1450), node b; both forward.
+fn topology() -> TwoNodes {
+    let mut ns = TwoNodes::forwarding_via_cni0("wth", 5);
+    ns.set_bridge_mtu(1450);
+    ns.add_pod_on_a(1450);
     ns
 }
 
@@ -291,7 +215,7 @@ fn lease_key(l: &Lease) -> String {
 }
 
 /// UDP round trip from the pod (10.5.1.2) to node b's cni0 address (10.5.2.1) within `within`.
-fn pod_reaches_b(ns: &Namespaces, within: Duration) -> bool {
+fn pod_reaches_b(ns: &TwoNodes, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     let done = Arc::new(AtomicBool::new(false));
     let (port_tx, port_rx) = mpsc::channel();
@@ -310,7 +234,7 @@ fn pod_reaches_b(ns: &Namespaces, within: Duration) -> bool {
         }
     });
     let port = port_rx.recv().unwrap();
-    let pod_path = format!("/run/netns/{}", ns.pod);
+    let pod_path = format!("/run/netns/{}", ns.pod.as_deref().expect("the topology has a pod"));
     let ok = thread::spawn(move || {
         setns(File::open(&pod_path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
         let sock = UdpSocket::bind(("10.5.1.2", 0)).unwrap();

@@ -1,6 +1,7 @@
-//! The fixture every datapath root test stands on: two "nodes" (network namespaces) joined by a
-//! veth `veth0` (198.51.100.1/24 and .2/24), each with a pod address on a bridge (`pod0`, or `cni0`), removed
-//! on drop even when the test fails.
+//! The fixture every datapath root test stands on (and weft-trace's, which includes this file):
+//! two "nodes" (network namespaces) joined by a veth `veth0` (198.51.100.1/24 and .2/24), each
+//! with a pod address on a bridge (`pod0`, or `cni0`), optionally a pod namespace plugged into
+//! node a's bridge; all removed on drop even when the test fails.
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -44,6 +45,10 @@ fn unique_tag() -> String {
 pub struct TwoNodes {
     pub a: String,
     pub b: String,
+    /// `<prefix>-<tag>-p` once [`TwoNodes::add_pod_on_a`] made it.
+    pub pod: Option<String>,
+    octet: u8,
+    bridge: &'static str,
 }
 
 impl TwoNodes {
@@ -56,11 +61,14 @@ impl TwoNodes {
         Self::build(prefix, octet, "cni0", true)
     }
 
-    fn build(prefix: &str, octet: u8, bridge: &str, forward: bool) -> Self {
+    fn build(prefix: &str, octet: u8, bridge: &'static str, forward: bool) -> Self {
         let tag = unique_tag();
         let t = TwoNodes {
             a: format!("{prefix}-{tag}-a"),
             b: format!("{prefix}-{tag}-b"),
+            pod: None,
+            octet,
+            bridge,
         };
         run(&["ip", "netns", "add", &t.a]);
         run(&["ip", "netns", "add", &t.b]);
@@ -75,11 +83,40 @@ impl TwoNodes {
         }
         t
     }
+
+    /// Sets the MTU of both nodes' pod bridges.
+    pub fn set_bridge_mtu(&self, mtu: u32) {
+        let mtu = mtu.to_string();
+        for ns in [&self.a, &self.b] {
+            run(&["ip", "-n", ns, "link", "set", self.bridge, "mtu", &mtu]);
+        }
+    }
+
+    /// A pod namespace whose `eth0` (10.<octet>.1.2/24, default route via node a's bridge
+    /// address) is paired with `vpod` on node a's bridge, as the bridge CNI plugin does.
+    /// Returns the pod's namespace.
+    pub fn add_pod_on_a(&mut self, mtu: u32) -> String {
+        let pod = format!("{}-p", self.a.strip_suffix("-a").expect("node a's name ends in -a"));
+        run(&["ip", "netns", "add", &pod]);
+        self.pod = Some(pod.clone());
+        let mtu = mtu.to_string();
+        run(&["ip", "-n", &pod, "link", "set", "lo", "up"]);
+        run(&[
+            "ip", "-n", &self.a, "link", "add", "vpod", "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu",
+            &mtu, "netns", &pod,
+        ]);
+        run(&["ip", "-n", &self.a, "link", "set", "vpod", "master", self.bridge, "up"]);
+        let (addr, gateway) = (format!("10.{}.1.2/24", self.octet), format!("10.{}.1.1", self.octet));
+        run(&["ip", "-n", &pod, "addr", "add", &addr, "dev", "eth0"]);
+        run(&["ip", "-n", &pod, "link", "set", "eth0", "up"]);
+        run(&["ip", "-n", &pod, "route", "add", "default", "via", &gateway]);
+        pod
+    }
 }
 
 impl Drop for TwoNodes {
     fn drop(&mut self) {
-        for name in [&self.a, &self.b] {
+        for name in [Some(&self.a), Some(&self.b), self.pod.as_ref()].into_iter().flatten() {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
