@@ -89,6 +89,20 @@ pub struct VxlanOptions {
     pub mtu: Option<u32>,
 }
 
+impl Default for VxlanOptions {
+    /// flannel's: VNI 1, the Linux port 8472, no GBP, no learning, no direct routing.
+    fn default() -> Self {
+        VxlanOptions {
+            vni: 1,
+            port: 8472,
+            gbp: false,
+            learning: false,
+            direct_routing: false,
+            mtu: None,
+        }
+    }
+}
+
 /// Options of the udp backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UdpOptions {
@@ -383,6 +397,7 @@ mod tests {
                 mtu: None
             }
         );
+        assert_eq!(c.vxlan, VxlanOptions::default(), "the Default is flannel's");
         assert_eq!(c.backend.lease_backend_type(), "vxlan");
         assert_eq!(BackendKind::Udp.lease_backend_type(), "");
     }

@@ -9,30 +9,25 @@
 
 mod two_nodes;
 
-use std::fs::File;
-use std::net::{Ipv4Addr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::net::Ipv4Addr;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use nix::sched::{setns, CloneFlags};
 use weft_core::{Lease, LeaseAttrs, SubnetKey};
 use weft_datapath::hostgw::{HostGwBackend, ReconcileReport};
-use weft_kernel::iface::{select_external_interface, IfaceSelection};
-use weft_kernel::netlink::Netlink;
 
-use two_nodes::{in_netns, is_root, run, TwoNodes};
+use two_nodes::{is_root, run, udp_round_trip, BackendThread, TwoNodes};
 
 const NETWORK: &str = "10.6.0.0/16";
 
 type Reply = mpsc::Sender<Result<ReconcileReport, String>>;
+/// A reconcile request: the leases and where to answer.
+type Msg = (Vec<Lease>, Reply);
 
-/// A HostGwBackend running on its own thread inside a namespace, as weftd runs inside its own.
+/// A HostGwBackend running on its own thread inside a namespace.
 struct Node {
-    tx: Option<tokio::sync::mpsc::UnboundedSender<(Vec<Lease>, Reply)>>,
-    thread: Option<thread::JoinHandle<()>>,
+    thread: BackendThread<Msg>,
     mtu: u32,
     backend_data: serde_json::Value,
 }
@@ -40,65 +35,31 @@ struct Node {
 impl Node {
     /// Starts the backend; Err carries the start error's message.
     fn start(ns: &str, own: &str, public_ip: Ipv4Addr) -> Result<Node, String> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<Lease>, Reply)>();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let ns_path = format!("/run/netns/{ns}");
         let own = SubnetKey::v4(own.parse().unwrap());
-        let thread = thread::spawn(move || {
-            setns(File::open(&ns_path).unwrap(), CloneFlags::CLONE_NEWNET).expect("setns");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let nl = Netlink::new().expect("netlink socket");
-                let sel = IfaceSelection {
-                    ifaces: vec!["veth0".into()],
-                    ..IfaceSelection::default()
-                };
-                let ext = select_external_interface(&nl, &sel).await.expect("external interface");
+        let (thread, (mtu, backend_data)) =
+            BackendThread::<Msg>::spawn(ns, move |nl, ext, mut rx, ready| async move {
                 let network: Ipv4Net = NETWORK.parse().unwrap();
                 let mut backend = match HostGwBackend::start(nl, ext, public_ip, network).await {
                     Ok(b) => b,
-                    Err(e) => {
-                        ready_tx.send(Err(e.to_string())).unwrap();
-                        return;
-                    }
+                    Err(e) => return ready.send(Err(e.to_string())).unwrap(),
                 };
                 backend.set_lease(own);
-                ready_tx.send(Ok((backend.mtu(), backend.backend_data()))).unwrap();
+                ready.send(Ok((backend.mtu(), backend.backend_data()))).unwrap();
                 while let Some((leases, reply)) = rx.recv().await {
                     let _ = reply.send(backend.reconcile(&leases).await.map_err(|e| e.to_string()));
                 }
-            });
-        });
-        let (mtu, backend_data) = ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("backend thread answers")?;
+            })?;
         Ok(Node {
-            tx: Some(tx),
-            thread: Some(thread),
+            thread,
             mtu,
             backend_data,
         })
     }
 
     fn reconcile(&self, leases: &[Lease]) -> ReconcileReport {
-        let (reply_tx, reply_rx) = mpsc::channel();
-        self.tx.as_ref().unwrap().send((leases.to_vec(), reply_tx)).unwrap();
-        reply_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("reconcile answers")
+        self.thread
+            .ask(|reply| (leases.to_vec(), reply))
             .expect("reconcile succeeds")
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -107,47 +68,6 @@ fn lease(subnet: &str, public_ip: &str, backend: &str) -> Lease {
         subnet: SubnetKey::v4(subnet.parse().unwrap()),
         attrs: LeaseAttrs::new(public_ip.parse().unwrap(), backend, serde_json::Value::Null),
     }
-}
-
-/// UDP round trip from pod address `src` in `ns_a` to pod address `dst` in `ns_b` within `within`.
-fn ping(ns_a: &str, src: &str, ns_b: &str, dst: &str, within: Duration) -> bool {
-    let (src, dst): (Ipv4Addr, Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
-    let deadline = Instant::now() + within;
-    let (port_tx, port_rx) = mpsc::channel();
-    let done = Arc::new(AtomicBool::new(false));
-    let echo_done = done.clone();
-    let echo = in_netns(ns_b, move || {
-        let sock = UdpSocket::bind((dst, 0)).expect("bind echo socket");
-        port_tx.send(sock.local_addr().unwrap().port()).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let mut buf = [0u8; 64];
-        while !echo_done.load(Ordering::Relaxed) && Instant::now() < deadline + Duration::from_millis(500) {
-            if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(&buf[..n], from);
-            }
-        }
-    });
-    let port = port_rx.recv().unwrap();
-    let client = in_netns(ns_a, move || {
-        let sock = UdpSocket::bind((src, 0)).expect("bind client socket");
-        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        let mut buf = [0u8; 64];
-        loop {
-            let _ = sock.send_to(b"weft", (dst, port));
-            if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                if &buf[..n] == b"weft" && from.ip() == dst {
-                    return true;
-                }
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-        }
-    });
-    let ok = client.join().unwrap();
-    done.store(true, Ordering::Relaxed);
-    echo.join().unwrap();
-    ok
 }
 
 fn routes(ns: &str) -> String {
@@ -202,7 +122,7 @@ fn hostgw_two_nodes_mesh_heal_and_leave() {
     assert!(!rt.contains("10.6.3.0") && !rt.contains("10.6.4.0"), "{rt}");
     assert!(rt.contains("10.6.1.0/24 dev cni0"), "own subnet untouched: {rt}");
     assert!(
-        ping(&ns.a, "10.6.1.1", &ns.b, "10.6.2.1", Duration::from_secs(5)),
+        udp_round_trip(&ns.a, "10.6.1.1", &ns.b, "10.6.2.1", Duration::from_secs(5)),
         "pod a -> pod b via host-gw"
     );
 
@@ -212,13 +132,13 @@ fn hostgw_two_nodes_mesh_heal_and_leave() {
     // A route deleted by hand: healed.
     run(&["ip", "-n", &ns.a, "route", "del", "10.6.2.0/24"]);
     assert!(
-        !ping(&ns.a, "10.6.1.1", &ns.b, "10.6.2.1", Duration::from_millis(600)),
+        !udp_round_trip(&ns.a, "10.6.1.1", &ns.b, "10.6.2.1", Duration::from_millis(600)),
         "no path without the route"
     );
     let r = a.reconcile(&leases);
     assert_eq!(r.added, 1, "{r:?}");
     assert!(
-        ping(&ns.a, "10.6.1.1", &ns.b, "10.6.2.1", Duration::from_secs(5)),
+        udp_round_trip(&ns.a, "10.6.1.1", &ns.b, "10.6.2.1", Duration::from_secs(5)),
         "ping after route heal"
     );
 
@@ -281,7 +201,7 @@ fn hostgw_two_nodes_mesh_heal_and_leave() {
     assert!(!rt.contains("10.6.2.0/24"), "{rt}");
     assert!(rt.contains("10.6.1.0/24 dev cni0"), "{rt}");
     assert!(
-        !ping(&ns.a, "10.6.1.1", &ns.b, "10.6.2.1", Duration::from_millis(600)),
+        !udp_round_trip(&ns.a, "10.6.1.1", &ns.b, "10.6.2.1", Duration::from_millis(600)),
         "no path after b left"
     );
 }

@@ -10,11 +10,10 @@
 mod two_nodes;
 
 use std::fs::File;
-use std::net::{Ipv4Addr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::net::Ipv4Addr;
+use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use nix::sched::{setns, CloneFlags};
@@ -24,91 +23,56 @@ use weft_datapath::vxlan::{ReconcileReport, VxlanBackend};
 use weft_kernel::iface::{select_external_interface, IfaceSelection};
 use weft_kernel::netlink::Netlink;
 
-use two_nodes::{in_netns, is_root, run, TwoNodes};
+use two_nodes::{is_root, run, udp_round_trip, BackendThread, TwoNodes};
 
 const NETWORK: &str = "10.5.0.0/16";
 
-enum Cmd {
-    Reconcile(Vec<Lease>, mpsc::Sender<Result<ReconcileReport, String>>),
-}
+type Reply = mpsc::Sender<Result<ReconcileReport, String>>;
+/// A reconcile request: the leases and where to answer.
+type Msg = (Vec<Lease>, Reply);
 
-/// A VxlanBackend running on its own thread inside a namespace, as weftd runs inside its own.
+/// A VxlanBackend running on its own thread inside a namespace.
 struct Node {
-    tx: Option<tokio::sync::mpsc::UnboundedSender<Cmd>>,
-    thread: Option<thread::JoinHandle<()>>,
+    thread: BackendThread<Msg>,
     backend_data: serde_json::Value,
     mtu: u32,
 }
 
 impl Node {
     fn start(ns: &str, own: &str, public_ip: Ipv4Addr, direct_routing: bool) -> Node {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Cmd>();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let ns_path = format!("/run/netns/{ns}");
         let own = SubnetKey::v4(own.parse().unwrap());
-        let thread = thread::spawn(move || {
-            setns(File::open(&ns_path).unwrap(), CloneFlags::CLONE_NEWNET).expect("setns");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let nl = Netlink::new().expect("netlink socket");
-                let sel = IfaceSelection {
-                    ifaces: vec!["veth0".into()],
-                    ..IfaceSelection::default()
-                };
-                let ext = select_external_interface(&nl, &sel).await.expect("external interface");
-                let opts = VxlanOptions {
-                    vni: 1,
-                    port: 8472,
-                    gbp: false,
-                    learning: false,
-                    direct_routing,
-                    mtu: None,
-                };
-                let network: Ipv4Net = NETWORK.parse().unwrap();
-                // As weftd does: device first (its MAC goes into the lease), then the lease.
-                let started = async {
-                    let mut backend = VxlanBackend::start(nl, ext, public_ip, opts, network).await?;
-                    backend.set_lease(own).await?;
-                    Ok::<_, weft_datapath::vxlan::VxlanError>(backend)
-                };
-                let mut backend = match started.await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        ready_tx.send(Err(e.to_string())).unwrap();
-                        return;
-                    }
-                };
-                ready_tx.send(Ok((backend.backend_data(), backend.mtu()))).unwrap();
-                while let Some(Cmd::Reconcile(leases, reply)) = rx.recv().await {
-                    let _ = reply.send(backend.reconcile(&leases).await.map_err(|e| e.to_string()));
-                }
-            });
-        });
-        let (backend_data, mtu) = ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("backend thread answers")
-            .expect("backend starts");
+        let (thread, (backend_data, mtu)) = BackendThread::<Msg>::spawn(ns, move |nl, ext, mut rx, ready| async move {
+            let opts = VxlanOptions {
+                direct_routing,
+                ..VxlanOptions::default()
+            };
+            let network: Ipv4Net = NETWORK.parse().unwrap();
+            // As weftd does: device first (its MAC goes into the lease), then the lease.
+            let started = async {
+                let mut backend = VxlanBackend::start(nl, ext, public_ip, opts, network).await?;
+                backend.set_lease(own).await?;
+                Ok::<_, weft_datapath::vxlan::VxlanError>(backend)
+            };
+            let mut backend = match started.await {
+                Ok(b) => b,
+                Err(e) => return ready.send(Err(e.to_string())).unwrap(),
+            };
+            ready.send(Ok((backend.backend_data(), backend.mtu()))).unwrap();
+            while let Some((leases, reply)) = rx.recv().await {
+                let _ = reply.send(backend.reconcile(&leases).await.map_err(|e| e.to_string()));
+            }
+        })
+        .expect("backend starts");
         Node {
-            tx: Some(tx),
-            thread: Some(thread),
+            thread,
             backend_data,
             mtu,
         }
     }
 
     fn reconcile(&self, leases: &[Lease]) -> ReconcileReport {
-        let (reply_tx, reply_rx) = mpsc::channel();
-        self.tx
-            .as_ref()
-            .unwrap()
-            .send(Cmd::Reconcile(leases.to_vec(), reply_tx))
-            .unwrap();
-        reply_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("reconcile answers")
+        self.thread
+            .ask(|reply| (leases.to_vec(), reply))
             .expect("reconcile succeeds")
     }
 
@@ -117,63 +81,11 @@ impl Node {
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 fn lease(subnet: &str, public_ip: &str, node: &Node) -> Lease {
     Lease {
         subnet: SubnetKey::v4(subnet.parse().unwrap()),
         attrs: LeaseAttrs::new(public_ip.parse().unwrap(), "vxlan", node.backend_data.clone()),
     }
-}
-
-/// Sends UDP datagrams from pod address `src` in `ns_a` to pod address `dst` in `ns_b`, which
-/// echoes them back; true once a round trip succeeds within `within`. Like a ping, but with no
-/// tool to install.
-fn ping(ns_a: &str, src: &str, ns_b: &str, dst: &str, within: Duration) -> bool {
-    let (src, dst): (Ipv4Addr, Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
-    let deadline = Instant::now() + within;
-    let (port_tx, port_rx) = mpsc::channel();
-    let done = Arc::new(AtomicBool::new(false));
-    let echo_done = done.clone();
-    let echo = in_netns(ns_b, move || {
-        let sock = UdpSocket::bind((dst, 0)).expect("bind echo socket");
-        port_tx.send(sock.local_addr().unwrap().port()).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let mut buf = [0u8; 64];
-        while !echo_done.load(Ordering::Relaxed) && Instant::now() < deadline + Duration::from_millis(500) {
-            if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(&buf[..n], from);
-            }
-        }
-    });
-    let port = port_rx.recv().unwrap();
-    let client = in_netns(ns_a, move || {
-        let sock = UdpSocket::bind((src, 0)).expect("bind client socket");
-        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        let mut buf = [0u8; 64];
-        loop {
-            let _ = sock.send_to(b"weft", (dst, port));
-            if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                if &buf[..n] == b"weft" && from.ip() == dst {
-                    return true;
-                }
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-        }
-    });
-    let ok = client.join().unwrap();
-    done.store(true, Ordering::Relaxed);
-    echo.join().unwrap();
-    ok
 }
 
 fn neigh(ns: &str) -> String {
@@ -238,7 +150,7 @@ fn vxlan_two_nodes_ping_heal_restart_and_remove() {
         routes(&ns.a)
     );
     assert!(
-        ping(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
+        udp_round_trip(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
         "ping a -> b across VXLAN"
     );
 
@@ -252,7 +164,7 @@ fn vxlan_two_nodes_ping_heal_restart_and_remove() {
     assert_eq!(r.added + r.replaced, 1, "{r:?}");
     assert!(neigh(&ns.a).contains(&format!("10.5.2.0 lladdr {} PERMANENT", b.vtep_mac())));
     assert!(
-        ping(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
+        udp_round_trip(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
         "ping after neighbour heal"
     );
 
@@ -274,7 +186,7 @@ fn vxlan_two_nodes_ping_heal_restart_and_remove() {
     let r = a.reconcile(&leases);
     assert_eq!(r.replaced, 1, "{r:?}");
     assert!(
-        ping(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
+        udp_round_trip(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
         "ping after MAC fix"
     );
 
@@ -296,7 +208,7 @@ fn vxlan_two_nodes_ping_heal_restart_and_remove() {
     assert_eq!(r.added, 1, "{r:?}");
     assert!(fdb(&ns.a).contains(&format!("{} dst 198.51.100.2 self permanent", b.vtep_mac())));
     assert!(
-        ping(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
+        udp_round_trip(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
         "ping after FDB heal"
     );
 
@@ -355,7 +267,7 @@ fn vxlan_two_nodes_ping_heal_restart_and_remove() {
     let link = run(&["ip", "-n", &ns.a, "link", "show", "flannel.1"]);
     assert!(link.contains(&a.vtep_mac()), "VtepMAC is stable: {link}");
     assert!(
-        ping(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
+        udp_round_trip(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
         "ping after device heal"
     );
 
@@ -388,7 +300,7 @@ fn vxlan_two_nodes_ping_heal_restart_and_remove() {
     assert!(!rt.contains("10.5.2.0/24"), "{rt}");
     assert!(rt.contains("10.5.1.0/24 dev pod0"), "{rt}");
     assert!(
-        !ping(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(1)),
+        !udp_round_trip(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(1)),
         "no path after lease removal"
     );
 }
@@ -412,7 +324,7 @@ fn direct_routing_uses_the_underlay_for_peers_on_the_same_segment() {
     assert!(rt.contains("10.5.2.0/24 via 198.51.100.2 dev veth0"), "{rt}");
     assert!(!neigh(&ns.a).contains("10.5.2.0"));
     assert!(
-        ping(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
+        udp_round_trip(&ns.a, "10.5.1.1", &ns.b, "10.5.2.1", Duration::from_secs(5)),
         "direct ping a -> b"
     );
     let r = a.reconcile(&leases[..1]);

@@ -10,11 +10,10 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::net::{Ipv4Addr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,8 +23,6 @@ use weft_control::etcd::EtcdOptions;
 use weft_core::config::VxlanOptions;
 use weft_core::{Lease, LeaseAttrs, SubnetKey};
 use weft_datapath::vxlan::VxlanBackend;
-use weft_kernel::iface::{select_external_interface, IfaceSelection};
-use weft_kernel::netlink::Netlink;
 use weft_trace::{render_json, render_text, run_trace, Cause, Trace, TraceOptions};
 
 const PREFIX: &str = "/coreos.com/network";
@@ -34,7 +31,7 @@ const ETCD_URL: &str = "http://127.0.0.1:2379";
 #[path = "../../datapath/tests/two_nodes/mod.rs"]
 mod two_nodes;
 
-use two_nodes::{is_root, run, TwoNodes};
+use two_nodes::{is_root, run, udp_round_trip, BackendThread, TwoNodes};
 
 /// Node a with a pod on its `cni0` (10.5.1.2, MTU 1450), node b; both forward.
 fn topology() -> TwoNodes {
@@ -126,80 +123,42 @@ fn etcd_delete(ns: &str, key: String) {
 }
 
 type Reply = mpsc::Sender<Result<(), String>>;
+/// A reconcile request: the leases and where to answer.
+type Msg = (Vec<Lease>, Reply);
 
 /// A VxlanBackend on its own thread inside a node's namespace.
 struct Node {
-    tx: Option<tokio::sync::mpsc::UnboundedSender<(Vec<Lease>, Reply)>>,
-    thread: Option<thread::JoinHandle<()>>,
+    thread: BackendThread<Msg>,
     backend_data: serde_json::Value,
 }
 
 impl Node {
     fn start(ns: &str, own: &str, public_ip: Ipv4Addr) -> Node {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<Lease>, Reply)>();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let ns_path = format!("/run/netns/{ns}");
         let own = SubnetKey::v4(own.parse().unwrap());
-        let thread = thread::spawn(move || {
-            setns(File::open(&ns_path).unwrap(), CloneFlags::CLONE_NEWNET).expect("setns");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let nl = Netlink::new().expect("netlink socket");
-                let sel = IfaceSelection {
-                    ifaces: vec!["veth0".into()],
-                    ..IfaceSelection::default()
-                };
-                let ext = select_external_interface(&nl, &sel).await.expect("external interface");
-                let opts = VxlanOptions {
-                    vni: 1,
-                    port: 8472,
-                    gbp: false,
-                    learning: false,
-                    direct_routing: false,
-                    mtu: None,
-                };
-                let network: Ipv4Net = "10.5.0.0/16".parse().unwrap();
-                let mut backend = VxlanBackend::start(nl, ext, public_ip, opts, network)
-                    .await
-                    .expect("vxlan backend starts");
-                backend.set_lease(own).await.expect("set lease");
-                ready_tx.send(backend.backend_data()).unwrap();
-                while let Some((leases, reply)) = rx.recv().await {
-                    let _ = reply.send(backend.reconcile(&leases).await.map(|_| ()).map_err(|e| e.to_string()));
-                }
-            });
-        });
-        let backend_data = ready_rx.recv_timeout(Duration::from_secs(10)).expect("backend starts");
-        Node {
-            tx: Some(tx),
-            thread: Some(thread),
-            backend_data,
-        }
+        let (thread, backend_data) = BackendThread::<Msg>::spawn(ns, move |nl, ext, mut rx, ready| async move {
+            let opts = VxlanOptions::default();
+            let network: Ipv4Net = "10.5.0.0/16".parse().unwrap();
+            let mut backend = VxlanBackend::start(nl, ext, public_ip, opts, network)
+                .await
+                .expect("vxlan backend starts");
+            backend.set_lease(own).await.expect("set lease");
+            ready.send(Ok(backend.backend_data())).unwrap();
+            while let Some((leases, reply)) = rx.recv().await {
+                let _ = reply.send(backend.reconcile(&leases).await.map(|_| ()).map_err(|e| e.to_string()));
+            }
+        })
+        .expect("backend starts");
+        Node { thread, backend_data }
     }
 
     fn reconcile(&self, leases: &[Lease]) {
-        let (reply_tx, reply_rx) = mpsc::channel();
-        self.tx.as_ref().unwrap().send((leases.to_vec(), reply_tx)).unwrap();
-        reply_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("reconcile answers")
+        self.thread
+            .ask(|reply| (leases.to_vec(), reply))
             .expect("reconcile succeeds");
     }
 
     fn vtep_mac(&self) -> String {
         self.backend_data["VtepMAC"].as_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -214,49 +173,10 @@ fn lease_key(l: &Lease) -> String {
     format!("{PREFIX}/subnets/{}", l.subnet.to_key())
 }
 
-/// UDP round trip from the pod (10.5.1.2) to node b's cni0 address (10.5.2.1) within `within`.
+/// A UDP round trip from the pod (10.5.1.2) to node b's cni0 address (10.5.2.1) within `within`.
 fn pod_reaches_b(ns: &TwoNodes, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    let done = Arc::new(AtomicBool::new(false));
-    let (port_tx, port_rx) = mpsc::channel();
-    let echo_done = done.clone();
-    let b_path = format!("/run/netns/{}", ns.b);
-    let echo = thread::spawn(move || {
-        setns(File::open(&b_path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
-        let sock = UdpSocket::bind(("10.5.2.1", 0)).unwrap();
-        port_tx.send(sock.local_addr().unwrap().port()).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        let mut buf = [0u8; 64];
-        while !echo_done.load(Ordering::Relaxed) && Instant::now() < deadline + Duration::from_millis(500) {
-            if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(&buf[..n], from);
-            }
-        }
-    });
-    let port = port_rx.recv().unwrap();
-    let pod_path = format!("/run/netns/{}", ns.pod.as_deref().expect("the topology has a pod"));
-    let ok = thread::spawn(move || {
-        setns(File::open(&pod_path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
-        let sock = UdpSocket::bind(("10.5.1.2", 0)).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        let mut buf = [0u8; 64];
-        loop {
-            let _ = sock.send_to(b"weft", ("10.5.2.1", port));
-            if let Ok((n, _)) = sock.recv_from(&mut buf) {
-                if &buf[..n] == b"weft" {
-                    return true;
-                }
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-        }
-    })
-    .join()
-    .unwrap();
-    done.store(true, Ordering::Relaxed);
-    echo.join().unwrap();
-    ok
+    let pod = ns.pod.as_deref().expect("the topology has a pod");
+    udp_round_trip(pod, "10.5.1.2", &ns.b, "10.5.2.1", within)
 }
 
 fn trace_on(ns: &str, opts: &TraceOptions) -> Trace {

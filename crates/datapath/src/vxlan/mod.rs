@@ -332,14 +332,7 @@ mod tests {
     use super::*;
 
     fn opts() -> VxlanOptions {
-        VxlanOptions {
-            vni: 1,
-            port: 8472,
-            gbp: false,
-            learning: false,
-            direct_routing: false,
-            mtu: None,
-        }
+        VxlanOptions::default()
     }
 
     fn ext(mtu: u32) -> ExternalInterface {

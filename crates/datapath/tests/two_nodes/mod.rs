@@ -139,3 +139,129 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
         f()
     })
 }
+
+/// How a backend thread says it started: Ok with what the test needs of it, or the start
+/// error's message.
+pub type Ready<R> = std::sync::mpsc::Sender<Result<R, String>>;
+
+/// A backend running on its own thread inside a namespace, as weftd runs inside its own, and
+/// served messages of type `M`. Dropping it closes the channel and joins the thread.
+pub struct BackendThread<M> {
+    tx: Option<tokio::sync::mpsc::UnboundedSender<M>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl<M: Send + 'static> BackendThread<M> {
+    /// Enters `ns` on a new thread with a current-thread runtime, selects `veth0` as the
+    /// external interface and runs `body`, which sends on its `Ready` once the backend is up
+    /// (or failed) and then answers messages until the channel closes. Returns what `body`
+    /// sent, or its error.
+    pub fn spawn<R, F, Fut>(ns: &str, body: F) -> Result<(Self, R), String>
+    where
+        R: Send + 'static,
+        F: FnOnce(
+                weft_kernel::netlink::Netlink,
+                weft_kernel::iface::ExternalInterface,
+                tokio::sync::mpsc::UnboundedReceiver<M>,
+                Ready<R>,
+            ) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = in_netns(ns, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let nl = weft_kernel::netlink::Netlink::new().expect("netlink socket");
+                let sel = weft_kernel::iface::IfaceSelection {
+                    ifaces: vec!["veth0".into()],
+                    ..Default::default()
+                };
+                let ext = weft_kernel::iface::select_external_interface(&nl, &sel)
+                    .await
+                    .expect("external interface");
+                body(nl, ext, rx, ready_tx).await
+            })
+        });
+        let ready = ready_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("backend thread answers");
+        let me = BackendThread {
+            tx: Some(tx),
+            thread: Some(thread),
+        };
+        ready.map(|r| (me, r))
+    }
+
+    /// Sends the message `make` builds around a reply channel and waits for the reply.
+    pub fn ask<T>(&self, make: impl FnOnce(std::sync::mpsc::Sender<T>) -> M) -> T {
+        let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+        let sent = self.tx.as_ref().map(|tx| tx.send(make(reply_tx)).is_ok());
+        assert_eq!(sent, Some(true), "backend thread is running");
+        reply_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("backend thread answers")
+    }
+}
+
+impl<M> Drop for BackendThread<M> {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends UDP datagrams from address `src` in `ns_a` to address `dst` in `ns_b`, which echoes
+/// them back; true once a round trip succeeds within `within`. Like a ping, but with no tool
+/// to install.
+pub fn udp_round_trip(ns_a: &str, src: &str, ns_b: &str, dst: &str, within: std::time::Duration) -> bool {
+    use std::net::{Ipv4Addr, UdpSocket};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::time::{Duration, Instant};
+
+    let (src, dst): (Ipv4Addr, Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let deadline = Instant::now() + within;
+    let (port_tx, port_rx) = mpsc::channel();
+    let done = Arc::new(AtomicBool::new(false));
+    let echo_done = done.clone();
+    let echo = in_netns(ns_b, move || {
+        let sock = UdpSocket::bind((dst, 0)).expect("bind echo socket");
+        port_tx.send(sock.local_addr().unwrap().port()).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut buf = [0u8; 64];
+        while !echo_done.load(Ordering::Relaxed) && Instant::now() < deadline + Duration::from_millis(500) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    let port = port_rx.recv().unwrap();
+    let client = in_netns(ns_a, move || {
+        let sock = UdpSocket::bind((src, 0)).expect("bind client socket");
+        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            let _ = sock.send_to(b"weft", (dst, port));
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                if &buf[..n] == b"weft" && from.ip() == dst {
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+        }
+    });
+    let ok = client.join().unwrap();
+    done.store(true, Ordering::Relaxed);
+    echo.join().unwrap();
+    ok
+}

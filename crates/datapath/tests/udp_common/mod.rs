@@ -6,22 +6,18 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::mpsc;
-use std::thread;
-use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use weft_core::config::{UdpOptions, VxlanOptions};
 use weft_core::{Lease, LeaseAttrs, SubnetKey};
 use weft_datapath::udp::{ReconcileReport, UdpBackend, UdpCounters, UdpTuning};
 use weft_datapath::vxlan::VxlanBackend;
-use weft_kernel::iface::{select_external_interface, IfaceSelection};
-use weft_kernel::netlink::Netlink;
 
 pub const NETWORK: &str = "10.5.0.0/16";
 
 // Each test binary uses a different part of the fixture.
 #[allow(unused_imports)]
-pub use crate::two_nodes::{in_netns, is_root, run, TwoNodes as Topology};
+pub use crate::two_nodes::{in_netns, is_root, run, BackendThread, TwoNodes as Topology};
 
 pub enum Kind {
     Udp(UdpTuning),
@@ -36,124 +32,80 @@ enum Cmd {
 /// A backend running on its own thread inside a namespace. Dropping it stops the backend
 /// (for udp: the workers stop, flannel0 stays).
 pub struct Node {
-    tx: Option<tokio::sync::mpsc::UnboundedSender<Cmd>>,
-    thread: Option<thread::JoinHandle<()>>,
+    thread: BackendThread<Cmd>,
     pub mtu: u32,
     pub backend_data: serde_json::Value,
 }
 
 impl Node {
     pub fn start(ns: &str, own: &str, public_ip: Ipv4Addr, kind: Kind) -> Node {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Cmd>();
-        let (ready_tx, ready_rx) = mpsc::channel();
         let own = SubnetKey::v4(own.parse().unwrap());
-        let thread = in_netns(ns, move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let nl = Netlink::new().expect("netlink socket");
-                let sel = IfaceSelection {
-                    ifaces: vec!["veth0".into()],
-                    ..IfaceSelection::default()
-                };
-                let ext = select_external_interface(&nl, &sel).await.expect("external interface");
-                let network: Ipv4Net = NETWORK.parse().unwrap();
-                match kind {
-                    Kind::Udp(tuning) => {
-                        let started = async {
-                            let opts = UdpOptions { port: 8285 };
-                            let mut b = UdpBackend::start_tuned(nl, ext, public_ip, opts, network, tuning).await?;
-                            b.set_lease(own).await?;
-                            Ok::<_, weft_datapath::udp::UdpError>(b)
-                        };
-                        let mut backend = match started.await {
-                            Ok(b) => b,
-                            Err(e) => return ready_tx.send(Err(e.to_string())).unwrap(),
-                        };
-                        ready_tx.send(Ok((backend.mtu(), backend.backend_data()))).unwrap();
-                        while let Some(cmd) = rx.recv().await {
-                            match cmd {
-                                Cmd::Reconcile(leases, reply) => {
-                                    let _ = reply.send(backend.reconcile(&leases).await.map_err(|e| e.to_string()));
-                                }
-                                Cmd::Counters(reply) => {
-                                    let _ = reply.send(backend.counters());
-                                }
+        let (thread, (mtu, backend_data)) = BackendThread::<Cmd>::spawn(ns, move |nl, ext, mut rx, ready| async move {
+            let network: Ipv4Net = NETWORK.parse().unwrap();
+            match kind {
+                Kind::Udp(tuning) => {
+                    let started = async {
+                        let opts = UdpOptions { port: 8285 };
+                        let mut b = UdpBackend::start_tuned(nl, ext, public_ip, opts, network, tuning).await?;
+                        b.set_lease(own).await?;
+                        Ok::<_, weft_datapath::udp::UdpError>(b)
+                    };
+                    let mut backend = match started.await {
+                        Ok(b) => b,
+                        Err(e) => return ready.send(Err(e.to_string())).unwrap(),
+                    };
+                    ready.send(Ok((backend.mtu(), backend.backend_data()))).unwrap();
+                    while let Some(cmd) = rx.recv().await {
+                        match cmd {
+                            Cmd::Reconcile(leases, reply) => {
+                                let _ = reply.send(backend.reconcile(&leases).await.map_err(|e| e.to_string()));
                             }
-                        }
-                    }
-                    Kind::Vxlan => {
-                        let started = async {
-                            let opts = VxlanOptions {
-                                vni: 1,
-                                port: 8472,
-                                gbp: false,
-                                learning: false,
-                                direct_routing: false,
-                                mtu: None,
-                            };
-                            let mut b = VxlanBackend::start(nl, ext, public_ip, opts, network).await?;
-                            b.set_lease(own).await?;
-                            Ok::<_, weft_datapath::vxlan::VxlanError>(b)
-                        };
-                        let mut backend = match started.await {
-                            Ok(b) => b,
-                            Err(e) => return ready_tx.send(Err(e.to_string())).unwrap(),
-                        };
-                        ready_tx.send(Ok((backend.mtu(), backend.backend_data()))).unwrap();
-                        while let Some(cmd) = rx.recv().await {
-                            if let Cmd::Reconcile(leases, reply) = cmd {
-                                let report = backend.reconcile(&leases).await.map_err(|e| e.to_string());
-                                let _ = reply.send(report.map(|r| ReconcileReport {
-                                    peers: r.peers,
-                                    ..ReconcileReport::default()
-                                }));
+                            Cmd::Counters(reply) => {
+                                let _ = reply.send(backend.counters());
                             }
                         }
                     }
                 }
-            });
-        });
-        let (mtu, backend_data) = ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("backend thread answers")
-            .expect("backend starts");
+                Kind::Vxlan => {
+                    let started = async {
+                        let opts = VxlanOptions::default();
+                        let mut b = VxlanBackend::start(nl, ext, public_ip, opts, network).await?;
+                        b.set_lease(own).await?;
+                        Ok::<_, weft_datapath::vxlan::VxlanError>(b)
+                    };
+                    let mut backend = match started.await {
+                        Ok(b) => b,
+                        Err(e) => return ready.send(Err(e.to_string())).unwrap(),
+                    };
+                    ready.send(Ok((backend.mtu(), backend.backend_data()))).unwrap();
+                    while let Some(cmd) = rx.recv().await {
+                        if let Cmd::Reconcile(leases, reply) = cmd {
+                            let report = backend.reconcile(&leases).await.map_err(|e| e.to_string());
+                            let _ = reply.send(report.map(|r| ReconcileReport {
+                                peers: r.peers,
+                                ..ReconcileReport::default()
+                            }));
+                        }
+                    }
+                }
+            }
+        })
+        .expect("backend starts");
         Node {
-            tx: Some(tx),
-            thread: Some(thread),
+            thread,
             mtu,
             backend_data,
         }
     }
 
     pub fn reconcile(&self, leases: &[Lease]) -> ReconcileReport {
-        let (reply_tx, reply_rx) = mpsc::channel();
-        self.tx
-            .as_ref()
-            .unwrap()
-            .send(Cmd::Reconcile(leases.to_vec(), reply_tx))
-            .unwrap();
-        reply_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("reconcile answers")
+        self.thread
+            .ask(|reply| Cmd::Reconcile(leases.to_vec(), reply))
             .expect("reconcile succeeds")
     }
 
     pub fn counters(&self) -> UdpCounters {
-        let (reply_tx, reply_rx) = mpsc::channel();
-        self.tx.as_ref().unwrap().send(Cmd::Counters(reply_tx)).unwrap();
-        reply_rx.recv_timeout(Duration::from_secs(10)).expect("counters answer")
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.thread.ask(Cmd::Counters)
     }
 }
 
