@@ -2,5 +2,6 @@
 //! (desired state from the leases vs actual state read from the kernel, apply the difference).
 
 pub mod hostgw;
+pub mod leases;
 pub mod udp;
 pub mod vxlan;

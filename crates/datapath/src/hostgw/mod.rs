@@ -16,7 +16,7 @@ use weft_core::{Lease, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
 use weft_kernel::netlink::{Netlink, NetlinkError};
 
-use self::plan::{desired_routes, peers_from_leases, plan, Action, Change, LeaseSkip, Topology};
+use self::plan::{desired_routes, peers_from_leases, plan, Action, Change, Topology};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostGwError {
@@ -131,23 +131,12 @@ impl HostGwBackend {
         };
         let mut report = ReconcileReport::default();
         let (peers, skipped) = peers_from_leases(leases, &own, &topo);
-        for (subnet, why) in &skipped {
-            match why {
-                LeaseSkip::Own => continue,
-                LeaseSkip::OtherBackend(kind) => {
-                    tracing::debug!(lease = %subnet, "lease of backend {kind:?} ignored by the host-gw backend")
-                }
-                LeaseSkip::OutsideNetwork => {
-                    tracing::warn!(lease = %subnet, network = %self.network, "lease is outside the network; skipped")
-                }
-                LeaseSkip::OwnPublicIp => tracing::warn!(
-                    lease = %subnet,
-                    public_ip = %self.public_ip,
-                    "lease carries our own public IP (a stale lease of this node?); skipped"
-                ),
-            }
-            report.skipped_leases += 1;
-        }
+        let node = crate::leases::Node {
+            own: Some(&own),
+            network: self.network,
+            public_ip: self.public_ip,
+        };
+        report.skipped_leases += crate::leases::log_skipped("host-gw", &skipped, node);
         report.peers = peers.len();
         let desired = desired_routes(&peers, &topo);
         let actual = self.nl.list_routes_v4().await?;

@@ -7,6 +7,8 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use weft_core::{Lease, SubnetKey};
+
+use crate::leases;
 use weft_kernel::netlink::{RouteInfo, RouteSpec};
 
 /// `rtm_protocol` of routes the kernel adds for connected subnets; never ours.
@@ -22,18 +24,7 @@ pub struct Peer {
     pub public_ip: Ipv4Addr,
 }
 
-/// Why a lease was left out of the desired state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseSkip {
-    /// Our own lease.
-    Own,
-    /// A lease of another backend (vxlan, udp): nothing to program for it.
-    OtherBackend(String),
-    /// The subnet is not inside the cluster network (we would never clean up its route).
-    OutsideNetwork,
-    /// The lease carries our own public IP: a route via ourselves would loop.
-    OwnPublicIp,
-}
+pub use crate::leases::LeaseSkip;
 
 /// What the reconcile needs to know about this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,17 +45,12 @@ pub fn peers_from_leases(
     let mut peers = Vec::new();
     let mut skipped = Vec::new();
     for lease in leases {
-        let skip = if lease.subnet.ipv4 == own.ipv4 {
-            Some(LeaseSkip::Own)
-        } else if lease.attrs.backend_type != BACKEND_TYPE {
-            Some(LeaseSkip::OtherBackend(lease.attrs.backend_type.clone()))
-        } else if !topo.network.contains(&lease.subnet.ipv4) {
-            Some(LeaseSkip::OutsideNetwork)
-        } else if lease.attrs.public_ip == topo.public_ip {
-            Some(LeaseSkip::OwnPublicIp)
-        } else {
-            None
+        let node = leases::Node {
+            own: Some(own),
+            network: topo.network,
+            public_ip: topo.public_ip,
         };
+        let skip = leases::check(lease, node, |kind| kind == BACKEND_TYPE);
         match skip {
             Some(skip) => skipped.push((lease.subnet, skip)),
             None => peers.push(Peer {

@@ -29,7 +29,7 @@ use weft_kernel::netlink::{Netlink, NetlinkError, RouteSpec};
 use weft_kernel::tun::{open_tun, TunError, TunOptions};
 
 pub use self::packet::DropReason;
-use self::peers::{peers_from_leases, LeaseSkip, PeerTable};
+use self::peers::{peers_from_leases, PeerTable};
 use self::worker::{Shared, Worker};
 
 /// The device name flannel uses.
@@ -364,23 +364,12 @@ impl UdpBackend {
             peers: peers.len(),
             ..ReconcileReport::default()
         };
-        for (subnet, why) in &skipped {
-            match why {
-                LeaseSkip::Own => continue,
-                LeaseSkip::OtherBackend(kind) => {
-                    tracing::debug!(lease = %subnet, "lease of backend {kind:?} ignored by the udp backend")
-                }
-                LeaseSkip::OutsideNetwork => {
-                    tracing::warn!(lease = %subnet, network = %self.network, "lease is outside the network; skipped")
-                }
-                LeaseSkip::OwnPublicIp => tracing::warn!(
-                    lease = %subnet,
-                    public_ip = %self.public_ip,
-                    "lease carries our own public IP (a stale lease of this node?); skipped"
-                ),
-            }
-            report.skipped_leases += 1;
-        }
+        let node = crate::leases::Node {
+            own: Some(&own),
+            network: self.network,
+            public_ip: self.public_ip,
+        };
+        report.skipped_leases += crate::leases::log_skipped("udp", &skipped, node);
         let current = self.shared.table.load();
         if current.peers() != peers.as_slice() || current.own() != Some(own.ipv4.trunc()) {
             report.peers_changed = true;

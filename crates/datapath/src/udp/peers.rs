@@ -8,6 +8,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use weft_core::{Lease, SubnetKey};
 
+use crate::leases;
+
 use super::packet::DropReason;
 
 /// A remote node: its subnet and the public IP its datagrams come from and go to.
@@ -17,18 +19,7 @@ pub struct Peer {
     pub public_ip: Ipv4Addr,
 }
 
-/// Why a lease was left out of the peer table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseSkip {
-    /// Our own lease.
-    Own,
-    /// A lease of a backend that does not speak flannel's UDP encapsulation (vxlan, host-gw).
-    OtherBackend(String),
-    /// The subnet is not inside the cluster network.
-    OutsideNetwork,
-    /// The lease carries our own public IP: sending to ourselves would loop.
-    OwnPublicIp,
-}
+pub use crate::leases::LeaseSkip;
 
 /// Turns the full lease set into peers. udp leases carry no BackendType, so every lease counts
 /// except ours and those of backends that do not read UDP datagrams.
@@ -41,18 +32,14 @@ pub fn peers_from_leases(
     let mut peers = Vec::new();
     let mut skipped = Vec::new();
     for lease in leases {
-        let kind = lease.attrs.backend_type.as_str();
-        let skip = if own.is_some_and(|o| o.ipv4 == lease.subnet.ipv4) {
-            Some(LeaseSkip::Own)
-        } else if matches!(kind, "vxlan" | "host-gw" | "ipip" | "wireguard" | "alloc" | "extension") {
-            Some(LeaseSkip::OtherBackend(kind.to_string()))
-        } else if !network.contains(&lease.subnet.ipv4) {
-            Some(LeaseSkip::OutsideNetwork)
-        } else if lease.attrs.public_ip == public_ip {
-            Some(LeaseSkip::OwnPublicIp)
-        } else {
-            None
+        let node = leases::Node {
+            own,
+            network,
+            public_ip,
         };
+        // udp leases carry no BackendType; refuse only backends that never read our datagrams.
+        let speaks = |kind: &str| !matches!(kind, "vxlan" | "host-gw" | "ipip" | "wireguard" | "alloc" | "extension");
+        let skip = leases::check(lease, node, speaks);
         match skip {
             Some(why) => skipped.push((lease.subnet, why)),
             None => peers.push(Peer {

@@ -17,7 +17,7 @@ use weft_core::{Lease, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
 use weft_kernel::netlink::{format_mac, LinkInfo, Netlink, NetlinkError, VxlanSpec};
 
-use self::plan::{desired_state, peers_from_leases, plan, Action, ActualState, Change, LeaseSkip, Topology};
+use self::plan::{desired_state, peers_from_leases, plan, Action, ActualState, Change, Topology};
 
 /// VXLAN over IPv4 adds 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -205,26 +205,12 @@ impl VxlanBackend {
         let topo = self.topology(&own, ext_nets);
 
         let (peers, skipped) = peers_from_leases(leases, &own, &topo);
-        for (subnet, why) in &skipped {
-            match why {
-                LeaseSkip::Own => continue,
-                LeaseSkip::OtherBackend(kind) => {
-                    tracing::debug!(lease = %subnet, "lease of backend {kind:?} ignored by the vxlan backend")
-                }
-                LeaseSkip::BadVtepMac => {
-                    tracing::warn!(lease = %subnet, "lease has no valid BackendData.VtepMAC; skipped")
-                }
-                LeaseSkip::OutsideNetwork => {
-                    tracing::warn!(lease = %subnet, network = %self.network, "lease is outside the network; skipped")
-                }
-                LeaseSkip::OwnPublicIp => tracing::warn!(
-                    lease = %subnet,
-                    public_ip = %self.public_ip,
-                    "lease carries our own public IP (a stale lease of this node?); skipped"
-                ),
-            }
-            report.skipped_leases += 1;
-        }
+        let node = crate::leases::Node {
+            own: Some(&own),
+            network: self.network,
+            public_ip: self.public_ip,
+        };
+        report.skipped_leases += crate::leases::log_skipped("vxlan", &skipped, node);
         report.peers = peers.len();
         let desired = desired_state(&peers, &topo);
 

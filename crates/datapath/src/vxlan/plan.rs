@@ -7,6 +7,8 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use weft_core::{Lease, SubnetKey};
+
+use crate::leases;
 use weft_kernel::netlink::{format_mac, parse_mac, FdbEntry, Neighbour, RouteInfo, RouteSpec};
 
 /// `rtm_protocol` of routes the kernel adds for connected subnets; never ours.
@@ -20,20 +22,7 @@ pub struct Peer {
     pub vtep_mac: [u8; 6],
 }
 
-/// Why a lease was left out of the desired state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseSkip {
-    /// Our own lease.
-    Own,
-    /// A lease of another backend (udp, host-gw): nothing to program for it.
-    OtherBackend(String),
-    /// BackendData carries no usable VtepMAC.
-    BadVtepMac,
-    /// The subnet is not inside the cluster network (we would never clean up its route).
-    OutsideNetwork,
-    /// The lease carries our own public IP: encapsulating to ourselves would loop.
-    OwnPublicIp,
-}
+pub use crate::leases::LeaseSkip;
 
 /// What the reconcile needs to know about this node and its devices.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,17 +46,12 @@ pub fn peers_from_leases(
     let mut peers = Vec::new();
     let mut skipped = Vec::new();
     for lease in leases {
-        let skip = if lease.subnet.ipv4 == own.ipv4 {
-            Some(LeaseSkip::Own)
-        } else if lease.attrs.backend_type != "vxlan" {
-            Some(LeaseSkip::OtherBackend(lease.attrs.backend_type.clone()))
-        } else if !topo.network.contains(&lease.subnet.ipv4) {
-            Some(LeaseSkip::OutsideNetwork)
-        } else if lease.attrs.public_ip == topo.public_ip {
-            Some(LeaseSkip::OwnPublicIp)
-        } else {
-            None
+        let node = leases::Node {
+            own: Some(own),
+            network: topo.network,
+            public_ip: topo.public_ip,
         };
+        let skip = leases::check(lease, node, |kind| kind == "vxlan");
         if let Some(skip) = skip {
             skipped.push((lease.subnet, skip));
             continue;
