@@ -154,7 +154,7 @@ impl LabCommand {
                     "lab {} is up: {} nodes, config {}",
                     lab.name(),
                     lab.nodes(),
-                    lab.state().config
+                    super::config_json(&lab.state().config)
                 );
                 for pod in lab.pods() {
                     println!(

@@ -266,8 +266,8 @@ impl Lab {
         lab.state
             .etcd
             .wait_ready(lab.state.etcd_pid, &dir.join("etcd.log"), Duration::from_secs(20))?;
-        let config = serde_json::to_vec(&lab.state.config).expect("JSON values serialize");
-        lab.state.etcd.put(CONFIG_KEY, &config)?;
+        let config = config_json(&lab.state.config);
+        lab.state.etcd.put(CONFIG_KEY, config.as_bytes())?;
         for node in 1..=spec.nodes {
             lab.create_host(node)?;
         }
@@ -769,4 +769,58 @@ pub fn find_weftd() -> Option<PathBuf> {
         .map(|d| d.join("weftd"))
         .find(|p| process::is_executable(p));
     beside.or_else(|| process::which("weftd"))
+}
+
+/// A network config object as JSON with flannel's key order (Network first, then the other
+/// top-level keys, Backend last with Type first), instead of serde_json's sorted keys.
+pub fn config_json(config: &serde_json::Value) -> String {
+    fn members<'a>(map: &'a serde_json::Map<String, serde_json::Value>, first: &str, last: &str) -> Vec<String> {
+        let rank = |k: &str| {
+            if k == first {
+                0
+            } else if k == last {
+                2
+            } else {
+                1
+            }
+        };
+        let mut keys: Vec<&'a String> = map.keys().collect();
+        keys.sort_by_key(|k| rank(k));
+        keys.into_iter()
+            .map(|k| {
+                let value = match &map[k] {
+                    serde_json::Value::Object(inner) if k == "Backend" => {
+                        format!("{{{}}}", members(inner, "Type", "").join(","))
+                    }
+                    other => other.to_string(),
+                };
+                format!("{}:{value}", serde_json::Value::from(k.as_str()))
+            })
+            .collect()
+    }
+    match config {
+        serde_json::Value::Object(map) => format!("{{{}}}", members(map, "Network", "Backend").join(",")),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_json;
+
+    #[test]
+    fn config_is_written_in_flannels_key_order() {
+        let config = serde_json::json!({
+            "Network": "10.5.0.0/16",
+            "EnableNFTables": true,
+            "Backend": {"Type": "vxlan", "VNI": 4, "DirectRouting": true},
+        });
+        let text = config_json(&config);
+        assert_eq!(
+            text,
+            r#"{"Network":"10.5.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan","DirectRouting":true,"VNI":4}}"#
+        );
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, config, "the same object");
+    }
 }
