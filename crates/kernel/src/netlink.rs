@@ -246,6 +246,35 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// Sends a delete request; an object that is already gone is success (ENOENT/ESRCH).
+    async fn delete(&self, op: &str, msg: RouteNetlinkMessage) -> Result<(), NetlinkError> {
+        match self.ack(op, msg, 0).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Dumps the neighbour table of `family` (Inet: ARP; Bridge: FDB) and decodes the entries
+    /// of link `index` with `decode`.
+    async fn list_neighbour_table<T>(
+        &self,
+        op: &str,
+        family: AddressFamily,
+        index: u32,
+        decode: fn(&NeighbourMessage) -> Option<T>,
+    ) -> Result<Vec<T>, NetlinkError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family;
+        let replies = self.query(op, RouteNetlinkMessage::GetNeighbour(msg), true).await?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == index => decode(&n),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Sends a request that expects an ACK.
     async fn ack(&self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<(), NetlinkError> {
         let mut req = NetlinkMessage::from(msg);
@@ -374,13 +403,8 @@ impl Netlink {
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        match self
-            .ack(&format!("delete link #{index}"), RouteNetlinkMessage::DelLink(msg), 0)
+        self.delete(&format!("delete link #{index}"), RouteNetlinkMessage::DelLink(msg))
             .await
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other,
-        }
     }
 
     /// Makes sure a VXLAN device matching `spec` exists and returns it (not necessarily up).
@@ -534,17 +558,11 @@ impl Netlink {
     /// Deletes an address; one that is already gone is not an error.
     pub async fn delete_addr_v4(&self, index: u32, addr: Ipv4Net) -> Result<(), NetlinkError> {
         let msg = Self::addr_message(index, addr);
-        match self
-            .ack(
-                &format!("delete address {addr} from link #{index}"),
-                RouteNetlinkMessage::DelAddress(msg),
-                0,
-            )
-            .await
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other,
-        }
+        self.delete(
+            &format!("delete address {addr} from link #{index}"),
+            RouteNetlinkMessage::DelAddress(msg),
+        )
+        .await
     }
 
     /// Makes `addr` the only IPv4 address of the device: adds it if missing, then removes others.
@@ -663,38 +681,19 @@ impl Netlink {
         if metric != 0 {
             msg.attributes.push(RouteAttribute::Priority(metric));
         }
-        match self
-            .ack(
-                &format!("delete route {}", describe_route(spec)),
-                RouteNetlinkMessage::DelRoute(msg),
-                0,
-            )
-            .await
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other,
-        }
+        self.delete(
+            &format!("delete route {}", describe_route(spec)),
+            RouteNetlinkMessage::DelRoute(msg),
+        )
+        .await
     }
 
     // ---- neighbours ----
 
     pub async fn list_neighbours_v4(&self, index: u32) -> Result<Vec<Neighbour>, NetlinkError> {
-        let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        let replies = self
-            .query(
-                &format!("list neighbours of link #{index}"),
-                RouteNetlinkMessage::GetNeighbour(msg),
-                true,
-            )
-            .await?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == index => neighbour_v4(&n),
-                _ => None,
-            })
-            .collect())
+        let op = format!("list neighbours of link #{index}");
+        self.list_neighbour_table(&op, AddressFamily::Inet, index, neighbour_v4)
+            .await
     }
 
     /// Adds or replaces a permanent neighbour entry `ip -> mac`.
@@ -721,39 +720,20 @@ impl Netlink {
         msg.header.ifindex = index;
         msg.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-        match self
-            .ack(
-                &format!("delete neighbour {ip} on link #{index}"),
-                RouteNetlinkMessage::DelNeighbour(msg),
-                0,
-            )
-            .await
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other,
-        }
+        self.delete(
+            &format!("delete neighbour {ip} on link #{index}"),
+            RouteNetlinkMessage::DelNeighbour(msg),
+        )
+        .await
     }
 
     // ---- FDB (AF_BRIDGE neighbours) ----
 
     /// The FDB entries of a device (for VXLAN, one per MAC and remote).
     pub async fn list_fdb(&self, index: u32) -> Result<Vec<FdbEntry>, NetlinkError> {
-        let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Bridge;
-        let replies = self
-            .query(
-                &format!("list FDB of link #{index}"),
-                RouteNetlinkMessage::GetNeighbour(msg),
-                true,
-            )
-            .await?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == index => fdb_entry(&n),
-                _ => None,
-            })
-            .collect())
+        let op = format!("list FDB of link #{index}");
+        self.list_neighbour_table(&op, AddressFamily::Bridge, index, fdb_entry)
+            .await
     }
 
     fn fdb_message(index: u32, mac: [u8; 6], dst: Ipv4Addr) -> NeighbourMessage {
@@ -797,17 +777,11 @@ impl Netlink {
 
     /// Deletes the remote `dst` of `mac`; one that is already gone is not an error.
     pub async fn delete_fdb(&self, index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Result<(), NetlinkError> {
-        match self
-            .ack(
-                &format!("delete FDB entry {} -> {dst} on link #{index}", format_mac(&mac)),
-                RouteNetlinkMessage::DelNeighbour(Self::fdb_message(index, mac, dst)),
-                0,
-            )
-            .await
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other,
-        }
+        self.delete(
+            &format!("delete FDB entry {} -> {dst} on link #{index}", format_mac(&mac)),
+            RouteNetlinkMessage::DelNeighbour(Self::fdb_message(index, mac, dst)),
+        )
+        .await
     }
 }
 
