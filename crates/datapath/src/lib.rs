@@ -1,6 +1,7 @@
 //! Backends: each turns "the set of remote leases" into kernel state by reconcile
 //! (desired state from the leases vs actual state read from the kernel, apply the difference).
 
+pub mod apply;
 pub mod hostgw;
 pub mod leases;
 pub mod udp;

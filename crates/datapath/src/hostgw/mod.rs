@@ -16,7 +16,8 @@ use weft_core::{Lease, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
 use weft_kernel::netlink::{Netlink, NetlinkError};
 
-use self::plan::{desired_routes, peers_from_leases, plan, Action, Change, Topology};
+use self::plan::{desired_routes, peers_from_leases, plan, Action, Topology};
+use crate::apply::{Applied, ApplyFailure, Effect};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostGwError {
@@ -34,13 +35,8 @@ pub enum HostGwError {
     },
     #[error("host-gw backend: no lease yet; call set_lease with this node's subnet before reconcile")]
     NoLease,
-    #[error("host-gw backend: {failed} of {attempted} route changes failed; first: {first}")]
-    Apply {
-        failed: usize,
-        attempted: usize,
-        first: NetlinkError,
-        errors: Vec<NetlinkError>,
-    },
+    #[error("host-gw backend: {} of {} route changes failed; first: {}", .0.failed, .0.attempted, .0.first)]
+    Apply(ApplyFailure),
 }
 
 /// What one reconcile changed.
@@ -142,31 +138,22 @@ impl HostGwBackend {
         let actual = self.nl.list_routes_v4().await?;
         let actions = plan(&desired, &actual, &topo);
 
-        let attempted = actions.len();
-        let mut errors = Vec::new();
+        let mut applied = Applied::default();
         for action in actions {
             tracing::debug!(iface = %self.ext.name, "{action}");
-            let result = match &action {
-                Action::SetRoute { spec, .. } => self.nl.replace_route_v4(spec).await,
-                Action::DeleteRoute { spec, metric } => self.nl.delete_route_v4_at_metric(spec, *metric).await,
-            };
-            match result {
-                Ok(()) => match action {
-                    Action::SetRoute {
-                        change: Change::Add, ..
-                    } => report.added += 1,
-                    Action::SetRoute {
-                        change: Change::Replace,
-                        ..
-                    } => report.replaced += 1,
-                    Action::DeleteRoute { .. } => report.removed += 1,
-                },
-                Err(e) => {
-                    tracing::warn!(iface = %self.ext.name, "{action} failed: {e}");
-                    errors.push(e);
+            let (result, effect) = match &action {
+                Action::SetRoute { spec, change } => (self.nl.replace_route_v4(spec).await, Effect::Set(*change)),
+                Action::DeleteRoute { spec, metric } => {
+                    (self.nl.delete_route_v4_at_metric(spec, *metric).await, Effect::Removed)
                 }
-            }
+            };
+            applied.record(
+                effect,
+                result,
+                |e| tracing::warn!(iface = %self.ext.name, "{action} failed: {e}"),
+            );
         }
+        (report.added, report.replaced, report.removed) = (applied.added, applied.replaced, applied.removed);
         if report.changed() {
             tracing::info!(
                 iface = %self.ext.name,
@@ -176,15 +163,7 @@ impl HostGwBackend {
                 "host-gw routes reconciled"
             );
         }
-        if !errors.is_empty() {
-            let first = errors.remove(0);
-            return Err(HostGwError::Apply {
-                failed: errors.len() + 1,
-                attempted,
-                first,
-                errors,
-            });
-        }
+        applied.result().map_err(HostGwError::Apply)?;
         Ok(report)
     }
 }

@@ -80,12 +80,7 @@ pub fn desired_routes(peers: &[Peer], topo: &Topology) -> BTreeMap<Ipv4Net, Rout
         .collect()
 }
 
-/// Whether a change adds a new entry or overwrites an existing one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    Add,
-    Replace,
-}
+pub use crate::apply::Change;
 
 /// One kernel change.
 #[derive(Debug, Clone, PartialEq, Eq)]

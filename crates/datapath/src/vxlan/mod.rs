@@ -17,7 +17,8 @@ use weft_core::{Lease, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
 use weft_kernel::netlink::{format_mac, LinkInfo, Netlink, NetlinkError, VxlanSpec};
 
-use self::plan::{desired_state, peers_from_leases, plan, Action, ActualState, Change, Topology};
+use self::plan::{desired_state, peers_from_leases, plan, Action, ActualState, Topology};
+use crate::apply::{Applied, ApplyFailure, Effect};
 
 /// VXLAN over IPv4 adds 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -32,13 +33,8 @@ pub enum VxlanError {
     NoMac { device: String },
     #[error("vxlan backend: no lease yet; call set_lease with this node's subnet before reconcile")]
     NoLease,
-    #[error("vxlan backend: {failed} of {attempted} changes failed; first: {first}")]
-    Apply {
-        failed: usize,
-        attempted: usize,
-        first: NetlinkError,
-        errors: Vec<NetlinkError>,
-    },
+    #[error("vxlan backend: {} of {} changes failed; first: {}", .0.failed, .0.attempted, .0.first)]
+    Apply(ApplyFailure),
 }
 
 /// What one reconcile changed.
@@ -222,28 +218,25 @@ impl VxlanBackend {
         };
         let actions = plan(&desired, &actual, &topo);
 
-        let attempted = actions.len();
-        let mut errors = Vec::new();
+        let mut applied = Applied::default();
         for action in actions {
             tracing::debug!(device = %self.device_name(), "{action}");
-            match self.apply(&action).await {
-                Ok(()) => match action {
-                    Action::SetNeighbour { change, .. }
-                    | Action::SetFdb { change, .. }
-                    | Action::SetRoute { change, .. } => match change {
-                        Change::Add => report.added += 1,
-                        Change::Replace => report.replaced += 1,
-                    },
-                    Action::DeleteRoute { .. } | Action::DeleteNeighbour { .. } | Action::DeleteFdb { .. } => {
-                        report.removed += 1
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(device = %self.device_name(), "{action} failed: {e}");
-                    errors.push(e);
+            let effect = match action {
+                Action::SetNeighbour { change, .. }
+                | Action::SetFdb { change, .. }
+                | Action::SetRoute { change, .. } => Effect::Set(change),
+                Action::DeleteRoute { .. } | Action::DeleteNeighbour { .. } | Action::DeleteFdb { .. } => {
+                    Effect::Removed
                 }
-            }
+            };
+            let result = self.apply(&action).await;
+            applied.record(
+                effect,
+                result,
+                |e| tracing::warn!(device = %self.device_name(), "{action} failed: {e}"),
+            );
         }
+        (report.added, report.replaced, report.removed) = (applied.added, applied.replaced, applied.removed);
         if report.changed() {
             tracing::info!(
                 device = %self.device_name(),
@@ -254,15 +247,7 @@ impl VxlanBackend {
                 "vxlan state reconciled"
             );
         }
-        if !errors.is_empty() {
-            let first = errors.remove(0);
-            return Err(VxlanError::Apply {
-                failed: errors.len() + 1,
-                attempted,
-                first,
-                errors,
-            });
-        }
+        applied.result().map_err(VxlanError::Apply)?;
         Ok(report)
     }
 

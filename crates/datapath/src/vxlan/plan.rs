@@ -130,12 +130,7 @@ pub struct ActualState {
     pub routes: Vec<RouteInfo>,
 }
 
-/// Whether a set action creates an entry or corrects an existing one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    Add,
-    Replace,
-}
+pub use crate::apply::Change;
 
 /// One kernel change.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,91 @@
+//! Applying a reconcile plan: the actions run one by one, a failed one does not stop the
+//! rest, and what happened is counted for the report and the error.
+
+use weft_kernel::netlink::NetlinkError;
+
+/// Whether a set action creates an entry or corrects an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Add,
+    Replace,
+}
+
+/// What a successful action did to a kernel table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Set(Change),
+    Removed,
+}
+
+/// The actions of one reconcile that failed: how many of how many, the first error and the rest.
+#[derive(Debug)]
+pub struct ApplyFailure {
+    pub failed: usize,
+    pub attempted: usize,
+    pub first: NetlinkError,
+    pub errors: Vec<NetlinkError>,
+}
+
+/// The tally of one plan's actions.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub added: usize,
+    pub replaced: usize,
+    pub removed: usize,
+    attempted: usize,
+    errors: Vec<NetlinkError>,
+}
+
+impl Applied {
+    /// Counts one action's outcome; a failure goes to `on_error` (to be logged) and is kept.
+    pub fn record(&mut self, effect: Effect, result: Result<(), NetlinkError>, on_error: impl FnOnce(&NetlinkError)) {
+        self.attempted += 1;
+        match result {
+            Ok(()) => match effect {
+                Effect::Set(Change::Add) => self.added += 1,
+                Effect::Set(Change::Replace) => self.replaced += 1,
+                Effect::Removed => self.removed += 1,
+            },
+            Err(e) => {
+                on_error(&e);
+                self.errors.push(e);
+            }
+        }
+    }
+
+    /// Err when any action failed.
+    pub fn result(mut self) -> Result<(), ApplyFailure> {
+        if self.errors.is_empty() {
+            return Ok(());
+        }
+        let first = self.errors.remove(0);
+        Err(ApplyFailure {
+            failed: self.errors.len() + 1,
+            attempted: self.attempted,
+            first,
+            errors: self.errors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_each_effect_and_keeps_every_failure() {
+        let mut applied = Applied::default();
+        let mut logged = 0;
+        applied.record(Effect::Set(Change::Add), Ok(()), |_| logged += 1);
+        applied.record(Effect::Set(Change::Replace), Ok(()), |_| logged += 1);
+        applied.record(Effect::Removed, Ok(()), |_| logged += 1);
+        assert_eq!((applied.added, applied.replaced, applied.removed), (1, 1, 1));
+        let fail = || Err(NetlinkError::Socket(std::io::Error::other("refused")));
+        applied.record(Effect::Removed, fail(), |_| logged += 1);
+        applied.record(Effect::Set(Change::Add), fail(), |_| logged += 1);
+        assert_eq!(logged, 2);
+        let failure = applied.result().unwrap_err();
+        assert_eq!((failure.failed, failure.attempted, failure.errors.len()), (2, 5, 1));
+        assert!(Applied::default().result().is_ok());
+    }
+}
