@@ -135,13 +135,21 @@ fn udp_vs_vxlan_single_stream() {
         &tu.a,
         "10.5.1.0/24",
         ip_a,
-        Kind::Udp(UdpTuning { workers, offload: true }),
+        Kind::Udp(UdpTuning {
+            workers,
+            offload: true,
+            cpu_affinity: true,
+        }),
     );
     let ub = Node::start(
         &tu.b,
         "10.5.2.0/24",
         ip_b,
-        Kind::Udp(UdpTuning { workers, offload: true }),
+        Kind::Udp(UdpTuning {
+            workers,
+            offload: true,
+            cpu_affinity: true,
+        }),
     );
     ua.reconcile(&uleases);
     ub.reconcile(&uleases);
@@ -153,6 +161,7 @@ fn udp_vs_vxlan_single_stream() {
         Kind::Udp(UdpTuning {
             workers,
             offload: false,
+            cpu_affinity: true,
         }),
     );
     let pb = Node::start(
@@ -162,6 +171,7 @@ fn udp_vs_vxlan_single_stream() {
         Kind::Udp(UdpTuning {
             workers,
             offload: false,
+            cpu_affinity: true,
         }),
     );
     pa.reconcile(&uleases);

@@ -85,6 +85,7 @@ fn bulk_tcp_arrives_intact(ns_a: &str, ns_b: &str) {
 
 #[test]
 fn udp_two_nodes_with_offloads() {
+    // Workers own a CPU each (steering by CPU, pinned while traffic is light) where they can.
     scenario(true);
 }
 
@@ -98,7 +99,14 @@ fn scenario(offload: bool) {
         eprintln!("skipped: needs root to create network namespaces");
         return;
     }
-    let tuning = || Kind::Udp(UdpTuning { workers: 2, offload });
+    // The offload scenario also runs the workers on their own CPUs; the other, by flow hash.
+    let tuning = || {
+        Kind::Udp(UdpTuning {
+            workers: 2,
+            offload,
+            cpu_affinity: offload,
+        })
+    };
     let t = Topology::new("wtu", 5);
     let a = Node::start(&t.a, "10.5.1.0/24", Ipv4Addr::new(198, 51, 100, 1), tuning());
     let b = Node::start(&t.b, "10.5.2.0/24", Ipv4Addr::new(198, 51, 100, 2), tuning());

@@ -237,3 +237,92 @@ pub fn open_tun(name: &str, opts: &TunOptions) -> Result<Vec<TunQueue>, TunError
     }
     Ok(queues)
 }
+
+/// TUNSETSTEERINGEBPF: `_IOR('T', 224, int)`.
+const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
+
+/// With `on`, steers every packet the kernel sends into the device to the queue numbered like
+/// the CPU it is sent from (CPU modulo the number of queues), with a two-instruction eBPF
+/// program (`return bpf_get_smp_processor_id()`): a worker that owns queue N and runs on CPU N
+/// then takes packets without a cross-CPU wakeup. Without, the device goes back to choosing a
+/// queue by flow hash. The setting belongs to the device and outlives this process.
+pub fn steer_by_cpu(queue: &TunQueue, on: bool) -> io::Result<()> {
+    let prog = if on { Some(load_cpu_prog()?) } else { None };
+    // -1 detaches the program.
+    let fd: libc::c_int = prog.as_ref().map_or(-1, |p| p.as_raw_fd());
+    // SAFETY: TUNSETSTEERINGEBPF reads an int (a program fd or -1) through the pointer.
+    let rc = unsafe {
+        libc::ioctl(
+            queue.file.as_raw_fd(),
+            TUNSETSTEERINGEBPF as _,
+            &fd as *const libc::c_int,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The device holds its own reference to the program; our fd can close.
+    Ok(())
+}
+
+/// Loads `r0 = bpf_get_smp_processor_id(); exit` as a socket-filter program.
+fn load_cpu_prog() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+    const BPF_FUNC_GET_SMP_PROCESSOR_ID: i32 = 8;
+    // struct bpf_insn: code, dst/src registers, offset, immediate.
+    #[repr(C)]
+    struct Insn {
+        code: u8,
+        regs: u8,
+        off: i16,
+        imm: i32,
+    }
+    let insns = [
+        Insn {
+            code: 0x85, // BPF_JMP | BPF_CALL
+            regs: 0,
+            off: 0,
+            imm: BPF_FUNC_GET_SMP_PROCESSOR_ID,
+        },
+        Insn {
+            code: 0x95, // BPF_JMP | BPF_EXIT
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+    ];
+    let license = c"GPL";
+    // The first fields of union bpf_attr for BPF_PROG_LOAD; the rest stays zero.
+    #[repr(C)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        rest: [u8; 112],
+    }
+    let attr = ProgLoad {
+        prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        rest: [0; 112],
+    };
+    // SAFETY: bpf(2) reads `size_of::<ProgLoad>()` bytes of attr and the arrays it points at,
+    // all of which live across the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const ProgLoad,
+            std::mem::size_of::<ProgLoad>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd returned by the kernel that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) })
+}

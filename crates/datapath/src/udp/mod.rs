@@ -10,9 +10,11 @@
 //!
 //! [`packet`] and [`peers`] decide, with no I/O; `worker` is the I/O shell.
 
+mod batch;
 pub mod offload;
 pub mod packet;
 pub mod peers;
+mod placement;
 mod socket;
 mod worker;
 
@@ -71,6 +73,9 @@ pub struct UdpTuning {
     pub workers: usize,
     /// TUN offloads (TSO in, GRO out) and UDP GSO/GRO. Off: one packet per read/write.
     pub offload: bool,
+    /// With one worker per CPU: worker N takes CPU N's packets and is pinned to CPU N while
+    /// traffic is light (see `placement`). Off: queues and sockets chosen by flow hash.
+    pub cpu_affinity: bool,
 }
 
 impl Default for UdpTuning {
@@ -79,6 +84,7 @@ impl Default for UdpTuning {
         UdpTuning {
             workers: cpus.clamp(1, 8),
             offload: true,
+            cpu_affinity: true,
         }
     }
 }
@@ -231,9 +237,29 @@ impl UdpBackend {
             })?;
             sockets.push(sock);
         }
+        // One worker per CPU, CPUs numbered 0..n: steer by CPU so worker N gets CPU N's packets.
+        // The device keeps its steering across restarts, so it is set (or cleared) every time.
+        let own_cpus = self.tuning.cpu_affinity && placement::cpus_in_order() == Some(n);
+        let steered = weft_kernel::tun::steer_by_cpu(&queues[0], own_cpus).and_then(|()| {
+            if own_cpus {
+                socket::steer_by_cpu(&sockets[0])
+            } else {
+                Ok(())
+            }
+        });
+        let own_cpus = match steered {
+            Ok(()) => own_cpus,
+            Err(e) => {
+                tracing::warn!("udp backend: cannot steer packets by CPU ({e}); workers take them by flow hash");
+                let _ = weft_kernel::tun::steer_by_cpu(&queues[0], false);
+                false
+            }
+        };
         self.stop = Arc::new(AtomicBool::new(false));
         for (id, (tun, sock)) in queues.into_iter().zip(sockets).enumerate() {
-            let worker = Worker::new(tun, sock, self.opts.port, self.shared.clone(), self.stop.clone());
+            let mut worker = Worker::new(tun, sock, self.opts.port, self.shared.clone(), self.stop.clone())
+                .map_err(UdpError::Thread)?;
+            worker.cpu = own_cpus.then_some((id, n));
             let handle = worker.spawn(id).map_err(UdpError::Thread)?;
             self.workers.push(handle);
         }

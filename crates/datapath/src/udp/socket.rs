@@ -72,3 +72,42 @@ pub(crate) fn bind_udp(ip: Ipv4Addr, port: u16) -> io::Result<OwnedFd> {
 pub(crate) fn enable_udp_gro(fd: &OwnedFd) -> bool {
     setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok()
 }
+
+/// Makes the kernel hand each datagram to the socket of the reuseport group numbered like the
+/// CPU that receives it (a classic BPF program returning the CPU id). Sockets are numbered in
+/// the order they were bound. Attach to one socket after the whole group is bound.
+pub(crate) fn steer_by_cpu(fd: &OwnedFd) -> io::Result<()> {
+    // SKF_AD_OFF + SKF_AD_CPU: load the current CPU into A; then return A.
+    let filter = [
+        libc::sock_filter {
+            code: 0x20, // BPF_LD | BPF_W | BPF_ABS
+            jt: 0,
+            jf: 0,
+            k: (-0x1000i32 + 36) as u32,
+        },
+        libc::sock_filter {
+            code: 0x16, // BPF_RET | BPF_A
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: the program and its instructions live across the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

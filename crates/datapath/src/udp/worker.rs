@@ -1,13 +1,13 @@
-//! The I/O shell of the udp backend: N threads, each owning one TUN queue and one UDP socket.
-//! A worker reads a batch of packets from its queue, decides with [`outbound`] and sends the
-//! batch with one sendmmsg; it receives a batch of datagrams with one recvmmsg, decides with
-//! [`inbound`] and writes them into its queue. Buffers are allocated once per worker; the peer
-//! table is loaded once per batch from an [`ArcSwap`] (no lock on the hot path).
+//! The I/O shell of the udp backend: N threads, each owning one TUN queue and one UDP socket,
+//! waiting on both with one epoll instance and serving only the side that has work. A worker
+//! reads a batch of packets from its queue, decides with [`outbound`] and sends the batch with
+//! one sendmmsg; it receives a batch of datagrams with one recvmmsg, decides with [`inbound`]
+//! and writes them into its queue. Buffers and message arrays are allocated once per worker;
+//! the peer table is loaded once per batch from an [`ArcSwap`] (no lock on the hot path).
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,17 +15,17 @@ use std::thread::JoinHandle;
 use arc_swap::ArcSwap;
 use weft_kernel::tun::TunQueue;
 
+use super::batch::{RecvBatch, SendBatch, BATCH};
 use super::offload::{finish_checksum, split_tcp, Coalescer, VnetHdr, MAX_PACKET, VNET_HDR_LEN};
 use super::packet::{inbound, net_unreachable, outbound, DropReason, Inbound, Outbound, ICMP_REPLY_MAX};
 use super::peers::PeerTable;
+use super::placement::Placement;
 use super::socket::sockaddr;
 use super::UdpCounters;
 
-/// Packets per batch (one recvmmsg or sendmmsg).
-const BATCH: usize = 64;
 /// Room for the largest IPv4 packet.
 const BUF_LEN: usize = 65536;
-/// How long a worker sleeps in poll before it looks at the stop flag.
+/// How long a worker waits for work before it looks at the stop flag.
 const POLL_MS: libc::c_int = 100;
 
 /// What the workers share with the backend.
@@ -106,6 +106,11 @@ impl Tally {
         *self = Tally::default();
     }
 
+    /// Packets moved or dropped in this batch.
+    fn packets(&self) -> u64 {
+        self.tx_packets + self.rx_packets + self.dropped.iter().sum::<u64>()
+    }
+
     fn drop(&mut self, reason: DropReason) {
         self.dropped[reason.index()] += 1;
     }
@@ -114,15 +119,21 @@ impl Tally {
 /// One worker: a TUN queue, a UDP socket and the buffers for a batch in each direction.
 pub(crate) struct Worker {
     tun: TunQueue,
+    ready: Readiness,
     sock: OwnedFd,
     port: u16,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
+    /// Packets read from the TUN queue (one per buffer) and where each goes.
     tx_bufs: Vec<Box<[u8]>>,
-    rx_bufs: Vec<Box<[u8]>>,
+    outgoing: Vec<(libc::sockaddr_in, usize)>,
+    tx: SendBatch,
+    rx: RecvBatch,
     icmp: [u8; ICMP_REPLY_MAX],
     tally: Tally,
     offload: Option<Box<Offload>>,
+    /// (this worker's CPU, CPUs in all) when the worker owns a CPU.
+    pub cpu: Option<(usize, usize)>,
 }
 
 /// A super-segment's pieces in the output area: `count` packets of `seg_len` bytes (the last
@@ -143,11 +154,11 @@ struct Offload {
     /// Wire packets waiting for sendmmsg, back to back.
     out: Box<[u8]>,
     pending: Vec<Pending>,
+    /// The pending pieces cut into sendmmsg entries (at most 64 packets and 64 KB each).
+    groups: Vec<Pending>,
     coalescer: Coalescer,
     /// Whether the kernel takes UDP_SEGMENT (cleared on the first refusal).
     gso: bool,
-    /// Whether UDP_GRO is on for the socket.
-    gro: bool,
 }
 
 /// Room in the output area for this many full super-segments per batch.
@@ -155,39 +166,44 @@ const OUT_SUPER_SEGMENTS: usize = 24;
 /// Largest UDP payload of one GSO send, and most segments in it.
 const GSO_MAX_BYTES: usize = 65507;
 const GSO_MAX_SEGMENTS: usize = 64;
-/// Room for one cmsg carrying an int or u16 (CMSG_SPACE(4) on 64-bit Linux).
-const CMSG_ROOM: usize = 24;
 const ZERO_VNET: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
-fn buffers() -> Vec<Box<[u8]>> {
-    (0..BATCH).map(|_| vec![0u8; BUF_LEN].into_boxed_slice()).collect()
-}
-
 impl Worker {
-    pub fn new(tun: TunQueue, sock: OwnedFd, port: u16, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        tun: TunQueue,
+        sock: OwnedFd,
+        port: u16,
+        shared: Arc<Shared>,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<Self> {
+        let ready = Readiness::new(&tun, &sock)?;
         let offload = tun.vnet_hdr().then(|| {
-            let gro = super::socket::enable_udp_gro(&sock);
             Box::new(Offload {
                 read_buf: vec![0u8; VNET_HDR_LEN + MAX_PACKET].into_boxed_slice(),
                 out: vec![0u8; OUT_SUPER_SEGMENTS * 2 * MAX_PACKET].into_boxed_slice(),
                 pending: Vec::with_capacity(OUT_SUPER_SEGMENTS * 64),
+                groups: Vec::with_capacity(OUT_SUPER_SEGMENTS * 64),
                 coalescer: Coalescer::default(),
                 gso: true,
-                gro,
             })
         });
-        Worker {
+        let gro = offload.is_some() && super::socket::enable_udp_gro(&sock);
+        Ok(Worker {
+            ready,
             offload,
             tun,
             sock,
             port,
             shared,
             stop,
-            tx_bufs: buffers(),
-            rx_bufs: buffers(),
+            tx_bufs: (0..BATCH).map(|_| vec![0u8; BUF_LEN].into_boxed_slice()).collect(),
+            outgoing: Vec::with_capacity(BATCH),
+            tx: SendBatch::default(),
+            rx: RecvBatch::new(BUF_LEN, gro),
             icmp: [0; ICMP_REPLY_MAX],
             tally: Tally::default(),
-        }
+            cpu: None,
+        })
     }
 
     pub fn spawn(self, id: usize) -> io::Result<JoinHandle<()>> {
@@ -197,66 +213,76 @@ impl Worker {
     }
 
     fn run(mut self) {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.tun.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.sock.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
+        let mut placement = self.cpu.map(|(cpu, cpus)| Placement::new(cpu, cpus));
         while !self.stop.load(Ordering::Relaxed) {
-            // SAFETY: fds is a valid array of two pollfd for the duration of the call.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_MS) };
-            if rc <= 0 {
-                continue;
-            }
-            // Drain both directions while either has work; poll only when both are empty.
-            for _ in 0..1024 {
-                let moved = if self.offload.is_some() {
-                    self.tun_to_udp_offload() + self.udp_to_tun_offload()
-                } else {
-                    self.tun_to_udp() + self.udp_to_tun()
-                };
-                self.tally.flush(&self.shared.counters);
-                if moved == 0 || self.stop.load(Ordering::Relaxed) {
-                    break;
+            let (mut tun_more, mut udp_more) = self.ready.wait(POLL_MS);
+            // Serve only the directions that have work, until both are drained; the next wait
+            // returns at once for anything that arrived meanwhile. Right after a wait the queue
+            // most likely holds one packet (a ping, a request): send it before the read that
+            // finds the queue empty.
+            let mut eager = true;
+            while (tun_more || udp_more) && !self.stop.load(Ordering::Relaxed) {
+                if tun_more {
+                    tun_more = self.tun_to_udp(eager);
                 }
+                eager = false;
+                if udp_more {
+                    udp_more = self.udp_to_tun();
+                }
+                if let Some(p) = placement.as_mut() {
+                    p.account(self.tally.packets());
+                }
+                self.tally.flush(&self.shared.counters);
+            }
+            if let Some(p) = placement.as_mut() {
+                p.account(0);
             }
         }
     }
 
+    /// Reads and sends up to a batch; `eager`: send the first packet on its own, at once.
+    /// Returns whether more may be waiting.
+    fn tun_to_udp(&mut self, eager: bool) -> bool {
+        if self.offload.is_some() {
+            self.tun_to_udp_offload(eager)
+        } else {
+            self.tun_to_udp_plain(eager)
+        }
+    }
+
+    /// Receives up to a batch and writes it into the TUN queue; returns whether more may be
+    /// waiting.
+    fn udp_to_tun(&mut self) -> bool {
+        if self.offload.is_some() {
+            self.udp_to_tun_offload()
+        } else {
+            self.udp_to_tun_plain()
+        }
+    }
+
     /// Reads up to a batch from the TUN queue and sends what goes to peers with one sendmmsg.
-    /// Returns how many packets were read.
-    fn tun_to_udp(&mut self) -> usize {
+    fn tun_to_udp_plain(&mut self, eager: bool) -> bool {
         let table = self.shared.table.load();
-        let mut dests = [sockaddr(Ipv4Addr::UNSPECIFIED, 0); BATCH];
-        let mut lens = [0usize; BATCH];
-        let mut ready = 0;
+        self.outgoing.clear();
         let mut read = 0;
+        let mut more = true;
         while read < BATCH {
-            let buf = &mut self.tx_bufs[ready];
+            let buf = &mut self.tx_bufs[self.outgoing.len()];
             let n = match self.tun.recv(buf) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    // The device was deleted under us: back off until reconcile reopens it.
-                    self.tally.tun_errors += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+                Err(e) => {
+                    more = false;
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        // The device was deleted under us: back off until reconcile reopens it.
+                        self.tally.tun_errors += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
                     break;
                 }
             };
             read += 1;
             match outbound(&mut buf[..n], &table) {
-                Outbound::Send { to, len } => {
-                    dests[ready] = sockaddr(to, self.port);
-                    lens[ready] = len;
-                    ready += 1;
-                }
+                Outbound::Send { to, len } => self.outgoing.push((sockaddr(to, self.port), len)),
                 Outbound::Unreachable(hdr) => match table.icmp_source() {
                     Some(local) => {
                         if let Some(len) = net_unreachable(&buf[..n], &hdr, local, &mut self.icmp) {
@@ -270,97 +296,50 @@ impl Worker {
                 },
                 Outbound::Drop(reason) => self.tally.drop(reason),
             }
+            if eager && read == 1 {
+                self.send_outgoing();
+            }
         }
-        if ready > 0 {
-            self.send_batch(&dests[..ready], &lens[..ready]);
-        }
-        read
+        self.send_outgoing();
+        more
     }
 
-    fn send_batch(&mut self, dests: &[libc::sockaddr_in], lens: &[usize]) {
-        let n = dests.len();
-        // SAFETY: iovec and mmsghdr are plain data; all-zero is valid.
-        let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        for i in 0..n {
-            iovs[i] = libc::iovec {
-                iov_base: self.tx_bufs[i].as_mut_ptr().cast(),
-                iov_len: lens[i],
-            };
-            msgs[i].msg_hdr.msg_name = (&dests[i] as *const libc::sockaddr_in).cast_mut().cast();
-            msgs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            msgs[i].msg_hdr.msg_iov = &mut iovs[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-        }
-        let mut sent = 0;
-        while sent < n {
-            // SAFETY: msgs[sent..n] point at iovecs, buffers and addresses that outlive the call.
-            let rc = unsafe {
-                libc::sendmmsg(
-                    self.sock.as_raw_fd(),
-                    msgs[sent..].as_mut_ptr(),
-                    (n - sent) as libc::c_uint,
-                    0,
-                )
-            };
-            if rc < 0 {
-                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                    continue;
+    /// Sends the packets read so far with one sendmmsg.
+    fn send_outgoing(&mut self) {
+        if !self.outgoing.is_empty() {
+            let mut batch = self.tx.fill();
+            for (i, &(to, len)) in self.outgoing.iter().enumerate() {
+                batch.push(to, &self.tx_bufs[i][..len], None);
+            }
+            let (outgoing, tally) = (&self.outgoing, &mut self.tally);
+            batch.send(self.sock.as_raw_fd(), |i, result| match result {
+                Ok(()) => {
+                    tally.tx_packets += 1;
+                    tally.tx_bytes += outgoing[i].1 as u64;
                 }
-                // The message at `sent` failed (unreachable peer, ...): count it and go on.
-                self.tally.send_errors += 1;
-                sent += 1;
-                continue;
-            }
-            for len in &lens[sent..sent + rc as usize] {
-                self.tally.tx_packets += 1;
-                self.tally.tx_bytes += *len as u64;
-            }
-            sent += rc as usize;
+                // An unreachable peer, ...: count it and go on.
+                Err(_) => tally.send_errors += 1,
+            });
         }
+        self.outgoing.clear();
     }
 
     /// Receives up to a batch of datagrams with one recvmmsg and writes the admitted ones into
-    /// the TUN queue. Returns how many datagrams were received.
-    fn udp_to_tun(&mut self) -> usize {
-        // SAFETY: plain data; all-zero is valid.
-        let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        let mut names: [libc::sockaddr_in; BATCH] = unsafe { zeroed() };
-        for i in 0..BATCH {
-            iovs[i] = libc::iovec {
-                iov_base: self.rx_bufs[i].as_mut_ptr().cast(),
-                iov_len: BUF_LEN,
-            };
-            msgs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-            msgs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            msgs[i].msg_hdr.msg_iov = &mut iovs[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: msgs point at buffers, iovecs and address slots that outlive the call.
-        let rc = unsafe {
-            libc::recvmmsg(
-                self.sock.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc <= 0 {
-            return 0;
+    /// the TUN queue.
+    fn udp_to_tun_plain(&mut self) -> bool {
+        let received = self.rx.recv(self.sock.as_raw_fd());
+        if received == 0 {
+            return false;
         }
         let table = self.shared.table.load();
-        for i in 0..rc as usize {
-            let n = msgs[i].msg_len as usize;
-            let from = Ipv4Addr::from(u32::from_be(names[i].sin_addr.s_addr));
-            if msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+        for i in 0..received {
+            let m = self.rx.get(i);
+            if m.truncated {
                 self.tally.drop(DropReason::Malformed);
                 continue;
             }
-            let buf = &mut self.rx_bufs[i][..n];
-            match inbound(buf, from, &table) {
-                Inbound::Deliver { len } => match self.tun.send(&buf[..len]) {
+            match inbound(m.data, m.from, &table) {
+                Inbound::Deliver { len } => match self.tun.send(&m.data[..len]) {
                     Ok(_) => {
                         self.tally.rx_packets += 1;
                         self.tally.rx_bytes += len as u64;
@@ -370,17 +349,18 @@ impl Worker {
                 Inbound::Drop(reason) => self.tally.drop(reason),
             }
         }
-        rc as usize
+        received == BATCH
     }
 
     /// The offload path's TUN -> UDP: reads TCP super-segments, splits them into wire packets
     /// and sends each run of equal-sized packets to a peer with one UDP GSO message.
-    fn tun_to_udp_offload(&mut self) -> usize {
+    fn tun_to_udp_offload(&mut self, eager: bool) -> bool {
         let table = self.shared.table.load();
         let mut off = self.offload.take().expect("offload path");
         off.pending.clear();
         let mut cursor = 0;
         let mut read = 0;
+        let mut more = true;
         // Each read may need up to 2x its size in the output area (headers per segment).
         while read < BATCH && cursor + 2 * MAX_PACKET <= off.out.len() {
             let n = match self.tun.recv(&mut off.read_buf) {
@@ -390,10 +370,12 @@ impl Worker {
                     self.tally.drop(DropReason::Malformed);
                     continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    self.tally.tun_errors += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+                Err(e) => {
+                    more = false;
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        self.tally.tun_errors += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
                     break;
                 }
             };
@@ -447,20 +429,23 @@ impl Worker {
                 },
                 Outbound::Drop(reason) => self.tally.drop(reason),
             }
+            if eager && read == 1 && !off.pending.is_empty() {
+                self.send_pending(&mut off);
+                off.pending.clear();
+                cursor = 0;
+            }
         }
         if !off.pending.is_empty() {
             self.send_pending(&mut off);
         }
         self.offload = Some(off);
-        read
+        more
     }
 
     /// Sends the pending super-segments: one message per run of at most 64 packets and 64 KB,
     /// with UDP_SEGMENT so the kernel cuts it into one datagram per packet.
     fn send_pending(&mut self, off: &mut Offload) {
-        // Groups: (to, offset, bytes, seg_len, packets).
-        let mut groups: Vec<(libc::sockaddr_in, usize, usize, usize, usize)> =
-            Vec::with_capacity(off.pending.len() * 2);
+        off.groups.clear();
         for p in &off.pending {
             let per = if off.gso {
                 (GSO_MAX_BYTES / p.seg_len).clamp(1, GSO_MAX_SEGMENTS)
@@ -470,162 +455,71 @@ impl Worker {
             let mut done = 0;
             while done < p.count {
                 let k = per.min(p.count - done);
-                let start = p.offset + done * p.seg_len;
-                let bytes = (k * p.seg_len).min(p.total - done * p.seg_len);
-                groups.push((p.to, start, bytes, p.seg_len, k));
+                off.groups.push(Pending {
+                    to: p.to,
+                    offset: p.offset + done * p.seg_len,
+                    total: (k * p.seg_len).min(p.total - done * p.seg_len),
+                    seg_len: p.seg_len,
+                    count: k,
+                });
                 done += k;
             }
         }
-        let mut sent = 0;
-        while sent < groups.len() {
-            let n = (groups.len() - sent).min(BATCH);
-            // SAFETY: plain data; all-zero is valid.
-            let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
-            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-            let mut cmsgs = [[0u64; CMSG_ROOM / 8]; BATCH];
-            for i in 0..n {
-                let (ref to, start, bytes, seg_len, k) = groups[sent + i];
-                iovs[i] = libc::iovec {
-                    iov_base: off.out[start..].as_mut_ptr().cast(),
-                    iov_len: bytes,
-                };
-                let h = &mut msgs[i].msg_hdr;
-                h.msg_name = (to as *const libc::sockaddr_in).cast_mut().cast();
-                h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                h.msg_iov = &mut iovs[i];
-                h.msg_iovlen = 1;
-                if k > 1 {
-                    h.msg_control = cmsgs[i].as_mut_ptr().cast();
-                    // SAFETY: CMSG_SPACE is a pure computation.
-                    h.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as _;
-                    // SAFETY: the control buffer is CMSG_ROOM bytes, enough for one u16 cmsg.
-                    unsafe {
-                        let c = libc::CMSG_FIRSTHDR(h);
-                        (*c).cmsg_level = libc::SOL_UDP;
-                        (*c).cmsg_type = libc::UDP_SEGMENT;
-                        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg_len as u16);
-                    }
-                }
+        let fd = self.sock.as_raw_fd();
+        let (out, groups, gso) = (&off.out[..], &off.groups, &mut off.gso);
+        for chunk in groups.chunks(BATCH) {
+            let mut batch = self.tx.fill();
+            for g in chunk {
+                let segment = (g.count > 1).then_some(g.seg_len as u16);
+                batch.push(g.to, &out[g.offset..g.offset + g.total], segment);
             }
-            // SAFETY: msgs point at iovecs, cmsgs, buffers and addresses that outlive the call.
-            let rc = unsafe { libc::sendmmsg(self.sock.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, 0) };
-            if rc < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                let (_, _, _, _, k) = groups[sent];
-                if k > 1 && off.gso && matches!(err.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) {
-                    // No UDP GSO here: send one datagram per packet from now on.
-                    tracing::warn!("UDP GSO refused ({err}); sending one datagram per packet");
-                    off.gso = false;
-                    let (to, start, bytes, seg_len, _) = groups[sent];
-                    let mut at = start;
-                    while at < start + bytes {
-                        let len = seg_len.min(start + bytes - at);
-                        // SAFETY: the buffer and address are valid for the call.
-                        let r = unsafe {
-                            libc::sendto(
-                                self.sock.as_raw_fd(),
-                                off.out[at..].as_ptr().cast(),
-                                len,
-                                0,
-                                (&to as *const libc::sockaddr_in).cast(),
-                                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                            )
-                        };
-                        if r < 0 {
-                            self.tally.send_errors += 1;
-                        } else {
-                            self.tally.tx_packets += 1;
-                            self.tally.tx_bytes += len as u64;
+            let tally = &mut self.tally;
+            batch.send(fd, |i, result| {
+                let g = &chunk[i];
+                match result {
+                    Ok(()) => {
+                        tally.tx_packets += g.count as u64;
+                        tally.tx_bytes += g.total as u64;
+                    }
+                    Err(err) if g.count > 1 && *gso && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
+                        // No UDP GSO here: send one datagram per packet from now on.
+                        tracing::warn!("UDP GSO refused ({err}); sending one datagram per packet");
+                        *gso = false;
+                        for piece in out[g.offset..g.offset + g.total].chunks(g.seg_len) {
+                            match send_to(fd, piece, &g.to) {
+                                Ok(()) => {
+                                    tally.tx_packets += 1;
+                                    tally.tx_bytes += piece.len() as u64;
+                                }
+                                Err(_) => tally.send_errors += 1,
+                            }
                         }
-                        at += len;
                     }
-                } else {
-                    self.tally.send_errors += k as u64;
+                    Err(_) => tally.send_errors += g.count as u64,
                 }
-                sent += 1;
-                continue;
-            }
-            for &(_, _, bytes, _, k) in &groups[sent..sent + rc as usize] {
-                self.tally.tx_packets += k as u64;
-                self.tally.tx_bytes += bytes as u64;
-            }
-            sent += rc as usize;
+            });
         }
     }
 
     /// The offload path's UDP -> TUN: receives a batch (with UDP_GRO, a message may hold many
     /// datagrams of one size), admits each inner packet, and writes runs of TCP segments of
     /// one flow into the TUN device as one super-segment.
-    fn udp_to_tun_offload(&mut self) -> usize {
+    fn udp_to_tun_offload(&mut self) -> bool {
+        let received = self.rx.recv(self.sock.as_raw_fd());
+        if received == 0 {
+            return false;
+        }
         let mut off = self.offload.take().expect("offload path");
-        // SAFETY: plain data; all-zero is valid.
-        let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        let mut names: [libc::sockaddr_in; BATCH] = unsafe { zeroed() };
-        let mut cmsgs = [[0u64; CMSG_ROOM / 8]; BATCH];
-        for i in 0..BATCH {
-            iovs[i] = libc::iovec {
-                iov_base: self.rx_bufs[i].as_mut_ptr().cast(),
-                iov_len: BUF_LEN,
-            };
-            let h = &mut msgs[i].msg_hdr;
-            h.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_iov = &mut iovs[i];
-            h.msg_iovlen = 1;
-            if off.gro {
-                h.msg_control = cmsgs[i].as_mut_ptr().cast();
-                h.msg_controllen = CMSG_ROOM as _;
-            }
-        }
-        // SAFETY: msgs point at buffers, iovecs, cmsgs and address slots that outlive the call.
-        let rc = unsafe {
-            libc::recvmmsg(
-                self.sock.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc <= 0 {
-            self.offload = Some(off);
-            return 0;
-        }
         let table = self.shared.table.load();
-        for i in 0..rc as usize {
-            let n = msgs[i].msg_len as usize;
-            let from = Ipv4Addr::from(u32::from_be(names[i].sin_addr.s_addr));
-            if msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+        for i in 0..received {
+            let m = self.rx.get(i);
+            if m.truncated {
                 self.tally.drop(DropReason::Malformed);
                 continue;
             }
-            let mut seg = n;
-            if off.gro && msgs[i].msg_hdr.msg_controllen > 0 {
-                // SAFETY: the kernel filled msg_control with msg_controllen bytes of cmsgs.
-                unsafe {
-                    let mut c = libc::CMSG_FIRSTHDR(&msgs[i].msg_hdr);
-                    while !c.is_null() {
-                        if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
-                            let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                            if v > 0 {
-                                seg = v as usize;
-                            }
-                        }
-                        c = libc::CMSG_NXTHDR(&msgs[i].msg_hdr, c);
-                    }
-                }
-            }
-            let mut at = 0;
-            while at < n {
-                let end = (at + seg).min(n);
-                let chunk = &mut self.rx_bufs[i][at..end];
-                at = end;
-                match inbound(chunk, from, &table) {
+            let seg = m.segment.unwrap_or(m.data.len()).max(1);
+            for chunk in m.data.chunks_mut(seg) {
+                match inbound(chunk, m.from, &table) {
                     Inbound::Deliver { len } => {
                         let pkt = &chunk[..len];
                         self.tally.rx_packets += 1;
@@ -652,6 +546,73 @@ impl Worker {
             }
         }
         self.offload = Some(off);
-        rc as usize
+        received == BATCH
+    }
+}
+
+/// One datagram with sendto(2).
+fn send_to(fd: RawFd, data: &[u8], to: &libc::sockaddr_in) -> io::Result<()> {
+    // SAFETY: the buffer and address are valid for the call.
+    let rc = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            0,
+            (to as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The worker's wait for work: one epoll instance watching its TUN queue and its socket.
+struct Readiness {
+    epoll: OwnedFd,
+}
+
+const TUN_READY: u64 = 0;
+const UDP_READY: u64 = 1;
+
+impl Readiness {
+    fn new(tun: &TunQueue, sock: &OwnedFd) -> io::Result<Self> {
+        // SAFETY: plain epoll_create1; the fd is owned right away.
+        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: raw is a fresh fd that nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(raw) };
+        for (fd, token) in [(tun.as_raw_fd(), TUN_READY), (sock.as_raw_fd(), UDP_READY)] {
+            let mut ev = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: token,
+            };
+            // SAFETY: ev is a valid epoll_event for the call; both fds are open.
+            if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(Readiness { epoll })
+    }
+
+    /// Waits up to `timeout_ms` for work; returns whether the TUN queue and the socket have some.
+    fn wait(&self, timeout_ms: libc::c_int) -> (bool, bool) {
+        // SAFETY: epoll_event is plain data.
+        let mut events: [libc::epoll_event; 2] = unsafe { zeroed() };
+        // SAFETY: events has room for the 2 entries the call may write.
+        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 2, timeout_ms) };
+        let (mut tun, mut udp) = (false, false);
+        for ev in events.iter().take(n.max(0) as usize) {
+            // Errors and hangups count as work, so the direction's own call reports them.
+            match ev.u64 {
+                TUN_READY => tun = true,
+                _ => udp = true,
+            }
+        }
+        (tun, udp)
     }
 }
