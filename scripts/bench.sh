@@ -23,23 +23,31 @@ python3 - "$OUT" $BACKENDS <<'PY'
 import json, sys
 out, backends = sys.argv[1], sys.argv[2:]
 reports = {b: json.load(open(f"{out}/{b}.json")) for b in backends}
-under = [r["host_bps"] for r in reports.values()]
-under_bps = sorted(under)[len(under) // 2]
-under_rtt = sorted(r["host_rtt_ms"] for r in reports.values())[len(under) // 2]
+mid = lambda values: sorted(values)[len(values) // 2]
+under_bps = mid([r["host_bps"] for r in reports.values()])
+under_rtt = mid([r["host_rtt_ms"] for r in reports.values()])
+under_dense = mid([r["host_rtt_dense_ms"] for r in reports.values()])
 vx = reports.get("vxlan")
 r0 = next(iter(reports.values()))
 print(f"single TCP stream, 2-node lab, median of {r0['runs']} x {r0['seconds']} s (iperf3); ratios from the same run")
+print("rtt: ping median, pings 10 ms apart; rtt 1ms: pings 1 ms apart")
 print("added rtt = pod rtt - host rtt of the same lab; +rtt/vxlan compares that with vxlan's")
-print(f"{'path':<26}{'Gbit/s':>8}{'/underlay':>11}{'/vxlan':>8}{'rtt ms':>9}{'rtt/vxlan':>11}{'+rtt/vxlan':>12}{'weftd cores/Gbit/s':>20}")
-print(f"{'host-to-host (underlay)':<26}{under_bps/1e9:>8.2f}{1:>11.2f}{'':>8}{under_rtt:>9.3f}{'':>11}{'':>12}{'':>20}")
+print(f"{'path':<26}{'Gbit/s':>8}{'/underlay':>11}{'/vxlan':>8}{'rtt ms':>9}{'rtt/vxlan':>11}{'+rtt/vxlan':>12}"
+      f"{'rtt 1ms':>9}{'+rtt/vxlan':>12}{'weftd cores/Gbit/s':>20}")
+print(f"{'host-to-host (underlay)':<26}{under_bps/1e9:>8.2f}{1:>11.2f}{'':>8}{under_rtt:>9.3f}{'':>11}{'':>12}{under_dense:>9.3f}")
+def added_ratio(r, pod, host):
+    if not vx or r[pod] is None or r[host] is None or vx[pod] is None or vx[host] is None:
+        return "-"
+    base = vx[pod] - vx[host]
+    return f"{(r[pod] - r[host]) / base:.2f}" if base > 0 else "-"
 for b, r in reports.items():
     gb = r["pod_bps"] / 1e9
     ratio_vx = f"{r['pod_bps']/vx['pod_bps']:.2f}" if vx else "-"
     rtt = r["pod_rtt_ms"]
     rtt_vx = f"{rtt/vx['pod_rtt_ms']:.2f}" if vx and rtt and vx["pod_rtt_ms"] else "-"
-    added = lambda r: r["pod_rtt_ms"] - r["host_rtt_ms"] if r["pod_rtt_ms"] and r["host_rtt_ms"] else None
-    add_vx = f"{added(r)/added(vx):.2f}" if vx and added(r) is not None and added(vx) else "-"
     cores = r.get("weftd_cores")
     cpg = f"{cores/gb:.3f}" if cores is not None and gb > 0 else "-"
-    print(f"{'pod-to-pod, ' + b:<26}{gb:>8.2f}{r['pod_bps']/r['host_bps']:>11.2f}{ratio_vx:>8}{rtt or 0:>9.3f}{rtt_vx:>11}{add_vx:>12}{cpg:>20}")
+    print(f"{'pod-to-pod, ' + b:<26}{gb:>8.2f}{r['pod_bps']/r['host_bps']:>11.2f}{ratio_vx:>8}{rtt or 0:>9.3f}{rtt_vx:>11}"
+          f"{added_ratio(r, 'pod_rtt_ms', 'host_rtt_ms'):>12}{r['pod_rtt_dense_ms'] or 0:>9.3f}"
+          f"{added_ratio(r, 'pod_rtt_dense_ms', 'host_rtt_dense_ms'):>12}{cpg:>20}")
 PY

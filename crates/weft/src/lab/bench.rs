@@ -19,7 +19,8 @@ pub struct BenchOptions {
     /// Length of one iperf3 run.
     pub seconds: u64,
     pub runs: usize,
-    /// Pings per RTT measurement (0.01 s apart).
+    /// Pings per RTT measurement, 10 ms apart (sparse: each finds the path idle) and 1 ms
+    /// apart (dense: back-to-back requests), five times as many of the dense.
     pub pings: usize,
     /// Client node and server node.
     pub from: usize,
@@ -49,9 +50,12 @@ pub struct BenchReport {
     pub pod_bps: f64,
     pub host_bps_runs: Vec<f64>,
     pub pod_bps_runs: Vec<f64>,
-    /// Median ping RTT in milliseconds, None when no reply came back.
+    /// Median ping RTT in milliseconds, pings 10 ms apart; None when no reply came back.
     pub host_rtt_ms: Option<f64>,
     pub pod_rtt_ms: Option<f64>,
+    /// The same with pings 1 ms apart.
+    pub host_rtt_dense_ms: Option<f64>,
+    pub pod_rtt_dense_ms: Option<f64>,
     /// pod / host.
     pub throughput_ratio: f64,
     pub rtt_ratio: Option<f64>,
@@ -106,6 +110,7 @@ pub fn run(lab: &Lab, options: &BenchOptions) -> Result<BenchReport> {
     let (mut host_bps_runs, mut pod_bps_runs) = (Vec::new(), Vec::new());
     let (mut weftd_cpu, mut pod_time) = (Some(0.0), Duration::ZERO);
     let (mut host_rtts, mut pod_rtts) = (Vec::new(), Vec::new());
+    let (mut host_dense, mut pod_dense) = (Vec::new(), Vec::new());
     for _ in 0..options.runs {
         host_bps_runs.push(host_client.run(options.seconds)?);
         let cpu_before = weftd_cpu_seconds(lab, &[from, to]);
@@ -116,13 +121,15 @@ pub fn run(lab: &Lab, options: &BenchOptions) -> Result<BenchReport> {
             (Some(total), Some(a), Some(b)) => Some(total + (b - a)),
             _ => None,
         };
-        host_rtts.extend(rtts(&host_pair.0, host_pair.2, options.pings)?);
-        pod_rtts.extend(rtts(&pod_pair.0, pod_pair.2, options.pings)?);
+        host_rtts.extend(rtts(&host_pair.0, host_pair.2, options.pings, SPARSE)?);
+        pod_rtts.extend(rtts(&pod_pair.0, pod_pair.2, options.pings, SPARSE)?);
+        host_dense.extend(rtts(&host_pair.0, host_pair.2, 5 * options.pings, DENSE)?);
+        pod_dense.extend(rtts(&pod_pair.0, pod_pair.2, 5 * options.pings, DENSE)?);
     }
     drop((host_client, pod_client));
     let weftd_cores = weftd_cpu.map(|cpu| cpu / pod_time.as_secs_f64());
-    let host_rtt_ms = (!host_rtts.is_empty()).then(|| median(&host_rtts));
-    let pod_rtt_ms = (!pod_rtts.is_empty()).then(|| median(&pod_rtts));
+    let median_of = |v: &[f64]| (!v.is_empty()).then(|| median(v));
+    let (host_rtt_ms, pod_rtt_ms) = (median_of(&host_rtts), median_of(&pod_rtts));
     let (host_bps, pod_bps) = (median(&host_bps_runs), median(&pod_bps_runs));
     Ok(BenchReport {
         lab: lab.name().to_string(),
@@ -135,6 +142,8 @@ pub fn run(lab: &Lab, options: &BenchOptions) -> Result<BenchReport> {
         pod_bps_runs,
         host_rtt_ms,
         pod_rtt_ms,
+        host_rtt_dense_ms: median_of(&host_dense),
+        pod_rtt_dense_ms: median_of(&pod_dense),
         throughput_ratio: if host_bps > 0.0 { pod_bps / host_bps } else { 0.0 },
         rtt_ratio: match (pod_rtt_ms, host_rtt_ms) {
             (Some(p), Some(h)) if h > 0.0 => Some(p / h),
@@ -222,12 +231,16 @@ impl Drop for Iperf {
     }
 }
 
-/// The RTTs of `count` pings 0.01 s apart, bounded by a deadline (lost ones left out).
-fn rtts(ns: &str, to: Ipv4Addr, count: usize) -> Result<Vec<f64>> {
+/// Ping intervals (seconds, as ping takes them): sparse and dense.
+const SPARSE: &str = "0.01";
+const DENSE: &str = "0.001";
+
+/// The RTTs of `count` pings `interval` seconds apart, bounded by a deadline (lost ones left out).
+fn rtts(ns: &str, to: Ipv4Addr, count: usize, interval: &str) -> Result<Vec<f64>> {
     let to = to.to_string();
     let count_arg = count.max(1).to_string();
     let args = [
-        "netns", "exec", ns, "ping", "-n", "-c", &count_arg, "-i", "0.01", "-w", "10", &to,
+        "netns", "exec", ns, "ping", "-n", "-c", &count_arg, "-i", interval, "-w", "10", &to,
     ];
     let out = run_bounded("ip", &args, Duration::from_secs(15))?;
     let text = String::from_utf8_lossy(&out);
@@ -294,33 +307,35 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "lab {} ({}): single TCP stream, median of {} x {} s; ping RTT median",
+            "lab {} ({}): single TCP stream, median of {} x {} s; ping RTT median, pings 10 ms and 1 ms apart",
             self.lab, self.backend, self.runs, self.seconds
         )?;
         writeln!(
             f,
-            "{:<14} {:>14} {:>8} {:>12} {:>8}",
-            "path", "throughput", "ratio", "rtt", "ratio"
+            "{:<14} {:>14} {:>8} {:>12} {:>8} {:>12}",
+            "path", "throughput", "ratio", "rtt", "ratio", "rtt 1 ms"
         )?;
         let rtt = |r: Option<f64>| r.map(|ms| format!("{ms:.3} ms")).unwrap_or_else(|| "no reply".into());
         writeln!(
             f,
-            "{:<14} {:>14} {:>8.2} {:>12} {:>8.2}",
+            "{:<14} {:>14} {:>8.2} {:>12} {:>8.2} {:>12}",
             "host-to-host",
             gbits(self.host_bps),
             1.0,
             rtt(self.host_rtt_ms),
-            1.0
+            1.0,
+            rtt(self.host_rtt_dense_ms)
         )?;
         let rtt_ratio = self.rtt_ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
         writeln!(
             f,
-            "{:<14} {:>14} {:>8.2} {:>12} {:>8}",
+            "{:<14} {:>14} {:>8.2} {:>12} {:>8} {:>12}",
             "pod-to-pod",
             gbits(self.pod_bps),
             self.throughput_ratio,
             rtt(self.pod_rtt_ms),
-            rtt_ratio
+            rtt_ratio,
+            rtt(self.pod_rtt_dense_ms)
         )?;
         if let Some(cores) = self.weftd_cores {
             let per_gbit = if self.pod_bps > 0.0 {
