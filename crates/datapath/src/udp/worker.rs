@@ -217,17 +217,21 @@ impl Worker {
         while !self.stop.load(Ordering::Relaxed) {
             let (mut tun_more, mut udp_more) = self.ready.wait(POLL_MS);
             // Serve only the directions that have work, until both are drained; the next wait
-            // returns at once for anything that arrived meanwhile. Right after a wait the queue
-            // most likely holds one packet (a ping, a request): send it before the read that
-            // finds the queue empty.
+            // returns at once for anything that arrived meanwhile. When the queue was empty, a
+            // new read most likely holds one packet (a ping, a request): `eager` sends it before
+            // the read that finds the queue empty.
             let mut eager = true;
             while (tun_more || udp_more) && !self.stop.load(Ordering::Relaxed) {
                 if tun_more {
                     tun_more = self.tun_to_udp(eager);
+                    eager = !tun_more;
                 }
-                eager = false;
                 if udp_more {
+                    let delivered_before = self.tally.rx_packets;
                     udp_more = self.udp_to_tun();
+                    // A packet written into the queue may have been answered during the write (an
+                    // echo reply, a TCP ACK): look for the answer now rather than after a wait.
+                    tun_more |= self.tally.rx_packets > delivered_before;
                 }
                 if let Some(p) = placement.as_mut() {
                     p.account(self.tally.packets());
