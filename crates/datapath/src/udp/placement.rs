@@ -94,3 +94,57 @@ fn set_affinity(cpus: std::ops::Range<usize>) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calling thread's allowed CPUs.
+    fn allowed() -> Vec<usize> {
+        // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it; CPU_ISSET reads inside.
+        unsafe {
+            let mut set: libc::cpu_set_t = zeroed();
+            assert_eq!(libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set), 0);
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn cpus_count_only_when_numbered_from_zero() {
+        std::thread::spawn(|| {
+            set_affinity(0..1).unwrap();
+            assert_eq!(cpus_in_order(), Some(1));
+            if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+                set_affinity(1..2).unwrap();
+                assert_eq!(cpus_in_order(), None, "CPU 1 alone is not 0..n");
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_worker_is_pinned_while_light_and_free_while_busy() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus < 2 {
+            eprintln!("skipped: needs two CPUs");
+            return;
+        }
+        std::thread::spawn(move || {
+            set_affinity(0..cpus).unwrap();
+            let mut p = Placement::new(1, cpus);
+            assert_eq!(allowed(), vec![1], "starts pinned");
+            p.account(BUSY_PER_WINDOW + 1);
+            std::thread::sleep(WINDOW);
+            p.account(0);
+            assert_eq!(allowed(), (0..cpus).collect::<Vec<_>>(), "a busy window frees it");
+            std::thread::sleep(WINDOW);
+            p.account(3);
+            assert_eq!(allowed(), vec![1], "a light window pins it again");
+        })
+        .join()
+        .unwrap();
+    }
+}
