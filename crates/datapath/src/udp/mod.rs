@@ -238,23 +238,19 @@ impl UdpBackend {
             sockets.push(sock);
         }
         // One worker per CPU, CPUs numbered 0..n: steer by CPU so worker N gets CPU N's packets.
-        // The device keeps its steering across restarts, so it is set (or cleared) every time.
-        let own_cpus = self.tuning.cpu_affinity && placement::cpus_in_order() == Some(n);
-        let steered = weft_kernel::tun::steer_by_cpu(&queues[0], own_cpus).and_then(|()| {
-            if own_cpus {
-                socket::steer_by_cpu(&sockets[0])
-            } else {
-                Ok(())
-            }
-        });
-        let own_cpus = match steered {
-            Ok(()) => own_cpus,
-            Err(e) => {
-                tracing::warn!("udp backend: cannot steer packets by CPU ({e}); workers take them by flow hash");
-                let _ = weft_kernel::tun::steer_by_cpu(&queues[0], false);
-                false
-            }
-        };
+        let wanted = self.tuning.cpu_affinity && placement::cpus_in_order() == Some(n);
+        let own_cpus = wanted
+            && match weft_kernel::tun::steer_by_cpu(&queues[0], true).and_then(|()| socket::steer_by_cpu(&sockets[0])) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("udp backend: cannot steer packets by CPU ({e}); workers take them by flow hash");
+                    false
+                }
+            };
+        if !own_cpus {
+            // The device keeps its steering across restarts: back to flow hash (best effort).
+            let _ = weft_kernel::tun::steer_by_cpu(&queues[0], false);
+        }
         self.stop = Arc::new(AtomicBool::new(false));
         for (id, (tun, sock)) in queues.into_iter().zip(sockets).enumerate() {
             let mut worker = Worker::new(tun, sock, self.opts.port, self.shared.clone(), self.stop.clone())

@@ -222,13 +222,16 @@ impl Worker {
             // the read that finds the queue empty.
             let mut eager = true;
             while (tun_more || udp_more) && !self.stop.load(Ordering::Relaxed) {
+                let mut full = false;
                 if tun_more {
                     tun_more = self.tun_to_udp(eager);
                     eager = !tun_more;
+                    full |= tun_more;
                 }
                 if udp_more {
                     let delivered_before = self.tally.rx_packets;
                     udp_more = self.udp_to_tun();
+                    full |= udp_more;
                     // A packet written into the queue may have been answered during the write (an
                     // echo reply, a TCP ACK): look for the answer now rather than after a wait.
                     tun_more |= self.tally.rx_packets > delivered_before;
@@ -237,6 +240,13 @@ impl Worker {
                     p.account(self.tally.packets());
                 }
                 self.tally.flush(&self.shared.counters);
+                if full {
+                    // Under load one side may stay full for long: look at the other side too, so
+                    // that neither direction starves.
+                    let (tun, udp) = self.ready.wait(0);
+                    tun_more |= tun;
+                    udp_more |= udp;
+                }
             }
             if let Some(p) = placement.as_mut() {
                 p.account(0);
