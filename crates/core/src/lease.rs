@@ -129,6 +129,16 @@ pub struct Lease {
     pub attrs: LeaseAttrs,
 }
 
+impl Lease {
+    /// The lease of IPv4 `subnet` by the node at `public_ip`, for `backend_type` with its data.
+    pub fn v4(subnet: Ipv4Net, public_ip: Ipv4Addr, backend_type: &str, backend_data: serde_json::Value) -> Self {
+        Lease {
+            subnet: SubnetKey::v4(subnet),
+            attrs: LeaseAttrs::new(public_ip, backend_type, backend_data),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

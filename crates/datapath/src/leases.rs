@@ -77,13 +77,14 @@ pub fn log_skipped(backend: &str, skipped: &[(SubnetKey, LeaseSkip)], node: Node
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_core::LeaseAttrs;
 
     fn lease(subnet: &str, public_ip: &str, kind: &str) -> Lease {
-        Lease {
-            subnet: SubnetKey::v4(subnet.parse().unwrap()),
-            attrs: LeaseAttrs::new(public_ip.parse().unwrap(), kind, serde_json::Value::Null),
-        }
+        Lease::v4(
+            subnet.parse().unwrap(),
+            public_ip.parse().unwrap(),
+            kind,
+            serde_json::Value::Null,
+        )
     }
 
     #[test]

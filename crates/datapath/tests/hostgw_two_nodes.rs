@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use weft_core::{Lease, LeaseAttrs, SubnetKey};
+use weft_core::{Lease, SubnetKey};
 use weft_datapath::hostgw::{HostGwBackend, ReconcileReport};
 
 use two_nodes::{is_root, run, udp_round_trip, BackendThread, TwoNodes};
@@ -64,10 +64,12 @@ impl Node {
 }
 
 fn lease(subnet: &str, public_ip: &str, backend: &str) -> Lease {
-    Lease {
-        subnet: SubnetKey::v4(subnet.parse().unwrap()),
-        attrs: LeaseAttrs::new(public_ip.parse().unwrap(), backend, serde_json::Value::Null),
-    }
+    Lease::v4(
+        subnet.parse().unwrap(),
+        public_ip.parse().unwrap(),
+        backend,
+        serde_json::Value::Null,
+    )
 }
 
 fn routes(ns: &str) -> String {

@@ -82,10 +82,12 @@ impl Node {
 }
 
 fn lease(subnet: &str, public_ip: &str, node: &Node) -> Lease {
-    Lease {
-        subnet: SubnetKey::v4(subnet.parse().unwrap()),
-        attrs: LeaseAttrs::new(public_ip.parse().unwrap(), "vxlan", node.backend_data.clone()),
-    }
+    Lease::v4(
+        subnet.parse().unwrap(),
+        public_ip.parse().unwrap(),
+        "vxlan",
+        node.backend_data.clone(),
+    )
 }
 
 fn neigh(ns: &str) -> String {

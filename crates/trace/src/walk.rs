@@ -995,10 +995,7 @@ mod tests {
     }
 
     fn vx_lease(subnet: &str, public_ip: &str, mac: &str) -> Lease {
-        Lease {
-            subnet: SubnetKey::v4(net(subnet)),
-            attrs: LeaseAttrs::new(ip(public_ip), "vxlan", json!({"VNI": 1, "VtepMAC": mac})),
-        }
+        Lease::v4(net(subnet), ip(public_ip), "vxlan", json!({"VNI": 1, "VtepMAC": mac}))
     }
 
     /// Node a (198.51.100.1, 10.5.1.0/24) tracing its pod 10.5.1.2 to node b's pod 10.5.2.3 over

@@ -21,7 +21,7 @@ use ipnet::Ipv4Net;
 use nix::sched::{setns, CloneFlags};
 use weft_control::etcd::EtcdOptions;
 use weft_core::config::VxlanOptions;
-use weft_core::{Lease, LeaseAttrs, SubnetKey};
+use weft_core::{Lease, SubnetKey};
 use weft_datapath::vxlan::VxlanBackend;
 use weft_trace::{render_json, render_text, run_trace, Cause, Trace, TraceOptions};
 
@@ -163,10 +163,12 @@ impl Node {
 }
 
 fn lease(subnet: &str, public_ip: &str, node: &Node) -> Lease {
-    Lease {
-        subnet: SubnetKey::v4(subnet.parse().unwrap()),
-        attrs: LeaseAttrs::new(public_ip.parse().unwrap(), "vxlan", node.backend_data.clone()),
-    }
+    Lease::v4(
+        subnet.parse().unwrap(),
+        public_ip.parse().unwrap(),
+        "vxlan",
+        node.backend_data.clone(),
+    )
 }
 
 fn lease_key(l: &Lease) -> String {

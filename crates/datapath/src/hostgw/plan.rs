@@ -167,7 +167,6 @@ pub fn plan(desired: &BTreeMap<Ipv4Net, RouteSpec>, actual: &[RouteInfo], topo: 
 mod tests {
     use super::*;
     use serde_json::json;
-    use weft_core::LeaseAttrs;
 
     const EXT: u32 = 2;
 
@@ -194,10 +193,7 @@ mod tests {
         } else {
             serde_json::Value::Null
         };
-        Lease {
-            subnet: SubnetKey::v4(net(subnet)),
-            attrs: LeaseAttrs::new(ip(public_ip), backend, data),
-        }
+        Lease::v4(net(subnet), ip(public_ip), backend, data)
     }
 
     fn route(dst: &str, gw: Option<&str>, oif: u32) -> RouteInfo {

@@ -144,13 +144,14 @@ impl PeerTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_core::LeaseAttrs;
 
     fn lease(subnet: &str, ip: &str, kind: &str) -> Lease {
-        Lease {
-            subnet: SubnetKey::v4(subnet.parse().unwrap()),
-            attrs: LeaseAttrs::new(ip.parse().unwrap(), kind, serde_json::Value::Null),
-        }
+        Lease::v4(
+            subnet.parse().unwrap(),
+            ip.parse().unwrap(),
+            kind,
+            serde_json::Value::Null,
+        )
     }
 
     #[test]

@@ -313,7 +313,6 @@ pub fn plan(desired: &DesiredState, actual: &ActualState, topo: &Topology) -> Ve
 mod tests {
     use super::*;
     use serde_json::json;
-    use weft_core::LeaseAttrs;
 
     const VX: u32 = 7;
     const EXT: u32 = 2;
@@ -341,10 +340,7 @@ mod tests {
     }
 
     fn lease(subnet: &str, public_ip: &str, backend: &str, data: serde_json::Value) -> Lease {
-        Lease {
-            subnet: SubnetKey::v4(net(subnet)),
-            attrs: LeaseAttrs::new(ip(public_ip), backend, data),
-        }
+        Lease::v4(net(subnet), ip(public_ip), backend, data)
     }
 
     fn vx_lease(subnet: &str, public_ip: &str, mac: &str) -> Lease {
