@@ -2,7 +2,6 @@
 //! username/password), the network config, leases (through [`crate::manager`]), and the watchers
 //! that keep the lease set and the config current. It owns every etcd call weft makes.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,11 +15,11 @@ use etcd_client::{
 use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use weft_core::{Lease, LeaseAttrs, NetworkConfig, SubnetKey};
+use weft_core::{Lease, LeaseAttrs, LeaseRecord, NetworkConfig, SubnetKey};
 
 use crate::error::ControlError;
 use crate::manager::{
-    self, lease_key, parse_lease, parse_leases, Backoff, KeeperOptions, LeaseKeeper, LeaseSnapshot, DEFAULT_LEASE_TTL,
+    self, lease_key, parse_leases, Backoff, KeeperOptions, LeaseKeeper, LeaseSnapshot, RefusalLog, DEFAULT_LEASE_TTL,
     DEFAULT_RENEW_MARGIN,
 };
 use crate::store::{config_key, subnets_prefix, StoredKey, SubnetStore};
@@ -54,6 +53,8 @@ pub struct EtcdOptions {
     pub dial_timeout: Duration,
     /// Timeout of each unary request (get, put, txn, grant...).
     pub request_timeout: Duration,
+    /// Check at least this often that our lease exists and etcd answers (at most 10 s).
+    pub check_every: Duration,
 }
 
 impl Default for EtcdOptions {
@@ -70,6 +71,7 @@ impl Default for EtcdOptions {
             renew_margin: DEFAULT_RENEW_MARGIN,
             dial_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            check_every: Duration::from_secs(10),
         }
     }
 }
@@ -81,6 +83,8 @@ pub struct LeaseWatcher {
     /// How many times the watch was re-established with a full listing (compaction, broken
     /// stream, etcd down).
     pub restarts: Arc<AtomicU64>,
+    /// How many times a record became refused (each is logged once, with its key and reason).
+    pub refusals: Arc<AtomicU64>,
     pub task: JoinHandle<()>,
 }
 
@@ -433,7 +437,9 @@ impl EtcdSubnetManager {
     }
 
     pub fn keeper_options(&self) -> KeeperOptions {
-        KeeperOptions::new(self.opts.lease_ttl, self.opts.renew_margin)
+        let mut opts = KeeperOptions::new(self.opts.lease_ttl, self.opts.renew_margin);
+        opts.check_every = opts.check_every.min(self.opts.check_every);
+        opts
     }
 
     /// Keeps `lease` alive in the background (see [`manager::spawn_lease_keeper`]). Pass the lease
@@ -448,17 +454,21 @@ impl EtcdSubnetManager {
     }
 
     /// Follows `<prefix>/subnets/`: a full listing, then a watch from the next revision; any
-    /// error or compaction means a new full listing (counted in `restarts`).
-    pub fn spawn_lease_watcher(self: &Arc<Self>) -> LeaseWatcher {
+    /// error or compaction means a new full listing (counted in `restarts`). Each snapshot says
+    /// which records `cfg` admits as leases.
+    pub fn spawn_lease_watcher(self: &Arc<Self>, cfg: &NetworkConfig) -> LeaseWatcher {
         let (tx, snapshots) = watch::channel(Arc::new(LeaseSnapshot::default()));
         let restarts = Arc::new(AtomicU64::new(0));
         let me = self.clone();
         let counter = restarts.clone();
+        let cfg = cfg.clone();
+        let mut refusal_log = RefusalLog::default();
+        let refusals = refusal_log.total.clone();
         let task = tokio::spawn(async move {
             let dir = subnets_prefix(&me.prefix);
             let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
             loop {
-                let Some(err) = me.follow_leases(&tx, &mut backoff).await else {
+                let Some(err) = me.follow_leases(&cfg, &tx, &mut refusal_log, &mut backoff).await else {
                     tracing::debug!(key = %dir, "periodic full listing of the leases");
                     continue;
                 };
@@ -472,6 +482,7 @@ impl EtcdSubnetManager {
         LeaseWatcher {
             snapshots,
             restarts,
+            refusals,
             task,
         }
     }
@@ -480,7 +491,9 @@ impl EtcdSubnetManager {
     /// stopped (`None`: time for the periodic full listing).
     async fn follow_leases(
         &self,
+        cfg: &NetworkConfig,
         tx: &watch::Sender<Arc<LeaseSnapshot>>,
+        refusal_log: &mut RefusalLog,
         backoff: &mut Backoff,
     ) -> Option<ControlError> {
         let dir = subnets_prefix(&self.prefix);
@@ -489,14 +502,8 @@ impl EtcdSubnetManager {
             Err(e) => return Some(e),
         };
         let resync_at = tokio::time::Instant::now() + RESYNC_EVERY;
-        let mut snap = LeaseSnapshot {
-            leases: parse_leases(&self.prefix, &stored)
-                .into_iter()
-                .map(|l| (l.subnet, l.attrs))
-                .collect::<BTreeMap<_, _>>(),
-            revision,
-            synced: true,
-        };
+        let mut snap = LeaseSnapshot::from_listing(cfg, &dir, &stored, revision);
+        refusal_log.update(&snap);
         tx.send_replace(Arc::new(snap.clone()));
         let mut watcher = self.client().watch_client();
         // From the listing's own revision, not the next: a compaction at exactly revision+1 would
@@ -539,30 +546,20 @@ impl EtcdSubnetManager {
             }
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let key = String::from_utf8_lossy(kv.key());
                 let Some(name) = key.strip_prefix(&dir) else { continue };
-                let Ok(subnet) = SubnetKey::parse(name) else {
-                    tracing::warn!(key = %key, "ignoring a malformed lease key");
-                    continue;
-                };
                 match ev.event_type() {
                     EventType::Delete => {
-                        snap.leases.remove(&subnet);
+                        snap.records.remove(name);
                     }
                     EventType::Put => {
-                        let stored = StoredKey {
-                            key: key.clone(),
-                            value: kv.value().to_vec(),
-                            lease_id: kv.lease(),
-                            mod_revision: kv.mod_revision(),
-                        };
-                        match parse_lease(&self.prefix, &stored) {
-                            Some(l) => snap.leases.insert(l.subnet, l.attrs),
-                            None => snap.leases.remove(&subnet),
-                        };
+                        let record = LeaseRecord::parse(name, kv.value(), kv.create_revision());
+                        snap.records.insert(name.to_string(), record);
                     }
                 }
             }
+            snap.admit(cfg);
+            refusal_log.update(&snap);
             tx.send_replace(Arc::new(snap.clone()));
         }
     }
@@ -684,6 +681,7 @@ impl SubnetStore for EtcdSubnetManager {
             value: kv.value().to_vec(),
             lease_id: kv.lease(),
             mod_revision: kv.mod_revision(),
+            create_revision: kv.create_revision(),
         }))
     }
 
@@ -701,6 +699,7 @@ impl SubnetStore for EtcdSubnetManager {
                 value: kv.value().to_vec(),
                 lease_id: kv.lease(),
                 mod_revision: kv.mod_revision(),
+                create_revision: kv.create_revision(),
             })
             .collect();
         Ok((found, revision))

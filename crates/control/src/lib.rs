@@ -9,7 +9,7 @@ pub mod store;
 
 pub use error::ControlError;
 pub use etcd::{EtcdOptions, EtcdSubnetManager, LeaseWatcher};
-pub use manager::{KeeperOptions, LeaseHealth, LeaseKeeper, LeaseSnapshot};
+pub use manager::{KeeperOptions, LeaseHealth, LeaseKeeper, LeaseSnapshot, RefusalLog};
 pub use memory::MemoryStore;
 pub use store::{StoredKey, SubnetStore};
 pub mod etcd_args;

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use weft_core::{choose_subnet, Allocation, Lease, LeaseAttrs, NetworkConfig, SubnetKey};
+use weft_core::{
+    admit, choose_subnet, Allocation, Lease, LeaseAttrs, LeaseRecord, NetworkConfig, Refusal, Refused, SubnetKey,
+};
 
 use crate::error::ControlError;
 use crate::store::{subnets_prefix, StoredKey, SubnetStore};
@@ -23,10 +25,17 @@ pub const DEFAULT_RENEW_MARGIN: Duration = Duration::from_secs(3600);
 /// How many times a lost create-if-absent race is retried with a fresh listing.
 const ACQUIRE_ATTEMPTS: u32 = 5;
 
-/// Every lease under `<prefix>/subnets/`, always the full current set.
+/// Every record under `<prefix>/subnets/`, always the full current set, and the leases among
+/// them a node acts on (see [`weft_core::admission`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LeaseSnapshot {
+    /// Every record, by its key below the subnets directory (a nested or malformed key is its
+    /// own record: deleting it touches no other).
+    pub records: BTreeMap<String, LeaseRecord>,
+    /// The admitted leases: what backends program.
     pub leases: BTreeMap<SubnetKey, LeaseAttrs>,
+    /// The records not acted on, and why.
+    pub refused: Vec<Refused>,
     /// The store revision this set reflects.
     pub revision: i64,
     /// False until the first full listing, and again while the watch is being re-established
@@ -35,6 +44,37 @@ pub struct LeaseSnapshot {
 }
 
 impl LeaseSnapshot {
+    /// The snapshot of a full listing of the subnets directory `dir`.
+    pub fn from_listing(cfg: &NetworkConfig, dir: &str, stored: &[StoredKey], revision: i64) -> Self {
+        let records = stored
+            .iter()
+            .filter_map(|s| {
+                let name = s.key.strip_prefix(dir)?;
+                Some((name.to_string(), LeaseRecord::parse(name, &s.value, s.create_revision)))
+            })
+            .collect();
+        let mut snap = LeaseSnapshot {
+            records,
+            revision,
+            synced: true,
+            ..Default::default()
+        };
+        snap.admit(cfg);
+        snap
+    }
+
+    /// Decides again which records are leases, after `records` changed.
+    pub fn admit(&mut self, cfg: &NetworkConfig) {
+        let admission = admit(cfg, self.records.values());
+        self.leases = admission.leases;
+        self.refused = admission.refused;
+    }
+
+    /// The record stored for `subnet`, parsed, whether admitted or not.
+    pub fn record_of(&self, subnet: &SubnetKey) -> Option<&Lease> {
+        self.records.get(&subnet.to_key())?.parsed.as_ref().ok()
+    }
+
     pub fn to_leases(&self) -> Vec<Lease> {
         self.leases
             .iter()
@@ -45,9 +85,39 @@ impl LeaseSnapshot {
             .collect()
     }
 
-    /// Every lease but `own`: the peers a backend programs routes for.
+    /// Every admitted lease but `own`: the peers a backend programs routes for.
     pub fn remote_leases(&self, own: &SubnetKey) -> Vec<Lease> {
         self.to_leases().into_iter().filter(|l| l.subnet != *own).collect()
+    }
+}
+
+/// Says each refusal once: a warning when a record is first refused (or refused for a new
+/// reason), a note when it is admitted again, nothing while it stays as it was.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    current: BTreeMap<String, Refusal>,
+    /// Records that became refused, over the life of the log.
+    pub total: Arc<AtomicU64>,
+}
+
+impl RefusalLog {
+    pub fn update(&mut self, snap: &LeaseSnapshot) {
+        let mut now = BTreeMap::new();
+        for r in &snap.refused {
+            if self.current.get(&r.name) != Some(&r.reason) {
+                tracing::warn!(key = %r.name, reason = r.reason.label(), "{r}; nothing is programmed for it");
+                self.total.fetch_add(1, Ordering::Relaxed);
+            }
+            now.insert(r.name.clone(), r.reason.clone());
+        }
+        for name in self.current.keys().filter(|n| !now.contains_key(*n)) {
+            if snap.records.contains_key(name) {
+                tracing::info!(key = %name, "lease {name} is admitted now");
+            } else {
+                tracing::info!(key = %name, "refused lease {name} was removed");
+            }
+        }
+        self.current = now;
     }
 }
 
@@ -80,6 +150,24 @@ impl LeaseHealth {
                 Err(format!("etcd unreachable for {}s: {error}", since.elapsed().as_secs()))
             }
         }
+    }
+
+    /// As /healthz judges it: unhealthy when the lease is lost, or when etcd last answered
+    /// `grace` or longer ago (counted from that answer, not from the first failed request, and
+    /// whether or not a request is still waiting for an answer).
+    pub fn check_with_grace(&self, last_contact: Instant, grace: Duration) -> Result<(), String> {
+        if let LeaseHealth::Lost { .. } = self {
+            return self.check();
+        }
+        let silent = last_contact.elapsed();
+        if silent < grace {
+            return Ok(());
+        }
+        let why = match self {
+            LeaseHealth::EtcdUnreachable { error, .. } => error.as_str(),
+            _ => "no answer yet",
+        };
+        Err(format!("etcd unreachable for {}s: {why}", silent.as_secs()))
     }
 }
 
@@ -272,6 +360,8 @@ pub struct LeaseKeeper {
     pub lease: watch::Receiver<Lease>,
     /// Successful renewals (keep-alives).
     pub renewals: Arc<AtomicU64>,
+    /// When the store last answered the keeper.
+    pub last_contact: watch::Receiver<Instant>,
     pub task: JoinHandle<()>,
 }
 
@@ -287,7 +377,9 @@ pub fn spawn_lease_keeper<S: SubnetStore>(
     let (health_tx, health) = watch::channel(LeaseHealth::Held);
     let (lease_tx, lease_rx) = watch::channel(lease.clone());
     let renewals = Arc::new(AtomicU64::new(0));
+    let (contact_tx, last_contact) = watch::channel(Instant::now());
     let keeper = Keeper {
+        contact_tx,
         store,
         cfg,
         attrs: lease.attrs.clone(),
@@ -303,6 +395,7 @@ pub fn spawn_lease_keeper<S: SubnetStore>(
         health,
         lease: lease_rx,
         renewals,
+        last_contact,
         task,
     }
 }
@@ -315,6 +408,7 @@ struct Keeper<S> {
     opts: KeeperOptions,
     health_tx: watch::Sender<LeaseHealth>,
     lease_tx: watch::Sender<Lease>,
+    contact_tx: watch::Sender<Instant>,
     renewals: Arc<AtomicU64>,
     next_renew: tokio::time::Instant,
 }
@@ -326,6 +420,7 @@ impl<S: SubnetStore> Keeper<S> {
             let delay = match self.check().await {
                 Ok(()) => {
                     backoff.reset();
+                    self.contact_tx.send_replace(Instant::now());
                     self.health_tx.send_replace(LeaseHealth::Held);
                     self.opts.check_every
                 }
@@ -344,6 +439,7 @@ impl<S: SubnetStore> Keeper<S> {
                     backoff.next_delay()
                 }
                 Err(Failure::Lost(reason)) => {
+                    self.contact_tx.send_replace(Instant::now());
                     tracing::error!(subnet = %self.subnet, "subnet lease lost: {reason}");
                     self.health_tx.send_modify(|h| {
                         if !matches!(h, LeaseHealth::Lost { .. }) {
@@ -463,7 +559,7 @@ async fn own_lease_changed(
     loop {
         rx.changed().await?;
         let snap = rx.borrow_and_update();
-        if snap.synced && snap.leases.get(&own) != Some(attrs) {
+        if snap.synced && snap.record_of(&own).map(|l| &l.attrs) != Some(attrs) {
             return Ok(());
         }
     }

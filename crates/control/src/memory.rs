@@ -27,6 +27,7 @@ struct Entry {
     value: Vec<u8>,
     lease_id: i64,
     mod_revision: i64,
+    create_revision: i64,
 }
 
 /// The value another node writes when a test makes it win a race.
@@ -130,12 +131,14 @@ impl Inner {
     fn write(&mut self, key: &str, value: Vec<u8>, lease_id: i64) {
         self.revision += 1;
         let mod_revision = self.revision;
+        let create_revision = self.keys.get(key).map_or(mod_revision, |e| e.create_revision);
         self.keys.insert(
             key.to_string(),
             Entry {
                 value,
                 lease_id,
                 mod_revision,
+                create_revision,
             },
         );
     }
@@ -161,6 +164,7 @@ impl Inner {
             value: e.value.clone(),
             lease_id: e.lease_id,
             mod_revision: e.mod_revision,
+            create_revision: e.create_revision,
         }
     }
 }

@@ -15,6 +15,8 @@ pub struct StoredKey {
     /// The store lease the key is bound to (0: none).
     pub lease_id: i64,
     pub mod_revision: i64,
+    /// The revision the key was created at: the older lease wins a conflict.
+    pub create_revision: i64,
 }
 
 pub trait SubnetStore: Send + Sync + 'static {

@@ -213,7 +213,7 @@ async fn a_lease_deleted_by_someone_else_is_recreated() {
     let cfg = m.put_config(CONFIG).await.unwrap();
     let lease = m.acquire_lease(&cfg, attrs(1), None).await.unwrap();
     let (logs, _guard) = LogCapture::install();
-    let watcher = m.spawn_lease_watcher();
+    let watcher = m.spawn_lease_watcher(&cfg);
     let keeper = m.spawn_lease_keeper(cfg, lease.clone(), Some(watcher.snapshots.clone()));
     let key = format!("/coreos.com/network/subnets/{}", lease.subnet.to_key());
 
@@ -282,7 +282,7 @@ async fn watcher_follows_puts_deletes_and_recovers_after_compaction_and_an_outag
     let mut etcd = EtcdServer::start();
     let m = manager(&etcd).await;
     let (logs, _guard) = LogCapture::install();
-    let w = m.spawn_lease_watcher();
+    let w = m.spawn_lease_watcher(&NetworkConfig::parse(CONFIG).unwrap());
     let mut snaps = w.snapshots.clone();
     let mut c = etcd.client().await;
     let k1 = SubnetKey::v4("10.5.1.0/24".parse().unwrap());
@@ -311,6 +311,39 @@ async fn watcher_follows_puts_deletes_and_recovers_after_compaction_and_an_outag
     c.put(key(&k2), attrs(2).to_json(), None).await.unwrap();
     assert!(wait(&mut snaps, vec![k1, k2]).await);
     assert_eq!(snaps.borrow().leases[&k2], attrs(2));
+    // A key nested below the subnets directory that ends in k2's subnet is refused, and neither
+    // its put nor its delete touches k2's lease.
+    let nested = "/coreos.com/network/subnets/x/10.5.2.0-24";
+    let refusals = w.refusals.load(Ordering::Relaxed);
+    c.put(nested, attrs(9).to_json(), None).await.unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(15),
+        snaps.wait_for(|s| s.refused.iter().any(|r| r.name == "x/10.5.2.0-24")),
+    )
+    .await
+    .expect("the nested key is refused")
+    .unwrap()
+    .clone();
+    let why = refused.refused.iter().find(|r| r.name == "x/10.5.2.0-24").unwrap();
+    assert_eq!(why.reason.label(), "nested_key");
+    assert_eq!(refused.leases.keys().copied().collect::<Vec<_>>(), vec![k1, k2]);
+    assert_eq!(
+        w.refusals.load(Ordering::Relaxed),
+        refusals + 1,
+        "the nested key is counted once"
+    );
+    c.delete(nested, None).await.unwrap();
+    let after = tokio::time::timeout(Duration::from_secs(15), snaps.wait_for(|s| s.refused.len() == 1))
+        .await
+        .expect("the nested key's delete is seen")
+        .unwrap()
+        .clone();
+    assert_eq!(after.leases[&k2], attrs(2), "k2 survives the nested key's delete");
+    assert!(
+        logs.text().contains("lease x/10.5.2.0-24 refused: the key is nested"),
+        "{}",
+        logs.text()
+    );
     c.delete(key(&k1), None).await.unwrap();
     assert!(wait(&mut snaps, vec![k2]).await);
 

@@ -4,14 +4,17 @@
 //! subnet.env, docker options) and the pure decisions built on them (subnet allocation, the
 //! masquerade/forward rule sets). It must not touch the kernel, the network, files or clocks.
 
+pub mod admission;
 pub mod allocate;
 pub mod config;
 pub mod docker_opts;
 pub mod lease;
+pub mod mac;
 pub mod masq;
 pub mod peer_file;
 pub mod subnet_env;
 
+pub use admission::{admit, Admission, LeaseRecord, Refusal, Refused};
 pub use allocate::{choose_subnet, AllocError, Allocation};
 pub use config::{BackendKind, ConfigError, NetworkConfig};
 pub use lease::{Lease, LeaseAttrs, LeaseError, SubnetKey};

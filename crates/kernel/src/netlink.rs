@@ -191,24 +191,7 @@ pub struct AddrInfo {
     pub addr: Ipv4Net,
 }
 
-/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff` (case-insensitive).
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in mac.iter_mut() {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
+pub use weft_core::mac::{format_mac, parse_mac};
 
 /// A random unicast, locally administered MAC.
 pub fn random_mac() -> [u8; 6] {

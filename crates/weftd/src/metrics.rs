@@ -5,6 +5,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use weft_core::{Refusal, Refused};
+
 #[derive(Default)]
 pub struct Metrics {
     pub backend: &'static str,
@@ -19,6 +21,10 @@ pub struct Metrics {
     pub watch_restarts: Arc<AtomicU64>,
     pub lease_renewals: Arc<AtomicU64>,
     pub lease_held: AtomicU64,
+    /// Records under the subnets directory refused now, by [`Refusal::LABELS`].
+    pub leases_refused: [AtomicU64; Refusal::LABELS.len()],
+    /// Shared with the lease watcher: records that became refused.
+    pub lease_refusals: Arc<AtomicU64>,
     /// Extra lines from the backend (udp packet counters), in exposition format, refreshed on
     /// every reconcile.
     pub backend_page: std::sync::Mutex<Option<String>>,
@@ -32,6 +38,14 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, labels: &str, va
 }
 
 impl Metrics {
+    /// Sets the refused-records gauges from the watcher's latest snapshot.
+    pub fn set_refused(&self, refused: &[Refused]) {
+        for (i, label) in Refusal::LABELS.iter().enumerate() {
+            let n = refused.iter().filter(|r| r.reason.label() == *label).count();
+            self.leases_refused[i].store(n as u64, Ordering::Relaxed);
+        }
+    }
+
     pub fn render(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let b = format!("{{backend=\"{}\"}}", self.backend);
@@ -43,6 +57,20 @@ impl Metrics {
             "Leases in the cluster, ours included.",
             "",
             get(&self.leases),
+        );
+        out.push_str(
+            "# HELP weft_leases_refused Records under the subnets directory not acted on now, by reason.\n# TYPE weft_leases_refused gauge\n",
+        );
+        for (label, n) in Refusal::LABELS.iter().zip(&self.leases_refused) {
+            let _ = writeln!(out, "weft_leases_refused{{reason=\"{label}\"}} {}", get(n));
+        }
+        metric(
+            &mut out,
+            "weft_lease_refusals_total",
+            "counter",
+            "Times a record under the subnets directory became refused (each is logged once).",
+            "",
+            get(&self.lease_refusals),
         );
         metric(
             &mut out,
@@ -133,5 +161,18 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("\nweft_leases 2\n"), "{page}");
+        m.set_refused(&[Refused {
+            name: "x/10.5.1.0-24".into(),
+            reason: Refusal::Nested,
+        }]);
+        let page = m.render();
+        assert!(
+            page.contains("\nweft_leases_refused{reason=\"nested_key\"} 1\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("\nweft_leases_refused{reason=\"conflict\"} 0\n"),
+            "{page}"
+        );
     }
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::signal::unix::{signal, SignalKind};
 use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
-use weft_control::manager::LeaseHealth;
 use weft_core::masq::FirewallPlan;
 use weft_core::peer_file::{self, PeerEntry};
 use weft_core::{BackendKind, Lease, LeaseAttrs, NetworkConfig, SubnetEnv};
@@ -39,6 +38,9 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
 
     let etcd = EtcdSubnetManager::connect_with_retry(EtcdOptions {
         renew_margin: Duration::from_secs(flags.subnet_lease_renew_margin * 60),
+        // Often enough that /healthz notices a silent etcd within a second or two of the grace.
+        check_every: (Duration::from_secs(flags.healthz_etcd_grace) / 4)
+            .clamp(Duration::from_millis(500), Duration::from_secs(10)),
         ..flags.etcd.options()
     })
     .await
@@ -231,7 +233,7 @@ impl Node {
             .with_context(|| format!("writing {}", flags.subnet_file.display()))?;
         tracing::info!(file = %flags.subnet_file.display(), subnet = %env.subnet, mtu = env.mtu, "wrote subnet file");
 
-        let watcher = etcd.spawn_lease_watcher();
+        let watcher = etcd.spawn_lease_watcher(&cfg);
         let keeper = etcd.spawn_lease_keeper(cfg.clone(), lease.clone(), Some(watcher.snapshots.clone()));
         let _config_watch = etcd.spawn_config_watcher(cfg.clone());
 
@@ -239,17 +241,16 @@ impl Node {
             backend: cfg.backend.name(),
             watch_restarts: watcher.restarts.clone(),
             lease_renewals: keeper.renewals.clone(),
+            lease_refusals: watcher.refusals.clone(),
             ..Default::default()
         });
         metrics.lease_held.store(1, Ordering::Relaxed);
         spawn_firewall(&flags, &cfg, &lease, metrics.clone());
         let health: HealthCheck = {
             let health = keeper.health.clone();
+            let last_contact = keeper.last_contact.clone();
             let grace = Duration::from_secs(flags.healthz_etcd_grace);
-            Arc::new(move || match &*health.borrow() {
-                LeaseHealth::EtcdUnreachable { since, .. } if since.elapsed() < grace => Ok(()),
-                other => other.check(),
-            })
+            Arc::new(move || health.borrow().check_with_grace(*last_contact.borrow(), grace))
         };
         let page: MetricsPage = {
             let metrics = metrics.clone();
@@ -317,6 +318,7 @@ impl Node {
                 continue;
             }
             metrics.leases.store(snapshot.leases.len() as u64, Ordering::Relaxed);
+            metrics.set_refused(&snapshot.refused);
             if let Some(page) = datapath.metrics_page() {
                 *metrics.backend_page.lock().expect("metrics lock") = Some(page);
             }

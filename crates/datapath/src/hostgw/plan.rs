@@ -111,16 +111,15 @@ impl std::fmt::Display for Action {
 }
 
 /// Is this main-table route one the host-gw backend manages? Routes into the cluster network
-/// (narrower than it) through the external interface via a gateway, except the route to our
-/// own subnet and kernel-made connected routes.
+/// (the whole network and supernets of our subnet included: only a bad lease could have put
+/// those there) through the external interface via a gateway, except the route to our own
+/// subnet and kernel-made connected routes.
 pub fn is_ours(route: &RouteInfo, topo: &Topology) -> bool {
     route.oif == Some(topo.ext_index)
         && route.gateway.is_some()
         && route.protocol != RTPROT_KERNEL
         && topo.network.contains(&route.dst)
-        && route.dst.prefix_len() > topo.network.prefix_len()
         && !topo.own_subnet.contains(&route.dst)
-        && !route.dst.contains(&topo.own_subnet)
 }
 
 /// The changes that turn the actual main-table routes into the desired ones: stale routes out
@@ -349,14 +348,30 @@ mod tests {
             // Our own subnet, even via a gateway on the external interface.
             route("10.5.1.0/24", Some("198.51.100.7"), EXT),
             route("10.5.1.0/25", Some("198.51.100.7"), EXT),
-            // Outside the cluster network, or the whole network.
+            // Outside the cluster network.
             route("192.0.2.0/24", Some("198.51.100.7"), EXT),
-            route("10.5.0.0/16", Some("198.51.100.7"), EXT),
+            route("10.0.0.0/8", Some("198.51.100.7"), EXT),
             // No gateway, or another device.
             route("10.5.4.0/24", None, EXT),
             route("10.5.6.0/24", Some("10.5.6.1"), 99),
             connected,
         ];
         assert_eq!(plan(&BTreeMap::new(), &actual, &topo()), vec![]);
+    }
+
+    #[test]
+    fn routes_a_bad_lease_left_for_the_whole_network_or_a_supernet_are_deleted() {
+        let actual = [
+            route("10.5.0.0/16", Some("198.51.100.7"), EXT),
+            route("10.5.0.0/23", Some("198.51.100.7"), EXT),
+        ];
+        let deleted: Vec<_> = plan(&BTreeMap::new(), &actual, &topo())
+            .into_iter()
+            .map(|a| match a {
+                Action::DeleteRoute { spec, .. } => spec.dst.to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(deleted, ["10.5.0.0/16", "10.5.0.0/23"]);
     }
 }

@@ -194,20 +194,19 @@ impl std::fmt::Display for Action {
     }
 }
 
-/// Is this main-table route one the vxlan backend manages? Routes inside the cluster network
-/// through the VXLAN device, or through the external interface via a gateway (direct routing),
-/// except the route to our own subnet and kernel-made connected routes.
+/// Is this main-table route one the vxlan backend manages? Routes through the VXLAN device into
+/// the cluster network, the whole network and its supernets included (only a bad lease could have
+/// put those there), or through the external interface via a gateway into part of the network
+/// (direct routing); never the route to our own subnet or a kernel-made connected route.
 fn is_ours(route: &RouteInfo, topo: &Topology) -> bool {
     let Some(oif) = route.oif else { return false };
-    if route.protocol == RTPROT_KERNEL
-        || !topo.network.contains(&route.dst)
-        || route.dst.prefix_len() <= topo.network.prefix_len()
-        || topo.own_subnet.contains(&route.dst)
-        || route.dst.contains(&topo.own_subnet)
-    {
+    if route.protocol == RTPROT_KERNEL || topo.own_subnet.contains(&route.dst) {
         return false;
     }
-    oif == topo.vxlan_index || (oif == topo.ext_index && route.gateway.is_some())
+    let overlaps_network = topo.network.contains(&route.dst) || route.dst.contains(&topo.network);
+    let inside_network = topo.network.contains(&route.dst) && route.dst.prefix_len() > topo.network.prefix_len();
+    (oif == topo.vxlan_index && overlaps_network)
+        || (oif == topo.ext_index && route.gateway.is_some() && inside_network && !route.dst.contains(&topo.own_subnet))
 }
 
 /// The changes that turn `actual` into `desired`, in a safe order: stale routes out first,
@@ -574,8 +573,6 @@ mod tests {
                 route("10.5.1.0/25", Some("10.5.1.9"), EXT, false),
                 // Outside the cluster network.
                 route("192.0.2.0/24", Some("10.5.2.0"), VX, true),
-                // The whole network (udp-style), not one subnet.
-                route("10.5.0.0/16", None, VX, false),
                 // Inside the network on the external interface but with no gateway.
                 route("10.5.4.0/24", None, EXT, false),
                 // Some other device.
@@ -676,5 +673,28 @@ mod tests {
             plan(&DesiredState::default(), &actual, &t),
             vec![Action::DeleteRoute { spec, metric: 0 }]
         );
+    }
+
+    #[test]
+    fn routes_a_bad_lease_left_through_the_device_are_deleted() {
+        let t = topo();
+        let actual = ActualState {
+            routes: vec![
+                // The whole network, a supernet of our subnet, part of a peer's subnet, beyond the network.
+                route("10.5.0.0/16", Some("10.5.0.0"), VX, true),
+                route("10.5.0.0/23", Some("10.5.0.0"), VX, true),
+                route("10.5.2.0/25", Some("10.5.2.0"), VX, true),
+                route("10.0.0.0/8", Some("10.0.0.0"), VX, true),
+            ],
+            ..ActualState::default()
+        };
+        let deleted: Vec<_> = plan(&DesiredState::default(), &actual, &t)
+            .into_iter()
+            .map(|a| match a {
+                Action::DeleteRoute { spec, .. } => spec.dst.to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(deleted, ["10.5.0.0/16", "10.5.0.0/23", "10.5.2.0/25", "10.0.0.0/8"]);
     }
 }

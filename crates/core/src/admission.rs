@@ -1,0 +1,595 @@
+//! Which lease records a node acts on. Every node runs this same decision over the same etcd
+//! records, so all nodes agree without talking: a record is refused when it is malformed, does
+//! not fit the network config, or claims what an older lease already holds (its subnet, its
+//! PublicIP, its VtepMAC); the oldest record by etcd create revision keeps what it claims, and a
+//! refused record is admitted again once its conflict is gone. Nothing here knows which node is
+//! asking: "is it my own lease" is the backends' question, not this one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::config::{BackendKind, NetworkConfig};
+use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::mac::{format_mac, is_unicast_mac, parse_mac};
+
+/// One record under `<prefix>/subnets/`, parsed once when it is read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseRecord {
+    /// The key below the subnets directory, e.g. `10.5.34.0-24`.
+    pub name: String,
+    /// etcd's create revision: the older record wins a conflict.
+    pub created: i64,
+    pub parsed: Result<Lease, Refusal>,
+}
+
+impl LeaseRecord {
+    /// Parses the record stored at `<subnets dir><name>`.
+    pub fn parse(name: &str, value: &[u8], created: i64) -> Self {
+        LeaseRecord {
+            name: name.to_string(),
+            created,
+            parsed: parse(name, value),
+        }
+    }
+}
+
+fn parse(name: &str, value: &[u8]) -> Result<Lease, Refusal> {
+    if name.contains('/') {
+        return Err(Refusal::Nested);
+    }
+    let subnet = SubnetKey::parse(name).map_err(|_| Refusal::BadKey)?;
+    let attrs = LeaseAttrs::from_json(name, value).map_err(|e| match e {
+        crate::LeaseError::BadValue { reason, .. } => Refusal::BadValue(reason),
+        crate::LeaseError::BadKey { .. } => Refusal::BadKey,
+    })?;
+    Ok(Lease { subnet, attrs })
+}
+
+/// Why a record is not acted on. The text completes "lease <key> refused: ".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the key is nested below the subnets directory; a lease key is one path element such as 10.5.34.0-24")]
+    Nested,
+    #[error("the key is not a subnet such as 10.5.34.0-24 (or 10.5.34.0-24&fc00:0:0:1::-64)")]
+    BadKey,
+    #[error("the value is not lease JSON such as {{\"PublicIP\":\"192.0.2.1\",\"PublicIPv6\":null}}: {0}")]
+    BadValue(String),
+    #[error("subnet {subnet} is not inside Network {network}")]
+    OutsideNetwork { subnet: String, network: String },
+    #[error("subnet {subnet} is a /{len} but the network's subnets are /{want} ({key} in the network config)")]
+    WrongLength {
+        subnet: String,
+        len: u8,
+        want: u8,
+        key: &'static str,
+    },
+    #[error("PublicIP {ip} is {why}: no node can be reached there")]
+    BadPublicIp { ip: IpAddr, why: &'static str },
+    #[error("BackendType {theirs:?} is not this network's backend {ours:?}")]
+    OtherBackend { theirs: String, ours: &'static str },
+    #[error("BackendData {0}")]
+    BadBackendData(String),
+    #[error("its {what} {value} is already held by the older lease {holder}")]
+    Conflict {
+        what: &'static str,
+        value: String,
+        holder: String,
+    },
+}
+
+impl Refusal {
+    /// Every label [`Refusal::label`] returns, for metrics that list each one.
+    pub const LABELS: [&'static str; 9] = [
+        "nested_key",
+        "malformed_key",
+        "malformed_value",
+        "outside_network",
+        "wrong_subnet_len",
+        "bad_public_ip",
+        "other_backend",
+        "bad_backend_data",
+        "conflict",
+    ];
+
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        let i = match self {
+            Refusal::Nested => 0,
+            Refusal::BadKey => 1,
+            Refusal::BadValue(_) => 2,
+            Refusal::OutsideNetwork { .. } => 3,
+            Refusal::WrongLength { .. } => 4,
+            Refusal::BadPublicIp { .. } => 5,
+            Refusal::OtherBackend { .. } => 6,
+            Refusal::BadBackendData(_) => 7,
+            Refusal::Conflict { .. } => 8,
+        };
+        Self::LABELS[i]
+    }
+}
+
+/// A record that is not acted on, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub name: String,
+    pub reason: Refusal,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "lease {} refused: {}", self.name, self.reason)
+    }
+}
+
+/// The outcome of [`admit`]: the leases to act on, by subnet, and the records refused.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Admission {
+    pub leases: BTreeMap<SubnetKey, LeaseAttrs>,
+    pub refused: Vec<Refused>,
+}
+
+/// Decides which records are leases to act on. Valid records claim their IPv4 subnet, IPv6
+/// subnet, PublicIP, PublicIPv6 and (vxlan) VtepMAC oldest first; a record that claims anything
+/// an older one holds is refused, naming the holder.
+pub fn admit<'a>(cfg: &NetworkConfig, records: impl IntoIterator<Item = &'a LeaseRecord>) -> Admission {
+    let mut refused = Vec::new();
+    let mut valid = Vec::new();
+    for record in records {
+        match record.parsed.as_ref().map_err(Clone::clone).and_then(|l| check(cfg, l)) {
+            Ok(vtep_mac) => valid.push((record, vtep_mac)),
+            Err(reason) => refused.push(Refused {
+                name: record.name.clone(),
+                reason,
+            }),
+        }
+    }
+    valid.sort_by(|(a, _), (b, _)| (a.created, &a.name).cmp(&(b.created, &b.name)));
+
+    let mut holders: HashMap<Claim, &str> = HashMap::new();
+    let mut leases = BTreeMap::new();
+    for (record, vtep_mac) in valid {
+        let Ok(lease) = &record.parsed else { continue };
+        let claims = claims(lease, vtep_mac);
+        if let Some((claim, holder)) = claims.iter().find_map(|c| holders.get(c).map(|h| (c, *h))) {
+            refused.push(Refused {
+                name: record.name.clone(),
+                reason: Refusal::Conflict {
+                    what: claim.what(),
+                    value: claim.to_string(),
+                    holder: holder.to_string(),
+                },
+            });
+            continue;
+        }
+        for claim in claims {
+            holders.insert(claim, &record.name);
+        }
+        leases.insert(lease.subnet, lease.attrs.clone());
+    }
+    refused.sort_by(|a, b| a.name.cmp(&b.name));
+    Admission { leases, refused }
+}
+
+/// What a lease holds exclusively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Claim {
+    Subnet(Ipv4Net),
+    Ipv6Subnet(Ipv6Net),
+    PublicIp(Ipv4Addr),
+    PublicIpv6(Ipv6Addr),
+    VtepMac([u8; 6]),
+}
+
+impl Claim {
+    fn what(&self) -> &'static str {
+        match self {
+            Claim::Subnet(_) => "subnet",
+            Claim::Ipv6Subnet(_) => "IPv6 subnet",
+            Claim::PublicIp(_) => "PublicIP",
+            Claim::PublicIpv6(_) => "PublicIPv6",
+            Claim::VtepMac(_) => "VtepMAC",
+        }
+    }
+}
+
+impl fmt::Display for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Claim::Subnet(n) => write!(f, "{n}"),
+            Claim::Ipv6Subnet(n) => write!(f, "{n}"),
+            Claim::PublicIp(ip) => write!(f, "{ip}"),
+            Claim::PublicIpv6(ip) => write!(f, "{ip}"),
+            Claim::VtepMac(mac) => write!(f, "{}", format_mac(mac)),
+        }
+    }
+}
+
+fn claims(lease: &Lease, vtep_mac: Option<[u8; 6]>) -> Vec<Claim> {
+    let mut claims = vec![Claim::Subnet(lease.subnet.ipv4), Claim::PublicIp(lease.attrs.public_ip)];
+    claims.extend(lease.subnet.ipv6.map(Claim::Ipv6Subnet));
+    claims.extend(lease.attrs.public_ipv6.map(Claim::PublicIpv6));
+    claims.extend(vtep_mac.map(Claim::VtepMac));
+    claims
+}
+
+/// The checks of one lease against the network config; returns its VtepMAC for vxlan.
+fn check(cfg: &NetworkConfig, lease: &Lease) -> Result<Option<[u8; 6]>, Refusal> {
+    let subnet = lease.subnet.ipv4;
+    if !cfg.network.contains(&subnet) || subnet.prefix_len() <= cfg.network.prefix_len() {
+        return Err(Refusal::OutsideNetwork {
+            subnet: subnet.to_string(),
+            network: cfg.network.to_string(),
+        });
+    }
+    if subnet.prefix_len() != cfg.subnet_len {
+        return Err(Refusal::WrongLength {
+            subnet: subnet.to_string(),
+            len: subnet.prefix_len(),
+            want: cfg.subnet_len,
+            key: "SubnetLen",
+        });
+    }
+    if let (Some(v6), Some(network)) = (lease.subnet.ipv6, cfg.ipv6_network) {
+        if !network.contains(&v6) || v6.prefix_len() <= network.prefix_len() {
+            return Err(Refusal::OutsideNetwork {
+                subnet: v6.to_string(),
+                network: network.to_string(),
+            });
+        }
+        if v6.prefix_len() != cfg.ipv6_subnet_len {
+            return Err(Refusal::WrongLength {
+                subnet: v6.to_string(),
+                len: v6.prefix_len(),
+                want: cfg.ipv6_subnet_len,
+                key: "IPv6SubnetLen",
+            });
+        }
+    }
+    if let Some(why) = unreachable_ipv4(lease.attrs.public_ip, cfg.network) {
+        return Err(Refusal::BadPublicIp {
+            ip: lease.attrs.public_ip.into(),
+            why,
+        });
+    }
+    if let Some(ip) = lease.attrs.public_ipv6 {
+        if let Some(why) = unreachable_ipv6(ip) {
+            return Err(Refusal::BadPublicIp { ip: ip.into(), why });
+        }
+    }
+    let theirs = lease.attrs.backend_type.as_str();
+    let ours = cfg.backend.lease_backend_type();
+    let same_backend = theirs == ours || (cfg.backend == BackendKind::Udp && theirs == "udp");
+    if !same_backend {
+        return Err(Refusal::OtherBackend {
+            theirs: theirs.to_string(),
+            ours,
+        });
+    }
+    match cfg.backend {
+        BackendKind::Vxlan => vxlan_data(&lease.attrs.backend_data, cfg.vxlan.vni).map(Some),
+        BackendKind::HostGw | BackendKind::Udp => Ok(None),
+    }
+}
+
+/// Why `ip` cannot be a node's underlay address, if it cannot.
+fn unreachable_ipv4(ip: Ipv4Addr, network: Ipv4Net) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_loopback() {
+        Some("a loopback address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip.is_broadcast() {
+        Some("the broadcast address")
+    } else if ip.octets()[0] >= 240 {
+        Some("a reserved (class E) address")
+    } else if network.contains(&ip) {
+        Some("inside the cluster Network, so the tunnel would be routed into itself")
+    } else {
+        None
+    }
+}
+
+fn unreachable_ipv6(ip: Ipv6Addr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_loopback() {
+        Some("a loopback address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else {
+        None
+    }
+}
+
+/// vxlan's BackendData: a unicast VtepMAC, and our VNI when it names one.
+fn vxlan_data(data: &serde_json::Value, vni: u32) -> Result<[u8; 6], Refusal> {
+    let bad = |what: String| Err(Refusal::BadBackendData(what));
+    let Some(mac) = data.get("VtepMAC") else {
+        return bad("has no VtepMAC".into());
+    };
+    let Some(parsed) = mac.as_str().and_then(parse_mac) else {
+        return bad(format!(
+            "VtepMAC {mac} is not a MAC address such as \"c6:d2:32:6f:8f:44\""
+        ));
+    };
+    if !is_unicast_mac(&parsed) {
+        return bad(format!("VtepMAC {mac} is not a unicast address"));
+    }
+    match data.get("VNI") {
+        None => Ok(parsed),
+        Some(v) if v.as_u64() == Some(u64::from(vni)) => Ok(parsed),
+        Some(v) => bad(format!("VNI {v} is not this network's VNI {vni}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(json: &str) -> NetworkConfig {
+        NetworkConfig::parse(json).unwrap()
+    }
+
+    fn vxlan() -> NetworkConfig {
+        cfg(r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#)
+    }
+
+    fn rec(name: &str, created: i64, value: &str) -> LeaseRecord {
+        LeaseRecord::parse(name, value.as_bytes(), created)
+    }
+
+    fn vx(ip: &str, mac: &str) -> String {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+        )
+    }
+
+    /// The healthy three-node cluster the bad records are added to.
+    fn healthy() -> Vec<LeaseRecord> {
+        vec![
+            rec("10.42.1.0-24", 10, &vx("198.51.100.1", "02:00:00:00:00:01")),
+            rec("10.42.2.0-24", 11, &vx("198.51.100.2", "02:00:00:00:00:02")),
+            rec("10.42.3.0-24", 12, &vx("198.51.100.3", "02:00:00:00:00:03")),
+        ]
+    }
+
+    fn names(a: &Admission) -> Vec<String> {
+        a.leases.keys().map(|k| k.to_key()).collect()
+    }
+
+    fn refusal_of<'a>(a: &'a Admission, name: &str) -> &'a Refusal {
+        &a.refused
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("{name} not refused: {a:?}"))
+            .reason
+    }
+
+    #[test]
+    fn a_healthy_cluster_is_admitted_whole() {
+        let a = admit(&vxlan(), &healthy());
+        assert_eq!(names(&a), ["10.42.1.0-24", "10.42.2.0-24", "10.42.3.0-24"]);
+        assert!(a.refused.is_empty());
+    }
+
+    /// Each bad record, added alone, is refused for its reason and leaves the healthy leases as they were.
+    #[test]
+    fn every_bad_record_is_refused_and_healthy_leases_stay() {
+        let cases: Vec<(LeaseRecord, &str)> = vec![
+            (
+                rec("x/10.42.2.0-24", 20, &vx("198.51.100.9", "02:00:00:00:00:09")),
+                "nested_key",
+            ),
+            (
+                rec("10.42.2.1-24", 20, &vx("198.51.100.9", "02:00:00:00:00:09")),
+                "malformed_key",
+            ),
+            (rec("10.42.9.0-24", 20, "{not json"), "malformed_value"),
+            (
+                rec("10.43.9.0-24", 20, &vx("198.51.100.9", "02:00:00:00:00:09")),
+                "outside_network",
+            ),
+            (
+                rec("10.42.0.0-16", 20, &vx("198.51.100.9", "02:00:00:00:00:09")),
+                "outside_network",
+            ),
+            (
+                rec("10.42.2.0-25", 20, &vx("198.51.100.9", "02:00:00:00:00:09")),
+                "wrong_subnet_len",
+            ),
+            (
+                rec("10.42.1.128-25", 20, &vx("198.51.100.9", "02:00:00:00:00:09")),
+                "wrong_subnet_len",
+            ),
+            (
+                rec("10.42.2.0-23", 20, &vx("198.51.100.9", "02:00:00:00:00:09")),
+                "wrong_subnet_len",
+            ),
+            (
+                rec("10.42.9.0-24", 20, &vx("127.0.0.1", "02:00:00:00:00:09")),
+                "bad_public_ip",
+            ),
+            (
+                rec("10.42.9.0-24", 20, &vx("0.0.0.0", "02:00:00:00:00:09")),
+                "bad_public_ip",
+            ),
+            (
+                rec("10.42.9.0-24", 20, &vx("224.0.0.1", "02:00:00:00:00:09")),
+                "bad_public_ip",
+            ),
+            (
+                rec("10.42.9.0-24", 20, &vx("255.255.255.255", "02:00:00:00:00:09")),
+                "bad_public_ip",
+            ),
+            (
+                rec("10.42.9.0-24", 20, &vx("10.42.1.5", "02:00:00:00:00:09")),
+                "bad_public_ip",
+            ),
+            (
+                rec(
+                    "10.42.9.0-24",
+                    20,
+                    r#"{"PublicIP":"198.51.100.9","PublicIPv6":null,"BackendType":"host-gw"}"#,
+                ),
+                "other_backend",
+            ),
+            (
+                rec("10.42.9.0-24", 20, r#"{"PublicIP":"198.51.100.9","PublicIPv6":null}"#),
+                "other_backend",
+            ),
+            (
+                rec(
+                    "10.42.9.0-24",
+                    20,
+                    r#"{"PublicIP":"198.51.100.9","BackendType":"vxlan","BackendData":{"VNI":99,"VtepMAC":"02:00:00:00:00:09"}}"#,
+                ),
+                "bad_backend_data",
+            ),
+            (
+                rec("10.42.9.0-24", 20, &vx("198.51.100.9", "01:00:5e:00:00:01")),
+                "bad_backend_data",
+            ),
+            (
+                rec("10.42.9.0-24", 20, &vx("198.51.100.9", "00:00:00:00:00:00")),
+                "bad_backend_data",
+            ),
+            (
+                rec(
+                    "10.42.9.0-24",
+                    20,
+                    r#"{"PublicIP":"198.51.100.9","BackendType":"vxlan","BackendData":{"VNI":1}}"#,
+                ),
+                "bad_backend_data",
+            ),
+            (
+                rec("10.42.9.0-24", 20, &vx("198.51.100.2", "02:00:00:00:00:09")),
+                "conflict",
+            ),
+            (
+                rec("10.42.9.0-24", 20, &vx("198.51.100.9", "02:00:00:00:00:02")),
+                "conflict",
+            ),
+            (
+                rec("10.42.2.0-24&fc00::-64", 20, &vx("198.51.100.9", "02:00:00:00:00:09")),
+                "conflict",
+            ),
+        ];
+        for (bad, label) in cases {
+            let mut records = healthy();
+            let name = bad.name.clone();
+            records.push(bad);
+            let a = admit(&vxlan(), &records);
+            assert_eq!(names(&a), ["10.42.1.0-24", "10.42.2.0-24", "10.42.3.0-24"], "{name}");
+            assert_eq!(a.leases, admit(&vxlan(), &healthy()).leases, "{name}");
+            assert_eq!(a.refused.len(), 1, "{name}: {a:?}");
+            assert_eq!(
+                refusal_of(&a, &name).label(),
+                label,
+                "{name}: {}",
+                refusal_of(&a, &name)
+            );
+        }
+    }
+
+    #[test]
+    fn the_older_record_keeps_what_it_claims_and_the_younger_waits() {
+        // A rogue record written before the real node's claims its VtepMAC: the rogue is older, so it
+        // wins, deterministically on every node; once it is gone the real one is admitted.
+        let mut records = healthy();
+        records.push(rec("10.42.9.0-24", 5, &vx("198.51.100.9", "02:00:00:00:00:02")));
+        let a = admit(&vxlan(), &records);
+        assert!(a.leases.contains_key(&SubnetKey::parse("10.42.9.0-24").unwrap()));
+        let Refusal::Conflict { what, value, holder } = refusal_of(&a, "10.42.2.0-24") else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            (*what, value.as_str(), holder.as_str()),
+            ("VtepMAC", "02:00:00:00:00:02", "10.42.9.0-24")
+        );
+        records.pop();
+        assert_eq!(admit(&vxlan(), &records).refused, vec![]);
+    }
+
+    #[test]
+    fn equal_revisions_are_ordered_by_key_so_every_node_agrees() {
+        let a = rec("10.42.8.0-24", 7, &vx("198.51.100.8", "02:00:00:00:00:08"));
+        let b = rec("10.42.9.0-24", 7, &vx("198.51.100.8", "02:00:00:00:00:09"));
+        let one = admit(&vxlan(), [&a, &b]);
+        let other = admit(&vxlan(), [&b, &a]);
+        assert_eq!(one, other);
+        assert_eq!(names(&one), ["10.42.8.0-24"]);
+    }
+
+    #[test]
+    fn messages_name_what_is_wrong() {
+        let mut records = healthy();
+        records.push(rec("10.42.9.0-24", 20, &vx("198.51.100.1", "02:00:00:00:00:09")));
+        let a = admit(&vxlan(), &records);
+        assert_eq!(
+            a.refused[0].to_string(),
+            "lease 10.42.9.0-24 refused: its PublicIP 198.51.100.1 is already held by the older lease 10.42.1.0-24"
+        );
+        let r = rec("10.42.2.0-25", 1, &vx("198.51.100.9", "02:00:00:00:00:09"));
+        assert_eq!(
+            admit(&vxlan(), [&r]).refused[0].to_string(),
+            "lease 10.42.2.0-25 refused: subnet 10.42.2.0/25 is a /25 but the network's subnets are /24 (SubnetLen in the network config)"
+        );
+    }
+
+    #[test]
+    fn udp_accepts_flannels_empty_backend_type_and_host_gw_needs_its_own() {
+        let udp = cfg(r#"{"Network":"10.42.0.0/16","Backend":{"Type":"udp"}}"#);
+        let plain = rec("10.42.1.0-24", 1, r#"{"PublicIP":"198.51.100.1","PublicIPv6":null}"#);
+        let named = rec("10.42.2.0-24", 2, r#"{"PublicIP":"198.51.100.2","BackendType":"udp"}"#);
+        let vxl = rec("10.42.3.0-24", 3, &vx("198.51.100.3", "02:00:00:00:00:03"));
+        let a = admit(&udp, [&plain, &named, &vxl]);
+        assert_eq!(names(&a), ["10.42.1.0-24", "10.42.2.0-24"]);
+        assert_eq!(a.refused[0].reason.label(), "other_backend");
+        let hostgw = cfg(r#"{"Network":"10.42.0.0/16","Backend":{"Type":"host-gw"}}"#);
+        let hg = rec(
+            "10.42.4.0-24",
+            4,
+            r#"{"PublicIP":"198.51.100.4","BackendType":"host-gw"}"#,
+        );
+        assert_eq!(names(&admit(&hostgw, [&plain, &hg])), ["10.42.4.0-24"]);
+    }
+
+    #[test]
+    fn every_label_is_listed() {
+        let all = [
+            Refusal::Nested,
+            Refusal::BadKey,
+            Refusal::BadValue(String::new()),
+            Refusal::OutsideNetwork {
+                subnet: String::new(),
+                network: String::new(),
+            },
+            Refusal::WrongLength {
+                subnet: String::new(),
+                len: 0,
+                want: 0,
+                key: "",
+            },
+            Refusal::BadPublicIp {
+                ip: Ipv4Addr::UNSPECIFIED.into(),
+                why: "",
+            },
+            Refusal::OtherBackend {
+                theirs: String::new(),
+                ours: "",
+            },
+            Refusal::BadBackendData(String::new()),
+            Refusal::Conflict {
+                what: "",
+                value: String::new(),
+                holder: String::new(),
+            },
+        ];
+        let labels: Vec<_> = all.iter().map(Refusal::label).collect();
+        assert_eq!(labels, Refusal::LABELS);
+    }
+}
