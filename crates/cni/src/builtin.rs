@@ -69,13 +69,13 @@ struct Created {
     host_veth: Option<String>,
 }
 
-pub async fn add(conf: &NetConf, inv: &Invocation, env: &SubnetEnv) -> Result<CniResult, CniError> {
+/// ADD into the container namespace `netns` (checked by the caller to be one).
+pub async fn add(conf: &NetConf, inv: &Invocation, netns: &NetnsFile, env: &SubnetEnv) -> Result<CniResult, CniError> {
     let plan = Plan::new(conf, env);
-    let netns = NetnsFile::open(&inv.netns)?;
     let store = store(conf)?;
     let host = Netlink::new()?;
     let mut created = Created::default();
-    match add_steps(conf, inv, &plan, &netns, &store, &host, &mut created).await {
+    match add_steps(conf, inv, &plan, netns, &store, &host, &mut created).await {
         Ok(result) => Ok(result),
         Err(e) => {
             // Remove what this ADD created, and only that.
@@ -227,7 +227,11 @@ pub async fn del(conf: &NetConf, inv: &Invocation) -> Result<(), CniError> {
 /// Verifies the container side against prevResult: the interface (and its MAC), its addresses,
 /// and the routes (a route without a gateway in prevResult matches any gateway). Returns the
 /// parsed prevResult and the index of the container interface in it. Shared by both modes.
-pub async fn check_container(conf: &NetConf, inv: &Invocation) -> Result<(CniResult, usize), CniError> {
+pub async fn check_container(
+    conf: &NetConf,
+    inv: &Invocation,
+    netns: &NetnsFile,
+) -> Result<(CniResult, usize), CniError> {
     let prev = conf.prev_result.clone().ok_or_else(|| {
         CniError::new(
             ErrorCode::InvalidNetworkConfig,
@@ -248,7 +252,6 @@ pub async fn check_container(conf: &NetConf, inv: &Invocation) -> Result<(CniRes
         .find(|(_, i)| i.name == inv.ifname && i.sandbox.is_some())
         .ok_or_else(|| mismatch(format!("prevResult has no interface {} in a sandbox", inv.ifname)))?;
 
-    let netns = NetnsFile::open(&inv.netns)?;
     let inside = netns.netlink(&tokio::runtime::Handle::current())?;
     let link = inside
         .link_by_name(&inv.ifname)
@@ -289,8 +292,8 @@ pub async fn check_container(conf: &NetConf, inv: &Invocation) -> Result<(CniRes
 
 /// Verifies the container's interface, address and routes against prevResult, and that the
 /// address is still reserved and the host end of the veth exists.
-pub async fn check(conf: &NetConf, inv: &Invocation, _env: &SubnetEnv) -> Result<(), CniError> {
-    let (prev, index) = check_container(conf, inv).await?;
+pub async fn check(conf: &NetConf, inv: &Invocation, netns: &NetnsFile, _env: &SubnetEnv) -> Result<(), CniError> {
+    let (prev, index) = check_container(conf, inv, netns).await?;
     let mismatch = |m: String| CniError::new(ErrorCode::CheckMismatch, m);
     let reserved = store(conf)?.find(&inv.container_id, &inv.ifname)?;
     for ip in prev.ips.iter().filter(|ip| ip.interface == Some(index)) {

@@ -111,13 +111,9 @@ fn find_plugin(inv: &Invocation, plugin: &str) -> Result<PathBuf, CniError> {
 /// Runs the delegate with `command` and `config` on stdin; its stdout on success.
 fn invoke(inv: &Invocation, command: Command, config: &[u8], plugin: &str) -> Result<Vec<u8>, CniError> {
     let path = find_plugin(inv, plugin)?;
+    let vars = Invocation { command, ..inv.clone() }.env_vars();
     let mut child = Process::new(&path)
-        .env("CNI_COMMAND", command.as_str())
-        .env("CNI_CONTAINERID", &inv.container_id)
-        .env("CNI_NETNS", &inv.netns)
-        .env("CNI_IFNAME", &inv.ifname)
-        .env("CNI_ARGS", &inv.args)
-        .env("CNI_PATH", std::env::join_paths(&inv.path).unwrap_or_default())
+        .envs(vars)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

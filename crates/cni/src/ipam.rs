@@ -48,6 +48,42 @@ pub struct Reservation {
     pub ifname: String,
 }
 
+impl Reservation {
+    /// The address a file of the store reserves: its name, when that is an IPv4 address spelled
+    /// as `Ipv4Addr` prints it (so that releasing it removes this very file). Other files
+    /// (`lock`, `last_reserved_ip.0`, anything else) are not reservations.
+    pub fn ip_of_file(name: &str) -> Option<Ipv4Addr> {
+        name.parse::<Ipv4Addr>().ok().filter(|ip| ip.to_string() == name)
+    }
+
+    /// Reads a reservation file: `<containerID>\r\n<ifname>` (host-local's format; a bare `\n`
+    /// is taken too), or only the container ID (host-local's older format). Surrounding white
+    /// space is ignored; bytes that are not UTF-8 are replaced, so the reservation still counts.
+    pub fn parse(ip: Ipv4Addr, content: &[u8]) -> Reservation {
+        let text = String::from_utf8_lossy(content);
+        let text = text.trim();
+        let (container_id, ifname) = match text.split_once(LINE_BREAK).or_else(|| text.split_once('\n')) {
+            Some((id, ifname)) => (id.trim().to_string(), ifname.trim().to_string()),
+            None => (text.to_string(), String::new()),
+        };
+        Reservation {
+            ip,
+            container_id,
+            ifname,
+        }
+    }
+
+    /// The file content [`Reservation::parse`] reads back.
+    pub fn file_content(&self) -> String {
+        format!("{}{LINE_BREAK}{}", self.container_id, self.ifname)
+    }
+}
+
+/// `last_reserved_ip.0`: where the next search starts; anything but one address is ignored.
+pub fn parse_last_reserved(content: &[u8]) -> Option<Ipv4Addr> {
+    std::str::from_utf8(content).ok()?.trim().parse().ok()
+}
+
 impl AddressStore {
     /// The store of network `name` under `data_dir`, created if missing.
     pub fn open(data_dir: &Path, name: &str) -> Result<Self, CniError> {
@@ -88,14 +124,19 @@ impl AddressStore {
         ifname: &str,
     ) -> Result<Ipv4Addr, CniError> {
         let _lock = self.lock()?;
-        let last = std::fs::read_to_string(self.dir.join(LAST_RESERVED))
+        let last = std::fs::read(self.dir.join(LAST_RESERVED))
             .ok()
-            .and_then(|s| s.trim().parse().ok());
+            .and_then(|b| parse_last_reserved(&b));
         for ip in candidates(subnet, gateway, last) {
             let path = self.dir.join(ip.to_string());
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(mut f) => {
-                    let owner = format!("{container_id}{LINE_BREAK}{ifname}");
+                    let owner = Reservation {
+                        ip,
+                        container_id: container_id.to_string(),
+                        ifname: ifname.to_string(),
+                    }
+                    .file_content();
                     if let Err(e) = f.write_all(owner.as_bytes()) {
                         let _ = std::fs::remove_file(&path);
                         return Err(CniError::io(format!("write {}", path.display()), &e));
@@ -125,22 +166,13 @@ impl AddressStore {
             std::fs::read_dir(&self.dir).map_err(|e| CniError::io(format!("read {}", self.dir.display()), &e))?;
         let mut out = Vec::new();
         for entry in entries.flatten() {
-            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else {
+            let Some(ip) = entry.file_name().to_str().and_then(Reservation::ip_of_file) else {
                 continue;
             };
-            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            let Ok(content) = std::fs::read(entry.path()) else {
                 continue; // released meanwhile
             };
-            let text = text.trim();
-            let (container_id, ifname) = match text.split_once(LINE_BREAK).or_else(|| text.split_once('\n')) {
-                Some((id, ifname)) => (id.trim().to_string(), ifname.trim().to_string()),
-                None => (text.to_string(), String::new()), // host-local's older format: the ID only
-            };
-            out.push(Reservation {
-                ip,
-                container_id,
-                ifname,
-            });
+            out.push(Reservation::parse(ip, &content));
         }
         Ok(out)
     }
@@ -187,6 +219,7 @@ impl AddressStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn tmpdir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("weft-cni-ipam-{tag}-{}", std::process::id()));
@@ -250,5 +283,53 @@ mod tests {
         let dir = tmpdir("names");
         assert_eq!(AddressStore::open(&dir, "../x").unwrap_err().code, 7);
         assert_eq!(AddressStore::open(&dir, "..").unwrap_err().code, 7);
+    }
+
+    #[test]
+    fn reservation_files_of_host_local_are_read() {
+        let ip = Ipv4Addr::new(10, 5, 72, 2);
+        let r = Reservation::parse(ip, b"abc\r\neth0");
+        assert_eq!((r.container_id.as_str(), r.ifname.as_str()), ("abc", "eth0"));
+        assert_eq!(Reservation::parse(ip, b"abc\n").ifname, "");
+        assert_eq!(Reservation::parse(ip, b"abc\xff\r\neth0").container_id, "abc\u{fffd}");
+        assert_eq!(Reservation::ip_of_file("10.5.72.2"), Some(ip));
+        for not_ours in ["10.5.072.2", "lock", "last_reserved_ip.0", "10.5.72.2 ", "::1"] {
+            assert_eq!(Reservation::ip_of_file(not_ours), None, "{not_ours}");
+        }
+        assert_eq!(parse_last_reserved(b"10.5.72.9\n"), Some(Ipv4Addr::new(10, 5, 72, 9)));
+        assert_eq!(parse_last_reserved(b"\xff"), None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any file content reads as some reservation, and that reservation written back reads
+        /// the same (a fixed point after one read).
+        #[test]
+        fn reservation_files_never_panic_and_round_trip(content in prop::collection::vec(any::<u8>(), 0..64)) {
+            let ip = Ipv4Addr::new(10, 5, 72, 2);
+            let r = Reservation::parse(ip, &content);
+            prop_assert_eq!(Reservation::parse(ip, r.file_content().as_bytes()), r);
+            let _ = parse_last_reserved(&content);
+        }
+
+        /// What weft-cni writes for a valid container ID and interface name reads back exactly.
+        #[test]
+        fn written_reservations_read_back(id in "[a-zA-Z0-9][a-zA-Z0-9_.-]{0,40}", ifname in "[a-z0-9@.-]{1,15}") {
+            let r = Reservation { ip: Ipv4Addr::new(10, 5, 72, 3), container_id: id, ifname };
+            prop_assert_eq!(Reservation::parse(r.ip, r.file_content().as_bytes()), r);
+        }
+
+        /// A file name is a reservation only when it is the address's own spelling, so that
+        /// releasing it removes that file; an accepted last address prints back the same.
+        #[test]
+        fn file_names_name_their_address(name in prop_oneof!["[0-9.]{0,16}", ".{0,16}"], ip in any::<[u8; 4]>()) {
+            if let Some(parsed) = Reservation::ip_of_file(&name) {
+                prop_assert_eq!(parsed.to_string(), name);
+            }
+            let ip = Ipv4Addr::from(ip);
+            prop_assert_eq!(Reservation::ip_of_file(&ip.to_string()), Some(ip));
+            prop_assert_eq!(parse_last_reserved(ip.to_string().as_bytes()), Some(ip));
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod invocation;
 pub mod ipam;
 pub mod netns;
 pub mod plugin;
+pub mod subnet_env;
 pub mod types;
 pub mod veth;
 

@@ -2,11 +2,12 @@
 //! (delegate when the config has `delegate`, else built-in) and gates verbs by version.
 
 use serde_json::{json, Value};
-use weft_core::SubnetEnv;
 
 use crate::error::{CniError, ErrorCode};
 use crate::invocation::{Command, Invocation};
-use crate::types::{check_version, version_at_least, NetConf, LATEST_VERSION, SUPPORTED_VERSIONS};
+use crate::netns::NetnsFile;
+use crate::subnet_env::read as read_subnet_env;
+use crate::types::{check_version, config_version, version_at_least, NetConf, LATEST_VERSION, SUPPORTED_VERSIONS};
 use crate::{builtin, delegate};
 
 /// What the process prints and how it exits.
@@ -14,26 +15,6 @@ use crate::{builtin, delegate};
 pub struct Outcome {
     pub stdout: Vec<u8>,
     pub exit_code: i32,
-}
-
-/// Reads subnet.env; a missing file is "try again later" (11): weftd has not leased a subnet yet.
-pub fn read_subnet_env(path: &str) -> Result<SubnetEnv, CniError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            CniError::new(
-                ErrorCode::TryAgainLater,
-                format!(
-                    "{path} does not exist: weftd has not written subnet.env yet (it does once it holds a subnet \
-                     lease); check that weftd is running on this node, or set subnetFile in the CNI config if it \
-                     writes elsewhere"
-                ),
-            )
-        } else {
-            CniError::io(format!("read subnet.env {path}"), &e)
-        }
-    })?;
-    SubnetEnv::parse(&text)
-        .map_err(|e| CniError::new(ErrorCode::IoFailure, format!("{path} is not a valid subnet.env: {e}")))
 }
 
 fn version_reply(stdin: &[u8]) -> Outcome {
@@ -57,25 +38,27 @@ fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
         .map_err(|e| CniError::io("start the netlink runtime", &e))
 }
 
-/// Runs one invocation. `env` reads the `CNI_*` variables.
+/// Runs one invocation. `env` reads the `CNI_*` variables. An error is reported in the config's
+/// cniVersion whenever stdin has one, however wrong the rest is; else in the newest version.
 pub fn run(env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
-    let mut version = LATEST_VERSION.to_string();
-    match run_inner(env, stdin, &mut version) {
+    match run_inner(env, stdin) {
         Ok(stdout) => Outcome { stdout, exit_code: 0 },
-        Err(e) => Outcome {
-            stdout: e.to_json(&version).into_bytes(),
-            exit_code: 1,
-        },
+        Err(e) => {
+            let version = config_version(stdin).unwrap_or_else(|| LATEST_VERSION.to_string());
+            Outcome {
+                stdout: e.to_json(&version).into_bytes(),
+                exit_code: 1,
+            }
+        }
     }
 }
 
-fn run_inner(env: impl Fn(&str) -> Option<String>, stdin: &[u8], version: &mut String) -> Result<Vec<u8>, CniError> {
+fn run_inner(env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
     let inv = Invocation::from_env(env)?;
     if inv.command == Command::Version {
         return Ok(version_reply(stdin).stdout);
     }
     let (conf, _raw) = NetConf::parse(stdin)?;
-    *version = conf.cni_version.clone();
     let needs = match inv.command {
         Command::Check => Some("0.4.0"),
         Command::Status | Command::Gc => Some("1.1.0"),
@@ -98,6 +81,12 @@ fn run_inner(env: impl Fn(&str) -> Option<String>, stdin: &[u8], version: &mut S
             .map(|_| Vec::new())
             .map_err(|e| CniError::new(ErrorCode::PluginNotAvailable, e.msg));
     }
+    // The container's namespace is checked before anything is created, in both modes.
+    let netns = match inv.command {
+        Command::Add | Command::Check => Some(NetnsFile::open(&inv.netns)?),
+        _ => None,
+    };
+    let netns = || netns.as_ref().expect("opened above for ADD and CHECK");
     if conf.delegate.is_some() {
         return match inv.command {
             Command::Add => delegate::add(&conf, &inv, &read_subnet_env(conf.subnet_file())?),
@@ -105,7 +94,7 @@ fn run_inner(env: impl Fn(&str) -> Option<String>, stdin: &[u8], version: &mut S
             Command::Check => {
                 delegate::check(&conf, &inv)?;
                 runtime()?
-                    .block_on(builtin::check_container(&conf, &inv))
+                    .block_on(builtin::check_container(&conf, &inv, netns()))
                     .map(|_| Vec::new())
             }
             Command::Gc => delegate::gc(&conf, &inv, &read_subnet_env(conf.subnet_file())?).map(|_| Vec::new()),
@@ -116,12 +105,14 @@ fn run_inner(env: impl Fn(&str) -> Option<String>, stdin: &[u8], version: &mut S
         match inv.command {
             Command::Add => {
                 let env = read_subnet_env(conf.subnet_file())?;
-                builtin::add(&conf, &inv, &env).await.map(|r| r.to_json().into_bytes())
+                builtin::add(&conf, &inv, netns(), &env)
+                    .await
+                    .map(|r| r.to_json().into_bytes())
             }
             Command::Del => builtin::del(&conf, &inv).await.map(|_| Vec::new()),
             Command::Check => {
                 let env = read_subnet_env(conf.subnet_file())?;
-                builtin::check(&conf, &inv, &env).await.map(|_| Vec::new())
+                builtin::check(&conf, &inv, netns(), &env).await.map(|_| Vec::new())
             }
             Command::Gc => builtin::gc(&conf).await.map(|_| Vec::new()),
             Command::Status | Command::Version => unreachable!("answered above"),

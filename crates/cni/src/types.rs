@@ -3,10 +3,12 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{CniError, ErrorCode};
+use crate::invocation::is_valid_interface_name;
 
 /// The spec versions whose configs and results weft-cni speaks, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -43,16 +45,51 @@ pub fn check_version(v: &str) -> Result<(), CniError> {
     }
 }
 
+/// The `cniVersion` of the config on stdin, read as far as stdin is JSON: from a config that is
+/// wrong in any other way, even one cut short after that key, so that an error can be reported in
+/// the version the runtime asked for. None when stdin is not a JSON object or has no (string,
+/// non-empty) cniVersion. A key given twice counts as JSON maps count it: the last one.
+pub fn config_version(stdin: &[u8]) -> Option<String> {
+    struct Finder<'a>(&'a mut Option<String>);
+    impl<'de> DeserializeSeed<'de> for Finder<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Finder<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "cniVersion" {
+                    // Recorded at once: a later syntax error must not lose it.
+                    *self.0 = map.next_value::<Value>()?.as_str().map(str::to_string);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut found = None;
+    let _ = Finder(&mut found).deserialize(&mut serde_json::Deserializer::from_slice(stdin));
+    found.filter(|v| !v.is_empty())
+}
+
 /// One entry of `cni.dev/valid-attachments` (GC).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     #[serde(rename = "containerID")]
     pub container_id: String,
     pub ifname: String,
 }
 
-/// The network configuration on stdin: weft-cni's own keys and flannel's.
-#[derive(Debug, Clone, Deserialize)]
+/// The network configuration on stdin: weft-cni's own keys and flannel's. It serializes back to
+/// a config that parses to the same value (keys it does not know are not kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetConf {
     #[serde(rename = "cniVersion", default)]
     pub cni_version: String,
@@ -61,31 +98,35 @@ pub struct NetConf {
     #[serde(rename = "type", default)]
     pub plugin_type: String,
     /// subnet.env written by weftd (flannel's key).
-    #[serde(rename = "subnetFile")]
+    #[serde(rename = "subnetFile", skip_serializing_if = "Option::is_none")]
     pub subnet_file: Option<String>,
     /// Delegate mode: where rendered delegate configs are kept for DEL (flannel's key).
-    #[serde(rename = "dataDir")]
+    #[serde(rename = "dataDir", skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<String>,
     /// Delegate mode: the plugin config to render (flannel's key). Its presence selects the mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub delegate: Option<Map<String, Value>>,
     /// Built-in mode: the bridge's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
-    #[serde(rename = "hairpinMode")]
+    #[serde(rename = "hairpinMode", skip_serializing_if = "Option::is_none")]
     pub hairpin_mode: Option<bool>,
     /// Built-in mode: a default route via the gateway (true) or only a cluster-network route.
-    #[serde(rename = "isDefaultGateway")]
+    #[serde(rename = "isDefaultGateway", skip_serializing_if = "Option::is_none")]
     pub is_default_gateway: Option<bool>,
     /// Built-in mode: the address store (host-local's layout, so both can share it).
-    #[serde(rename = "ipamDataDir")]
+    #[serde(rename = "ipamDataDir", skip_serializing_if = "Option::is_none")]
     pub ipam_data_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<Value>,
-    #[serde(rename = "prevResult")]
+    #[serde(rename = "prevResult", skip_serializing_if = "Option::is_none")]
     pub prev_result: Option<Value>,
-    #[serde(rename = "cni.dev/valid-attachments")]
+    #[serde(rename = "cni.dev/valid-attachments", skip_serializing_if = "Option::is_none")]
     pub valid_attachments: Option<Vec<Attachment>>,
     /// Delegate mode: passed through to the delegate's IPAM.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ipam: Option<Map<String, Value>>,
-    #[serde(rename = "runtimeConfig")]
+    #[serde(rename = "runtimeConfig", skip_serializing_if = "Option::is_none")]
     pub runtime_config: Option<Map<String, Value>>,
 }
 
@@ -123,10 +164,10 @@ impl NetConf {
             ));
         }
         if let Some(b) = &conf.bridge {
-            if b.is_empty() || b.len() > 15 || b.contains(['/', ' ', ':']) {
+            if !is_valid_interface_name(b) {
                 return Err(CniError::new(
                     ErrorCode::InvalidNetworkConfig,
-                    format!("bridge {b:?} is not a valid interface name (1-15 characters, no '/', ':' or space)"),
+                    format!("bridge {b:?} is not a valid interface name (1-15 bytes, no '/', ':' or white space)"),
                 ));
             }
         }
@@ -211,6 +252,7 @@ impl CniResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn versions_compare_numerically() {
@@ -271,5 +313,161 @@ mod tests {
         assert!(new["ips"][0].get("version").is_none());
         assert_eq!(new["interfaces"][0]["mtu"], 1450);
         assert_eq!(new["dns"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn the_version_is_found_in_configs_that_are_bad_otherwise() {
+        assert_eq!(config_version(br#"{"cniVersion":"0.4.0"}"#).as_deref(), Some("0.4.0"));
+        assert_eq!(
+            config_version(br#"{"name":7,"cniVersion":"0.3.1","type":[]}"#).as_deref(),
+            Some("0.3.1")
+        );
+        assert_eq!(
+            config_version(br#"{"cniVersion":"0.3.1","name":"#).as_deref(),
+            Some("0.3.1")
+        );
+        assert_eq!(config_version(br#"{"cniVersion":"7.0.0"}"#).as_deref(), Some("7.0.0"));
+        assert_eq!(
+            config_version(br#"{"cniVersion":"0.3.1","cniVersion":"1.0.0"}"#).as_deref(),
+            Some("1.0.0")
+        );
+        for none in [
+            &b"{not json"[..],
+            b"",
+            b"[1]",
+            br#"{"cniVersion":1}"#,
+            br#"{"cniVersion":""}"#,
+            br#"{"name":"n"}"#,
+        ] {
+            assert_eq!(config_version(none), None, "{}", String::from_utf8_lossy(none));
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            // Quarters: exact in decimal (serde_json reads some other floats back off by an ulp).
+            (-4000i32..4000).prop_map(|q| Value::from(f64::from(q) / 4.0)),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A value for a key of the config: mostly of the right type, sometimes anything.
+    fn value_for(key: &'static str) -> BoxedStrategy<Value> {
+        let right: BoxedStrategy<Value> = match key {
+            "cniVersion" => {
+                prop::sample::select(vec!["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0", "0.2.0", "7.0.0", ""])
+                    .prop_map(Value::from)
+                    .boxed()
+            }
+            "name" => "[a-z0-9-]{0,8}".prop_map(Value::from).boxed(),
+            "bridge" => prop_oneof!["[a-z0-9]{1,8}", ".{0,20}"].prop_map(Value::from).boxed(),
+            "hairpinMode" | "isDefaultGateway" => any::<bool>().prop_map(Value::from).boxed(),
+            "delegate" | "ipam" | "runtimeConfig" => prop::collection::btree_map("[a-z]{1,6}", json_value(), 0..3)
+                .prop_map(|m| Value::Object(m.into_iter().collect()))
+                .boxed(),
+            "cni.dev/valid-attachments" => prop::collection::vec(
+                ("[a-z0-9]{1,8}", "eth[0-9]").prop_map(|(c, i)| serde_json::json!({"containerID": c, "ifname": i})),
+                0..3,
+            )
+            .prop_map(Value::from)
+            .boxed(),
+            "dns" | "prevResult" => json_value().boxed(),
+            _ => ".{0,16}".prop_map(Value::from).boxed(),
+        };
+        prop_oneof![4 => right, 1 => json_value()].boxed()
+    }
+
+    /// A config: some of weft-cni's and flannel's keys with values of the right or any type,
+    /// and an unknown key now and then.
+    fn config() -> impl Strategy<Value = Map<String, Value>> {
+        const KEYS: &[&str] = &[
+            "cniVersion",
+            "name",
+            "type",
+            "subnetFile",
+            "dataDir",
+            "delegate",
+            "bridge",
+            "hairpinMode",
+            "isDefaultGateway",
+            "ipamDataDir",
+            "dns",
+            "prevResult",
+            "cni.dev/valid-attachments",
+            "ipam",
+            "runtimeConfig",
+            "unknownKey",
+        ];
+        let entries: Vec<BoxedStrategy<Option<(String, Value)>>> = KEYS
+            .iter()
+            .map(|&k| {
+                let present = if matches!(k, "cniVersion" | "name") { 0.95 } else { 0.4 };
+                prop::option::weighted(present, value_for(k).prop_map(move |v| (k.to_string(), v))).boxed()
+            })
+            .collect();
+        entries.prop_map(|e| e.into_iter().flatten().collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_stdin_never_panics(stdin in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = NetConf::parse(&stdin);
+            let _ = config_version(&stdin);
+        }
+
+        /// An accepted config keeps the rules, re-encodes to the same config, and its version is
+        /// the one errors are reported in; every refusal has a CNI code.
+        #[test]
+        fn accepted_configs_are_valid_and_round_trip(raw in config()) {
+            let stdin = serde_json::to_vec(&raw).unwrap();
+            match NetConf::parse(&stdin) {
+                Ok((conf, back)) => {
+                    prop_assert_eq!(&back, &raw);
+                    prop_assert!(SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()));
+                    prop_assert!(!conf.name.is_empty());
+                    prop_assert!(conf.bridge.as_deref().is_none_or(is_valid_interface_name));
+                    let again = serde_json::to_vec(&conf).unwrap();
+                    prop_assert_eq!(NetConf::parse(&again).map(|(c, _)| c), Ok(conf.clone()));
+                    prop_assert_eq!(config_version(&stdin), Some(conf.cni_version));
+                }
+                Err(e) => prop_assert!([1, 6, 7].contains(&e.code), "{}", e),
+            }
+        }
+
+        /// The version is found in any object that has it, however the rest looks, and in any
+        /// prefix of it that ends after the version's value.
+        #[test]
+        fn the_version_survives_a_bad_rest(
+            before in prop::collection::btree_map("[a-z]{1,6}", json_value(), 0..3),
+            version in "[0-9a-z.]{1,8}",
+            after in prop::collection::btree_map("[a-z]{1,6}", json_value(), 0..3),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut text = String::from("{");
+            for (k, v) in &before {
+                text.push_str(&format!("{}:{v},", Value::from(k.as_str())));
+            }
+            text.push_str(&format!("\"cniVersion\":{}", Value::from(version.as_str())));
+            let version_end = text.len();
+            for (k, v) in &after {
+                text.push_str(&format!(",{}:{v}", Value::from(k.as_str())));
+            }
+            text.push('}');
+            prop_assert_eq!(config_version(text.as_bytes()), Some(version.clone()));
+            let cut = version_end + cut.index(text.len() - version_end + 1);
+            prop_assert_eq!(config_version(&text.as_bytes()[..cut]), Some(version));
+        }
     }
 }
