@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use weft_core::SubnetEnv;
 use weft_kernel::netlink::{format_mac, Netlink, RouteSpec};
 
+use crate::bridge;
 use crate::error::{CniError, ErrorCode};
 use crate::invocation::Invocation;
 use crate::ipam::AddressStore;
@@ -117,13 +118,15 @@ async fn add_steps(
     let address = Ipv4Net::new(ip, plan.gateway.prefix_len()).expect("same prefix as the gateway");
 
     let bridge = host.ensure_bridge(&plan.bridge, plan.mtu).await?;
+    let veths = VethHandle::new()?;
+    // Before the first port is attached, so that the gateway MAC never follows the ports.
+    bridge::pin_mac(host, &veths, &bridge).await?;
     if !host.list_addrs_v4(bridge.index).await?.contains(&plan.gateway) {
         host.add_addr_v4(bridge.index, plan.gateway).await?;
     }
     enable_ip_forward()?;
 
     let host_name = host_veth_name(&inv.container_id, &inv.ifname);
-    let veths = VethHandle::new()?;
     veths
         .create(&VethSpec {
             host_name: &host_name,
@@ -165,6 +168,8 @@ async fn add_steps(
         })
         .await?;
 
+    // Read again now that the port is attached: the result shows the MAC the pods see.
+    let bridge = host.link_by_index(bridge.index).await?.unwrap_or(bridge);
     let mac = |m: Option<[u8; 6]>| m.map(|m| format_mac(&m)).unwrap_or_default();
     Ok(CniResult {
         cni_version: conf.cni_version.clone(),

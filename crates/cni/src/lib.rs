@@ -5,6 +5,7 @@
 //! `bridge` + `host-local` plugins as flannel's plugin does. Also `docker-opts`, the
 //! mk-docker-opts replacement. It owns no daemon state: subnet.env is its only input from weftd.
 
+pub mod bridge;
 pub mod builtin;
 pub mod delegate;
 pub mod error;

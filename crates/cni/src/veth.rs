@@ -1,12 +1,14 @@
 //! The veth pair: created in one request with the container end placed straight into the
 //! container's namespace (IFLA_NET_NS_FD), named and sized, and the host end attached to the
 //! bridge and up. (The container end cannot come up in that request: a veth refuses to open
-//! before its peer is registered, ENOTCONN; the caller brings it up inside.) Also the bridge port's hairpin mode. Uses rtnetlink directly because the
-//! shared wrapper has no veth or netns-fd operation.
+//! before its peer is registered, ENOTCONN; the caller brings it up inside.) Also the bridge
+//! port's hairpin mode and the MACs of a bridge's ports. Uses rtnetlink directly because the
+//! shared wrapper has no veth, netns-fd or bridge-port operation.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use netlink_packet_route::link::{InfoData, InfoVeth};
+use futures::TryStreamExt;
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use rtnetlink::{LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use crate::error::{CniError, ErrorCode};
@@ -80,6 +82,30 @@ impl VethHandle {
                 CniError::kernel(format!("create veth {} <-> {}", spec.host_name, spec.container_name), e)
             }
         })
+    }
+
+    /// The MACs of the ports of bridge `bridge_index` (the shared wrapper reports no controller).
+    pub async fn port_macs(&self, bridge_index: u32) -> Result<Vec<[u8; 6]>, CniError> {
+        let mut links = self.handle.link().get().execute();
+        let mut macs = Vec::new();
+        while let Some(msg) = links
+            .try_next()
+            .await
+            .map_err(|e| CniError::kernel(format!("list the ports of bridge #{bridge_index}"), e))?
+        {
+            let port_of_bridge = msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Controller(i) if *i == bridge_index));
+            let mac = msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                _ => None,
+            });
+            if let (true, Some(mac)) = (port_of_bridge, mac) {
+                macs.push(mac);
+            }
+        }
+        Ok(macs)
     }
 
     /// `ip link set <port> type bridge_slave hairpin on|off`.

@@ -244,3 +244,121 @@ fn exhausted_subnet_is_a_clear_error() {
     assert!(node.address_files().is_empty());
     assert!(node.ns.veth_names().is_empty());
 }
+
+fn link_mac(ns: &Netns, dev: &str) -> String {
+    let link: Value = serde_json::from_str(&sh(&["ip", "-j", "-n", &ns.name, "link", "show", dev])).unwrap();
+    link[0]["address"].as_str().unwrap().to_string()
+}
+
+/// `addr_assign_type` of a device as the kernel shows it in the namespace's own sysfs (3: set).
+fn addr_assign_type(ns: &Netns, dev: &str) -> String {
+    ns.exec(&["cat", &format!("/sys/class/net/{dev}/addr_assign_type")])
+        .trim()
+        .to_string()
+}
+
+/// Pings `dst` from `ns` every 20 ms for `count` pings while `meanwhile` runs; returns how many
+/// were lost.
+fn pings_lost_while(ns: &Netns, dst: &str, count: u32, meanwhile: impl FnOnce()) -> u32 {
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "ping", "-n", "-q", "-i", "0.02", "-W", "1"])
+        .args(["-c", &count.to_string(), dst])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    meanwhile();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let received = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no ping summary: {text}"));
+    count - received
+}
+
+#[test]
+fn removing_the_container_with_the_lowest_veth_mac_keeps_the_gateway_mac() {
+    let node = Node::new("mac");
+    let containers = [Netns::new("maca"), Netns::new("macb")];
+    let conf = node.builtin_conf("1.0.0");
+    let results: Vec<Value> = containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            node.cni(WEFT_CNI, "ADD", &format!("m{i}"), &c.path(), &conf)
+                .ok()
+                .json()
+        })
+        .collect();
+    let gateway_mac = link_mac(&node.ns, "cni0");
+    assert_eq!(
+        addr_assign_type(&node.ns, "cni0"),
+        "3",
+        "the bridge's MAC is set, not taken from a port"
+    );
+    for r in &results {
+        assert_eq!(r["interfaces"][0]["name"], "cni0");
+        assert_eq!(
+            r["interfaces"][0]["mac"],
+            gateway_mac.as_str(),
+            "the result shows the bridge's MAC"
+        );
+    }
+
+    // The container whose host veth has the lowest MAC is the one an unpinned bridge would copy.
+    let host_mac = |r: &Value| link_mac(&node.ns, r["interfaces"][1]["name"].as_str().unwrap());
+    let (low, high) = if host_mac(&results[0]) < host_mac(&results[1]) {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    let survivor = &containers[high];
+    // Short neighbour timers, so that a stale gateway MAC would cost pings within the run.
+    for (key, value) in [("base_reachable_time_ms", "500"), ("delay_first_probe_time", "1")] {
+        survivor.exec(&["sysctl", "-qw", &format!("net.ipv4.neigh.eth0.{key}={value}")]);
+    }
+    assert!(survivor.exec_ok(&["ping", "-c1", "-W2", "10.5.72.1"]));
+    let lost = pings_lost_while(survivor, "10.5.72.1", 150, || {
+        node.cni(WEFT_CNI, "DEL", &format!("m{low}"), &containers[low].path(), &conf)
+            .ok();
+    });
+    assert_eq!(link_mac(&node.ns, "cni0"), gateway_mac, "the gateway MAC changed");
+    assert_eq!(lost, 0, "the other container lost pings to its gateway");
+    let neigh = survivor.exec(&["ip", "neigh", "show", "10.5.72.1"]);
+    assert!(neigh.contains(&gateway_mac), "{neigh}");
+    node.cni(WEFT_CNI, "DEL", &format!("m{high}"), &survivor.path(), &conf)
+        .ok();
+}
+
+#[test]
+fn an_adopted_bridge_keeps_the_mac_it_has_and_stops_following_its_ports() {
+    let node = Node::new("adopt");
+    // A bridge someone else made, unpinned, with a port: its MAC is that port's.
+    node.ns.exec(&["ip", "link", "add", "cni0", "type", "bridge"]);
+    node.ns
+        .exec(&["ip", "link", "add", "wtc-p0", "type", "veth", "peer", "name", "wtc-p1"]);
+    node.ns.exec(&["ip", "link", "set", "wtc-p0", "master", "cni0"]);
+    let before = link_mac(&node.ns, "cni0");
+    assert_eq!(before, link_mac(&node.ns, "wtc-p0"));
+    assert_ne!(addr_assign_type(&node.ns, "cni0"), "3");
+
+    let c = Netns::new("adoptc");
+    let conf = node.builtin_conf("1.1.0");
+    let result = node.cni(WEFT_CNI, "ADD", "ad", &c.path(), &conf).ok().json();
+    assert_eq!(addr_assign_type(&node.ns, "cni0"), "3");
+    assert_eq!(
+        link_mac(&node.ns, "cni0"),
+        before,
+        "adopting the bridge changed the gateway MAC"
+    );
+    assert_eq!(result["interfaces"][0]["mac"], before.as_str());
+    // The port it copied goes; the gateway MAC stays.
+    node.ns.exec(&["ip", "link", "del", "wtc-p0"]);
+    assert_eq!(link_mac(&node.ns, "cni0"), before);
+    assert!(c.exec_ok(&["ping", "-c1", "-W2", "10.5.72.1"]));
+    node.cni(WEFT_CNI, "DEL", "ad", &c.path(), &conf).ok();
+}
