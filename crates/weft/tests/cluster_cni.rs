@@ -69,8 +69,37 @@ fn cni_add(lab: &Lab, node: usize, container_ns: &str) -> Ipv4Addr {
         String::from_utf8_lossy(&out.stderr)
     );
     let result: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_bridge_mac_pinned(lab, node, &result);
     let addr = result["ips"][0]["address"].as_str().unwrap();
     addr.split('/').next().unwrap().parse().unwrap()
+}
+
+/// The lab made cni0 with a fixed MAC (so it never follows its ports), weft-cni kept it, and the
+/// result shows it.
+fn assert_bridge_mac_pinned(lab: &Lab, node: usize, result: &serde_json::Value) {
+    let host = lab.host_ns(node).unwrap();
+    let read = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", host])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let mac = read(&["cat", "/sys/class/net/cni0/address"]);
+    assert_eq!(mac, weft::lab::iproute::bridge_mac(host, "cni0"));
+    assert_eq!(
+        read(&["cat", "/sys/class/net/cni0/addr_assign_type"]),
+        "3",
+        "cni0's MAC is set"
+    );
+    assert_eq!(result["interfaces"][0]["name"], "cni0");
+    assert_eq!(result["interfaces"][0]["mac"], mac.as_str());
 }
 
 #[test]

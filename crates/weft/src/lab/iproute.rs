@@ -93,15 +93,34 @@ pub fn veth_pair(ns_a: &str, name_a: &str, ns_b: &str, name_b: &str, mtu: u32) -
     Ok(())
 }
 
-/// A bridge with one address, brought up.
+/// A bridge with one address and a fixed MAC ([`bridge_mac`]), brought up. A bridge created
+/// without an address takes the lowest MAC of its ports and changes it when one goes, which cuts
+/// the pods behind it off until their ARP entries are probed again; one given an address keeps it.
 pub fn bridge(ns: &str, name: &str, address: &str, mtu: Option<u32>) -> Result<()> {
-    ip_in(ns, &["link", "add", name, "type", "bridge"])?;
+    ip_in(
+        ns,
+        &["link", "add", name, "address", &bridge_mac(ns, name), "type", "bridge"],
+    )?;
     if let Some(mtu) = mtu {
         ip_in(ns, &["link", "set", name, "mtu", &mtu.to_string()])?;
     }
     ip_in(ns, &["addr", "add", address, "dev", name])?;
     ip_in(ns, &["link", "set", name, "up"])?;
     Ok(())
+}
+
+/// The MAC of bridge `name` in namespace `ns`: locally administered, unicast, and stable for the
+/// same lab (FNV-1a of the names), so two hosts' bridges differ.
+pub fn bridge_mac(ns: &str, name: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in ns.bytes().chain([b'/']).chain(name.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&hash.to_be_bytes()[..6]);
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 pub fn set_master(ns: &str, port: &str, bridge: &str) -> Result<()> {
@@ -114,4 +133,19 @@ pub fn add_address(ns: &str, dev: &str, address: &str) -> Result<()> {
 
 pub fn default_route(ns: &str, via: &str) -> Result<()> {
     ip_in(ns, &["route", "replace", "default", "via", via]).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_macs_are_local_unicast_stable_and_per_host() {
+        let mac = bridge_mac("wl-weft-h1", "cni0");
+        assert_eq!(mac, bridge_mac("wl-weft-h1", "cni0"));
+        assert_ne!(mac, bridge_mac("wl-weft-h2", "cni0"));
+        let first = u8::from_str_radix(&mac[..2], 16).unwrap();
+        assert_eq!(first & 0x03, 0x02, "{mac}: locally administered unicast");
+        assert_eq!(mac.len(), 17);
+    }
 }
