@@ -5,46 +5,23 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use weft::lab::Lab;
 use weft_core::BackendKind;
-
-/// GET `path` from weftd's HTTP port on host `node`; returns the whole response.
-fn get(lab: &Lab, node: usize, path: &str) -> String {
-    host_out(
-        lab,
-        node,
-        &[
-            "bash",
-            "-c",
-            &format!("exec 3<>/dev/tcp/127.0.0.1/8471 && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"),
-        ],
-    )
-}
-
-fn metric(page: &str, name: &str) -> Option<u64> {
-    page.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
-}
 
 #[test]
 fn healthz_and_metrics_report_what_the_node_does() {
     let mut spec = spec(&lab_name("cme"), 2, BackendKind::Vxlan);
     spec.weftd_args
-        .extend(["--healthz-port=8471".to_string(), "--healthz-etcd-grace=2".to_string()]);
+        .extend(["--healthz-port=8471".to_string(), "--healthz-etcd-grace=5".to_string()]);
     let lab = up(spec);
     assert!(all_pods_reach_each_other(&lab));
 
-    let health = get(&lab, 1, "/healthz");
+    let health = http_get(&lab, 1, "/healthz");
     assert!(
         health.starts_with("HTTP/1.1 200 OK") && health.ends_with("ok\n"),
         "{health}"
     );
 
-    let page = get(&lab, 1, "/metrics");
+    let page = http_get(&lab, 1, "/metrics");
     assert_eq!(metric(&page, "weft_leases"), Some(2), "{page}");
     assert_eq!(metric(&page, "weft_lease_held"), Some(1), "{page}");
     assert!(
@@ -59,7 +36,7 @@ fn healthz_and_metrics_report_what_the_node_does() {
     let next_hop = subnet_ip(&lab, 2).to_string();
     host_out(&lab, 1, &["ip", "neigh", "del", &next_hop, "dev", "flannel.1"]);
     assert!(
-        wait_until(Duration::from_secs(6), || corrections(&get(&lab, 1, "/metrics"))
+        wait_until(Duration::from_secs(6), || corrections(&http_get(&lab, 1, "/metrics"))
             > before),
         "corrections counted"
     );
@@ -75,21 +52,30 @@ fn healthz_and_metrics_report_what_the_node_does() {
             .unwrap();
         assert!(out.status.success());
     };
+    // The grace (5 s) counts from etcd's last answer, so /healthz turns 503 about 5 s after etcd
+    // goes silent: not before the grace less one check interval (1.25 s), not long after it.
     ipt("-I");
+    let silent = std::time::Instant::now();
     let unhealthy = wait_until(Duration::from_secs(30), || {
-        let h = get(&lab, 1, "/healthz");
+        let h = http_get(&lab, 1, "/healthz");
         h.starts_with("HTTP/1.1 503") && h.contains("etcd unreachable")
     });
+    let after = silent.elapsed();
+    eprintln!("/healthz turned 503 {after:?} after etcd went silent (grace 5 s)");
     ipt("-D");
     assert!(
         unhealthy,
         "healthz reports etcd unreachable: {}",
-        get(&lab, 1, "/healthz")
+        http_get(&lab, 1, "/healthz")
     );
     assert!(
-        wait_until(Duration::from_secs(30), || get(&lab, 1, "/healthz")
+        after >= Duration::from_millis(3500) && after <= Duration::from_millis(7500),
+        "/healthz turned 503 {after:?} after etcd went silent, with a 5 s grace"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || http_get(&lab, 1, "/healthz")
             .starts_with("HTTP/1.1 200 OK")),
         "healthy again once etcd answers: {}",
-        get(&lab, 1, "/healthz")
+        http_get(&lab, 1, "/healthz")
     );
 }

@@ -120,3 +120,27 @@ pub fn egress_source(lab: &Lab, pod_ns: &str, port: u16) -> Ipv4Addr {
         other => panic!("unexpected peer {other}"),
     }
 }
+
+/// GET `path` from weftd's HTTP port (8471, as the tests start it) on host `node`; returns the
+/// whole response.
+pub fn http_get(lab: &Lab, node: usize, path: &str) -> String {
+    host_out(
+        lab,
+        node,
+        &[
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/8471 && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"),
+        ],
+    )
+}
+
+/// The value of the first sample of `name` (with its labels, if given) on a /metrics page.
+pub fn metric(page: &str, name: &str) -> Option<u64> {
+    page.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
