@@ -8,6 +8,7 @@ pub mod admission;
 pub mod allocate;
 pub mod config;
 pub mod docker_opts;
+pub mod iptables_save;
 pub mod lease;
 pub mod mac;
 pub mod masq;
