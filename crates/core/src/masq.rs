@@ -1,39 +1,206 @@
-//! Masquerade and forward rule sets (iptables-restore text and nft batches), pure.
+//! Masquerade and forward rule sets, pure: what flanneld's `--ip-masq` and
+//! `--iptables-forward-rules` put in the kernel, as data, and their iptables form.
 //!
-//! It owns what flanneld's `--ip-masq` and `--iptables-forward-rules` put in the kernel: the
-//! iptables chains `FLANNEL-POSTRTG` (nat, hooked from POSTROUTING) and `FLANNEL-FWD` (filter,
-//! hooked from FORWARD), or with `EnableNFTables` the table `ip flannel-ipv4` with chains
-//! `postrtg` and `forward`. It renders rules exactly as `iptables-save` and `nft list table` print
-//! them, so the kernel adapter can compare what it reads back with a plain `==`, and it computes
-//! the `iptables-restore --noflush` input that repairs a difference. It runs no command.
+//! [`FirewallPlan`] says what a node wants; [`FlannelRule`]s are flannel's rules in flannel's order
+//! (the one list both rule formats are rendered from, so iptables and nftables mode cannot drift
+//! apart). The iptables form lives here: the chains `FLANNEL-POSTRTG` (nat, hooked from
+//! POSTROUTING) and `FLANNEL-FWD` (filter, hooked from FORWARD), rendered exactly as
+//! `iptables-save` prints them so the kernel adapter compares what it reads back with a plain
+//! `==`, and the `iptables-restore --noflush` input that repairs a difference. The nftables form
+//! (table `ip flannel-ipv4`, chains `postrtg` and `forward`) is built from the same rules by
+//! `weft_kernel::firewall`'s nftables driver. It runs no command.
 
-use std::collections::BTreeMap;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use ipnet::Ipv4Net;
+use crate::iptables_save::{self, SaveTable};
 
 /// The mark kube-proxy sets on packets it masquerades itself; flannel leaves them alone.
-pub const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
-/// IPv4 multicast, never masqueraded.
-pub const IPV4_MULTICAST: &str = "224.0.0.0/4";
+pub const KUBE_PROXY_MARK: u32 = 0x4000;
 
-/// The nft table of IPv4 rules (`EnableNFTables`).
-pub const NFT_TABLE: &str = "flannel-ipv4";
-/// The nft chain of masquerade rules (type nat, hook postrouting, priority srcnat).
-pub const NFT_MASQ_CHAIN: &str = "postrtg";
-/// The nft chain of forward rules (type filter, hook forward, priority filter).
-pub const NFT_FORWARD_CHAIN: &str = "forward";
+/// The address family of a plan: it picks the iptables binaries, the nft table and the
+/// multicast range that is never masqueraded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddrFamily {
+    Ipv4,
+    Ipv6,
+}
 
-/// What the firewall should hold on this node.
+impl AddrFamily {
+    pub fn of(net: &IpNet) -> AddrFamily {
+        match net {
+            IpNet::V4(_) => AddrFamily::Ipv4,
+            IpNet::V6(_) => AddrFamily::Ipv6,
+        }
+    }
+
+    /// 224.0.0.0/4 or ff00::/8.
+    pub fn multicast(self) -> IpNet {
+        match self {
+            AddrFamily::Ipv4 => IpNet::V4(Ipv4Net::new([224, 0, 0, 0].into(), 4).expect("valid prefix")),
+            AddrFamily::Ipv6 => IpNet::V6(Ipv6Net::new([0xff00, 0, 0, 0, 0, 0, 0, 0].into(), 8).expect("valid prefix")),
+        }
+    }
+}
+
+/// What the firewall should hold on this node, for one address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FirewallPlan {
     /// The cluster network (`FLANNEL_NETWORK`).
-    pub network: Ipv4Net,
-    /// This node's lease subnet (host bits are ignored: 10.5.72.1/24 means 10.5.72.0/24).
-    pub pod: Ipv4Net,
+    pub network: IpNet,
+    /// This node's lease subnet (host bits are ignored: 10.5.72.1/24 means 10.5.72.0/24), of
+    /// the network's family.
+    pub pod: IpNet,
     /// `--ip-masq`: install the masquerade rules.
     pub masq: bool,
     /// `--iptables-forward-rules`: install the forward rules.
     pub forward: bool,
+}
+
+impl FirewallPlan {
+    /// The family of the cluster network.
+    pub fn family(&self) -> AddrFamily {
+        AddrFamily::of(&self.network)
+    }
+
+    /// The masquerade rules, when the plan wants them.
+    pub fn masq_rule_set(&self) -> Option<Vec<FlannelRule>> {
+        self.masq.then(|| masq_rule_set(self.network, self.pod))
+    }
+
+    /// The forward rules, when the plan wants them.
+    pub fn forward_rule_set(&self) -> Option<Vec<FlannelRule>> {
+        self.forward.then(|| forward_rule_set(self.network))
+    }
+}
+
+/// Which of weft's two chains a rule belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuleChain {
+    /// Source NAT after routing (`FLANNEL-POSTRTG`, nft `postrtg`).
+    Masq,
+    /// The FORWARD hook (`FLANNEL-FWD`, nft `forward`).
+    Forward,
+}
+
+impl RuleChain {
+    /// The comment on every rule of the chain, as flanneld writes it.
+    pub fn comment(self) -> &'static str {
+        match self {
+            RuleChain::Masq => "flanneld masq",
+            RuleChain::Forward => "flanneld forward",
+        }
+    }
+}
+
+/// An address match: `-s NET` / `! -s NET`, `ip saddr NET` / `ip saddr != NET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddrMatch {
+    pub net: IpNet,
+    pub negated: bool,
+}
+
+impl AddrMatch {
+    pub fn is(net: IpNet) -> AddrMatch {
+        AddrMatch {
+            net: net.trunc(),
+            negated: false,
+        }
+    }
+
+    pub fn is_not(net: IpNet) -> AddrMatch {
+        AddrMatch {
+            net: net.trunc(),
+            negated: true,
+        }
+    }
+}
+
+/// What a rule does with a packet it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuleAction {
+    Return,
+    Accept,
+    /// Masquerade with fully random source ports (`--random-fully`, `fully-random`).
+    Masquerade,
+}
+
+/// One of flannel's rules, independent of the rule format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlannelRule {
+    pub chain: RuleChain,
+    /// Match packets whose mark has these bits set (`-m mark --mark M/M`).
+    pub mark: Option<u32>,
+    pub src: Option<AddrMatch>,
+    pub dst: Option<AddrMatch>,
+    pub action: RuleAction,
+}
+
+impl FlannelRule {
+    fn new(chain: RuleChain, src: Option<AddrMatch>, dst: Option<AddrMatch>, action: RuleAction) -> FlannelRule {
+        FlannelRule {
+            chain,
+            mark: None,
+            src,
+            dst,
+            action,
+        }
+    }
+
+    /// The rule as `iptables-save` prints it.
+    pub fn iptables_line(&self) -> String {
+        let chain = match self.chain {
+            RuleChain::Masq => &MASQ_CHAIN,
+            RuleChain::Forward => &FORWARD_CHAIN,
+        };
+        let mut matches = Vec::new();
+        for (flag, m) in [("-s", self.src), ("-d", self.dst)] {
+            if let Some(m) = m {
+                let not = if m.negated { "! " } else { "" };
+                matches.push(format!("{not}{flag} {}", m.net));
+            }
+        }
+        if let Some(mark) = self.mark {
+            matches.insert(0, format!("-m mark --mark {mark:#x}/{mark:#x}"));
+        }
+        let target = match self.action {
+            RuleAction::Return => "RETURN",
+            RuleAction::Accept => "ACCEPT",
+            RuleAction::Masquerade => "MASQUERADE --random-fully",
+        };
+        chain.rule(&matches.join(" "), target)
+    }
+}
+
+/// flannel's masquerade rules, in flannel's order.
+pub fn masq_rule_set(network: IpNet, pod: IpNet) -> Vec<FlannelRule> {
+    let (net, pod) = (network.trunc(), pod.trunc());
+    let multicast = AddrFamily::of(&net).multicast();
+    let rule = |src, dst, action| FlannelRule::new(RuleChain::Masq, src, dst, action);
+    use RuleAction::{Masquerade, Return};
+    vec![
+        // traffic kube-proxy already masquerades
+        FlannelRule {
+            mark: Some(KUBE_PROXY_MARK),
+            ..rule(None, None, Return)
+        },
+        // within the overlay: no NAT
+        rule(Some(AddrMatch::is(pod)), Some(AddrMatch::is(net)), Return),
+        rule(Some(AddrMatch::is(net)), Some(AddrMatch::is(pod)), Return),
+        // outside traffic to our pods keeps its source
+        rule(Some(AddrMatch::is_not(net)), Some(AddrMatch::is(pod)), Return),
+        rule(Some(AddrMatch::is(net)), Some(AddrMatch::is_not(multicast)), Masquerade),
+        // the host talking to the overlay
+        rule(Some(AddrMatch::is_not(net)), Some(AddrMatch::is(net)), Masquerade),
+    ]
+}
+
+/// flannel's forward rules, in flannel's order.
+pub fn forward_rule_set(network: IpNet) -> Vec<FlannelRule> {
+    let net = network.trunc();
+    vec![
+        FlannelRule::new(RuleChain::Forward, Some(AddrMatch::is(net)), None, RuleAction::Accept),
+        FlannelRule::new(RuleChain::Forward, None, Some(AddrMatch::is(net)), RuleAction::Accept),
+    ]
 }
 
 /// One of weft's iptables chains: its table, its name, the built-in chain that jumps to it and
@@ -80,31 +247,23 @@ impl IptChain {
 }
 
 /// The `FLANNEL-POSTRTG` rules in flannel's order, as `iptables-save` prints them.
-pub fn masq_rules(network: Ipv4Net, pod: Ipv4Net) -> Vec<String> {
-    let (net, pod) = (network.trunc(), pod.trunc());
-    let c = &MASQ_CHAIN;
-    vec![
-        // traffic kube-proxy already masquerades
-        c.rule(&format!("-m mark --mark {KUBE_PROXY_MARK}"), "RETURN"),
-        // within the overlay: no NAT
-        c.rule(&format!("-s {pod} -d {net}"), "RETURN"),
-        c.rule(&format!("-s {net} -d {pod}"), "RETURN"),
-        // outside traffic to our pods keeps its source
-        c.rule(&format!("! -s {net} -d {pod}"), "RETURN"),
-        c.rule(&format!("-s {net} ! -d {IPV4_MULTICAST}"), "MASQUERADE --random-fully"),
-        // the host talking to the overlay
-        c.rule(&format!("! -s {net} -d {net}"), "MASQUERADE --random-fully"),
-    ]
+pub fn masq_rules(network: IpNet, pod: IpNet) -> Vec<String> {
+    masq_rule_set(network, pod)
+        .iter()
+        .map(FlannelRule::iptables_line)
+        .collect()
 }
 
 /// The `FLANNEL-FWD` rules, as `iptables-save` prints them.
-pub fn forward_rules(network: Ipv4Net) -> Vec<String> {
-    let net = network.trunc();
-    let c = &FORWARD_CHAIN;
-    vec![
-        c.rule(&format!("-s {net}"), "ACCEPT"),
-        c.rule(&format!("-d {net}"), "ACCEPT"),
-    ]
+pub fn forward_rules(network: IpNet) -> Vec<String> {
+    forward_rule_set(network)
+        .iter()
+        .map(FlannelRule::iptables_line)
+        .collect()
+}
+
+fn iptables_lines(rules: Vec<FlannelRule>) -> Vec<String> {
+    rules.iter().map(FlannelRule::iptables_line).collect()
 }
 
 /// What `iptables-save` shows of one of weft's chains.
@@ -121,21 +280,24 @@ pub struct ChainState {
 impl ChainState {
     /// Picks the chain out of `iptables-save -t <table>` output.
     pub fn from_save(save: &str, chain: &IptChain) -> ChainState {
-        let declaration = format!(":{} ", chain.name);
-        let own = format!("-A {} ", chain.name);
-        let hook = format!("-A {} ", chain.hook);
-        let jump_tail = format!(" -j {}", chain.name);
-        let mut state = ChainState::default();
-        for line in save.lines().map(str::trim_end) {
-            if line.starts_with(&declaration) {
-                state.declared = true;
-            } else if line.starts_with(&own) {
-                state.rules.push(line.to_string());
-            } else if line.starts_with(&hook) && line.ends_with(&jump_tail) {
-                state.jumps.push(line.to_string());
-            }
+        iptables_save::table(&iptables_save::parse(save), chain.table)
+            .map(|table| ChainState::from_table(table, chain))
+            .unwrap_or_default()
+    }
+
+    /// Picks the chain out of a parsed table.
+    pub fn from_table(table: &SaveTable, chain: &IptChain) -> ChainState {
+        let jumps_to_chain =
+            |args: &[String]| args.len() >= 2 && args[args.len() - 2] == "-j" && args[args.len() - 1] == chain.name;
+        ChainState {
+            declared: table.policy(chain.name).is_some(),
+            rules: table.rules_of(chain.name).map(|r| r.line.clone()).collect(),
+            jumps: table
+                .rules_of(chain.hook)
+                .filter(|r| jumps_to_chain(&r.args))
+                .map(|r| r.line.clone())
+                .collect(),
         }
-        state
     }
 
     /// The state of a chain that should hold `rules` (None: the chain should not exist).
@@ -170,8 +332,8 @@ impl IptablesState {
     /// The state the plan asks for.
     pub fn desired(plan: &FirewallPlan) -> IptablesState {
         IptablesState {
-            masq: ChainState::desired(&MASQ_CHAIN, plan.masq.then(|| masq_rules(plan.network, plan.pod))),
-            forward: ChainState::desired(&FORWARD_CHAIN, plan.forward.then(|| forward_rules(plan.network))),
+            masq: ChainState::desired(&MASQ_CHAIN, plan.masq_rule_set().map(iptables_lines)),
+            forward: ChainState::desired(&FORWARD_CHAIN, plan.forward_rule_set().map(iptables_lines)),
         }
     }
 }
@@ -230,104 +392,6 @@ fn chain_restore_input(chain: &IptChain, want: &ChainState, have: &ChainState) -
     out
 }
 
-/// The table `ip flannel-ipv4` exactly as `nft list table ip flannel-ipv4` prints it (tabs,
-/// blank line between chains), or None when the plan wants neither chain.
-pub fn nft_table(plan: &FirewallPlan) -> Option<String> {
-    if !plan.masq && !plan.forward {
-        return None;
-    }
-    let (net, pod) = (plan.network.trunc(), plan.pod.trunc());
-    let mut chains = Vec::new();
-    if plan.masq {
-        let masq = "comment \"flanneld masq\"";
-        chains.push(format!(
-            "\tchain {NFT_MASQ_CHAIN} {{\n\
-             \t\tcomment \"chain to manage traffic masquerading by flannel\"\n\
-             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-             \t\tmeta mark & 0x00004000 == 0x00004000 return {masq}\n\
-             \t\tip saddr {pod} ip daddr {net} return {masq}\n\
-             \t\tip saddr {net} ip daddr {pod} return {masq}\n\
-             \t\tip saddr != {net} ip daddr {pod} return {masq}\n\
-             \t\tip saddr {net} ip daddr != {IPV4_MULTICAST} masquerade fully-random {masq}\n\
-             \t\tip saddr != {net} ip daddr {net} masquerade fully-random {masq}\n\
-             \t}}\n"
-        ));
-    }
-    if plan.forward {
-        let fwd = "comment \"flanneld forward\"";
-        chains.push(format!(
-            "\tchain {NFT_FORWARD_CHAIN} {{\n\
-             \t\tcomment \"chain to accept flannel traffic\"\n\
-             \t\ttype filter hook forward priority filter; policy accept;\n\
-             \t\tip saddr {net} accept {fwd}\n\
-             \t\tip daddr {net} accept {fwd}\n\
-             \t}}\n"
-        ));
-    }
-    Some(format!(
-        "table ip {NFT_TABLE} {{\n\tcomment \"rules for {NFT_TABLE}\"\n{}}}\n",
-        chains.join("\n")
-    ))
-}
-
-/// One `nft -f` script that replaces the table's contents atomically: it creates the table if
-/// missing (so the delete cannot fail), deletes it and declares it again in the same
-/// transaction. When the plan wants neither chain it only deletes the table.
-pub fn nft_batch(plan: &FirewallPlan) -> String {
-    let mut out = nft_removal_batch();
-    if let Some(table) = nft_table(plan) {
-        out.push_str(&table);
-    }
-    out
-}
-
-/// The `nft -f` script that deletes the table, whether or not it exists.
-pub fn nft_removal_batch() -> String {
-    format!("table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n")
-}
-
-/// The parts of an `nft list table` listing that matter, with handles, indentation and blank
-/// lines dropped: the lines outside any chain, and each chain's lines by chain name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NftState {
-    pub table_lines: Vec<String>,
-    pub chains: BTreeMap<String, Vec<String>>,
-}
-
-impl NftState {
-    /// Reads a listing (`nft list table ip flannel-ipv4`, or [`nft_table`]'s text; "" for a
-    /// missing table).
-    pub fn from_listing(listing: &str) -> NftState {
-        let mut state = NftState::default();
-        let mut current: Option<String> = None;
-        for raw in listing.lines() {
-            let line = match raw.split_once(" # handle ") {
-                Some((before, _)) => before.trim(),
-                None => raw.trim(),
-            };
-            if line.is_empty() {
-                continue;
-            }
-            if let Some(name) = line.strip_prefix("chain ").and_then(|l| l.strip_suffix(" {")) {
-                current = Some(name.to_string());
-                state.chains.entry(name.to_string()).or_default();
-            } else if line == "}" && current.is_some() {
-                current = None;
-            } else if let Some(name) = &current {
-                state.chains.entry(name.clone()).or_default().push(line.to_string());
-            } else {
-                state.table_lines.push(line.to_string());
-            }
-        }
-        state
-    }
-
-    /// The state the plan asks for (empty when it wants no table).
-    pub fn desired(plan: &FirewallPlan) -> NftState {
-        NftState::from_listing(&nft_table(plan).unwrap_or_default())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +433,61 @@ mod tests {
     fn host_bits_of_the_lease_address_are_dropped() {
         let rules = masq_rules("10.5.0.0/16".parse().unwrap(), "10.5.72.1/24".parse().unwrap());
         assert_eq!(lines(rules), MASQ_RULES);
+    }
+
+    #[test]
+    fn the_rule_set_is_flannels_in_order() {
+        let p = plan(true, true);
+        let rules = p.masq_rule_set().unwrap();
+        let net = AddrMatch::is(p.network);
+        let pod = AddrMatch::is(p.pod);
+        let shape: Vec<_> = rules.iter().map(|r| (r.mark, r.src, r.dst, r.action)).collect();
+        assert_eq!(
+            shape,
+            [
+                (Some(0x4000), None, None, RuleAction::Return),
+                (None, Some(pod), Some(net), RuleAction::Return),
+                (None, Some(net), Some(pod), RuleAction::Return),
+                (None, Some(AddrMatch::is_not(p.network)), Some(pod), RuleAction::Return),
+                (
+                    None,
+                    Some(net),
+                    Some(AddrMatch::is_not("224.0.0.0/4".parse().unwrap())),
+                    RuleAction::Masquerade
+                ),
+                (
+                    None,
+                    Some(AddrMatch::is_not(p.network)),
+                    Some(net),
+                    RuleAction::Masquerade
+                ),
+            ]
+        );
+        assert!(rules.iter().all(|r| r.chain == RuleChain::Masq));
+        assert_eq!(p.forward_rule_set().unwrap().len(), 2);
+        assert_eq!(plan(false, false).masq_rule_set(), None);
+        assert_eq!(plan(false, false).forward_rule_set(), None);
+    }
+
+    #[test]
+    fn ipv6_rules_skip_ipv6_multicast() {
+        let rules = masq_rules("fc00:0:0:0::/48".parse().unwrap(), "fc00:0:0:1::1/64".parse().unwrap());
+        assert_eq!(
+            rules[4],
+            "-A FLANNEL-POSTRTG -s fc00::/48 ! -d ff00::/8 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully"
+        );
+        assert_eq!(
+            rules[1],
+            "-A FLANNEL-POSTRTG -s fc00:0:0:1::/64 -d fc00::/48 -m comment --comment \"flanneld masq\" -j RETURN"
+        );
+        let p = FirewallPlan {
+            network: "fc00::/48".parse().unwrap(),
+            pod: "fc00:0:0:1::/64".parse().unwrap(),
+            masq: true,
+            forward: true,
+        };
+        assert_eq!(p.family(), AddrFamily::Ipv6);
+        assert_eq!(plan(true, true).family(), AddrFamily::Ipv4);
     }
 
     #[test]
@@ -478,64 +597,5 @@ mod tests {
              -D FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD\n\
              -X FLANNEL-FWD\nCOMMIT\n"
         );
-    }
-
-    const NFT_TABLE_TEXT: &str = "\
-table ip flannel-ipv4 {
-\tcomment \"rules for flannel-ipv4\"
-\tchain postrtg {
-\t\tcomment \"chain to manage traffic masquerading by flannel\"
-\t\ttype nat hook postrouting priority srcnat; policy accept;
-\t\tmeta mark & 0x00004000 == 0x00004000 return comment \"flanneld masq\"
-\t\tip saddr 10.5.72.0/24 ip daddr 10.5.0.0/16 return comment \"flanneld masq\"
-\t\tip saddr 10.5.0.0/16 ip daddr 10.5.72.0/24 return comment \"flanneld masq\"
-\t\tip saddr != 10.5.0.0/16 ip daddr 10.5.72.0/24 return comment \"flanneld masq\"
-\t\tip saddr 10.5.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment \"flanneld masq\"
-\t\tip saddr != 10.5.0.0/16 ip daddr 10.5.0.0/16 masquerade fully-random comment \"flanneld masq\"
-\t}
-
-\tchain forward {
-\t\tcomment \"chain to accept flannel traffic\"
-\t\ttype filter hook forward priority filter; policy accept;
-\t\tip saddr 10.5.0.0/16 accept comment \"flanneld forward\"
-\t\tip daddr 10.5.0.0/16 accept comment \"flanneld forward\"
-\t}
-}
-";
-
-    #[test]
-    fn nft_batch_replaces_the_table_in_one_script() {
-        let expected = format!("table ip flannel-ipv4 {{}}\ndelete table ip flannel-ipv4\n{NFT_TABLE_TEXT}");
-        assert_eq!(nft_batch(&plan(true, true)), expected);
-    }
-
-    #[test]
-    fn nft_batch_without_chains_only_deletes() {
-        assert_eq!(
-            nft_batch(&plan(false, false)),
-            "table ip flannel-ipv4 {}\ndelete table ip flannel-ipv4\n"
-        );
-        let forward_only = nft_table(&plan(false, true)).unwrap();
-        assert!(!forward_only.contains("postrtg"));
-        assert!(forward_only.contains("chain forward {"));
-    }
-
-    #[test]
-    fn nft_listing_with_handles_matches_the_plan() {
-        let listed = NFT_TABLE_TEXT
-            .replace("table ip flannel-ipv4 {", "table ip flannel-ipv4 { # handle 5")
-            .replace(
-                "return comment \"flanneld masq\"",
-                "return comment \"flanneld masq\" # handle 7",
-            );
-        let have = NftState::from_listing(&listed);
-        assert_eq!(have, NftState::desired(&plan(true, true)));
-        assert_eq!(have.chains["forward"].len(), 4);
-        assert_eq!(
-            have.table_lines,
-            ["table ip flannel-ipv4 {", "comment \"rules for flannel-ipv4\"", "}"]
-        );
-        assert_ne!(have, NftState::desired(&plan(true, false)));
-        assert_eq!(NftState::desired(&plan(false, false)), NftState::default());
     }
 }

@@ -1,14 +1,17 @@
 //! Root tests of the masquerade/forward rules against the real iptables and nft binaries. Each
 //! test works in its own network namespace `wtf-<unique>` (removed on drop, also on failure); the
-//! `Firewall` reaches it through `ip netns exec`, except in the test of the `setns()` path.
+//! driver reaches it through `ip netns exec`, except in the test of the `setns()` path.
 //!
 //! Run: `cargo test -p weft-kernel --test firewall` as root.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use weft_core::masq::{forward_rules, masq_rules, nft_table};
-use weft_kernel::firewall::{Changes, Firewall, FirewallError, FirewallPlan, Mode};
+use weft_core::masq::{forward_rules, masq_rules};
+use weft_kernel::firewall::{
+    firewall_driver, AddrFamily, Changes, FirewallDriver, FirewallError, FirewallKind, FirewallPlan, Installed,
+    InstalledChain,
+};
 
 struct Netns(String);
 
@@ -46,8 +49,28 @@ impl Netns {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    fn firewall(&self, mode: Mode) -> Firewall {
-        Firewall::new(mode).in_netns(&self.0)
+    /// Runs a command inside the namespace with `input` on its stdin; panics on failure.
+    fn run_with_input(&self, args: &[&str], input: &str) {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} in {} failed: {}",
+            self.0,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn firewall(&self, kind: FirewallKind) -> Box<dyn FirewallDriver> {
+        firewall_driver(kind, AddrFamily::Ipv4, Some(&self.0))
     }
 
     /// The lines of `iptables-save -t <table>` that mention weft's chains, in order.
@@ -60,8 +83,13 @@ impl Netns {
     }
 
     fn nft_table(&self) -> Option<String> {
+        self.nft_list("ip", "flannel-ipv4")
+    }
+
+    /// `nft list table <family> <name>` (text, as a user reads it), None when it is missing.
+    fn nft_list(&self, family: &str, name: &str) -> Option<String> {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "nft", "list", "table", "ip", "flannel-ipv4"])
+            .args(["netns", "exec", &self.0, "nft", "list", "table", family, name])
             .output()
             .unwrap();
         out.status.success().then(|| String::from_utf8(out.stdout).unwrap())
@@ -109,6 +137,38 @@ fn expected_filter(plan: &FirewallPlan) -> Vec<String> {
     lines
 }
 
+/// `nft list table ip flannel-ipv4` as nft prints the plan's table, spelled out here rather
+/// than rendered by weft so a change in what weft builds cannot hide behind a shared helper.
+/// (Table and chain comments, which flannel's text sets, cannot be set through nft's JSON input
+/// on nft 1.0.6, so weft's table has none.)
+fn expected_nft(plan: &FirewallPlan) -> String {
+    let (net, pod) = (plan.network.trunc(), plan.pod.trunc());
+    let mut chains = Vec::new();
+    if plan.masq {
+        chains.push(format!(
+            "\tchain postrtg {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tmeta mark & 0x00004000 == 0x00004000 return comment \"flanneld masq\"\n\
+             \t\tip saddr {pod} ip daddr {net} return comment \"flanneld masq\"\n\
+             \t\tip saddr {net} ip daddr {pod} return comment \"flanneld masq\"\n\
+             \t\tip saddr != {net} ip daddr {pod} return comment \"flanneld masq\"\n\
+             \t\tip saddr {net} ip daddr != 224.0.0.0/4 masquerade fully-random comment \"flanneld masq\"\n\
+             \t\tip saddr != {net} ip daddr {net} masquerade fully-random comment \"flanneld masq\"\n\
+             \t}}\n"
+        ));
+    }
+    if plan.forward {
+        chains.push(format!(
+            "\tchain forward {{\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tip saddr {net} accept comment \"flanneld forward\"\n\
+             \t\tip daddr {net} accept comment \"flanneld forward\"\n\
+             \t}}\n"
+        ));
+    }
+    format!("table ip flannel-ipv4 {{\n{}}}\n", chains.join("\n"))
+}
+
 const BOTH: Changes = Changes {
     masq: true,
     forward: true,
@@ -121,7 +181,7 @@ fn iptables_rules_appear_in_flannels_order_with_comments() {
     }
     let ns = Netns::new();
     let p = plan("10.5.72.0/24");
-    assert_eq!(ns.firewall(Mode::Iptables).ensure(&p).unwrap(), BOTH);
+    assert_eq!(ns.firewall(FirewallKind::Iptables).ensure(&p).unwrap(), BOTH);
 
     let nat = ns.weft_lines("nat");
     assert_eq!(nat, expected_nat(&p));
@@ -138,6 +198,21 @@ fn iptables_rules_appear_in_flannels_order_with_comments() {
         ]
     );
     assert_eq!(ns.weft_lines("filter"), expected_filter(&p));
+
+    // read back through the driver: the same lines, each chain hooked once
+    assert_eq!(
+        ns.firewall(FirewallKind::Iptables).installed().unwrap(),
+        Installed {
+            masq: Some(InstalledChain {
+                hooks: vec!["-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG".into()],
+                rules: masq_rules(p.network, p.pod),
+            }),
+            forward: Some(InstalledChain {
+                hooks: vec!["-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD".into()],
+                rules: forward_rules(p.network),
+            }),
+        }
+    );
 }
 
 #[test]
@@ -146,12 +221,15 @@ fn iptables_ensure_twice_changes_nothing_the_second_time() {
         return;
     }
     let ns = Netns::new();
-    let fw = ns.firewall(Mode::Iptables);
+    let fw = ns.firewall(FirewallKind::Iptables);
     let p = plan("10.5.72.0/24");
     assert!(fw.ensure(&p).unwrap().any());
     assert_eq!(fw.ensure(&p).unwrap(), Changes::default());
     // a fresh Firewall (a restarted daemon) sees the same: nothing to do
-    assert_eq!(ns.firewall(Mode::Iptables).ensure(&p).unwrap(), Changes::default());
+    assert_eq!(
+        ns.firewall(FirewallKind::Iptables).ensure(&p).unwrap(),
+        Changes::default()
+    );
     assert_eq!(ns.weft_lines("nat"), expected_nat(&p));
 }
 
@@ -161,7 +239,7 @@ fn iptables_hand_edits_are_corrected() {
         return;
     }
     let ns = Netns::new();
-    let fw = ns.firewall(Mode::Iptables);
+    let fw = ns.firewall(FirewallKind::Iptables);
     let p = plan("10.5.72.0/24");
     fw.ensure(&p).unwrap();
     // a foreign rule in POSTROUTING must survive every correction
@@ -229,7 +307,7 @@ fn iptables_new_subnet_replaces_the_old_rules() {
         return;
     }
     let ns = Netns::new();
-    let fw = ns.firewall(Mode::Iptables);
+    let fw = ns.firewall(FirewallKind::Iptables);
     fw.ensure(&plan("10.5.72.0/24")).unwrap();
     let moved = plan("10.5.9.0/24");
     assert_eq!(
@@ -259,7 +337,7 @@ fn iptables_switched_off_rule_sets_vanish() {
         return;
     }
     let ns = Netns::new();
-    let fw = ns.firewall(Mode::Iptables);
+    let fw = ns.firewall(FirewallKind::Iptables);
     let mut p = plan("10.5.72.0/24");
     fw.ensure(&p).unwrap();
     p.masq = false;
@@ -290,7 +368,7 @@ fn iptables_remove_cleans_up_only_weft() {
         return;
     }
     let ns = Netns::new();
-    let fw = ns.firewall(Mode::Iptables);
+    let fw = ns.firewall(FirewallKind::Iptables);
     ns.run(&[
         "iptables",
         "-t",
@@ -304,6 +382,7 @@ fn iptables_remove_cleans_up_only_weft() {
     ]);
     fw.ensure(&plan("10.5.72.0/24")).unwrap();
     fw.remove().unwrap();
+    assert_eq!(fw.installed().unwrap(), Installed::default());
     assert_eq!(ns.weft_lines("nat"), Vec::<String>::new());
     assert_eq!(ns.weft_lines("filter"), Vec::<String>::new());
     assert!(ns
@@ -321,15 +400,35 @@ fn nftables_mode_builds_table_flannel_ipv4() {
         return;
     }
     let ns = Netns::new();
-    let fw = ns.firewall(Mode::Nftables);
+    let fw = ns.firewall(FirewallKind::Nftables);
     let p = plan("10.5.72.0/24");
     assert_eq!(fw.ensure(&p).unwrap(), BOTH);
     let listed = ns.nft_table().expect("table ip flannel-ipv4 exists");
-    assert_eq!(listed, nft_table(&p).unwrap());
+    assert_eq!(listed, expected_nft(&p));
     assert!(listed.contains("type nat hook postrouting priority srcnat; policy accept;"));
     assert!(listed.contains("ip saddr 10.5.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random"));
+    // read back through the driver (nft -j): the rules as nft's text shows them, in order
+    let installed = fw.installed().unwrap();
+    let text_rules = |chain: &str| -> Vec<String> {
+        let body = listed.split(&format!("chain {chain} {{\n")).nth(1).unwrap();
+        body.lines()
+            .take_while(|l| l.trim() != "}")
+            .skip(1)
+            .map(|l| l.trim().to_string())
+            .collect()
+    };
+    let masq = installed.masq.expect("chain postrtg");
+    assert_eq!(masq.rules, text_rules("postrtg"));
+    assert_eq!(masq.rules.len(), 6);
+    assert_eq!(masq.hooks, ["type nat hook postrouting priority 100; policy accept;"]);
+    let forward = installed.forward.expect("chain forward");
+    assert_eq!(forward.rules, text_rules("forward"));
+    assert_eq!(forward.hooks, ["type filter hook forward priority 0; policy accept;"]);
     assert_eq!(fw.ensure(&p).unwrap(), Changes::default());
-    assert_eq!(ns.firewall(Mode::Nftables).ensure(&p).unwrap(), Changes::default());
+    assert_eq!(
+        ns.firewall(FirewallKind::Nftables).ensure(&p).unwrap(),
+        Changes::default()
+    );
     // iptables mode left nothing behind
     assert_eq!(ns.weft_lines("nat"), Vec::<String>::new());
 }
@@ -340,7 +439,7 @@ fn nftables_hand_edits_and_new_subnets_are_corrected() {
         return;
     }
     let ns = Netns::new();
-    let fw = ns.firewall(Mode::Nftables);
+    let fw = ns.firewall(FirewallKind::Nftables);
     let p = plan("10.5.72.0/24");
     fw.ensure(&p).unwrap();
 
@@ -352,11 +451,11 @@ fn nftables_hand_edits_and_new_subnets_are_corrected() {
             forward: true
         }
     );
-    assert_eq!(ns.nft_table().unwrap(), nft_table(&p).unwrap());
+    assert_eq!(ns.nft_table().unwrap(), expected_nft(&p));
 
     ns.run(&["nft", "delete", "table", "ip", "flannel-ipv4"]);
     assert_eq!(fw.ensure(&p).unwrap(), BOTH);
-    assert_eq!(ns.nft_table().unwrap(), nft_table(&p).unwrap());
+    assert_eq!(ns.nft_table().unwrap(), expected_nft(&p));
 
     let moved = plan("10.5.9.0/24");
     assert_eq!(
@@ -368,7 +467,7 @@ fn nftables_hand_edits_and_new_subnets_are_corrected() {
     );
     let listed = ns.nft_table().unwrap();
     assert!(!listed.contains("10.5.72.0"), "old subnet still present:\n{listed}");
-    assert_eq!(listed, nft_table(&moved).unwrap());
+    assert_eq!(listed, expected_nft(&moved));
 
     let mut forward_only = moved;
     forward_only.masq = false;
@@ -388,10 +487,11 @@ fn nftables_remove_deletes_the_table() {
         return;
     }
     let ns = Netns::new();
-    let fw = ns.firewall(Mode::Nftables);
+    let fw = ns.firewall(FirewallKind::Nftables);
     fw.ensure(&plan("10.5.72.0/24")).unwrap();
     fw.remove().unwrap();
     assert_eq!(ns.nft_table(), None);
+    assert_eq!(fw.installed().unwrap(), Installed::default());
     fw.remove().unwrap();
     let mut forward_only = plan("10.5.72.0/24");
     forward_only.masq = false;
@@ -408,6 +508,92 @@ fn nftables_remove_deletes_the_table() {
     (nothing.masq, nothing.forward) = (false, false);
     assert_eq!(fw.ensure(&nothing).unwrap(), Changes::default());
     assert_eq!(ns.nft_table(), None);
+}
+
+/// The table as flannel (v0.25+, through knftables' text) creates it, comments included: a node
+/// moving from flanneld to weftd keeps it as it is.
+#[test]
+fn nftables_keeps_the_table_flannel_made() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let p = plan("10.5.72.0/24");
+    let flannels = expected_nft(&p)
+        .replace(
+            "table ip flannel-ipv4 {\n",
+            "table ip flannel-ipv4 {\n\tcomment \"rules for flannel-ipv4\"\n",
+        )
+        .replace(
+            "\tchain postrtg {\n",
+            "\tchain postrtg {\n\t\tcomment \"chain to manage traffic masquerading by flannel\"\n",
+        )
+        .replace(
+            "\tchain forward {\n",
+            "\tchain forward {\n\t\tcomment \"chain to accept flannel traffic\"\n",
+        );
+    ns.run_with_input(&["nft", "-f", "-"], &flannels);
+    assert_eq!(
+        ns.nft_table().unwrap(),
+        flannels,
+        "nft shows flannel's table as written"
+    );
+    let fw = ns.firewall(FirewallKind::Nftables);
+    assert_eq!(fw.ensure(&p).unwrap(), Changes::default());
+    assert_eq!(ns.nft_table().unwrap(), flannels, "left as flannel made it");
+}
+
+#[test]
+fn nftables_ipv6_plan_builds_table_ip6_flannel_ipv6() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let v6 = FirewallPlan {
+        network: "fc00:5::/48".parse().unwrap(),
+        pod: "fc00:5:0:48::1/64".parse().unwrap(),
+        masq: true,
+        forward: true,
+    };
+    let fw = firewall_driver(FirewallKind::Nftables, AddrFamily::Ipv6, Some(&ns.0));
+    assert_eq!(fw.ensure(&v6).unwrap(), BOTH);
+    let listed = ns
+        .nft_list("ip6", "flannel-ipv6")
+        .expect("table ip6 flannel-ipv6 exists");
+    for line in [
+        "type nat hook postrouting priority srcnat; policy accept;",
+        "meta mark & 0x00004000 == 0x00004000 return comment \"flanneld masq\"",
+        "ip6 saddr fc00:5:0:48::/64 ip6 daddr fc00:5::/48 return comment \"flanneld masq\"",
+        "ip6 saddr fc00:5::/48 ip6 daddr != ff00::/8 masquerade fully-random comment \"flanneld masq\"",
+        "ip6 daddr fc00:5::/48 accept comment \"flanneld forward\"",
+    ] {
+        assert!(listed.contains(line), "{line:?} missing from\n{listed}");
+    }
+    assert_eq!(ns.nft_table(), None, "the IPv4 table is not touched");
+    assert_eq!(fw.ensure(&v6).unwrap(), Changes::default());
+    fw.remove().unwrap();
+    assert_eq!(ns.nft_list("ip6", "flannel-ipv6"), None);
+}
+
+#[test]
+fn a_plan_of_the_other_family_is_refused() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let v6 = FirewallPlan {
+        network: "fc00:5::/48".parse().unwrap(),
+        pod: "fc00:5:0:48::/64".parse().unwrap(),
+        masq: true,
+        forward: true,
+    };
+    for kind in [FirewallKind::Iptables, FirewallKind::Nftables] {
+        let err = ns.firewall(kind).ensure(&v6).unwrap_err();
+        assert!(matches!(err, FirewallError::WrongFamily { .. }), "{err:?}");
+        assert!(err.to_string().contains("fc00:5::/48"), "{err}");
+    }
+    assert_eq!(ns.nft_table(), None);
+    assert_eq!(ns.weft_lines("nat"), Vec::<String>::new());
 }
 
 /// The `setns()` path: a Firewall without `in_netns`, used from a thread that entered the
@@ -427,7 +613,7 @@ fn a_thread_inside_the_namespace_needs_no_ip_netns_exec() {
         let here = std::fs::metadata("/proc/thread-self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m));
         let there = std::os::unix::fs::MetadataExt::ino(&file.metadata().unwrap());
         assert_eq!(here.unwrap(), there, "setns did not move the thread");
-        Firewall::new(Mode::Iptables).ensure(&p)
+        firewall_driver(FirewallKind::Iptables, AddrFamily::Ipv4, None).ensure(&p)
     })
     .join()
     .unwrap()
@@ -441,8 +627,7 @@ fn errors_name_the_command_and_its_complaint() {
     if !is_root() {
         return;
     }
-    let err = Firewall::new(Mode::Iptables)
-        .in_netns("wtf-does-not-exist")
+    let err = firewall_driver(FirewallKind::Iptables, AddrFamily::Ipv4, Some("wtf-does-not-exist"))
         .ensure(&plan("10.5.72.0/24"))
         .unwrap_err();
     let FirewallError::Failed { command, stderr, .. } = &err else {
@@ -455,7 +640,7 @@ fn errors_name_the_command_and_its_complaint() {
 
 /// pod (10.5.72.2) -- node (10.5.72.1 | 192.0.2.1) -- outside (192.0.2.2, no route back to the
 /// pod network): the pod reaches the outside only when the node masquerades.
-fn pod_reaches_outside(mode: Mode) {
+fn pod_reaches_outside(mode: FirewallKind) {
     let (node, pod, outside) = (Netns::new(), Netns::new(), Netns::new());
     let ip = |args: &[&str]| {
         let out = Command::new("ip").args(args).output().unwrap();
@@ -501,13 +686,13 @@ fn pod_reaches_outside(mode: Mode) {
 #[test]
 fn iptables_masquerade_lets_a_pod_reach_the_outside() {
     if is_root() {
-        pod_reaches_outside(Mode::Iptables);
+        pod_reaches_outside(FirewallKind::Iptables);
     }
 }
 
 #[test]
 fn nftables_masquerade_lets_a_pod_reach_the_outside() {
     if is_root() {
-        pod_reaches_outside(Mode::Nftables);
+        pod_reaches_outside(FirewallKind::Nftables);
     }
 }

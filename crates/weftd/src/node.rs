@@ -13,7 +13,7 @@ use weft_core::{BackendKind, Lease, LeaseAttrs, NetworkConfig, SubnetEnv};
 use weft_datapath::hostgw::HostGwBackend;
 use weft_datapath::udp::{DropReason, UdpBackend};
 use weft_datapath::vxlan::VxlanBackend;
-use weft_kernel::firewall::{Firewall, Mode};
+use weft_kernel::firewall::{firewall_driver, FirewallKind};
 use weft_kernel::iface::{select_external_interface, IfaceSelection};
 use weft_kernel::netlink::Netlink;
 
@@ -349,33 +349,30 @@ impl Node {
 
 /// Keeps the masquerade/forward rules as the flags say, checked every `--iptables-resync` seconds.
 fn spawn_firewall(flags: &Flags, cfg: &NetworkConfig, lease: &Lease, metrics: Arc<Metrics>) {
-    let (mode, other) = if cfg.enable_nftables {
-        (Mode::Nftables, Mode::Iptables)
-    } else {
-        (Mode::Iptables, Mode::Nftables)
-    };
+    let kind = FirewallKind::from_config(cfg);
     let plan = FirewallPlan {
-        network: cfg.network,
-        pod: lease.subnet.ipv4,
+        network: cfg.network.into(),
+        pod: lease.subnet.ipv4.into(),
         masq: flags.ip_masq,
         forward: flags.iptables_forward_rules,
     };
     let every = Duration::from_secs(flags.iptables_resync.max(1));
     let spawned = std::thread::Builder::new().name("firewall".into()).spawn(move || {
-        if let Err(e) = Firewall::new(other).remove() {
+        let other = kind.other();
+        if let Err(e) = firewall_driver(other, plan.family(), None).remove() {
             tracing::debug!("clearing {other:?} leftovers: {e}");
         }
-        let firewall = Firewall::new(mode);
+        let firewall = firewall_driver(kind, plan.family(), None);
         let mut first = true;
         loop {
             metrics.firewall_checks.fetch_add(1, Ordering::Relaxed);
             match firewall.ensure(&plan) {
                 Ok(changes) if changes.any() && !first => {
                     metrics.firewall_corrections.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(?changes, "{mode:?}: masquerade/forward rules corrected")
+                    tracing::info!(?changes, "{kind:?}: masquerade/forward rules corrected")
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!("{mode:?}: cannot apply masquerade/forward rules: {e}"),
+                Err(e) => tracing::warn!("{kind:?}: cannot apply masquerade/forward rules: {e}"),
             }
             first = false;
             std::thread::sleep(every);
