@@ -172,7 +172,7 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
         port_fdb,
         underlay,
         iptables_filter: listing("iptables-save", &["-t", "filter"]),
-        nft_ruleset: listing("nft", &["list", "ruleset"]),
+        nft_ruleset: listing("nft", &["-j", "list", "ruleset"]),
         udp_peers: read_udp_peers(&opts.subnet_file),
     })
 }

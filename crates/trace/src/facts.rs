@@ -85,7 +85,7 @@ pub struct Facts {
     pub underlay: Vec<(Ipv4Addr, Lookup)>,
     /// `iptables-save -t filter` output; None when iptables-save is missing or failed.
     pub iptables_filter: Option<String>,
-    /// `nft list ruleset` output; None when nft is missing or failed.
+    /// `nft -j list ruleset` output (JSON); None when nft is missing or failed.
     pub nft_ruleset: Option<String>,
     /// The udp peer table weftd publishes next to subnet.env: Err says why it is unreadable.
     pub udp_peers: Result<Vec<weft_core::peer_file::PeerEntry>, String>,

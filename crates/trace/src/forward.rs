@@ -1,5 +1,7 @@
-//! Does the FORWARD hook let a packet through? Evaluates `iptables-save -t filter` output and an
-//! `nft list ruleset` listing for one packet (source, destination, in and out interface). Pure.
+//! Does the FORWARD hook let a packet through? Evaluates `iptables-save -t filter` output (read
+//! by [`weft_core::iptables_save`]) and an `nft -j list ruleset` listing (read by
+//! [`weft_kernel::firewall::nft_json`]) for one packet (source, destination, in and out
+//! interface). Pure.
 //!
 //! Only matches it understands are evaluated (`-s`, `-d`, `-i`, `-o`, comments; in nft `ip
 //! saddr`, `ip daddr`, `iifname`, `oifname`, counters, comments); a rule with any other match
@@ -7,9 +9,13 @@
 //! reported only when no rule we can read accepts the packet.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
+use weft_core::iptables_save;
+use weft_kernel::firewall::nft_json::{self, ChainView, RuleExpr, Ruleset};
+use weft_kernel::firewall::nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload};
+use weft_kernel::firewall::nftables::stmt::{Match, Operator, Statement};
 
 /// The packet to follow through the FORWARD hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,31 +31,6 @@ pub struct Packet {
 pub enum Verdict {
     Accept { by: String },
     Drop { by: String },
-}
-
-/// Splits a rule into words, keeping quoted strings (`"flanneld forward"`) whole.
-fn words(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in line.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                cur.push(c);
-            }
-            c if c.is_whitespace() && !quoted => {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
 }
 
 fn addr_matches(spec: &str, ip: Ipv4Addr) -> Option<bool> {
@@ -84,33 +65,16 @@ struct IptRule {
 /// Evaluates the packet against the FORWARD chain of `iptables-save -t filter` output. None when
 /// the output holds no filter table (nothing to say).
 pub fn iptables_forward(save: &str, pkt: &Packet) -> Option<Verdict> {
-    let mut in_filter = false;
-    let mut policies = BTreeMap::new();
+    let tables = iptables_save::parse(save);
+    let filter = iptables_save::table(&tables, "filter")?;
     let mut chains: BTreeMap<String, Vec<IptRule>> = BTreeMap::new();
-    for line in save.lines().map(str::trim) {
-        if let Some(table) = line.strip_prefix('*') {
-            in_filter = table == "filter";
-            continue;
-        }
-        if !in_filter {
-            continue;
-        }
-        if let Some(decl) = line.strip_prefix(':') {
-            let mut parts = decl.split_whitespace();
-            if let (Some(name), Some(policy)) = (parts.next(), parts.next()) {
-                policies.insert(name.to_string(), policy.to_string());
-            }
-        } else if let Some(rest) = line.strip_prefix("-A ") {
-            let w = words(rest);
-            if let Some((chain, args)) = w.split_first() {
-                chains.entry(chain.clone()).or_default().push(IptRule {
-                    line: line.to_string(),
-                    words: args.to_vec(),
-                });
-            }
-        }
+    for rule in &filter.rules {
+        chains.entry(rule.chain.clone()).or_default().push(IptRule {
+            line: rule.line.clone(),
+            words: rule.args.clone(),
+        });
     }
-    let policy = policies.get("FORWARD")?;
+    let policy = filter.policy("FORWARD")?;
     match ipt_chain(&chains, "FORWARD", pkt, 0) {
         Some((true, by)) => Some(Verdict::Accept { by }),
         Some((false, by)) => Some(Verdict::Drop { by }),
@@ -194,73 +158,40 @@ fn ipt_rule(words: &[String], pkt: &Packet) -> Option<RuleOutcome> {
     }
 }
 
-struct NftChain {
-    /// `hook forward` base chain.
-    forward_hook: bool,
-    policy_drop: bool,
-    rules: Vec<(String, Vec<String>)>,
+/// Reads `nft -j list ruleset` output; None when it is not nft JSON.
+pub fn parse_nft(json: &str) -> Option<Ruleset> {
+    nft_json::parse_ruleset(json).ok()
 }
 
-/// Evaluates the packet against every base chain at the forward hook in `nft list ruleset`
-/// output (each must let it through). `skip_ip_filter`: leave out `table ip filter`, which
-/// iptables-nft manages and [`iptables_forward`] already read. None when no base chain hooks
-/// forward.
-pub fn nft_forward(listing: &str, pkt: &Packet, skip_ip_filter: bool) -> Option<Verdict> {
-    // table -> chain -> chain
-    let mut tables: Vec<(String, BTreeMap<String, NftChain>)> = Vec::new();
-    let mut chain: Option<String> = None;
-    for raw in listing.lines() {
-        let line = raw.trim();
-        if let Some(rest) = line.strip_prefix("table ") {
-            let name = rest.trim_end_matches('{').trim().to_string();
-            tables.push((name, BTreeMap::new()));
-            chain = None;
-        } else if let Some(rest) = line.strip_prefix("chain ") {
-            let name = rest.trim_end_matches('{').trim().to_string();
-            if let Some((_, chains)) = tables.last_mut() {
-                chains.insert(
-                    name.clone(),
-                    NftChain {
-                        forward_hook: false,
-                        policy_drop: false,
-                        rules: Vec::new(),
-                    },
-                );
-            }
-            chain = Some(name);
-        } else if line == "}" {
-            continue;
-        } else if let (Some(c), Some((_, chains))) = (&chain, tables.last_mut()) {
-            let Some(ch) = chains.get_mut(c) else { continue };
-            if line.starts_with("type ") {
-                ch.forward_hook = line.contains("hook forward");
-                ch.policy_drop = line.contains("policy drop");
-            } else if !line.is_empty() {
-                ch.rules.push((line.to_string(), words(line)));
-            }
-        }
-    }
+/// Evaluates the packet against every base chain at the forward hook of the ruleset (each must
+/// let it through). `skip_ip_filter`: leave out `table ip filter`, which iptables-nft manages and
+/// [`iptables_forward`] already read. None when no base chain hooks forward.
+pub fn nft_forward(ruleset: &Ruleset, pkt: &Packet, skip_ip_filter: bool) -> Option<Verdict> {
+    use weft_kernel::firewall::nftables::types::{NfChainPolicy, NfHook};
     let mut any = false;
     let mut accepted_by = Vec::new();
-    for (table, chains) in &tables {
-        if skip_ip_filter && table == "ip filter" {
+    for table in &ruleset.tables {
+        let name = table.describe();
+        if skip_ip_filter && name == "ip filter" {
             continue;
         }
-        for (name, ch) in chains.iter().filter(|(_, c)| c.forward_hook) {
+        let chains: BTreeMap<&str, &ChainView> = table.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+        for chain in table
+            .chains
+            .iter()
+            .filter(|c| c.base.is_some_and(|b| b.hook == NfHook::Forward))
+        {
             any = true;
-            match nft_chain(chains, name, pkt, 0) {
-                Some((true, rule)) => accepted_by.push(format!("{rule} (nft {table} chain {name})")),
-                Some((false, rule)) => {
+            let at = |rule: String| format!("{rule} (nft {name} chain {})", chain.name);
+            match nft_chain(&chains, &chain.name, pkt, 0) {
+                Some((true, rule)) => accepted_by.push(at(rule)),
+                Some((false, rule)) => return Some(Verdict::Drop { by: at(rule) }),
+                None if chain.base.is_some_and(|b| b.policy == Some(NfChainPolicy::Drop)) => {
                     return Some(Verdict::Drop {
-                        by: format!("{rule} (nft {table} chain {name})"),
+                        by: at("policy drop".into()),
                     })
                 }
-                None if ch.policy_drop => {
-                    return Some(Verdict::Drop {
-                        by: format!("policy drop (nft {table} chain {name})"),
-                    })
-                }
-                None => accepted_by.push(format!("policy accept (nft {table} chain {name})")),
+                None => accepted_by.push(at("policy accept".into())),
             }
         }
     }
@@ -269,14 +200,17 @@ pub fn nft_forward(listing: &str, pkt: &Packet, skip_ip_filter: bool) -> Option<
     })
 }
 
-fn nft_chain(chains: &BTreeMap<String, NftChain>, name: &str, pkt: &Packet, depth: u8) -> Option<(bool, String)> {
+fn nft_chain(chains: &BTreeMap<&str, &ChainView>, name: &str, pkt: &Packet, depth: u8) -> Option<(bool, String)> {
     if depth > 8 {
         return None;
     }
-    for (line, words) in chains.get(name).map(|c| c.rules.as_slice()).unwrap_or_default() {
-        match nft_rule(words, pkt) {
-            Some(RuleOutcome::Accept) => return Some((true, line.clone())),
-            Some(RuleOutcome::Drop) => return Some((false, line.clone())),
+    for rule in chains.get(name).map(|c| c.rules.as_slice()).unwrap_or_default() {
+        let RuleExpr::Read(statements) = &rule.expr else {
+            continue;
+        };
+        match nft_rule(statements, pkt) {
+            Some(RuleOutcome::Accept) => return Some((true, nft_json::render_rule(rule))),
+            Some(RuleOutcome::Drop) => return Some((false, nft_json::render_rule(rule))),
             Some(RuleOutcome::Return) => return None,
             Some(RuleOutcome::Jump(target)) => {
                 if let Some(decided) = nft_chain(chains, &target, pkt, depth + 1) {
@@ -289,53 +223,53 @@ fn nft_chain(chains: &BTreeMap<String, NftChain>, name: &str, pkt: &Packet, dept
     None
 }
 
-fn nft_rule(words: &[String], pkt: &Packet) -> Option<RuleOutcome> {
-    let mut i = 0;
-    while i < words.len() {
-        let w = words[i].as_str();
-        match w {
-            "ip" => {
-                let field = words.get(i + 1)?.as_str();
-                let (negate, value) = match words.get(i + 2)?.as_str() {
-                    "!=" => (true, words.get(i + 3)?.as_str()),
-                    v => (false, v),
-                };
-                let ip = match field {
-                    "saddr" => pkt.src,
-                    "daddr" => pkt.dst,
-                    _ => return None,
-                };
-                if addr_matches(value, ip)? == negate {
+fn nft_rule(statements: &[Statement], pkt: &Packet) -> Option<RuleOutcome> {
+    for statement in statements {
+        match statement {
+            Statement::Match(m) => {
+                if !nft_match(m, pkt)? {
                     return None;
                 }
-                i += if negate { 4 } else { 3 };
             }
-            "iifname" | "oifname" => {
-                let name = if w == "iifname" { &pkt.iif } else { &pkt.oif };
-                let (negate, value) = match words.get(i + 1)?.as_str() {
-                    "!=" => (true, words.get(i + 2)?.as_str()),
-                    v => (false, v),
-                };
-                let spec = value.trim_matches('"');
-                let hit = match spec.strip_suffix('*') {
-                    Some(prefix) => name.starts_with(prefix),
-                    None => spec == name,
-                };
-                if hit == negate {
-                    return None;
-                }
-                i += if negate { 3 } else { 2 };
-            }
-            "counter" => i += 1,
-            "packets" | "bytes" | "comment" => i += 2,
-            "accept" => return Some(RuleOutcome::Accept),
-            "drop" | "reject" => return Some(RuleOutcome::Drop),
-            "return" => return Some(RuleOutcome::Return),
-            "jump" | "goto" => return Some(RuleOutcome::Jump(words.get(i + 1)?.clone())),
+            Statement::Counter(_) => {}
+            Statement::Accept(_) => return Some(RuleOutcome::Accept),
+            Statement::Drop(_) | Statement::Reject(_) => return Some(RuleOutcome::Drop),
+            Statement::Return(_) => return Some(RuleOutcome::Return),
+            Statement::Jump(j) | Statement::Goto(j) => return Some(RuleOutcome::Jump(j.target.to_string())),
             _ => return None,
         }
     }
     None
+}
+
+/// Whether the packet meets one match; None when the match is not one we read.
+fn nft_match(m: &Match, pkt: &Packet) -> Option<bool> {
+    let hit = match &m.left {
+        Expression::Named(NamedExpression::Payload(Payload::PayloadField(p))) if p.protocol == "ip" => {
+            let ip = match p.field.as_ref() {
+                "saddr" => pkt.src,
+                "daddr" => pkt.dst,
+                _ => return None,
+            };
+            nft_json::addr_of(&m.right)?.contains(&IpAddr::V4(ip))
+        }
+        Expression::Named(NamedExpression::Meta(Meta { key }))
+            if matches!(key, MetaKey::Iifname | MetaKey::Oifname) =>
+        {
+            let name = if *key == MetaKey::Iifname { &pkt.iif } else { &pkt.oif };
+            let spec = nft_json::name_of(&m.right)?;
+            match spec.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => spec == name,
+            }
+        }
+        _ => return None,
+    };
+    match m.op {
+        Operator::EQ | Operator::IN => Some(hit),
+        Operator::NEQ => Some(!hit),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -414,53 +348,108 @@ mod tests {
         assert_eq!(iptables_forward("", &pkt()), None);
     }
 
-    const NFT: &str = r#"table ip flannel-ipv4 {
-	chain forward {
-		type filter hook forward priority filter; policy accept;
-		ip saddr 10.5.0.0/16 accept
-		ip daddr 10.5.0.0/16 accept
-	}
-}
-table inet fw {
-	chain fwd {
-		type filter hook forward priority filter + 10; policy drop;
-		ct state established,related accept
-		iifname "cni0" counter packets 0 bytes 0 jump pods
-	}
-	chain pods {
-		ip daddr != 10.5.0.0/16 drop
-		ip saddr 10.5.0.0/16 comment "pods" accept
-	}
-}
-"#;
+    /// `nft -j list ruleset` (nft 1.0.6) of:
+    /// table ip flannel-ipv4 { chain forward { type filter hook forward priority filter; policy accept;
+    ///     ip saddr 10.5.0.0/16 accept; ip daddr 10.5.0.0/16 accept } }
+    /// table inet host { chain fwd_in { type filter hook forward priority filter + 10; policy drop;
+    ///     ct state established,related accept; iifname "cni0" counter packets 0 bytes 0 jump pods }
+    ///   chain pods { ip daddr != 10.5.0.0/16 drop; ip saddr 10.5.0.0/16 accept comment "pods" } }
+    const NFT: &str = r#"{"nftables":[
+{"metainfo":{"version":"1.0.6","release_name":"Lester Gooch #5","json_schema_version":1}},
+{"table":{"family":"ip","name":"flannel-ipv4","handle":5}},
+{"chain":{"family":"ip","table":"flannel-ipv4","name":"forward","handle":1,"type":"filter","hook":"forward","prio":0,"policy":"accept"}},
+{"rule":{"family":"ip","table":"flannel-ipv4","chain":"forward","handle":2,"expr":[{"match":{"op":"==","left":{"payload":{"protocol":"ip","field":"saddr"}},"right":{"prefix":{"addr":"10.5.0.0","len":16}}}},{"accept":null}]}},
+{"rule":{"family":"ip","table":"flannel-ipv4","chain":"forward","handle":3,"expr":[{"match":{"op":"==","left":{"payload":{"protocol":"ip","field":"daddr"}},"right":{"prefix":{"addr":"10.5.0.0","len":16}}}},{"accept":null}]}},
+{"table":{"family":"inet","name":"host","handle":6}},
+{"chain":{"family":"inet","table":"host","name":"fwd_in","handle":1,"type":"filter","hook":"forward","prio":10,"policy":"drop"}},
+{"chain":{"family":"inet","table":"host","name":"pods","handle":2}},
+{"rule":{"family":"inet","table":"host","chain":"fwd_in","handle":3,"expr":[{"match":{"op":"in","left":{"ct":{"key":"state"}},"right":["established","related"]}},{"accept":null}]}},
+{"rule":{"family":"inet","table":"host","chain":"fwd_in","handle":4,"expr":[{"match":{"op":"==","left":{"meta":{"key":"iifname"}},"right":"cni0"}},{"counter":{"packets":0,"bytes":0}},{"jump":{"target":"pods"}}]}},
+{"rule":{"family":"inet","table":"host","chain":"pods","handle":5,"expr":[{"match":{"op":"!=","left":{"payload":{"protocol":"ip","field":"daddr"}},"right":{"prefix":{"addr":"10.5.0.0","len":16}}}},{"drop":null}]}},
+{"rule":{"family":"inet","table":"host","chain":"pods","handle":6,"comment":"pods","expr":[{"match":{"op":"==","left":{"payload":{"protocol":"ip","field":"saddr"}},"right":{"prefix":{"addr":"10.5.0.0","len":16}}}},{"accept":null}]}}
+]}"#;
+
+    fn nft() -> Ruleset {
+        parse_nft(NFT).expect("nft JSON")
+    }
 
     #[test]
     fn nft_every_forward_base_chain_must_accept() {
-        match nft_forward(NFT, &pkt(), false) {
-            Some(Verdict::Accept { by }) => assert!(by.contains("chain pods") || by.contains("comment"), "{by}"),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            nft_forward(&nft(), &pkt(), false),
+            Some(Verdict::Accept {
+                by: "ip saddr 10.5.0.0/16 accept (nft ip flannel-ipv4 chain forward); \
+                     ip saddr 10.5.0.0/16 accept comment \"pods\" (nft inet host chain fwd_in)"
+                    .into()
+            })
+        );
         let from_flannel = Packet {
             iif: "flannel.1".into(),
             oif: "cni0".into(),
             ..pkt()
         };
         assert_eq!(
-            nft_forward(NFT, &from_flannel, false),
+            nft_forward(&nft(), &from_flannel, false),
             Some(Verdict::Drop {
-                by: "policy drop (nft inet fw chain fwd)".into()
+                by: "policy drop (nft inet host chain fwd_in)".into()
             })
         );
-        assert_eq!(nft_forward("table ip nat {\n}\n", &pkt(), false), None);
+        let to_outside = Packet {
+            dst: "192.0.2.9".parse().unwrap(),
+            ..pkt()
+        };
+        assert_eq!(
+            nft_forward(&nft(), &to_outside, false),
+            Some(Verdict::Drop {
+                by: "ip daddr != 10.5.0.0/16 drop (nft inet host chain fwd_in)".into()
+            })
+        );
+        let nat_only = r#"{"nftables":[{"table":{"family":"ip","name":"nat","handle":1}}]}"#;
+        assert_eq!(nft_forward(&parse_nft(nat_only).unwrap(), &pkt(), false), None);
+        assert_eq!(parse_nft("table ip nat {\n}\n"), None, "text is not nft JSON");
     }
 
     #[test]
     fn nft_ip_filter_is_skipped_when_iptables_read_it() {
-        let listing = "table ip filter {\n\tchain FORWARD {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n";
+        let listing = parse_nft(
+            r#"{"nftables":[{"table":{"family":"ip","name":"filter","handle":1}},
+               {"chain":{"family":"ip","table":"filter","name":"FORWARD","handle":1,"type":"filter",
+                         "hook":"forward","prio":0,"policy":"drop"}}]}"#,
+        )
+        .unwrap();
         assert!(matches!(
-            nft_forward(listing, &pkt(), false),
+            nft_forward(&listing, &pkt(), false),
             Some(Verdict::Drop { .. })
         ));
-        assert_eq!(nft_forward(listing, &pkt(), true), None);
+        assert_eq!(nft_forward(&listing, &pkt(), true), None);
+    }
+
+    #[test]
+    fn nft_interface_wildcards_and_unread_rules() {
+        let listing = parse_nft(
+            r#"{"nftables":[{"table":{"family":"inet","name":"t","handle":1}},
+               {"chain":{"family":"inet","table":"t","name":"f","handle":1,"type":"filter",
+                         "hook":"forward","prio":0,"policy":"drop"}},
+               {"rule":{"family":"inet","table":"t","chain":"f","handle":2,
+                        "expr":[{"no such statement":{}},{"accept":null}]}},
+               {"rule":{"family":"inet","table":"t","chain":"f","handle":3,
+                        "expr":[{"match":{"op":"==","left":{"meta":{"key":"oifname"}},"right":"flannel*"}},
+                                {"accept":null}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            nft_forward(&listing, &pkt(), false),
+            Some(Verdict::Accept {
+                by: "oifname \"flannel*\" accept (nft inet t chain f)".into()
+            })
+        );
+        let elsewhere = Packet {
+            oif: "eth0".into(),
+            ..pkt()
+        };
+        assert!(matches!(
+            nft_forward(&listing, &elsewhere, false),
+            Some(Verdict::Drop { .. })
+        ));
     }
 }

@@ -10,7 +10,7 @@ use weft_core::{Lease, SubnetEnv};
 use weft_kernel::netlink::{format_mac, parse_mac, Neighbour};
 
 use crate::facts::{Facts, FibRoute, Leases, Lookup, SubnetFile};
-use crate::forward::{iptables_forward, nft_forward, Packet, Verdict};
+use crate::forward::{iptables_forward, nft_forward, parse_nft, Packet, Verdict};
 use crate::report::{Cause, Step, Trace};
 
 /// VXLAN over IPv4 adds 50 bytes; the udp backend 28.
@@ -552,12 +552,12 @@ fn forwarding(f: &Facts, src_is_pod: bool, network: Option<Ipv4Net>, out_dev: &s
         oif: f.bridge.clone(),
     };
     let iptables_read_filter = f.iptables_filter.as_deref().is_some_and(|s| s.contains(":FORWARD "));
+    let nft_ruleset = f.nft_ruleset.as_deref().and_then(parse_nft);
     let verdict = |p: &Packet| -> Option<Verdict> {
         let ipt = f.iptables_filter.as_deref().and_then(|s| iptables_forward(s, p));
-        let nft = f
-            .nft_ruleset
-            .as_deref()
-            .and_then(|s| nft_forward(s, p, iptables_read_filter));
+        let nft = nft_ruleset
+            .as_ref()
+            .and_then(|r| nft_forward(r, p, iptables_read_filter));
         match (ipt, nft) {
             (Some(d @ Verdict::Drop { .. }), _) | (_, Some(d @ Verdict::Drop { .. })) => Some(d),
             (Some(Verdict::Accept { by: a }), Some(Verdict::Accept { by: b })) => Some(Verdict::Accept {

@@ -360,6 +360,56 @@ fn trace_names_each_break_on_a_two_node_vxlan_setup() {
     ipt(&["-F", "FORWARD"]);
     ipt(&["-P", "FORWARD", "ACCEPT"]);
 
+    // The same in nftables (read as `nft -j`): a forward base chain of the host's own table that
+    // drops by policy; then with accept rules for the cluster network in it.
+    let nft = |args: &[&str]| run(&[&["ip", "netns", "exec", &ns.a, "nft"][..], args].concat());
+    nft(&["add", "table", "inet", "host"]);
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        "host",
+        "fwd_in",
+        "{ type filter hook forward priority filter + 10; policy drop; }",
+    ]);
+    assert_breaks(
+        &trace_on(&ns.a, &opts),
+        Cause::ForwardDropped,
+        "policy drop (nft inet host chain fwd_in)",
+    );
+    assert!(!pod_reaches_b(&ns, Duration::from_millis(600)), "the break is real");
+    nft(&[
+        "add",
+        "rule",
+        "inet",
+        "host",
+        "fwd_in",
+        "ip",
+        "saddr",
+        "10.5.0.0/16",
+        "accept",
+    ]);
+    nft(&[
+        "add",
+        "rule",
+        "inet",
+        "host",
+        "fwd_in",
+        "ip",
+        "daddr",
+        "10.5.0.0/16",
+        "accept",
+    ]);
+    let t = trace_on(&ns.a, &opts);
+    assert_clean(&t);
+    assert!(
+        render_text(&t).contains("ip saddr 10.5.0.0/16 accept (nft inet host chain fwd_in)"),
+        "{}",
+        render_text(&t)
+    );
+    assert!(pod_reaches_b(&ns, Duration::from_secs(5)), "the rules let it through");
+    nft(&["delete", "table", "inet", "host"]);
+
     // Missing subnet.env.
     std::fs::remove_file(&subnet_env).unwrap();
     assert_breaks(
