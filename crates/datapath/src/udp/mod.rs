@@ -8,13 +8,16 @@
 //! route of the cluster network through it, and its UDP port. It never touches other routes
 //! or devices.
 //!
-//! [`packet`] and [`peers`] decide, with no I/O; `worker` is the I/O shell.
+//! [`packet`], [`peers`], [`offload`] and `receive` decide, with no I/O; `worker` is the I/O
+//! shell; `counters` holds what the workers count and renders it for /metrics.
 
 mod batch;
+mod counters;
 pub mod offload;
 pub mod packet;
 pub mod peers;
 mod placement;
+mod receive;
 mod socket;
 mod worker;
 
@@ -30,6 +33,7 @@ use weft_kernel::iface::ExternalInterface;
 use weft_kernel::netlink::{Netlink, NetlinkError, RouteSpec};
 use weft_kernel::tun::{open_tun, TunError, TunOptions};
 
+pub use self::counters::{UdpCounters, UdpMetrics};
 pub use self::packet::DropReason;
 use self::peers::{peers_from_leases, PeerTable};
 use self::worker::{Shared, Worker};
@@ -86,35 +90,6 @@ impl Default for UdpTuning {
             offload: true,
             cpu_affinity: true,
         }
-    }
-}
-
-/// Packet and byte counts since the backend started, and drops by reason.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UdpCounters {
-    /// Packets read from flannel0 and sent to peers.
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    /// Datagrams from peers written into flannel0.
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    /// ICMP net-unreachable replies for destinations no lease covers.
-    pub icmp_unreachable: u64,
-    /// Datagrams the kernel refused to send.
-    pub send_errors: u64,
-    /// Failed reads from or writes to flannel0.
-    pub tun_errors: u64,
-    /// Dropped packets, indexed by [`DropReason::index`].
-    pub dropped: [u64; DropReason::ALL.len()],
-}
-
-impl UdpCounters {
-    pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.dropped[reason.index()]
-    }
-
-    pub fn dropped_total(&self) -> u64 {
-        self.dropped.iter().sum()
     }
 }
 
@@ -289,14 +264,20 @@ impl UdpBackend {
         serde_json::Value::Null
     }
 
-    /// Packet counters summed over the workers.
     /// The peer table the workers use now: every remote subnet and the public IP it goes to.
     pub fn peer_table(&self) -> Vec<peers::Peer> {
         self.shared.table.load().peers().to_vec()
     }
 
+    /// Packet counters summed over the workers.
     pub fn counters(&self) -> UdpCounters {
         self.shared.counters.snapshot()
+    }
+
+    /// A live view of the counters for /metrics, valid for the backend's whole life (the
+    /// workers of a recreated device count into the same counters).
+    pub fn metrics(&self) -> UdpMetrics {
+        UdpMetrics(self.shared.counters.clone())
     }
 
     /// Number of running worker threads.

@@ -4,7 +4,12 @@
 //! consecutive TCP segments of one flow into one super-segment (GRO) before it is written to
 //! the device. The wire stays one ordinary IPv4 packet per datagram.
 
-use super::packet::{fold, set_ipv4_checksum, sum16, IPV4_HEADER_LEN, PROTO_TCP};
+use std::net::Ipv4Addr;
+
+use super::packet::{
+    fold, outbound, set_ipv4_checksum, sum16, DropReason, Ipv4Header, Outbound, IPV4_HEADER_LEN, PROTO_TCP,
+};
+use super::peers::PeerTable;
 
 pub const VNET_HDR_LEN: usize = 10;
 const F_NEEDS_CSUM: u8 = 1;
@@ -49,7 +54,7 @@ impl VnetHdr {
 }
 
 /// The one's complement sum of the IPv4 pseudo header (not folded).
-fn pseudo_sum(pkt: &[u8], l4_len: usize) -> u64 {
+pub(crate) fn pseudo_sum(pkt: &[u8], l4_len: usize) -> u64 {
     sum16(&pkt[12..20], u64::from(PROTO_TCP) + l4_len as u64)
 }
 
@@ -130,9 +135,66 @@ pub fn split_tcp(pkt: &[u8], mss: usize, out: &mut [u8]) -> Option<Segments> {
     Some(Segments { seg_len, count, total })
 }
 
+/// What to do with one frame (vnet header + packet) read from a vnet_hdr TUN device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameOut {
+    /// Send the wire packets written at the start of `out` to this peer's public IP.
+    Send {
+        to: Ipv4Addr,
+        segments: Segments,
+    },
+    /// No lease covers the destination: answer with ICMP net unreachable (the packet is the
+    /// frame past its vnet header).
+    Unreachable(Ipv4Header),
+    Drop(DropReason),
+}
+
+/// Decides what to do with a frame the kernel wrote into the TUN device, as [`outbound`] does
+/// for a plain packet; what is to be sent is written into `out` as wire packets with full
+/// checksums: a TSO super-segment split into segments of its `gso_size` payload bytes, a packet
+/// with a partial checksum finished. `out` needs room for twice the packet (a header per
+/// segment); the TTL is decremented.
+pub fn outbound_frame(frame: &mut [u8], table: &PeerTable, out: &mut [u8]) -> FrameOut {
+    let Some(vnet) = VnetHdr::parse(frame).filter(|_| frame.len() > VNET_HDR_LEN) else {
+        return FrameOut::Drop(DropReason::Malformed);
+    };
+    let pkt = &mut frame[VNET_HDR_LEN..];
+    let (to, len) = match outbound(pkt, table) {
+        Outbound::Send { to, len } => (to, len),
+        Outbound::Unreachable(hdr) => return FrameOut::Unreachable(hdr),
+        Outbound::Drop(reason) => return FrameOut::Drop(reason),
+    };
+    let pkt = &mut pkt[..len];
+    if vnet.gso_type != GSO_NONE {
+        return match split_tcp(pkt, usize::from(vnet.gso_size), out) {
+            Some(segments) => FrameOut::Send { to, segments },
+            None => FrameOut::Drop(DropReason::Malformed),
+        };
+    }
+    if vnet.flags & F_NEEDS_CSUM != 0 && !finish_checksum(pkt, &vnet) {
+        return FrameOut::Drop(DropReason::Malformed);
+    }
+    let Some(dst) = out.get_mut(..len) else {
+        return FrameOut::Drop(DropReason::Malformed);
+    };
+    dst.copy_from_slice(pkt);
+    FrameOut::Send {
+        to,
+        segments: Segments {
+            seg_len: len,
+            count: 1,
+            total: len,
+        },
+    }
+}
+
 /// Merges consecutive TCP segments of one flow into one super-segment, as the kernel's GRO
 /// does: same addresses, ports, TTL, TOS, DF and TCP options, contiguous sequence numbers,
 /// flags ACK (PSH allowed on the last), every segment the size of the first but the last.
+///
+/// A merged super-segment goes to the kernel with a partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM),
+/// which the kernel takes as verified: so every segment's IPv4 header and TCP checksums are
+/// checked before it is merged, and one that fails is refused as [`Offer::BadChecksum`].
 pub struct Coalescer {
     /// vnet header + packet.
     buf: Box<[u8]>,
@@ -158,9 +220,34 @@ impl Default for Coalescer {
     }
 }
 
-/// The TCP header length if `pkt` is a plain IPv4/TCP data segment GRO may merge.
+/// What [`Coalescer::offer`] did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Taken: merged into the pending super-segment, or the start of a new one.
+    Taken,
+    /// Not for this merge (not a plain TCP data segment, another flow, a gap, a merge that is
+    /// closed): flush, then offer it again (it may start a new merge) or write it alone.
+    Refused,
+    /// A TCP data segment whose IPv4 header or TCP checksum is wrong: drop it.
+    BadChecksum,
+}
+
+/// A finished merge, ready for the TUN device: `frame` is the vnet header and the packet;
+/// it carries `packets` segments, `bytes` bytes as they arrived.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Merged<'a> {
+    pub frame: &'a [u8],
+    pub packets: usize,
+    pub bytes: usize,
+}
+
+/// The TCP header length if `pkt` is exactly one plain IPv4/TCP data segment GRO may merge
+/// (header without options, not a fragment, flags ACK or ACK|PSH, some payload).
 fn mergeable(pkt: &[u8]) -> Option<usize> {
     if pkt.len() < 40 || pkt[0] != 0x45 || pkt[9] != PROTO_TCP {
+        return None;
+    }
+    if usize::from(u16::from_be_bytes([pkt[2], pkt[3]])) != pkt.len() {
         return None;
     }
     if u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0 {
@@ -175,22 +262,32 @@ fn mergeable(pkt: &[u8]) -> Option<usize> {
     Some(tcp_hlen)
 }
 
+/// Whether the IPv4 header (20 bytes, no options) and the TCP checksum of `pkt` verify: one
+/// pass of the one's complement sum over the whole packet (see [`sum16`]).
+pub fn checksums_ok(pkt: &[u8]) -> bool {
+    let ip = sum16(&pkt[..IPV4_HEADER_LEN], 0);
+    let tcp = sum16(&pkt[IPV4_HEADER_LEN..], pseudo_sum(pkt, pkt.len() - IPV4_HEADER_LEN));
+    fold(ip) == 0xffff && fold(tcp) == 0xffff
+}
+
 impl Coalescer {
     /// Whether a merge is pending.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// Offers `pkt` (a whole IPv4 packet). Returns false when it cannot be merged: flush, then
-    /// offer it again (a mergeable packet then starts a new merge) or write it alone.
-    pub fn offer(&mut self, pkt: &[u8]) -> bool {
+    /// Offers `pkt` (a whole IPv4 packet: its length is its total length).
+    pub fn offer(&mut self, pkt: &[u8]) -> Offer {
         let Some(tcp_hlen) = mergeable(pkt) else {
-            return false;
+            return Offer::Refused;
         };
         let hlen = IPV4_HEADER_LEN + tcp_hlen;
         let payload = pkt.len() - hlen;
         let seq = u32::from_be_bytes(pkt[24..28].try_into().expect("4 bytes"));
         if self.len == 0 {
+            if !checksums_ok(pkt) {
+                return Offer::BadChecksum;
+            }
             self.buf[VNET_HDR_LEN..VNET_HDR_LEN + pkt.len()].copy_from_slice(pkt);
             self.len = pkt.len();
             self.hlen = hlen;
@@ -198,7 +295,7 @@ impl Coalescer {
             self.count = 1;
             self.next_seq = seq.wrapping_add(payload as u32);
             self.closed = pkt[33] & 0x08 != 0;
-            return true;
+            return Offer::Taken;
         }
         let head = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.hlen];
         let same_flow = !self.closed
@@ -214,7 +311,10 @@ impl Coalescer {
             && head[20..24] == pkt[20..24]
             && head[40..hlen] == pkt[40..hlen];
         if !same_flow {
-            return false;
+            return Offer::Refused;
+        }
+        if !checksums_ok(pkt) {
+            return Offer::BadChecksum;
         }
         let at = VNET_HDR_LEN + self.len;
         self.buf[at..at + payload].copy_from_slice(&pkt[hlen..]);
@@ -230,12 +330,13 @@ impl Coalescer {
         if payload < self.mss || psh != 0 {
             self.closed = true;
         }
-        true
+        Offer::Taken
     }
 
     /// Finishes the pending merge and returns it with its vnet header in front, ready for the
-    /// TUN device; empties the coalescer. A single segment goes out as it came.
-    pub fn flush(&mut self) -> Option<&[u8]> {
+    /// TUN device; empties the coalescer. A single segment goes out as it came, with an
+    /// all-zero vnet header (the kernel verifies its checksum again).
+    pub fn flush(&mut self) -> Option<Merged<'_>> {
         if self.len == 0 {
             return None;
         }
@@ -261,7 +362,11 @@ impl Coalescer {
         }
         vnet.write(&mut self.buf[..VNET_HDR_LEN]);
         self.len = 0;
-        Some(&self.buf[..VNET_HDR_LEN + len])
+        Some(Merged {
+            frame: &self.buf[..VNET_HDR_LEN + len],
+            packets: self.count,
+            bytes: len + (self.count - 1) * self.hlen,
+        })
     }
 }
 
@@ -334,10 +439,16 @@ mod tests {
         let segs = [tcp(1, 1000, 0x10), tcp(1001, 1000, 0x10), tcp(2001, 500, 0x18)];
         let mut c = Coalescer::default();
         for s in &segs {
-            assert!(c.offer(s));
+            assert_eq!(c.offer(s), Offer::Taken);
         }
-        assert!(!c.offer(&tcp(2501, 10, 0x10)), "closed after a short segment");
-        let merged = c.flush().unwrap().to_vec();
+        assert_eq!(
+            c.offer(&tcp(2501, 10, 0x10)),
+            Offer::Refused,
+            "closed after a short segment"
+        );
+        let flushed = c.flush().unwrap();
+        assert_eq!((flushed.packets, flushed.bytes), (3, 3 * 52 + 2500));
+        let merged = flushed.frame.to_vec();
         let vnet = VnetHdr::parse(&merged).unwrap();
         assert_eq!((vnet.gso_type, vnet.gso_size, vnet.hdr_len), (GSO_TCPV4, 1000, 52));
         let pkt = &merged[VNET_HDR_LEN..];
@@ -361,24 +472,51 @@ mod tests {
     #[test]
     fn coalesce_refuses_other_flows_gaps_and_control_segments() {
         let mut c = Coalescer::default();
-        assert!(c.offer(&tcp(1, 100, 0x10)));
-        assert!(!c.offer(&tcp(500, 100, 0x10)), "gap in the sequence");
+        assert_eq!(c.offer(&tcp(1, 100, 0x10)), Offer::Taken);
+        assert_eq!(c.offer(&tcp(500, 100, 0x10)), Offer::Refused, "gap in the sequence");
         let mut other = tcp(101, 100, 0x10);
         other[22] = 1;
-        assert!(!c.offer(&other), "other port");
-        assert!(!c.offer(&tcp(101, 100, 0x11)), "FIN");
-        assert!(c.offer(&tcp(101, 100, 0x10)));
-        let one = c.flush().unwrap();
+        assert_eq!(c.offer(&other), Offer::Refused, "other port");
+        assert_eq!(c.offer(&tcp(101, 100, 0x11)), Offer::Refused, "FIN");
+        assert_eq!(c.offer(&tcp(101, 100, 0x10)), Offer::Taken);
+        let one = c.flush().unwrap().frame;
         assert_eq!(VnetHdr::parse(one).unwrap().gso_type, GSO_TCPV4);
         let mut single = Coalescer::default();
-        assert!(single.offer(&tcp(1, 100, 0x10)));
-        let out = single.flush().unwrap();
+        assert_eq!(single.offer(&tcp(1, 100, 0x10)), Offer::Taken);
+        let out = single.flush().unwrap().frame;
         assert_eq!(
             VnetHdr::parse(out).unwrap(),
             VnetHdr::default(),
             "a lone segment goes out as is"
         );
         assert_eq!(&out[VNET_HDR_LEN..], &tcp(1, 100, 0x10)[..]);
+    }
+
+    #[test]
+    fn coalesce_never_takes_a_segment_whose_checksums_fail() {
+        let mut c = Coalescer::default();
+        let mut bad_payload = tcp(1, 100, 0x10);
+        bad_payload[60] ^= 0x01;
+        assert_eq!(c.offer(&bad_payload), Offer::BadChecksum, "as the first of a merge");
+        assert!(c.is_empty());
+        assert_eq!(c.offer(&tcp(1, 100, 0x10)), Offer::Taken);
+        let mut bad_field = tcp(101, 100, 0x10);
+        bad_field[36] ^= 0x80;
+        assert_eq!(c.offer(&bad_field), Offer::BadChecksum, "in the middle of a merge");
+        let mut bad_ip = tcp(101, 100, 0x10);
+        bad_ip[4] ^= 0x01; // the IP id: only the header checksum covers it
+        assert!(tcp_checksum_ok(&bad_ip));
+        assert_eq!(c.offer(&bad_ip), Offer::BadChecksum, "IPv4 header checksum");
+        let mut long = tcp(101, 100, 0x10);
+        long.push(0);
+        assert_eq!(c.offer(&long), Offer::Refused, "bytes beyond the total length");
+        assert_eq!(c.offer(&tcp(101, 100, 0x10)), Offer::Taken);
+        let merged = c.flush().unwrap();
+        assert_eq!((merged.packets, merged.bytes), (2, 2 * 152));
+        assert_eq!(
+            &merged.frame[VNET_HDR_LEN + 52..],
+            &[&tcp(1, 100, 0x10)[52..], &tcp(101, 100, 0x10)[52..]].concat()[..]
+        );
     }
 
     #[test]

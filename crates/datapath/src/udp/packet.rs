@@ -29,10 +29,18 @@ pub enum DropReason {
     /// An IPv6 packet (the kernel's router solicitations on flannel0): the udp backend
     /// carries IPv4 only, like flannel's.
     NotIpv4,
+    /// A datagram shorter than an IPv4 header (20 bytes), zero-length ones included.
+    TooShort,
+    /// A datagram whose inner IPv4 header checksum is wrong.
+    BadIpChecksum,
+    /// A TCP segment whose checksum (over the pseudo header and the segment) is wrong, found
+    /// before it could be coalesced with others into a super-segment.
+    BadTcpChecksum,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    /// Every reason, in [`DropReason::index`] order.
+    pub const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::UnknownPeer,
         DropReason::SpoofedSource,
@@ -40,6 +48,9 @@ impl DropReason {
         DropReason::TtlExpired,
         DropReason::NoLease,
         DropReason::NotIpv4,
+        DropReason::TooShort,
+        DropReason::BadIpChecksum,
+        DropReason::BadTcpChecksum,
     ];
 
     /// A short name for logs and metrics.
@@ -52,6 +63,9 @@ impl DropReason {
             DropReason::TtlExpired => "ttl_expired",
             DropReason::NoLease => "no_lease",
             DropReason::NotIpv4 => "not_ipv4",
+            DropReason::TooShort => "too_short",
+            DropReason::BadIpChecksum => "bad_ip_checksum",
+            DropReason::BadTcpChecksum => "bad_tcp_checksum",
         }
     }
 
@@ -249,13 +263,21 @@ pub enum Inbound {
     Drop(DropReason),
 }
 
-/// Decides what to do with a datagram from `from`: it must come from a current lease's
-/// PublicIP, carry an IPv4 packet whose source is inside that lease's subnet and whose
-/// destination is inside ours. Decrements the TTL when it is to be delivered.
+/// Decides what to do with a datagram from `from`: it must carry a whole IPv4 packet with a
+/// valid header checksum, come from a current lease's PublicIP, and its inner source must be
+/// inside that lease's subnet and its destination inside ours. Decrements the TTL (keeping the
+/// checksum valid) when it is to be delivered.
 pub fn inbound(pkt: &mut [u8], from: Ipv4Addr, table: &PeerTable) -> Inbound {
+    if pkt.len() < IPV4_HEADER_LEN {
+        return Inbound::Drop(DropReason::TooShort);
+    }
     let Some(hdr) = parse_ipv4(pkt) else {
         return Inbound::Drop(unparsable(pkt));
     };
+    // Before anything reads the addresses: a corrupt header says nothing about who sent it.
+    if checksum(&pkt[..hdr.header_len]) != 0 {
+        return Inbound::Drop(DropReason::BadIpChecksum);
+    }
     if let Err(reason) = table.admits(from, hdr.src, hdr.dst) {
         return Inbound::Drop(reason);
     }
@@ -458,6 +480,13 @@ pub(crate) mod tests {
         assert_eq!(inbound(&mut p, peer2, &t), Inbound::Drop(DropReason::NotForUs));
         let mut junk = vec![0xffu8; 40];
         assert_eq!(inbound(&mut junk, peer2, &t), Inbound::Drop(DropReason::Malformed));
+        assert_eq!(inbound(&mut [], peer2, &t), Inbound::Drop(DropReason::TooShort));
+        assert_eq!(inbound(&mut [0x45; 19], peer2, &t), Inbound::Drop(DropReason::TooShort));
+        let mut p = ipv4_udp([10, 5, 2, 9], [10, 5, 1, 2], 64, 10);
+        p[11] ^= 0x01;
+        let before = p.clone();
+        assert_eq!(inbound(&mut p, peer2, &t), Inbound::Drop(DropReason::BadIpChecksum));
+        assert_eq!(p, before, "a refused datagram is left as it came");
         let mut p = ipv4_udp([10, 5, 2, 9], [10, 5, 1, 2], 1, 10);
         assert_eq!(inbound(&mut p, peer2, &t), Inbound::Drop(DropReason::TtlExpired));
 

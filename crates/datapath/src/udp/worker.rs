@@ -8,7 +8,7 @@
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -16,12 +16,13 @@ use arc_swap::ArcSwap;
 use weft_kernel::tun::TunQueue;
 
 use super::batch::{RecvBatch, SendBatch, BATCH};
-use super::offload::{finish_checksum, split_tcp, Coalescer, VnetHdr, MAX_PACKET, VNET_HDR_LEN};
-use super::packet::{inbound, net_unreachable, outbound, DropReason, Inbound, Outbound, ICMP_REPLY_MAX};
+use super::counters::{Counters, Tally};
+use super::offload::{outbound_frame, FrameOut, MAX_PACKET, VNET_HDR_LEN};
+use super::packet::{net_unreachable, outbound, DropReason, Outbound, ICMP_REPLY_MAX};
 use super::peers::PeerTable;
 use super::placement::Placement;
+use super::receive::{Message, Receiver, ZERO_VNET};
 use super::socket::sockaddr;
-use super::UdpCounters;
 
 /// Room for the largest IPv4 packet.
 const BUF_LEN: usize = 65536;
@@ -32,87 +33,15 @@ const POLL_MS: libc::c_int = 100;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub table: ArcSwap<PeerTable>,
-    pub counters: Counters,
+    pub counters: Arc<Counters>,
 }
 
 impl Shared {
     pub fn new(table: PeerTable) -> Self {
         Shared {
             table: ArcSwap::from_pointee(table),
-            counters: Counters::default(),
+            counters: Arc::default(),
         }
-    }
-}
-
-/// The counters, summed over the workers (each adds its batch's counts once per batch).
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    tx_packets: AtomicU64,
-    tx_bytes: AtomicU64,
-    rx_packets: AtomicU64,
-    rx_bytes: AtomicU64,
-    icmp_unreachable: AtomicU64,
-    send_errors: AtomicU64,
-    tun_errors: AtomicU64,
-    dropped: [AtomicU64; DropReason::ALL.len()],
-}
-
-impl Counters {
-    pub fn snapshot(&self) -> UdpCounters {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        UdpCounters {
-            tx_packets: get(&self.tx_packets),
-            tx_bytes: get(&self.tx_bytes),
-            rx_packets: get(&self.rx_packets),
-            rx_bytes: get(&self.rx_bytes),
-            icmp_unreachable: get(&self.icmp_unreachable),
-            send_errors: get(&self.send_errors),
-            tun_errors: get(&self.tun_errors),
-            dropped: std::array::from_fn(|i| get(&self.dropped[i])),
-        }
-    }
-}
-
-/// A batch's counts, added to the shared counters when the batch is done.
-#[derive(Default)]
-struct Tally {
-    tx_packets: u64,
-    tx_bytes: u64,
-    rx_packets: u64,
-    rx_bytes: u64,
-    icmp_unreachable: u64,
-    send_errors: u64,
-    tun_errors: u64,
-    dropped: [u64; DropReason::ALL.len()],
-}
-
-impl Tally {
-    fn flush(&mut self, c: &Counters) {
-        let add = |c: &AtomicU64, v: u64| {
-            if v != 0 {
-                c.fetch_add(v, Ordering::Relaxed);
-            }
-        };
-        add(&c.tx_packets, self.tx_packets);
-        add(&c.tx_bytes, self.tx_bytes);
-        add(&c.rx_packets, self.rx_packets);
-        add(&c.rx_bytes, self.rx_bytes);
-        add(&c.icmp_unreachable, self.icmp_unreachable);
-        add(&c.send_errors, self.send_errors);
-        add(&c.tun_errors, self.tun_errors);
-        for (c, v) in c.dropped.iter().zip(self.dropped) {
-            add(c, v);
-        }
-        *self = Tally::default();
-    }
-
-    /// Packets moved or dropped in this batch.
-    fn packets(&self) -> u64 {
-        self.tx_packets + self.rx_packets + self.dropped.iter().sum::<u64>()
-    }
-
-    fn drop(&mut self, reason: DropReason) {
-        self.dropped[reason.index()] += 1;
     }
 }
 
@@ -131,6 +60,7 @@ pub(crate) struct Worker {
     rx: RecvBatch,
     icmp: [u8; ICMP_REPLY_MAX],
     tally: Tally,
+    receiver: Receiver,
     offload: Option<Box<Offload>>,
     /// (this worker's CPU, CPUs in all) when the worker owns a CPU.
     pub cpu: Option<(usize, usize)>,
@@ -156,7 +86,6 @@ struct Offload {
     pending: Vec<Pending>,
     /// The pending pieces cut into sendmmsg entries (at most 64 packets and 64 KB each).
     groups: Vec<Pending>,
-    coalescer: Coalescer,
     /// Whether the kernel takes UDP_SEGMENT (cleared on the first refusal).
     gso: bool,
 }
@@ -166,7 +95,6 @@ const OUT_SUPER_SEGMENTS: usize = 24;
 /// Largest UDP payload of one GSO send, and most segments in it.
 const GSO_MAX_BYTES: usize = 65507;
 const GSO_MAX_SEGMENTS: usize = 64;
-const ZERO_VNET: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
 impl Worker {
     pub fn new(
@@ -183,13 +111,13 @@ impl Worker {
                 out: vec![0u8; OUT_SUPER_SEGMENTS * 2 * MAX_PACKET].into_boxed_slice(),
                 pending: Vec::with_capacity(OUT_SUPER_SEGMENTS * 64),
                 groups: Vec::with_capacity(OUT_SUPER_SEGMENTS * 64),
-                coalescer: Coalescer::default(),
                 gso: true,
             })
         });
         let gro = offload.is_some() && super::socket::enable_udp_gro(&sock);
         Ok(Worker {
             ready,
+            receiver: Receiver::new(offload.is_some()),
             offload,
             tun,
             sock,
@@ -264,14 +192,37 @@ impl Worker {
         }
     }
 
-    /// Receives up to a batch and writes it into the TUN queue; returns whether more may be
-    /// waiting.
+    /// Receives up to a batch of datagrams with one recvmmsg (with UDP_GRO, a message may hold
+    /// many datagrams of one size) and writes what the receive path admits into the TUN queue
+    /// (with offloads, runs of TCP segments of one flow as one super-segment). Returns whether
+    /// more may be waiting.
     fn udp_to_tun(&mut self) -> bool {
-        if self.offload.is_some() {
-            self.udp_to_tun_offload()
-        } else {
-            self.udp_to_tun_plain()
+        let received = self.rx.recv(self.sock.as_raw_fd());
+        if received == 0 {
+            return false;
         }
+        let table = self.shared.table.load();
+        let tun = &self.tun;
+        let mut write = |head: &[u8], packet: &[u8]| {
+            let sent = if head.is_empty() {
+                tun.send(packet)
+            } else {
+                tun.send2(head, packet)
+            };
+            sent.is_ok()
+        };
+        for i in 0..received {
+            let m = self.rx.get(i);
+            let msg = Message {
+                data: m.data,
+                from: m.from,
+                truncated: m.truncated,
+                segment: m.segment,
+            };
+            self.receiver.message(msg, &table, &mut self.tally, &mut write);
+        }
+        self.receiver.flush(&mut self.tally, &mut write);
+        received == BATCH
     }
 
     /// Reads up to a batch from the TUN queue and sends what goes to peers with one sendmmsg.
@@ -288,7 +239,7 @@ impl Worker {
                     more = false;
                     if e.kind() != io::ErrorKind::WouldBlock {
                         // The device was deleted under us: back off until reconcile reopens it.
-                        self.tally.tun_errors += 1;
+                        self.tally.tun_read_errors += 1;
                         std::thread::sleep(std::time::Duration::from_millis(10));
                     }
                     break;
@@ -302,7 +253,7 @@ impl Worker {
                         if let Some(len) = net_unreachable(&buf[..n], &hdr, local, &mut self.icmp) {
                             self.tally.icmp_unreachable += 1;
                             if self.tun.send(&self.icmp[..len]).is_err() {
-                                self.tally.tun_errors += 1;
+                                self.tally.tun_write_errors += 1;
                             }
                         }
                     }
@@ -338,34 +289,6 @@ impl Worker {
         self.outgoing.clear();
     }
 
-    /// Receives up to a batch of datagrams with one recvmmsg and writes the admitted ones into
-    /// the TUN queue.
-    fn udp_to_tun_plain(&mut self) -> bool {
-        let received = self.rx.recv(self.sock.as_raw_fd());
-        if received == 0 {
-            return false;
-        }
-        let table = self.shared.table.load();
-        for i in 0..received {
-            let m = self.rx.get(i);
-            if m.truncated {
-                self.tally.drop(DropReason::Malformed);
-                continue;
-            }
-            match inbound(m.data, m.from, &table) {
-                Inbound::Deliver { len } => match self.tun.send(&m.data[..len]) {
-                    Ok(_) => {
-                        self.tally.rx_packets += 1;
-                        self.tally.rx_bytes += len as u64;
-                    }
-                    Err(_) => self.tally.tun_errors += 1,
-                },
-                Inbound::Drop(reason) => self.tally.drop(reason),
-            }
-        }
-        received == BATCH
-    }
-
     /// The offload path's TUN -> UDP: reads TCP super-segments, splits them into wire packets
     /// and sends each run of equal-sized packets to a peer with one UDP GSO message.
     fn tun_to_udp_offload(&mut self, eager: bool) -> bool {
@@ -378,70 +301,42 @@ impl Worker {
         // Each read may need up to 2x its size in the output area (headers per segment).
         while read < BATCH && cursor + 2 * MAX_PACKET <= off.out.len() {
             let n = match self.tun.recv(&mut off.read_buf) {
-                Ok(n) if n > VNET_HDR_LEN => n,
-                Ok(_) => {
-                    read += 1;
-                    self.tally.drop(DropReason::Malformed);
-                    continue;
-                }
+                Ok(n) => n,
                 Err(e) => {
                     more = false;
                     if e.kind() != io::ErrorKind::WouldBlock {
-                        self.tally.tun_errors += 1;
+                        self.tally.tun_read_errors += 1;
                         std::thread::sleep(std::time::Duration::from_millis(10));
                     }
                     break;
                 }
             };
             read += 1;
-            let vnet = VnetHdr::parse(&off.read_buf).expect("read is longer than the header");
-            let pkt = &mut off.read_buf[VNET_HDR_LEN..n];
-            match outbound(pkt, &table) {
-                Outbound::Send { to, len } => {
-                    let pkt = &mut pkt[..len];
-                    let to = sockaddr(to, self.port);
-                    if vnet.gso_type != 0 {
-                        match split_tcp(pkt, usize::from(vnet.gso_size), &mut off.out[cursor..]) {
-                            Some(segs) => {
-                                off.pending.push(Pending {
-                                    to,
-                                    offset: cursor,
-                                    total: segs.total,
-                                    seg_len: segs.seg_len,
-                                    count: segs.count,
-                                });
-                                cursor += segs.total;
-                            }
-                            None => self.tally.drop(DropReason::Malformed),
-                        }
-                        continue;
-                    }
-                    if vnet.flags & 1 != 0 && !finish_checksum(pkt, &vnet) {
-                        self.tally.drop(DropReason::Malformed);
-                        continue;
-                    }
-                    off.out[cursor..cursor + len].copy_from_slice(pkt);
+            let frame = &mut off.read_buf[..n];
+            match outbound_frame(frame, &table, &mut off.out[cursor..]) {
+                FrameOut::Send { to, segments } => {
                     off.pending.push(Pending {
-                        to,
+                        to: sockaddr(to, self.port),
                         offset: cursor,
-                        total: len,
-                        seg_len: len,
-                        count: 1,
+                        total: segments.total,
+                        seg_len: segments.seg_len,
+                        count: segments.count,
                     });
-                    cursor += len;
+                    cursor += segments.total;
                 }
-                Outbound::Unreachable(hdr) => match table.icmp_source() {
+                FrameOut::Unreachable(hdr) => match table.icmp_source() {
                     Some(local) => {
+                        let pkt = &frame[VNET_HDR_LEN..];
                         if let Some(len) = net_unreachable(pkt, &hdr, local, &mut self.icmp) {
                             self.tally.icmp_unreachable += 1;
                             if self.tun.send2(&ZERO_VNET, &self.icmp[..len]).is_err() {
-                                self.tally.tun_errors += 1;
+                                self.tally.tun_write_errors += 1;
                             }
                         }
                     }
                     None => self.tally.drop(DropReason::NoLease),
                 },
-                Outbound::Drop(reason) => self.tally.drop(reason),
+                FrameOut::Drop(reason) => self.tally.drop(reason),
             }
             if eager && read == 1 && !off.pending.is_empty() {
                 self.send_pending(&mut off);
@@ -513,54 +408,6 @@ impl Worker {
                 }
             });
         }
-    }
-
-    /// The offload path's UDP -> TUN: receives a batch (with UDP_GRO, a message may hold many
-    /// datagrams of one size), admits each inner packet, and writes runs of TCP segments of
-    /// one flow into the TUN device as one super-segment.
-    fn udp_to_tun_offload(&mut self) -> bool {
-        let received = self.rx.recv(self.sock.as_raw_fd());
-        if received == 0 {
-            return false;
-        }
-        let mut off = self.offload.take().expect("offload path");
-        let table = self.shared.table.load();
-        for i in 0..received {
-            let m = self.rx.get(i);
-            if m.truncated {
-                self.tally.drop(DropReason::Malformed);
-                continue;
-            }
-            let seg = m.segment.unwrap_or(m.data.len()).max(1);
-            for chunk in m.data.chunks_mut(seg) {
-                match inbound(chunk, m.from, &table) {
-                    Inbound::Deliver { len } => {
-                        let pkt = &chunk[..len];
-                        self.tally.rx_packets += 1;
-                        self.tally.rx_bytes += len as u64;
-                        if off.coalescer.offer(pkt) {
-                            continue;
-                        }
-                        if let Some(merged) = off.coalescer.flush() {
-                            if self.tun.send(merged).is_err() {
-                                self.tally.tun_errors += 1;
-                            }
-                        }
-                        if !off.coalescer.offer(pkt) && self.tun.send2(&ZERO_VNET, pkt).is_err() {
-                            self.tally.tun_errors += 1;
-                        }
-                    }
-                    Inbound::Drop(reason) => self.tally.drop(reason),
-                }
-            }
-        }
-        if let Some(merged) = off.coalescer.flush() {
-            if self.tun.send(merged).is_err() {
-                self.tally.tun_errors += 1;
-            }
-        }
-        self.offload = Some(off);
-        received == BATCH
     }
 }
 
