@@ -25,10 +25,13 @@ pub struct Metrics {
     pub leases_refused: [AtomicU64; Refusal::LABELS.len()],
     /// Shared with the lease watcher: records that became refused.
     pub lease_refusals: Arc<AtomicU64>,
-    /// Extra lines from the backend (udp packet counters), in exposition format, refreshed on
-    /// every reconcile.
-    pub backend_page: std::sync::Mutex<Option<String>>,
+    /// Appends the backend's own lines (udp packet counters) to the page, read live on every
+    /// scrape.
+    pub backend_metrics: Option<BackendMetrics>,
 }
+
+/// How a backend renders its metrics, in exposition format.
+pub type BackendMetrics = Box<dyn Fn(&mut String) + Send + Sync>;
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, labels: &str, value: u64) {
     let _ = writeln!(
@@ -136,8 +139,8 @@ impl Metrics {
             "",
             get(&self.firewall_corrections),
         );
-        if let Some(extra) = self.backend_page.lock().ok().and_then(|g| g.clone()) {
-            out.push_str(&extra);
+        if let Some(render) = &self.backend_metrics {
+            render(&mut out);
         }
         out
     }
@@ -173,6 +176,30 @@ mod tests {
         assert!(
             page.contains("\nweft_leases_refused{reason=\"conflict\"} 0\n"),
             "{page}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod backend_tests {
+    use super::*;
+
+    #[test]
+    fn the_backend_lines_are_read_at_each_scrape() {
+        let packets = Arc::new(AtomicU64::new(1));
+        let live = packets.clone();
+        let m = Metrics {
+            backend: "udp",
+            backend_metrics: Some(Box::new(move |out: &mut String| {
+                let _ = writeln!(out, "weft_udp_rx_packets_total {}", live.load(Ordering::Relaxed));
+            })),
+            ..Default::default()
+        };
+        assert!(m.render().ends_with("\nweft_udp_rx_packets_total 1\n"));
+        packets.store(7, Ordering::Relaxed);
+        assert!(
+            m.render().ends_with("\nweft_udp_rx_packets_total 7\n"),
+            "no reconcile needed"
         );
     }
 }

@@ -11,7 +11,7 @@ use weft_core::masq::FirewallPlan;
 use weft_core::peer_file::{self, PeerEntry};
 use weft_core::{BackendKind, Lease, LeaseAttrs, NetworkConfig, SubnetEnv};
 use weft_datapath::hostgw::HostGwBackend;
-use weft_datapath::udp::{DropReason, UdpBackend};
+use weft_datapath::udp::UdpBackend;
 use weft_datapath::vxlan::VxlanBackend;
 use weft_kernel::firewall::{firewall_driver, FirewallKind};
 use weft_kernel::iface::{select_external_interface, IfaceSelection};
@@ -19,7 +19,7 @@ use weft_kernel::netlink::Netlink;
 
 use crate::flags::Flags;
 use crate::http::{self, Endpoints, HealthCheck, MetricsPage};
-use crate::metrics::Metrics;
+use crate::metrics::{BackendMetrics, Metrics};
 use crate::subnet_file;
 use std::sync::atomic::Ordering;
 
@@ -118,62 +118,11 @@ impl Datapath {
         Some(peer_file::render(&peers))
     }
 
-    /// Backend-specific lines for /metrics (udp packet counters).
-    fn metrics_page(&self) -> Option<String> {
+    /// The backend's own /metrics lines (udp packet counters), rendered live at every scrape.
+    fn metrics(&self) -> Option<BackendMetrics> {
         let Datapath::Udp(b) = self else { return None };
-        let c = b.counters();
-        let mut out = String::new();
-        let mut line = |name: &str, kind: &str, help: &str, labels: &str, v: u64| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{labels} {v}\n"
-            ));
-        };
-        line(
-            "weft_udp_tx_packets_total",
-            "counter",
-            "Packets read from flannel0 and sent to peers.",
-            "",
-            c.tx_packets,
-        );
-        line(
-            "weft_udp_tx_bytes_total",
-            "counter",
-            "Bytes read from flannel0 and sent to peers.",
-            "",
-            c.tx_bytes,
-        );
-        line(
-            "weft_udp_rx_packets_total",
-            "counter",
-            "Datagrams from peers written into flannel0.",
-            "",
-            c.rx_packets,
-        );
-        line(
-            "weft_udp_rx_bytes_total",
-            "counter",
-            "Bytes from peers written into flannel0.",
-            "",
-            c.rx_bytes,
-        );
-        line(
-            "weft_udp_icmp_unreachable_total",
-            "counter",
-            "ICMP net-unreachable replies for destinations no lease covers.",
-            "",
-            c.icmp_unreachable,
-        );
-        out.push_str(
-            "# HELP weft_udp_dropped_total Packets dropped, by reason.\n# TYPE weft_udp_dropped_total counter\n",
-        );
-        for reason in DropReason::ALL {
-            out.push_str(&format!(
-                "weft_udp_dropped_total{{reason=\"{}\"}} {}\n",
-                reason.name(),
-                c.dropped(reason)
-            ));
-        }
-        Some(out)
+        let live = b.metrics();
+        Some(Box::new(move |out: &mut String| live.render(out)))
     }
 
     /// Makes the kernel match the leases; returns how many entries it had to correct.
@@ -242,6 +191,7 @@ impl Node {
             watch_restarts: watcher.restarts.clone(),
             lease_renewals: keeper.renewals.clone(),
             lease_refusals: watcher.refusals.clone(),
+            backend_metrics: datapath.metrics(),
             ..Default::default()
         });
         metrics.lease_held.store(1, Ordering::Relaxed);
@@ -319,9 +269,6 @@ impl Node {
             }
             metrics.leases.store(snapshot.leases.len() as u64, Ordering::Relaxed);
             metrics.set_refused(&snapshot.refused);
-            if let Some(page) = datapath.metrics_page() {
-                *metrics.backend_page.lock().expect("metrics lock") = Some(page);
-            }
             metrics.reconcile_runs.fetch_add(1, Ordering::Relaxed);
             match datapath.reconcile(&snapshot.to_leases()).await {
                 Ok(corrections) => {
