@@ -9,26 +9,63 @@ use common::*;
 use weft::lab::Lab;
 use weft_core::BackendKind;
 
-/// Sends one UDP datagram to 198.51.100.`to_node`:8285 from namespace `ns`: a well-formed IPv4
-/// packet from `inner_src` to `inner_dst`, or `garbage` bytes when inner_src is None.
-fn send_datagram(ns: &str, to_node: usize, inner: Option<(Ipv4Addr, Ipv4Addr)>) {
+/// A datagram sent at a node's udp port that the node must drop.
+enum Datagram {
+    /// Zero bytes.
+    Empty,
+    /// Shorter than an IPv4 header.
+    Short,
+    /// A well-formed ICMP echo request from `.0` to `.1`.
+    Echo(Ipv4Addr, Ipv4Addr),
+    /// An echo request cut short: its header claims 4 bytes more than the datagram holds.
+    Truncated(Ipv4Addr, Ipv4Addr),
+    /// An echo request whose IPv4 header checksum is wrong.
+    BadIpChecksum(Ipv4Addr, Ipv4Addr),
+    /// A TCP data segment (ACK, 100 bytes: one GRO would merge) whose TCP checksum is wrong.
+    BadTcpChecksum(Ipv4Addr, Ipv4Addr),
+}
+
+/// Sends one UDP datagram to 198.51.100.`to_node`:8285 from namespace `ns`.
+fn send_datagram(ns: &str, to_node: usize, datagram: Datagram) {
     let script = r#"
 import socket, struct, sys
-to = sys.argv[1]
-if len(sys.argv) > 2:
-    src, dst = socket.inet_aton(sys.argv[2]), socket.inet_aton(sys.argv[3])
-    body = b'\x08\x00\xf7\xff\x00\x00\x00\x00'
-    h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(body), 1, 0, 64, 1, 0, src, dst)
-    s = sum(struct.unpack('!10H', h)); s = (s >> 16) + (s & 0xffff); s += s >> 16
-    h = h[:10] + struct.pack('!H', ~s & 0xffff) + h[12:]
-    data = h + body
-else:
+to, kind = sys.argv[1], sys.argv[2]
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b)); s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return ~s & 0xffff
+def ip(src, dst, proto, body):
+    h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(body), 1, 0, 64, proto, 0, src, dst)
+    return h[:10] + struct.pack('!H', csum(h)) + h[12:] + body
+if kind == 'empty':
+    data = b''
+elif kind == 'short':
     data = b'\x45 truncated'  # IPv4 version nibble, shorter than a header
+else:
+    src, dst = socket.inet_aton(sys.argv[3]), socket.inet_aton(sys.argv[4])
+    if kind == 'tcp':
+        tcp = struct.pack('!HHIIBBHHH', 40000, 7003, 1, 1, 5 << 4, 0x10, 65535, 0, 0) + b'\xbb' * 100
+        c = csum(src + dst + struct.pack('!BBH', 0, 6, len(tcp)) + tcp) ^ 0x0101  # wrong on purpose
+        data = ip(src, dst, 6, tcp[:16] + struct.pack('!H', c) + tcp[18:])
+    else:
+        data = ip(src, dst, 1, b'\x08\x00\xf7\xff\x00\x00\x00\x00')
+        if kind == 'badsum':
+            data = data[:10] + bytes([data[10] ^ 0x5a]) + data[11:]
+        elif kind == 'truncated':
+            data = data[:24]
 socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(data, (to, 8285))
 "#;
     let to = format!("198.51.100.{to_node}");
+    let (kind, inner) = match datagram {
+        Datagram::Empty => ("empty", None),
+        Datagram::Short => ("short", None),
+        Datagram::Echo(s, d) => ("echo", Some((s, d))),
+        Datagram::Truncated(s, d) => ("truncated", Some((s, d))),
+        Datagram::BadIpChecksum(s, d) => ("badsum", Some((s, d))),
+        Datagram::BadTcpChecksum(s, d) => ("tcp", Some((s, d))),
+    };
     let mut cmd = std::process::Command::new("ip");
-    cmd.args(["netns", "exec", ns, "python3", "-c", script, &to]);
+    cmd.args(["netns", "exec", ns, "python3", "-c", script, &to, kind]);
     if let Some((src, dst)) = inner {
         cmd.args([src.to_string(), dst.to_string()]);
     }
@@ -36,8 +73,8 @@ socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(data, (to, 8285))
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn dropped(lab: &Lab, node: usize, reason: &str) -> u64 {
-    let page = host_out(
+fn metrics_page(lab: &Lab, node: usize) -> String {
+    host_out(
         lab,
         node,
         &[
@@ -45,18 +82,40 @@ fn dropped(lab: &Lab, node: usize, reason: &str) -> u64 {
             "-c",
             "exec 3<>/dev/tcp/127.0.0.1/8471 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
         ],
-    );
-    let name = format!("weft_udp_dropped_total{{reason=\"{reason}\"}} ");
+    )
+}
+
+/// The value of the line `name ` on the page, if there is one.
+fn metric(page: &str, name: &str) -> Option<u64> {
+    let name = format!("{name} ");
     page.lines()
         .find_map(|l| l.strip_prefix(&name))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
+
+/// The drops counted under every reason of `REASONS` on node's /metrics.
+fn dropped(lab: &Lab, node: usize) -> Vec<u64> {
+    let page = metrics_page(lab, node);
+    REASONS
+        .iter()
+        .map(|r| metric(&page, &format!("weft_udp_dropped_total{{reason=\"{r}\"}}")).unwrap_or(0))
+        .collect()
+}
+
+const REASONS: [&str; 6] = [
+    "too_short",
+    "malformed",
+    "bad_ip_checksum",
+    "bad_tcp_checksum",
+    "unknown_peer",
+    "spoofed_source",
+];
 
 #[test]
 fn udp_mesh_drops_bad_datagrams_and_follows_joins_and_leaves() {
     let mut spec = spec(&lab_name("cud"), 3, BackendKind::Udp);
-    spec.weftd_args.push("--healthz-port=8471".into());
+    // Counters must be live: nothing may wait for a periodic reconcile.
+    spec.weftd_args = vec!["--reconcile-interval=600".into(), "--healthz-port=8471".into()];
     let mut lab = up(spec);
 
     // flannel0 as the contract says, and flannel's lease format without BackendType.
@@ -97,23 +156,34 @@ fn udp_mesh_drops_bad_datagrams_and_follows_joins_and_leaves() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains(&format!("{subnet2} -> 198.51.100.2:8285")), "{text}");
 
-    // Garbage from a peer, a packet from an address no lease names, a peer forging its inner
-    // source: all dropped and counted, and the daemon keeps forwarding.
+    // Bad datagrams of every kind, from a peer, from an address no lease names, and a peer
+    // forging its inner source: each dropped and counted under its reason, on /metrics at once
+    // (weftd here reconciles only on lease events and every 10 minutes), and the daemon keeps
+    // forwarding.
+    let page = metrics_page(&lab, 1);
+    for name in ["weft_udp_send_errors_total", "weft_udp_tun_write_errors_total"] {
+        assert!(metric(&page, name).is_some(), "{name} missing:\n{page}");
+    }
     let pod1 = lab.pod_ip(1).unwrap();
+    let pod2 = lab.pod_ip(2).unwrap();
     let pod3 = lab.pod_ip(3).unwrap();
-    let (m0, u0, s0) = (
-        dropped(&lab, 1, "malformed"),
-        dropped(&lab, 1, "unknown_peer"),
-        dropped(&lab, 1, "spoofed_source"),
-    );
-    send_datagram(lab.host_ns(2).unwrap(), 1, None);
-    send_datagram(lab.switch_ns(), 1, Some((pod3, pod1)));
-    send_datagram(lab.host_ns(2).unwrap(), 1, Some((pod3, pod1)));
+    let before = dropped(&lab, 1);
+    let peer = lab.host_ns(2).unwrap();
+    send_datagram(peer, 1, Datagram::Empty);
+    send_datagram(peer, 1, Datagram::Short);
+    send_datagram(peer, 1, Datagram::Truncated(pod2, pod1));
+    send_datagram(peer, 1, Datagram::BadIpChecksum(pod2, pod1));
+    send_datagram(peer, 1, Datagram::BadTcpChecksum(pod2, pod1));
+    send_datagram(lab.switch_ns(), 1, Datagram::Echo(pod3, pod1));
+    send_datagram(peer, 1, Datagram::Echo(pod3, pod1));
+    let want: Vec<u64> = before.iter().zip([2, 1, 1, 1, 1, 1]).map(|(b, n)| b + n).collect();
+    let mut now = before.clone();
     assert!(
-        wait_until(Duration::from_secs(6), || dropped(&lab, 1, "malformed") > m0
-            && dropped(&lab, 1, "unknown_peer") > u0
-            && dropped(&lab, 1, "spoofed_source") > s0),
-        "drops counted by reason"
+        wait_until(Duration::from_secs(2), || {
+            now = dropped(&lab, 1);
+            now == want
+        }),
+        "drops by reason {REASONS:?}: {before:?} before, {now:?} now, {want:?} wanted"
     );
     assert!(lab.weftd_alive(1));
     assert!(lab.wait_ping(2, pod1, Duration::from_secs(3)));
