@@ -19,10 +19,11 @@ use weft_core::{Lease, LeaseAttrs, LeaseRecord, NetworkConfig, SubnetKey};
 
 use crate::error::ControlError;
 use crate::manager::{
-    self, lease_key, parse_leases, Backoff, KeeperOptions, LeaseKeeper, LeaseSnapshot, RefusalLog, DEFAULT_LEASE_TTL,
-    DEFAULT_RENEW_MARGIN,
+    self, judge_config, lease_key, parse_config, parse_leases, Backoff, KeeperOptions, LeaseKeeper, LeaseSnapshot,
+    LeaseWatcher, RefusalLog, DEFAULT_LEASE_TTL, DEFAULT_RENEW_MARGIN,
 };
 use crate::store::{config_key, subnets_prefix, StoredKey, SubnetStore};
+use crate::subnet_manager::SubnetManager;
 
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 pub const DEFAULT_ENDPOINTS: &[&str] = &["http://127.0.0.1:4001", "http://127.0.0.1:2379"];
@@ -74,18 +75,6 @@ impl Default for EtcdOptions {
             check_every: Duration::from_secs(10),
         }
     }
-}
-
-/// A running lease watcher.
-pub struct LeaseWatcher {
-    /// The full current lease set (never events).
-    pub snapshots: watch::Receiver<Arc<LeaseSnapshot>>,
-    /// How many times the watch was re-established with a full listing (compaction, broken
-    /// stream, etcd down).
-    pub restarts: Arc<AtomicU64>,
-    /// How many times a record became refused (each is logged once, with its key and reason).
-    pub refusals: Arc<AtomicU64>,
-    pub task: JoinHandle<()>,
 }
 
 pub struct EtcdSubnetManager {
@@ -635,35 +624,6 @@ impl EtcdSubnetManager {
     }
 }
 
-fn parse_config(key: &str, value: &[u8]) -> Result<NetworkConfig, ControlError> {
-    let text = String::from_utf8_lossy(value);
-    NetworkConfig::parse(&text).map_err(|error| ControlError::InvalidConfig {
-        key: key.to_string(),
-        error,
-    })
-}
-
-/// Logs what a new value of the config key means for the running network.
-fn judge_config(key: &str, running: &NetworkConfig, value: Option<&[u8]>) {
-    match value.map(|v| parse_config(key, v)) {
-        None => {
-            tracing::warn!(key = %key, "the network config was deleted; weftd keeps running with the config it started with")
-        }
-        Some(Err(e)) => tracing::error!("{e}; ignoring it, the running network is unchanged"),
-        Some(Ok(cfg)) if cfg == *running => {
-            tracing::info!(key = %key, "the network config was rewritten without change")
-        }
-        Some(Ok(cfg)) => tracing::warn!(
-            key = %key,
-            network = %cfg.network,
-            subnet_len = cfg.subnet_len,
-            backend = cfg.backend.name(),
-            "the network config changed; restart weftd to apply it (still running with Network {})",
-            running.network
-        ),
-    }
-}
-
 fn secs(ttl: Duration) -> i64 {
     ttl.as_secs().max(1) as i64
 }
@@ -761,5 +721,37 @@ impl SubnetStore for EtcdSubnetManager {
         let mut kv = self.client().kv_client();
         let resp = self.call("delete", key, kv.delete(key, None)).await?;
         Ok(resp.deleted() > 0)
+    }
+}
+
+impl SubnetManager for EtcdSubnetManager {
+    async fn wait_for_config(&self) -> NetworkConfig {
+        EtcdSubnetManager::wait_for_config(self).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: LeaseAttrs,
+        previous: Option<Ipv4Net>,
+    ) -> Result<Lease, ControlError> {
+        EtcdSubnetManager::acquire_lease(self, cfg, attrs, previous).await
+    }
+
+    fn watch_leases(self: &Arc<Self>, cfg: &NetworkConfig) -> LeaseWatcher {
+        self.spawn_lease_watcher(cfg)
+    }
+
+    fn keep_lease(
+        self: &Arc<Self>,
+        cfg: NetworkConfig,
+        lease: Lease,
+        snapshots: Option<watch::Receiver<Arc<LeaseSnapshot>>>,
+    ) -> LeaseKeeper {
+        self.spawn_lease_keeper(cfg, lease, snapshots)
+    }
+
+    fn watch_config(self: &Arc<Self>, running: NetworkConfig) -> JoinHandle<()> {
+        self.spawn_config_watcher(running)
     }
 }

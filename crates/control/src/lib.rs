@@ -6,10 +6,12 @@ pub mod etcd;
 pub mod manager;
 pub mod memory;
 pub mod store;
+pub mod subnet_manager;
 
 pub use error::ControlError;
-pub use etcd::{EtcdOptions, EtcdSubnetManager, LeaseWatcher};
-pub use manager::{KeeperOptions, LeaseHealth, LeaseKeeper, LeaseSnapshot, RefusalLog};
+pub use etcd::{EtcdOptions, EtcdSubnetManager};
+pub use manager::{KeeperOptions, LeaseHealth, LeaseKeeper, LeaseSnapshot, LeaseWatcher, RefusalLog};
 pub use memory::MemoryStore;
 pub use store::{StoredKey, SubnetStore};
+pub use subnet_manager::SubnetManager;
 pub mod etcd_args;

@@ -91,6 +91,18 @@ impl LeaseSnapshot {
     }
 }
 
+/// A running lease watcher.
+pub struct LeaseWatcher {
+    /// The full current lease set (never events).
+    pub snapshots: watch::Receiver<Arc<LeaseSnapshot>>,
+    /// How many times the watch was re-established with a full listing (compaction, broken
+    /// stream, etcd down).
+    pub restarts: Arc<AtomicU64>,
+    /// How many times a record became refused (each is logged once, with its key and reason).
+    pub refusals: Arc<AtomicU64>,
+    pub task: JoinHandle<()>,
+}
+
 /// Says each refusal once: a warning when a record is first refused (or refused for a new
 /// reason), a note when it is admitted again, nothing while it stays as it was.
 #[derive(Debug, Default)]
@@ -573,5 +585,34 @@ enum Failure {
 impl From<ControlError> for Failure {
     fn from(e: ControlError) -> Self {
         Failure::Store(e)
+    }
+}
+
+pub(crate) fn parse_config(key: &str, value: &[u8]) -> Result<NetworkConfig, ControlError> {
+    let text = String::from_utf8_lossy(value);
+    NetworkConfig::parse(&text).map_err(|error| ControlError::InvalidConfig {
+        key: key.to_string(),
+        error,
+    })
+}
+
+/// Logs what a new value of the config key means for the running network.
+pub(crate) fn judge_config(key: &str, running: &NetworkConfig, value: Option<&[u8]>) {
+    match value.map(|v| parse_config(key, v)) {
+        None => {
+            tracing::warn!(key = %key, "the network config was deleted; weftd keeps running with the config it started with")
+        }
+        Some(Err(e)) => tracing::error!("{e}; ignoring it, the running network is unchanged"),
+        Some(Ok(cfg)) if cfg == *running => {
+            tracing::info!(key = %key, "the network config was rewritten without change")
+        }
+        Some(Ok(cfg)) => tracing::warn!(
+            key = %key,
+            network = %cfg.network,
+            subnet_len = cfg.subnet_len,
+            backend = cfg.backend.name(),
+            "the network config changed; restart weftd to apply it (still running with Network {})",
+            running.network
+        ),
     }
 }

@@ -3,13 +3,22 @@
 //! lease life cycle. Time is tokio's, so tests can pause and advance it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ipnet::Ipv4Net;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use weft_core::{Lease, LeaseAttrs, NetworkConfig};
 
 use crate::error::ControlError;
-use crate::store::{StoredKey, SubnetStore};
+use crate::manager::{
+    self, judge_config, parse_config, KeeperOptions, LeaseKeeper, LeaseSnapshot, LeaseWatcher, RefusalLog,
+};
+use crate::store::{config_key, subnets_prefix, StoredKey, SubnetStore};
+use crate::subnet_manager::SubnetManager;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -37,6 +46,10 @@ pub const THIEF_VALUE: &str = r#"{"PublicIP":"203.0.113.99","PublicIPv6":null}"#
 pub struct MemoryStore {
     prefix: String,
     inner: Mutex<Inner>,
+    /// The revision after every change, for the watchers.
+    changes: watch::Sender<i64>,
+    /// How leases are kept when the store is used as a [`SubnetManager`].
+    pub keeper: KeeperOptions,
 }
 
 impl MemoryStore {
@@ -44,6 +57,8 @@ impl MemoryStore {
         MemoryStore {
             prefix: prefix.trim_end_matches('/').to_string(),
             inner: Mutex::new(Inner::default()),
+            changes: watch::channel(0).0,
+            keeper: KeeperOptions::default(),
         }
     }
 
@@ -51,12 +66,15 @@ impl MemoryStore {
     pub fn put(&self, key: &str, value: &str) {
         let mut inner = self.lock();
         inner.write(key, value.as_bytes().to_vec(), 0);
+        self.changes.send_replace(inner.revision);
     }
 
     /// Deletes a key behind the manager's back.
     pub fn remove(&self, key: &str) -> bool {
         let mut inner = self.lock();
-        inner.remove(key)
+        let removed = inner.remove(key);
+        self.changes.send_replace(inner.revision);
+        removed
     }
 
     pub fn value(&self, key: &str) -> Option<String> {
@@ -101,7 +119,14 @@ impl MemoryStore {
             ));
         }
         inner.expire();
+        self.changes
+            .send_if_modified(|r| std::mem::replace(r, inner.revision) != inner.revision);
         Ok(inner)
+    }
+
+    /// Tells the watchers about the change just made under `inner`.
+    fn changed(&self, inner: &Inner) {
+        self.changes.send_replace(inner.revision);
     }
 }
 
@@ -202,6 +227,7 @@ impl SubnetStore for MemoryStore {
         }
         let id = inner.grant(ttl);
         inner.write(key, value.into_bytes(), id);
+        self.changed(&inner);
         Ok(true)
     }
 
@@ -219,6 +245,7 @@ impl SubnetStore for MemoryStore {
             None => inner.grant(ttl),
         };
         inner.write(&current.key, value.into_bytes(), id);
+        self.changed(&inner);
         Ok(true)
     }
 
@@ -232,7 +259,91 @@ impl SubnetStore for MemoryStore {
 
     async fn delete(&self, key: &str) -> Result<bool, ControlError> {
         let mut inner = self.begin("delete", key)?;
-        Ok(inner.remove(key))
+        let removed = inner.remove(key);
+        self.changed(&inner);
+        Ok(removed)
+    }
+}
+
+impl SubnetManager for MemoryStore {
+    async fn wait_for_config(&self) -> NetworkConfig {
+        let key = config_key(&self.prefix);
+        let mut changes = self.changes.subscribe();
+        loop {
+            changes.borrow_and_update();
+            match self.value(&key).map(|v| parse_config(&key, v.as_bytes())) {
+                Some(Ok(cfg)) => return cfg,
+                Some(Err(e)) => tracing::error!("{e}; waiting for a valid config"),
+                None => tracing::info!("waiting for the network config at {key}"),
+            }
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    async fn acquire_lease(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: LeaseAttrs,
+        previous: Option<Ipv4Net>,
+    ) -> Result<Lease, ControlError> {
+        manager::acquire_lease(self, cfg, &attrs, previous, self.keeper.ttl).await
+    }
+
+    /// Lists the subnets directory again after every change (a fake: no deltas needed).
+    fn watch_leases(self: &Arc<Self>, cfg: &NetworkConfig) -> LeaseWatcher {
+        let (tx, snapshots) = watch::channel(Arc::new(LeaseSnapshot::default()));
+        let me = self.clone();
+        let cfg = cfg.clone();
+        let mut refusal_log = RefusalLog::default();
+        let refusals = refusal_log.total.clone();
+        let mut changes = self.changes.subscribe();
+        let task = tokio::spawn(async move {
+            let dir = subnets_prefix(&me.prefix);
+            loop {
+                changes.borrow_and_update();
+                if let Ok((stored, revision)) = me.list(&dir).await {
+                    let snap = LeaseSnapshot::from_listing(&cfg, &dir, &stored, revision);
+                    refusal_log.update(&snap);
+                    tx.send_replace(Arc::new(snap));
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        LeaseWatcher {
+            snapshots,
+            restarts: Arc::new(AtomicU64::new(0)),
+            refusals,
+            task,
+        }
+    }
+
+    fn keep_lease(
+        self: &Arc<Self>,
+        cfg: NetworkConfig,
+        lease: Lease,
+        snapshots: Option<watch::Receiver<Arc<LeaseSnapshot>>>,
+    ) -> LeaseKeeper {
+        manager::spawn_lease_keeper(self.clone(), cfg, lease, self.keeper.clone(), snapshots)
+    }
+
+    fn watch_config(self: &Arc<Self>, running: NetworkConfig) -> JoinHandle<()> {
+        let me = self.clone();
+        let mut changes = self.changes.subscribe();
+        tokio::spawn(async move {
+            let key = config_key(&me.prefix);
+            let mut last = me.value(&key);
+            while changes.changed().await.is_ok() {
+                let now = me.value(&key);
+                if now != last {
+                    judge_config(&key, &running, now.as_deref().map(str::as_bytes));
+                    last = now;
+                }
+            }
+        })
     }
 }
 

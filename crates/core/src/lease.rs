@@ -113,6 +113,14 @@ impl LeaseAttrs {
         serde_json::to_string(self).expect("lease attributes always serialize")
     }
 
+    /// BackendData.VtepMAC (vxlan), if it holds a MAC address.
+    pub fn vtep_mac(&self) -> Option<[u8; 6]> {
+        self.backend_data
+            .get("VtepMAC")?
+            .as_str()
+            .and_then(crate::mac::parse_mac)
+    }
+
     /// Parses a lease value; `key` only names the record in the error.
     pub fn from_json(key: &str, value: &[u8]) -> Result<Self, LeaseError> {
         serde_json::from_slice(value).map_err(|e| LeaseError::BadValue {

@@ -53,6 +53,15 @@ impl Applied {
         }
     }
 
+    /// Adds another tally to this one.
+    pub fn merge(&mut self, other: Applied) {
+        self.added += other.added;
+        self.replaced += other.replaced;
+        self.removed += other.removed;
+        self.attempted += other.attempted;
+        self.errors.extend(other.errors);
+    }
+
     /// Err when any action failed.
     pub fn result(mut self) -> Result<(), ApplyFailure> {
         if self.errors.is_empty() {

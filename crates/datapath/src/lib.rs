@@ -2,6 +2,7 @@
 //! (desired state from the leases vs actual state read from the kernel, apply the difference).
 
 pub mod apply;
+pub mod backend;
 pub mod hostgw;
 pub mod leases;
 pub mod udp;

@@ -15,13 +15,14 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use weft_core::{Lease, SubnetKey};
-use weft_datapath::hostgw::{HostGwBackend, ReconcileReport};
+use weft_datapath::backend::Report;
+use weft_datapath::hostgw::HostGwBackend;
 
 use two_nodes::{is_root, run, udp_round_trip, BackendThread, TwoNodes};
 
 const NETWORK: &str = "10.6.0.0/16";
 
-type Reply = mpsc::Sender<Result<ReconcileReport, String>>;
+type Reply = mpsc::Sender<Result<Report, String>>;
 /// A reconcile request: the leases and where to answer.
 type Msg = (Vec<Lease>, Reply);
 
@@ -56,7 +57,7 @@ impl Node {
         })
     }
 
-    fn reconcile(&self, leases: &[Lease]) -> ReconcileReport {
+    fn reconcile(&self, leases: &[Lease]) -> Report {
         self.thread
             .ask(|reply| (leases.to_vec(), reply))
             .expect("reconcile succeeds")

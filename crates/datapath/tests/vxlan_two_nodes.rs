@@ -19,7 +19,8 @@ use ipnet::Ipv4Net;
 use nix::sched::{setns, CloneFlags};
 use weft_core::config::VxlanOptions;
 use weft_core::{Lease, LeaseAttrs, SubnetKey};
-use weft_datapath::vxlan::{ReconcileReport, VxlanBackend};
+use weft_datapath::backend::Report;
+use weft_datapath::vxlan::VxlanBackend;
 use weft_kernel::iface::{select_external_interface, IfaceSelection};
 use weft_kernel::netlink::Netlink;
 
@@ -27,7 +28,7 @@ use two_nodes::{is_root, run, udp_round_trip, BackendThread, TwoNodes};
 
 const NETWORK: &str = "10.5.0.0/16";
 
-type Reply = mpsc::Sender<Result<ReconcileReport, String>>;
+type Reply = mpsc::Sender<Result<Report, String>>;
 /// A reconcile request: the leases and where to answer.
 type Msg = (Vec<Lease>, Reply);
 
@@ -70,7 +71,7 @@ impl Node {
         }
     }
 
-    fn reconcile(&self, leases: &[Lease]) -> ReconcileReport {
+    fn reconcile(&self, leases: &[Lease]) -> Report {
         self.thread
             .ask(|reply| (leases.to_vec(), reply))
             .expect("reconcile succeeds")

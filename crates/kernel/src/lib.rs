@@ -6,5 +6,6 @@
 
 pub mod firewall;
 pub mod iface;
+pub mod monitor;
 pub mod netlink;
 pub mod tun;

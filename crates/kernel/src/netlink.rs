@@ -26,7 +26,7 @@ use rtnetlink::packet_core::{
 };
 
 /// `RT_TABLE_MAIN`: the only table weft reads or writes.
-const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
+pub(crate) const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -811,7 +811,7 @@ fn describe_route(spec: &RouteSpec) -> String {
     s
 }
 
-fn link_info(msg: &LinkMessage) -> LinkInfo {
+pub(crate) fn link_info(msg: &LinkMessage) -> LinkInfo {
     let mut info = LinkInfo {
         index: msg.header.index,
         name: String::new(),
@@ -888,7 +888,7 @@ fn addr_info(msg: &AddressMessage) -> Option<AddrInfo> {
 }
 
 /// Returns (table, type, route) for an IPv4 route message.
-fn route_info(msg: &RouteMessage) -> Option<(u32, RouteType, RouteInfo)> {
+pub(crate) fn route_info(msg: &RouteMessage) -> Option<(u32, RouteType, RouteInfo)> {
     if msg.header.address_family != AddressFamily::Inet {
         return None;
     }
@@ -919,7 +919,7 @@ fn route_info(msg: &RouteMessage) -> Option<(u32, RouteType, RouteInfo)> {
     Some((table, msg.header.kind, route))
 }
 
-fn neighbour_v4(msg: &NeighbourMessage) -> Option<Neighbour> {
+pub(crate) fn neighbour_v4(msg: &NeighbourMessage) -> Option<Neighbour> {
     let ip = msg.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
         _ => None,
@@ -935,7 +935,7 @@ fn neighbour_v4(msg: &NeighbourMessage) -> Option<Neighbour> {
     })
 }
 
-fn fdb_entry(msg: &NeighbourMessage) -> Option<FdbEntry> {
+pub(crate) fn fdb_entry(msg: &NeighbourMessage) -> Option<FdbEntry> {
     let mac = msg.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::LinkLayerAddress(bytes) => mac_from(bytes),
         _ => None,

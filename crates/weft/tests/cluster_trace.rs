@@ -40,18 +40,18 @@ fn trace(lab: &Lab, dst: std::net::Ipv4Addr, subnet_file: &str) -> (bool, Vec<St
 #[test]
 fn trace_walks_the_vxlan_path_and_names_each_break() {
     let mut spec = spec(&lab_name("ctr"), 2, BackendKind::Vxlan);
-    // weftd must not heal what the test breaks before trace looks; nor add forward rules.
-    spec.weftd_args = vec![
-        "--reconcile-interval=600".into(),
-        "--iptables-forward-rules=false".into(),
-    ];
-    let lab = up(spec);
+    // weftd must not add forward rules the test wants to control.
+    spec.weftd_args = vec!["--iptables-forward-rules=false".into()];
+    let mut lab = up(spec);
     assert!(all_pods_reach_each_other(&lab));
     let file = subnet_file(&lab, 1).display().to_string();
     let pod2 = lab.pod_ip(2).unwrap();
     let (ok, causes, text) = trace(&lab, pod2, &file);
     assert!(ok && causes.is_empty(), "healthy path: {text}");
     assert!(text.contains("\"neighbour\"") && text.contains("\"fdb\""), "{text}");
+    // weftd repairs a deleted entry the moment the kernel reports it: stop it (the datapath stays
+    // in place) so the breaks below are still there when trace looks.
+    lab.stop_node(1).unwrap();
 
     let hop = subnet_ip(&lab, 2).to_string();
     let run = |cmd: &[&str]| assert!(lab.exec_in_host(1, cmd).unwrap().status.success(), "{cmd:?}");

@@ -7,6 +7,7 @@ mod flags;
 mod http;
 mod metrics;
 mod node;
+mod services;
 mod subnet_file;
 
 use std::process::ExitCode;

@@ -1,27 +1,29 @@
-//! One node's life: interface, etcd, config, lease, subnet.env, backend, reconcile loop.
+//! One node's life: interface, subnet manager, config, backend, lease, subnet.env, and the loop
+//! that keeps the kernel in line with the leases. The loop is generic over the subnet manager and
+//! holds the backend as a trait object, so it runs in unit tests against the in-memory store.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc::UnboundedReceiver;
 use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
-use weft_core::masq::FirewallPlan;
-use weft_core::peer_file::{self, PeerEntry};
-use weft_core::{BackendKind, Lease, LeaseAttrs, NetworkConfig, SubnetEnv};
-use weft_datapath::hostgw::HostGwBackend;
-use weft_datapath::udp::UdpBackend;
-use weft_datapath::vxlan::VxlanBackend;
-use weft_kernel::firewall::{firewall_driver, FirewallKind};
+use weft_control::{LeaseKeeper, LeaseSnapshot, SubnetManager};
+use weft_core::peer_file;
+use weft_core::{Lease, LeaseAttrs, NetworkConfig, SubnetEnv};
+use weft_datapath::backend::{self, lease_changes, to_leases, Backend, Report, Setup};
 use weft_kernel::iface::{select_external_interface, IfaceSelection};
+use weft_kernel::monitor::{self, KernelEvent};
 use weft_kernel::netlink::Netlink;
 
 use crate::flags::Flags;
-use crate::http::{self, Endpoints, HealthCheck, MetricsPage};
-use crate::metrics::{BackendMetrics, Metrics};
+use crate::http::HealthCheck;
+use crate::metrics::Metrics;
+use crate::services;
 use crate::subnet_file;
-use std::sync::atomic::Ordering;
 
 pub async fn run(flags: Flags) -> anyhow::Result<()> {
     let nl = Netlink::new().context("opening the netlink socket")?;
@@ -45,135 +47,97 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     })
     .await
     .context("connecting to etcd")?;
-    let etcd = Arc::new(etcd);
-    let cfg = etcd.wait_for_config().await;
+    let manager = Arc::new(etcd);
+    let cfg = manager.wait_for_config().await;
     tracing::info!(network = %cfg.network, subnet_len = cfg.subnet_len, backend = cfg.backend.name(), "network config");
 
-    let network = cfg.network;
-    let datapath = match cfg.backend {
-        BackendKind::Vxlan => Datapath::Vxlan(
-            VxlanBackend::start(nl, ext, public_ip, cfg.vxlan.clone(), network)
-                .await
-                .with_context(|| format!("setting up the vxlan device flannel.{}", cfg.vxlan.vni))?,
-        ),
-        BackendKind::HostGw => Datapath::HostGw(
-            HostGwBackend::start(nl, ext, public_ip, network)
-                .await
-                .context("setting up the host-gw backend")?,
-        ),
-        BackendKind::Udp => Datapath::Udp(
-            UdpBackend::start(nl, ext, public_ip, cfg.udp.clone(), network)
-                .await
-                .context("setting up the udp backend (flannel0)")?,
-        ),
+    // Subscribed before the backend programs anything, so no change is missed.
+    let kernel_events = match monitor::subscribe() {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::warn!("cannot follow kernel changes ({e}); drift is repaired at the periodic reconcile only");
+            None
+        }
     };
-    let attrs = LeaseAttrs::new(public_ip, cfg.backend.lease_backend_type(), datapath.backend_data());
-    Node { flags, cfg, etcd }.run(datapath, attrs).await
+    let backend = backend::start(Setup {
+        nl,
+        ext,
+        public_ip,
+        config: cfg.clone(),
+    })
+    .await
+    .with_context(|| format!("setting up the {} backend", cfg.backend.name()))?;
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let stop = async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+    };
+    let node = Node {
+        flags,
+        cfg,
+        manager,
+        public_ip,
+    };
+    node.run(backend, kernel_events, services::start, stop).await?;
+    tracing::info!("stopping; the datapath stays in place and the lease is kept for the next start");
+    Ok(())
 }
 
-/// The backend that owns the kernel datapath.
-enum Datapath {
-    Vxlan(VxlanBackend),
-    HostGw(HostGwBackend),
-    Udp(UdpBackend),
+/// What the node's services (firewall rules, /healthz and /metrics) are started from, once the
+/// lease is held.
+pub struct Held<'a> {
+    pub flags: &'a Flags,
+    pub cfg: &'a NetworkConfig,
+    pub lease: &'a Lease,
+    pub metrics: Arc<Metrics>,
+    pub health: HealthCheck,
 }
 
-impl Datapath {
-    fn mtu(&self) -> u32 {
-        match self {
-            Datapath::Vxlan(b) => b.mtu(),
-            Datapath::HostGw(b) => b.mtu(),
-            Datapath::Udp(b) => b.mtu(),
-        }
-    }
-
-    fn backend_data(&self) -> serde_json::Value {
-        match self {
-            Datapath::Vxlan(b) => b.backend_data(),
-            Datapath::HostGw(b) => b.backend_data(),
-            Datapath::Udp(b) => b.backend_data(),
-        }
-    }
-
-    async fn set_lease(&mut self, lease: &Lease) -> anyhow::Result<()> {
-        match self {
-            Datapath::Vxlan(b) => b.set_lease(lease.subnet).await.context("addressing flannel.<VNI>")?,
-            Datapath::HostGw(b) => b.set_lease(lease.subnet),
-            Datapath::Udp(b) => b.set_lease(lease.subnet).await.context("addressing flannel0")?,
-        }
-        Ok(())
-    }
-
-    /// The udp peer table as weft trace reads it; None for kernel backends.
-    fn peer_file_text(&self) -> Option<String> {
-        let Datapath::Udp(b) = self else { return None };
-        let peers: Vec<PeerEntry> = b
-            .peer_table()
-            .iter()
-            .map(|p| PeerEntry {
-                subnet: p.subnet,
-                public_ip: p.public_ip,
-            })
-            .collect();
-        Some(peer_file::render(&peers))
-    }
-
-    /// The backend's own /metrics lines (udp packet counters), rendered live at every scrape.
-    fn metrics(&self) -> Option<BackendMetrics> {
-        let Datapath::Udp(b) = self else { return None };
-        let live = b.metrics();
-        Some(Box::new(move |out: &mut String| live.render(out)))
-    }
-
-    /// Makes the kernel match the leases; returns how many entries it had to correct.
-    async fn reconcile(&mut self, leases: &[Lease]) -> anyhow::Result<usize> {
-        match self {
-            Datapath::Vxlan(b) => {
-                let report = b.reconcile(leases).await?;
-                if report.changed() {
-                    tracing::info!(?report, "vxlan: kernel state corrected");
-                }
-                Ok(report.added + report.replaced + report.removed + usize::from(report.device_recreated))
-            }
-            Datapath::HostGw(b) => {
-                let report = b.reconcile(leases).await?;
-                if report.changed() {
-                    tracing::info!(?report, "host-gw: kernel state corrected");
-                }
-                Ok(report.added + report.replaced + report.removed)
-            }
-            Datapath::Udp(b) => {
-                let report = b.reconcile(leases).await?;
-                if report.device_recreated || report.corrected > 0 {
-                    tracing::info!(?report, "udp: kernel state corrected");
-                }
-                Ok(report.corrected + usize::from(report.device_recreated))
-            }
-        }
-    }
+/// One node: its flags, the network config and where the leases live.
+pub struct Node<M> {
+    pub flags: Flags,
+    pub cfg: NetworkConfig,
+    pub manager: Arc<M>,
+    pub public_ip: Ipv4Addr,
 }
 
-struct Node {
-    flags: Flags,
-    cfg: NetworkConfig,
-    etcd: Arc<EtcdSubnetManager>,
-}
-
-impl Node {
-    async fn run(self, mut datapath: Datapath, attrs: LeaseAttrs) -> anyhow::Result<()> {
-        let Node { flags, cfg, etcd } = self;
+impl<M: SubnetManager> Node<M> {
+    /// Leases a subnet, writes subnet.env, starts the services, then keeps the kernel in line
+    /// with the leases (by delta on each lease event, by repair on each kernel notification, in
+    /// full every `--reconcile-interval`) until `stop` resolves.
+    pub async fn run(
+        self,
+        mut backend: Box<dyn Backend>,
+        mut kernel_events: Option<UnboundedReceiver<KernelEvent>>,
+        start_services: impl FnOnce(Held<'_>),
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let Node {
+            flags,
+            cfg,
+            manager,
+            public_ip,
+        } = self;
+        let attrs = LeaseAttrs::new(public_ip, backend.lease_backend_type(), backend.backend_data());
         let previous = subnet_file::previous_subnet(&flags.subnet_file);
-        let lease = etcd
+        let lease = manager
             .acquire_lease(&cfg, attrs, previous)
             .await
             .context("leasing a subnet")?;
         tracing::info!(subnet = %lease.subnet, public_ip = %lease.attrs.public_ip, "holding lease");
-        datapath.set_lease(&lease).await?;
+        backend
+            .set_lease(&lease)
+            .await
+            .with_context(|| format!("setting up the {} backend for {}", backend.name(), lease.subnet))?;
 
         let env = SubnetEnv {
             network: cfg.network,
             subnet: ipnet::Ipv4Net::new(lease.subnet.gateway(), lease.subnet.ipv4.prefix_len())?,
-            mtu: datapath.mtu(),
+            mtu: backend.mtu(),
             ipmasq: flags.ip_masq,
             ipv6_network: None,
             ipv6_subnet: None,
@@ -182,74 +146,43 @@ impl Node {
             .with_context(|| format!("writing {}", flags.subnet_file.display()))?;
         tracing::info!(file = %flags.subnet_file.display(), subnet = %env.subnet, mtu = env.mtu, "wrote subnet file");
 
-        let watcher = etcd.spawn_lease_watcher(&cfg);
-        let keeper = etcd.spawn_lease_keeper(cfg.clone(), lease.clone(), Some(watcher.snapshots.clone()));
-        let _config_watch = etcd.spawn_config_watcher(cfg.clone());
+        let watcher = manager.watch_leases(&cfg);
+        let keeper = manager.keep_lease(cfg.clone(), lease.clone(), Some(watcher.snapshots.clone()));
+        let _config_watch = manager.watch_config(cfg.clone());
 
         let metrics = Arc::new(Metrics {
-            backend: cfg.backend.name(),
+            backend: backend.name(),
             watch_restarts: watcher.restarts.clone(),
             lease_renewals: keeper.renewals.clone(),
             lease_refusals: watcher.refusals.clone(),
-            backend_metrics: datapath.metrics(),
+            backend_metrics: backend.metrics(),
             ..Default::default()
         });
         metrics.lease_held.store(1, Ordering::Relaxed);
-        spawn_firewall(&flags, &cfg, &lease, metrics.clone());
-        let health: HealthCheck = {
-            let health = keeper.health.clone();
-            let last_contact = keeper.last_contact.clone();
-            let grace = Duration::from_secs(flags.healthz_etcd_grace);
-            Arc::new(move || health.borrow().check_with_grace(*last_contact.borrow(), grace))
-        };
-        let page: MetricsPage = {
-            let metrics = metrics.clone();
-            let health = health.clone();
-            Arc::new(move || {
-                metrics.lease_held.store(u64::from(health().is_ok()), Ordering::Relaxed);
-                metrics.render()
-            })
-        };
-        let mut listeners = Vec::new();
-        if flags.healthz_port != 0 {
-            let addr = SocketAddr::from((flags.healthz_ip, flags.healthz_port));
-            listeners.push((
-                addr,
-                Endpoints {
-                    health: Some(health.clone()),
-                    metrics: Some(page.clone()),
-                },
-            ));
-        }
-        if flags.metrics_port != 0 && flags.metrics_port != flags.healthz_port {
-            let addr = SocketAddr::from((flags.healthz_ip, flags.metrics_port));
-            listeners.push((
-                addr,
-                Endpoints {
-                    health: None,
-                    metrics: Some(page.clone()),
-                },
-            ));
-        }
-        for (addr, endpoints) in listeners {
-            tokio::spawn(async move {
-                if let Err(e) = http::serve(addr, endpoints).await {
-                    tracing::error!(%addr, "http server stopped: {e}");
-                }
-            });
-        }
+        start_services(Held {
+            flags: &flags,
+            cfg: &cfg,
+            lease: &lease,
+            metrics: metrics.clone(),
+            health: health_check(&keeper, Duration::from_secs(flags.healthz_etcd_grace)),
+        });
 
+        let mut lp = Loop {
+            backend,
+            metrics,
+            flags: &flags,
+            current: Arc::new(LeaseSnapshot::default()),
+            programmed: false,
+            published_peers: String::new(),
+        };
         let mut snapshots = watcher.snapshots.clone();
         let mut lease_rx = keeper.lease.clone();
         let mut tick = tokio::time::interval(Duration::from_secs(flags.reconcile_interval.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut published_peers = String::new();
+        tokio::pin!(stop);
         loop {
             tokio::select! {
-                _ = sigterm.recv() => break,
-                _ = sigint.recv() => break,
+                _ = &mut stop => break,
                 changed = lease_rx.changed() => {
                     if changed.is_err() { bail!("the lease keeper stopped"); }
                     let now = lease_rx.borrow_and_update().clone();
@@ -259,73 +192,274 @@ impl Node {
                 }
                 changed = snapshots.changed() => {
                     if changed.is_err() { bail!("the lease watcher stopped"); }
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    lp.leases_changed(snapshot).await;
                 }
-                _ = tick.tick() => {}
-            }
-            let snapshot = snapshots.borrow_and_update().clone();
-            // Until the first full listing we do not know which entries are stale: touch nothing.
-            if !snapshot.synced && snapshot.revision == 0 {
-                continue;
-            }
-            metrics.leases.store(snapshot.leases.len() as u64, Ordering::Relaxed);
-            metrics.set_refused(&snapshot.refused);
-            metrics.reconcile_runs.fetch_add(1, Ordering::Relaxed);
-            match datapath.reconcile(&snapshot.to_leases()).await {
-                Ok(corrections) => {
-                    metrics
-                        .reconcile_corrections
-                        .fetch_add(corrections as u64, Ordering::Relaxed);
-                    if let Some(text) = datapath.peer_file_text().filter(|t| *t != published_peers) {
-                        let path = peer_file::peer_file_for(&flags.subnet_file);
-                        match subnet_file::write_text_atomically(&path, &text) {
-                            Ok(()) => published_peers = text,
-                            Err(e) => tracing::warn!(file = %path.display(), "cannot publish the udp peer table: {e}"),
-                        }
-                    }
-                }
-                Err(e) => {
-                    metrics.reconcile_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("reconcile failed, retrying at the next event or tick: {e:#}");
-                }
+                Some(event) = recv(&mut kernel_events) => lp.kernel_changed(&event).await,
+                _ = tick.tick() => lp.reconcile().await,
             }
         }
-        tracing::info!("stopping; the datapath stays in place and the lease is kept for the next start");
         Ok(())
     }
 }
 
-/// Keeps the masquerade/forward rules as the flags say, checked every `--iptables-resync` seconds.
-fn spawn_firewall(flags: &Flags, cfg: &NetworkConfig, lease: &Lease, metrics: Arc<Metrics>) {
-    let kind = FirewallKind::from_config(cfg);
-    let plan = FirewallPlan {
-        network: cfg.network.into(),
-        pod: lease.subnet.ipv4.into(),
-        masq: flags.ip_masq,
-        forward: flags.iptables_forward_rules,
-    };
-    let every = Duration::from_secs(flags.iptables_resync.max(1));
-    let spawned = std::thread::Builder::new().name("firewall".into()).spawn(move || {
-        let other = kind.other();
-        if let Err(e) = firewall_driver(other, plan.family(), None).remove() {
-            tracing::debug!("clearing {other:?} leftovers: {e}");
-        }
-        let firewall = firewall_driver(kind, plan.family(), None);
-        let mut first = true;
-        loop {
-            metrics.firewall_checks.fetch_add(1, Ordering::Relaxed);
-            match firewall.ensure(&plan) {
-                Ok(changes) if changes.any() && !first => {
-                    metrics.firewall_corrections.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(?changes, "{kind:?}: masquerade/forward rules corrected")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!("{kind:?}: cannot apply masquerade/forward rules: {e}"),
+/// The next kernel notification; pending forever when there is no subscription (or it ended).
+async fn recv(events: &mut Option<UnboundedReceiver<KernelEvent>>) -> Option<KernelEvent> {
+    match events {
+        Some(rx) => match rx.recv().await {
+            Some(event) => Some(event),
+            None => {
+                tracing::warn!("kernel notifications stopped; drift is repaired at the periodic reconcile only");
+                *events = None;
+                std::future::pending().await
             }
-            first = false;
-            std::thread::sleep(every);
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// /healthz: the lease is held and etcd answered within the grace.
+fn health_check(keeper: &LeaseKeeper, grace: Duration) -> HealthCheck {
+    let health = keeper.health.clone();
+    let last_contact = keeper.last_contact.clone();
+    Arc::new(move || health.borrow().check_with_grace(*last_contact.borrow(), grace))
+}
+
+/// The state of the reconcile loop.
+struct Loop<'a> {
+    backend: Box<dyn Backend>,
+    metrics: Arc<Metrics>,
+    flags: &'a Flags,
+    /// The lease set the kernel was last brought in line with.
+    current: Arc<LeaseSnapshot>,
+    /// A full reconcile has run: the backend's cache of what it installed can be trusted.
+    programmed: bool,
+    published_peers: String,
+}
+
+impl Loop<'_> {
+    /// A new lease snapshot: the first full listing is reconciled in full; after that only the
+    /// leases that changed are applied.
+    async fn leases_changed(&mut self, snapshot: Arc<LeaseSnapshot>) {
+        // Until the first full listing we do not know which entries are stale: touch nothing.
+        if !snapshot.synced && snapshot.revision == 0 {
+            return;
         }
-    });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the firewall thread: {e}");
+        self.metrics
+            .leases
+            .store(snapshot.leases.len() as u64, Ordering::Relaxed);
+        self.metrics.set_refused(&snapshot.refused);
+        let previous = std::mem::replace(&mut self.current, snapshot);
+        if !self.programmed {
+            return self.reconcile().await;
+        }
+        let changes = lease_changes(&previous.leases, &self.current.leases);
+        if changes.is_empty() {
+            return;
+        }
+        let result = self.backend.apply(&changes, &self.current.leases).await;
+        self.done("lease change", result);
+    }
+
+    async fn kernel_changed(&mut self, event: &KernelEvent) {
+        if !self.programmed {
+            return;
+        }
+        let result = self.backend.kernel_changed(event, &self.current.leases).await;
+        self.done("repair", result);
+    }
+
+    /// Compares everything with the kernel: the safety net under deltas and notifications.
+    async fn reconcile(&mut self) {
+        if !self.current.synced && self.current.revision == 0 {
+            return;
+        }
+        self.metrics.reconcile_runs.fetch_add(1, Ordering::Relaxed);
+        let result = self.backend.reconcile(&to_leases(&self.current.leases)).await;
+        if result.is_ok() {
+            self.programmed = true;
+        }
+        self.done("reconcile", result);
+    }
+
+    fn done(&mut self, what: &str, result: Result<Report, backend::BackendError>) {
+        match result {
+            Ok(report) => {
+                if report.changed() {
+                    tracing::info!(?report, "{what}: kernel state corrected");
+                }
+                self.metrics
+                    .reconcile_corrections
+                    .fetch_add(report.corrections() as u64, Ordering::Relaxed);
+                self.publish_peers();
+            }
+            Err(e) => {
+                self.metrics.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+                // The cache may now differ from the kernel: the next tick compares everything.
+                self.programmed = false;
+                tracing::warn!("{what} failed, retrying at the next event or tick: {e:#}");
+            }
+        }
+    }
+
+    /// Publishes the backend's peer table beside subnet.env when it changed.
+    fn publish_peers(&mut self) {
+        let Some(text) = self.backend.peer_table().filter(|t| *t != self.published_peers) else {
+            return;
+        };
+        let path = peer_file::peer_file_for(&self.flags.subnet_file);
+        match subnet_file::write_text_atomically(&path, &text) {
+            Ok(()) => self.published_peers = text,
+            Err(e) => tracing::warn!(file = %path.display(), "cannot publish the peer table: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use weft_control::MemoryStore;
+    use weft_datapath::backend::{BackendError, LeaseChange, LeaseSet};
+
+    use super::*;
+    use crate::flags::normalize_go_style;
+    use clap::Parser;
+
+    const PREFIX: &str = "/coreos.com/network";
+
+    /// What the loop asked of the backend, in order.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Call {
+        SetLease(String),
+        Reconcile(Vec<String>),
+        Apply(Vec<(String, bool)>),
+    }
+
+    /// A backend that records calls and programs nothing.
+    struct Recorder(Arc<Mutex<Vec<Call>>>);
+
+    #[async_trait]
+    impl Backend for Recorder {
+        fn name(&self) -> &'static str {
+            "vxlan"
+        }
+        fn backend_data(&self) -> serde_json::Value {
+            serde_json::json!({"VNI": 1, "VtepMAC": "02:00:00:00:00:01"})
+        }
+        fn mtu(&self) -> u32 {
+            1450
+        }
+        async fn set_lease(&mut self, own: &Lease) -> Result<(), BackendError> {
+            self.0.lock().unwrap().push(Call::SetLease(own.subnet.to_key()));
+            Ok(())
+        }
+        async fn reconcile(&mut self, leases: &[Lease]) -> Result<Report, BackendError> {
+            let keys = leases.iter().map(|l| l.subnet.to_key()).collect();
+            self.0.lock().unwrap().push(Call::Reconcile(keys));
+            Ok(Report::default())
+        }
+        async fn apply(&mut self, changes: &[LeaseChange], _all: &LeaseSet) -> Result<Report, BackendError> {
+            let keys = changes.iter().map(|c| (c.subnet.to_key(), c.lease.is_some())).collect();
+            self.0.lock().unwrap().push(Call::Apply(keys));
+            Ok(Report::default())
+        }
+    }
+
+    fn peer(last: u8) -> String {
+        format!(
+            r#"{{"PublicIP":"198.51.100.{last}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:00:00:00:00:{last:02x}"}}}}"#
+        )
+    }
+
+    async fn wait_for(calls: &Mutex<Vec<Call>>, want: &Call) {
+        let found = tokio::time::timeout(Duration::from_secs(5), async {
+            while !calls.lock().unwrap().contains(want) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(found.is_ok(), "no {want:?} in {:?}", calls.lock().unwrap());
+    }
+
+    /// The whole node loop against the in-memory store: lease, subnet.env, a full reconcile
+    /// first, then only what each lease event changed; refused records never reach the backend.
+    #[tokio::test]
+    async fn the_node_loop_leases_writes_subnet_env_and_applies_only_what_changed() {
+        let dir = std::env::temp_dir().join(format!("weftd-node-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let subnet_file = dir.join("subnet.env");
+        let args = vec![
+            "weftd".to_string(),
+            format!("--subnet-file={}", subnet_file.display()),
+            "--reconcile-interval=3600".to_string(),
+        ];
+        let flags = Flags::try_parse_from(normalize_go_style(args)).unwrap();
+
+        let store = Arc::new(MemoryStore::new(PREFIX));
+        store.put(
+            &format!("{PREFIX}/config"),
+            r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.1.0","Backend":{"Type":"vxlan"}}"#,
+        );
+        store.put(&format!("{PREFIX}/subnets/10.5.2.0-24"), &peer(2));
+        let cfg = store.wait_for_config().await;
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let node = Node {
+            flags,
+            cfg,
+            manager: store.clone(),
+            public_ip: "198.51.100.1".parse().unwrap(),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let recorder = Box::new(Recorder(calls.clone()));
+        let running = tokio::spawn(node.run(recorder, None, |_| {}, async {
+            let _ = stop_rx.await;
+        }));
+
+        let reconcile = Call::Reconcile(vec!["10.5.1.0-24".into(), "10.5.2.0-24".into()]);
+        wait_for(&calls, &reconcile).await;
+        assert_eq!(calls.lock().unwrap()[0], Call::SetLease("10.5.1.0-24".into()));
+        assert_eq!(
+            store.value(&format!("{PREFIX}/subnets/10.5.1.0-24")).unwrap(),
+            r#"{"PublicIP":"198.51.100.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}}"#
+        );
+        assert_eq!(
+            std::fs::read_to_string(&subnet_file).unwrap(),
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+
+        // A new peer: applied alone.
+        store.put(&format!("{PREFIX}/subnets/10.5.3.0-24"), &peer(3));
+        wait_for(&calls, &Call::Apply(vec![("10.5.3.0-24".into(), true)])).await;
+        // Refused records (nested under a peer's name, a VtepMAC another lease holds) change nothing.
+        let before = calls.lock().unwrap().len();
+        store.put(&format!("{PREFIX}/subnets/x/10.5.2.0-24"), &peer(9));
+        store.put(
+            &format!("{PREFIX}/subnets/10.5.9.0-24"),
+            &peer(2).replace("198.51.100.2", "198.51.100.9"),
+        );
+        assert!(store.remove(&format!("{PREFIX}/subnets/x/10.5.2.0-24")));
+        // A departed peer: its removal applied alone.
+        assert!(store.remove(&format!("{PREFIX}/subnets/10.5.2.0-24")));
+        // ... which frees the VtepMAC the refused record claimed: it is admitted now.
+        wait_for(
+            &calls,
+            &Call::Apply(vec![("10.5.2.0-24".into(), false), ("10.5.9.0-24".into(), true)]),
+        )
+        .await;
+        let after: Vec<Call> = calls.lock().unwrap()[before..].to_vec();
+        assert_eq!(
+            after,
+            vec![Call::Apply(vec![
+                ("10.5.2.0-24".into(), false),
+                ("10.5.9.0-24".into(), true)
+            ])],
+            "nothing reached the backend for the refused records"
+        );
+
+        stop_tx.send(()).unwrap();
+        running.await.unwrap().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

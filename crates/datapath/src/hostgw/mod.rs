@@ -9,15 +9,24 @@
 
 pub mod plan;
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use futures::StreamExt;
 use ipnet::Ipv4Net;
 use weft_core::{Lease, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
-use weft_kernel::netlink::{Netlink, NetlinkError};
+use weft_kernel::monitor::KernelEvent;
+use weft_kernel::netlink::{Netlink, NetlinkError, RouteSpec};
 
-use self::plan::{desired_routes, peers_from_leases, plan, Action, Topology};
+/// Netlink requests sent together when programming many routes.
+const IN_FLIGHT: usize = 64;
+
+use self::plan::{
+    desired_routes, peer_of, peers_from_leases, plan, plan_route, route_of, Action, Change, LeaseSkip, Topology,
+};
 use crate::apply::{Applied, ApplyFailure, Effect};
+use crate::backend::{Backend, BackendError, LeaseChange, LeaseSet, Report};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostGwError {
@@ -39,24 +48,6 @@ pub enum HostGwError {
     Apply(ApplyFailure),
 }
 
-/// What one reconcile changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReconcileReport {
-    pub added: usize,
-    pub replaced: usize,
-    pub removed: usize,
-    /// Remote leases left out (other backend, outside the network, ...); our own is not counted.
-    pub skipped_leases: usize,
-    /// Remote subnets routed.
-    pub peers: usize,
-}
-
-impl ReconcileReport {
-    pub fn changed(&self) -> bool {
-        self.added + self.replaced + self.removed > 0
-    }
-}
-
 /// The host-gw backend of one node.
 #[derive(Debug)]
 pub struct HostGwBackend {
@@ -65,6 +56,9 @@ pub struct HostGwBackend {
     public_ip: Ipv4Addr,
     network: Ipv4Net,
     own: Option<SubnetKey>,
+    /// The routes weft installed, by peer subnet: what lease changes and kernel notifications
+    /// are compared with. Set by every full reconcile, updated by every delta.
+    installed: BTreeMap<Ipv4Net, RouteSpec>,
 }
 
 impl HostGwBackend {
@@ -96,6 +90,7 @@ impl HostGwBackend {
             public_ip,
             network: network.trunc(),
             own: None,
+            installed: BTreeMap::new(),
         })
     }
 
@@ -109,6 +104,113 @@ impl HostGwBackend {
         serde_json::Value::Null
     }
 
+    fn topology(&self, own: &SubnetKey) -> Topology {
+        Topology {
+            network: self.network,
+            own_subnet: own.ipv4.trunc(),
+            public_ip: self.public_ip,
+            ext_index: self.ext.index,
+        }
+    }
+
+    /// Applies the changes of `changes` alone, against the routes weft installed for them: one
+    /// netlink request per changed lease, whatever the size of the cluster.
+    pub async fn apply_changes(&mut self, changes: &[LeaseChange]) -> Result<Report, HostGwError> {
+        let own = self.own.ok_or(HostGwError::NoLease)?;
+        let topo = self.topology(&own);
+        let mut report = Report::default();
+        let mut actions = Vec::new();
+        for change in changes {
+            let subnet = change.subnet.ipv4.trunc();
+            let new = match change.lease.as_ref().map(|l| peer_of(l, &own, &topo)) {
+                Some(Ok(peer)) => Some(route_of(&peer, &topo)),
+                Some(Err(LeaseSkip::Own)) | None => None,
+                Some(Err(skip)) => {
+                    let node = crate::leases::Node {
+                        own: Some(&own),
+                        network: self.network,
+                        public_ip: self.public_ip,
+                    };
+                    report.skipped_leases += crate::leases::log_skipped("host-gw", &[(change.subnet, skip)], node);
+                    None
+                }
+            };
+            let old = match new {
+                Some(route) => self.installed.insert(subnet, route),
+                None => self.installed.remove(&subnet),
+            };
+            actions.extend(plan_route(old, new));
+        }
+        report.peers = self.installed.len();
+        let applied = self.run(actions).await;
+        (report.added, report.replaced, report.removed) = (applied.added, applied.replaced, applied.removed);
+        applied.result().map_err(HostGwError::Apply)?;
+        Ok(report)
+    }
+
+    /// Puts back a route weft installed that someone deleted or replaced, from one kernel
+    /// notification. Notifications of weft's own changes match the cache and cost nothing.
+    pub async fn repair(&mut self, event: &KernelEvent) -> Result<Report, HostGwError> {
+        let (KernelEvent::RouteGone(route) | KernelEvent::RouteAdded(route)) = event else {
+            return Ok(Report::default());
+        };
+        let Some(spec) = self.installed.get(&route.dst).copied() else {
+            return Ok(Report::default());
+        };
+        let same = route.spec() == Some(spec) && route.priority == 0;
+        let action = match event {
+            KernelEvent::RouteGone(_) if same => Action::SetRoute {
+                spec,
+                change: Change::Add,
+            },
+            KernelEvent::RouteAdded(_) if !same && route.priority == 0 => Action::SetRoute {
+                spec,
+                change: Change::Replace,
+            },
+            _ => return Ok(Report::default()),
+        };
+        let applied = self.run(vec![action]).await;
+        let report = Report {
+            added: applied.added,
+            replaced: applied.replaced,
+            peers: self.installed.len(),
+            ..Report::default()
+        };
+        if report.changed() {
+            tracing::info!(iface = %self.ext.name, ?event, "repaired a route changed behind weft's back");
+        }
+        applied.result().map_err(HostGwError::Apply)?;
+        Ok(report)
+    }
+
+    /// Runs independent route changes, several requests in flight.
+    async fn run(&self, actions: Vec<Action>) -> Applied {
+        let results = futures::stream::iter(actions.into_iter().map(|action| async move {
+            let result = match &action {
+                Action::SetRoute { spec, .. } => self.nl.replace_route_v4(spec).await,
+                Action::DeleteRoute { spec, metric } => self.nl.delete_route_v4_at_metric(spec, *metric).await,
+            };
+            (action, result)
+        }))
+        .buffered(IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+        let mut applied = Applied::default();
+        for (action, result) in results {
+            tracing::debug!(iface = %self.ext.name, "{action}");
+            let effect = match &action {
+                Action::SetRoute { change, .. } => Effect::Set(*change),
+                Action::DeleteRoute { .. } => Effect::Removed,
+            };
+            applied.record(
+                effect,
+                result,
+                |e| tracing::warn!(iface = %self.ext.name, "{action} failed: {e}"),
+            );
+        }
+        applied
+    }
+
     /// Records this node's lease (its route is cni0's business, never ours).
     pub fn set_lease(&mut self, own: SubnetKey) {
         self.own = Some(own);
@@ -117,15 +219,10 @@ impl HostGwBackend {
     /// Brings the main table in line with `leases`, the full current lease set (our own
     /// included): adds missing routes, corrects wrong ones, removes those no lease asks for.
     /// Every change is attempted even if one fails.
-    pub async fn reconcile(&mut self, leases: &[Lease]) -> Result<ReconcileReport, HostGwError> {
+    pub async fn reconcile(&mut self, leases: &[Lease]) -> Result<Report, HostGwError> {
         let own = self.own.ok_or(HostGwError::NoLease)?;
-        let topo = Topology {
-            network: self.network,
-            own_subnet: own.ipv4.trunc(),
-            public_ip: self.public_ip,
-            ext_index: self.ext.index,
-        };
-        let mut report = ReconcileReport::default();
+        let topo = self.topology(&own);
+        let mut report = Report::default();
         let (peers, skipped) = peers_from_leases(leases, &own, &topo);
         let node = crate::leases::Node {
             own: Some(&own),
@@ -137,22 +234,13 @@ impl HostGwBackend {
         let desired = desired_routes(&peers, &topo);
         let actual = self.nl.list_routes_v4().await?;
         let actions = plan(&desired, &actual, &topo);
-
-        let mut applied = Applied::default();
-        for action in actions {
-            tracing::debug!(iface = %self.ext.name, "{action}");
-            let (result, effect) = match &action {
-                Action::SetRoute { spec, change } => (self.nl.replace_route_v4(spec).await, Effect::Set(*change)),
-                Action::DeleteRoute { spec, metric } => {
-                    (self.nl.delete_route_v4_at_metric(spec, *metric).await, Effect::Removed)
-                }
-            };
-            applied.record(
-                effect,
-                result,
-                |e| tracing::warn!(iface = %self.ext.name, "{action} failed: {e}"),
-            );
-        }
+        self.installed = desired;
+        // Stale routes out before the new ones go in (a moved subnet never has two paths).
+        let (deletes, sets): (Vec<Action>, Vec<Action>) = actions
+            .into_iter()
+            .partition(|a| matches!(a, Action::DeleteRoute { .. }));
+        let mut applied = self.run(deletes).await;
+        applied.merge(self.run(sets).await);
         (report.added, report.replaced, report.removed) = (applied.added, applied.replaced, applied.removed);
         if report.changed() {
             tracing::info!(
@@ -165,5 +253,37 @@ impl HostGwBackend {
         }
         applied.result().map_err(HostGwError::Apply)?;
         Ok(report)
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for HostGwBackend {
+    fn name(&self) -> &'static str {
+        "host-gw"
+    }
+
+    fn backend_data(&self) -> serde_json::Value {
+        HostGwBackend::backend_data(self)
+    }
+
+    fn mtu(&self) -> u32 {
+        HostGwBackend::mtu(self)
+    }
+
+    async fn set_lease(&mut self, own: &Lease) -> Result<(), BackendError> {
+        HostGwBackend::set_lease(self, own.subnet);
+        Ok(())
+    }
+
+    async fn reconcile(&mut self, leases: &[Lease]) -> Result<Report, BackendError> {
+        HostGwBackend::reconcile(self, leases).await.map_err(BackendError::new)
+    }
+
+    async fn apply(&mut self, changes: &[LeaseChange], _all: &LeaseSet) -> Result<Report, BackendError> {
+        self.apply_changes(changes).await.map_err(BackendError::new)
+    }
+
+    async fn kernel_changed(&mut self, event: &KernelEvent, _all: &LeaseSet) -> Result<Report, BackendError> {
+        self.repair(event).await.map_err(BackendError::new)
     }
 }

@@ -45,39 +45,56 @@ pub fn peers_from_leases(
     let mut peers = Vec::new();
     let mut skipped = Vec::new();
     for lease in leases {
-        let node = leases::Node {
-            own: Some(own),
-            network: topo.network,
-            public_ip: topo.public_ip,
-        };
-        let skip = leases::check(lease, node, |kind| kind == BACKEND_TYPE);
-        match skip {
-            Some(skip) => skipped.push((lease.subnet, skip)),
-            None => peers.push(Peer {
-                subnet: lease.subnet.ipv4.trunc(),
-                public_ip: lease.attrs.public_ip,
-            }),
+        match peer_of(lease, own, topo) {
+            Ok(peer) => peers.push(peer),
+            Err(skip) => skipped.push((lease.subnet, skip)),
         }
     }
     (peers, skipped)
 }
 
-/// One route per peer, keyed by destination: `subnet via PublicIP dev <ext>`.
+/// The peer one lease describes, or why it describes none.
+pub fn peer_of(lease: &Lease, own: &SubnetKey, topo: &Topology) -> Result<Peer, LeaseSkip> {
+    let node = leases::Node {
+        own: Some(own),
+        network: topo.network,
+        public_ip: topo.public_ip,
+    };
+    match leases::check(lease, node, |kind| kind == BACKEND_TYPE) {
+        Some(skip) => Err(skip),
+        None => Ok(Peer {
+            subnet: lease.subnet.ipv4.trunc(),
+            public_ip: lease.attrs.public_ip,
+        }),
+    }
+}
+
+/// A peer's route: `subnet via PublicIP dev <ext>`.
+pub fn route_of(peer: &Peer, topo: &Topology) -> RouteSpec {
+    RouteSpec {
+        dst: peer.subnet,
+        gateway: Some(peer.public_ip),
+        oif: topo.ext_index,
+        onlink: false,
+    }
+}
+
+/// One route per peer, keyed by destination.
 pub fn desired_routes(peers: &[Peer], topo: &Topology) -> BTreeMap<Ipv4Net, RouteSpec> {
-    peers
-        .iter()
-        .map(|p| {
-            (
-                p.subnet,
-                RouteSpec {
-                    dst: p.subnet,
-                    gateway: Some(p.public_ip),
-                    oif: topo.ext_index,
-                    onlink: false,
-                },
-            )
-        })
-        .collect()
+    peers.iter().map(|p| (p.subnet, route_of(p, topo))).collect()
+}
+
+/// The change that turns one peer's installed route `old` into `new` (None: no such peer),
+/// without reading the kernel.
+pub fn plan_route(old: Option<RouteSpec>, new: Option<RouteSpec>) -> Option<Action> {
+    match (old, new) {
+        (Some(old), None) => Some(Action::DeleteRoute { spec: old, metric: 0 }),
+        (old, Some(new)) if old != Some(new) => Some(Action::SetRoute {
+            spec: new,
+            change: if old.is_some() { Change::Replace } else { Change::Add },
+        }),
+        _ => None,
+    }
 }
 
 pub use crate::apply::Change;
@@ -126,18 +143,23 @@ pub fn is_ours(route: &RouteInfo, topo: &Topology) -> bool {
 /// first (so a moved subnet never has two paths), then missing or wrong routes set.
 pub fn plan(desired: &BTreeMap<Ipv4Net, RouteSpec>, actual: &[RouteInfo], topo: &Topology) -> Vec<Action> {
     let ours: Vec<&RouteInfo> = actual.iter().filter(|r| is_ours(r, topo)).collect();
+    let mut by_dst: BTreeMap<Ipv4Net, Vec<&RouteInfo>> = BTreeMap::new();
+    for r in actual {
+        by_dst.entry(r.dst).or_default().push(r);
+    }
     let mut sets = Vec::new();
     let mut kept = BTreeSet::new();
     for (dst, spec) in desired {
-        let exact = ours
+        let at_dst: &[&RouteInfo] = by_dst.get(dst).map_or(&[], |v| v.as_slice());
+        let exact = at_dst
             .iter()
-            .any(|r| r.dst == *dst && r.spec() == Some(*spec) && r.priority == 0);
+            .any(|r| r.spec() == Some(*spec) && r.priority == 0 && is_ours(r, topo));
         if exact {
             kept.insert(*dst);
             continue;
         }
         // Any metric-0 route to this destination (ours or not) is overwritten by the replace.
-        let exists = actual.iter().any(|r| r.dst == *dst && r.priority == 0);
+        let exists = at_dst.iter().any(|r| r.priority == 0);
         sets.push(Action::SetRoute {
             spec: *spec,
             change: if exists { Change::Replace } else { Change::Add },

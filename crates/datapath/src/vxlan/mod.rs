@@ -9,16 +9,27 @@
 
 pub mod plan;
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
+use futures::StreamExt;
 use ipnet::Ipv4Net;
 use weft_core::config::VxlanOptions;
 use weft_core::{Lease, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
+use weft_kernel::monitor::KernelEvent;
 use weft_kernel::netlink::{format_mac, LinkInfo, Netlink, NetlinkError, VxlanSpec};
 
-use self::plan::{desired_state, peers_from_leases, plan, Action, ActualState, Topology};
+use self::plan::{
+    desired_state, peer_entries, peer_of, peers_entries, peers_from_leases, plan_peer, plan_phases, Action,
+    ActualState, Change, LeaseSkip, PeerEntries, Phases, Topology,
+};
 use crate::apply::{Applied, ApplyFailure, Effect};
+use crate::backend::LeaseChange;
+use crate::backend::{to_leases, Backend, BackendError, LeaseSet, Report};
+
+/// Netlink requests sent together when programming many entries.
+const IN_FLIGHT: usize = 64;
 
 /// VXLAN over IPv4 adds 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -37,26 +48,6 @@ pub enum VxlanError {
     Apply(ApplyFailure),
 }
 
-/// What one reconcile changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReconcileReport {
-    /// The device was missing or incompatible and was created again.
-    pub device_recreated: bool,
-    pub added: usize,
-    pub replaced: usize,
-    pub removed: usize,
-    /// Remote leases left out (other backend, no VtepMAC, ...); our own lease is not counted.
-    pub skipped_leases: usize,
-    /// Remote subnets programmed (through the tunnel or directly).
-    pub peers: usize,
-}
-
-impl ReconcileReport {
-    pub fn changed(&self) -> bool {
-        self.device_recreated || self.added + self.replaced + self.removed > 0
-    }
-}
-
 /// The vxlan backend of one node.
 #[derive(Debug)]
 pub struct VxlanBackend {
@@ -68,6 +59,14 @@ pub struct VxlanBackend {
     network: Ipv4Net,
     device: LinkInfo,
     vtep_mac: [u8; 6],
+    /// What weft installed, per peer subnet: the cache a lease change or a kernel notification
+    /// is compared with, so neither needs to read the kernel's tables. Set by every full
+    /// reconcile, updated by every delta.
+    installed: BTreeMap<Ipv4Net, PeerEntries>,
+    /// VtepMAC -> peer subnet, for FDB notifications.
+    by_mac: HashMap<[u8; 6], Ipv4Net>,
+    /// The external interface's connected subnets at the last full reconcile (DirectRouting).
+    ext_nets: Vec<Ipv4Net>,
 }
 
 impl VxlanBackend {
@@ -96,6 +95,9 @@ impl VxlanBackend {
             network: network.trunc(),
             device,
             vtep_mac,
+            installed: BTreeMap::new(),
+            by_mac: HashMap::new(),
+            ext_nets: Vec::new(),
         };
         backend.ensure_device().await?;
         tracing::info!(
@@ -182,11 +184,11 @@ impl VxlanBackend {
     /// Brings the kernel in line with `leases`, the full current lease set (our own included).
     /// Re-ensures the device first, then adds what is missing, corrects what is wrong and
     /// removes what no lease asks for. Every change is attempted even if one fails.
-    pub async fn reconcile(&mut self, leases: &[Lease]) -> Result<ReconcileReport, VxlanError> {
+    pub async fn reconcile(&mut self, leases: &[Lease]) -> Result<Report, VxlanError> {
         let own = self.own.ok_or(VxlanError::NoLease)?;
-        let mut report = ReconcileReport {
+        let mut report = Report {
             device_recreated: self.ensure_device().await?,
-            ..ReconcileReport::default()
+            ..Report::default()
         };
         let ext_nets = if self.opts.direct_routing {
             self.nl
@@ -198,7 +200,8 @@ impl VxlanBackend {
         } else {
             Vec::new()
         };
-        let topo = self.topology(&own, ext_nets);
+        let topo = self.topology(&own, ext_nets.clone());
+        self.ext_nets = ext_nets;
 
         let (peers, skipped) = peers_from_leases(leases, &own, &topo);
         let node = crate::leases::Node {
@@ -208,7 +211,8 @@ impl VxlanBackend {
         };
         report.skipped_leases += crate::leases::log_skipped("vxlan", &skipped, node);
         report.peers = peers.len();
-        let desired = desired_state(&peers, &topo);
+        let entries = peers_entries(&peers, &topo);
+        let desired = desired_state(entries.values());
 
         let index = self.device.index;
         let actual = ActualState {
@@ -216,26 +220,9 @@ impl VxlanBackend {
             fdb: self.nl.list_fdb(index).await?,
             routes: self.nl.list_routes_v4().await?,
         };
-        let actions = plan(&desired, &actual, &topo);
-
-        let mut applied = Applied::default();
-        for action in actions {
-            tracing::debug!(device = %self.device_name(), "{action}");
-            let effect = match action {
-                Action::SetNeighbour { change, .. }
-                | Action::SetFdb { change, .. }
-                | Action::SetRoute { change, .. } => Effect::Set(change),
-                Action::DeleteRoute { .. } | Action::DeleteNeighbour { .. } | Action::DeleteFdb { .. } => {
-                    Effect::Removed
-                }
-            };
-            let result = self.apply(&action).await;
-            applied.record(
-                effect,
-                result,
-                |e| tracing::warn!(device = %self.device_name(), "{action} failed: {e}"),
-            );
-        }
+        let phases = plan_phases(&desired, &actual, &topo);
+        self.set_installed(entries);
+        let applied = self.run(phases).await;
         (report.added, report.replaced, report.removed) = (applied.added, applied.replaced, applied.removed);
         if report.changed() {
             tracing::info!(
@@ -251,6 +238,195 @@ impl VxlanBackend {
         Ok(report)
     }
 
+    /// Applies the changes of `changes` alone, against what weft installed for those peers:
+    /// a few netlink requests per changed lease, whatever the size of the cluster.
+    pub async fn apply_changes(&mut self, changes: &[LeaseChange]) -> Result<Report, VxlanError> {
+        let own = self.own.ok_or(VxlanError::NoLease)?;
+        let topo = self.topology(&own, self.ext_nets.clone());
+        let mut phases = Phases::default();
+        let mut report = Report::default();
+        for change in changes {
+            let subnet = change.subnet.ipv4;
+            let new = match change.lease.as_ref().map(|l| peer_of(l, &own, &topo)) {
+                Some(Ok(peer)) => Some(peer_entries(&peer, &topo)),
+                Some(Err(LeaseSkip::Own)) | None => None,
+                Some(Err(skip)) => {
+                    let node = crate::leases::Node {
+                        own: Some(&own),
+                        network: self.network,
+                        public_ip: self.public_ip,
+                    };
+                    report.skipped_leases += crate::leases::log_skipped("vxlan", &[(change.subnet, skip)], node);
+                    None
+                }
+            };
+            let old = self.installed.get(&subnet).copied();
+            plan_peer(old.as_ref(), new.as_ref(), &mut phases);
+            self.forget(subnet);
+            if let Some(new) = new {
+                self.remember(subnet, new);
+            }
+        }
+        report.peers = self.installed.len();
+        let applied = self.run(phases).await;
+        (report.added, report.replaced, report.removed) = (applied.added, applied.replaced, applied.removed);
+        applied.result().map_err(VxlanError::Apply)?;
+        Ok(report)
+    }
+
+    /// Repairs what someone else changed, from one kernel notification: an entry weft installed
+    /// that was deleted or altered is put back; a deleted device is created again with every
+    /// entry. Notifications of weft's own changes match the cache and cost nothing.
+    pub async fn repair(&mut self, event: &KernelEvent, leases: &[Lease]) -> Result<Report, VxlanError> {
+        let index = self.device.index;
+        let mut phases = Phases::default();
+        match event {
+            KernelEvent::LinkGone(link) if link.index == index => return self.reconcile(leases).await,
+            KernelEvent::LinkChanged(link) if link.index == index && (!link.up || link.mac != Some(self.vtep_mac)) => {
+                self.ensure_device().await?;
+                return Ok(Report {
+                    replaced: 1,
+                    peers: self.installed.len(),
+                    ..Report::default()
+                });
+            }
+            KernelEvent::NeighbourGone { index: i, neighbour } if *i == index => {
+                if let Some(mac) = self.installed_neighbour(neighbour.ip) {
+                    let ip = neighbour.ip;
+                    phases.sets.push(Action::SetNeighbour {
+                        ip,
+                        mac,
+                        change: Change::Add,
+                    });
+                }
+            }
+            KernelEvent::NeighbourChanged { index: i, neighbour } if *i == index => {
+                if let Some(mac) = self.installed_neighbour(neighbour.ip) {
+                    if neighbour.mac != Some(mac) || !neighbour.is_permanent() {
+                        let ip = neighbour.ip;
+                        phases.sets.push(Action::SetNeighbour {
+                            ip,
+                            mac,
+                            change: Change::Replace,
+                        });
+                    }
+                }
+            }
+            KernelEvent::FdbGone { index: i, entry } if *i == index => {
+                let ours = self.by_mac.get(&entry.mac).and_then(|s| self.installed.get(s)?.fdb);
+                if let Some((mac, dst)) = ours.filter(|(_, dst)| entry.dst == Some(*dst)) {
+                    phases.sets.push(Action::SetFdb {
+                        mac,
+                        dst,
+                        change: Change::Add,
+                    });
+                }
+            }
+            KernelEvent::RouteGone(route) | KernelEvent::RouteAdded(route) => {
+                let ours = self.installed.get(&route.dst).map(|e| e.route);
+                let gone = matches!(event, KernelEvent::RouteGone(_));
+                if let Some(spec) = ours {
+                    let same = route.spec() == Some(spec) && route.priority == 0;
+                    if gone && same {
+                        phases.route_sets.push(Action::SetRoute {
+                            spec,
+                            change: Change::Add,
+                        });
+                    } else if !gone && !same && route.priority == 0 {
+                        phases.route_sets.push(Action::SetRoute {
+                            spec,
+                            change: Change::Replace,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+        if phases.is_empty() {
+            return Ok(Report::default());
+        }
+        let applied = self.run(phases).await;
+        let report = Report {
+            added: applied.added,
+            replaced: applied.replaced,
+            removed: applied.removed,
+            peers: self.installed.len(),
+            ..Report::default()
+        };
+        if report.changed() {
+            tracing::info!(device = %self.device_name(), ?event, "repaired an entry changed behind weft's back");
+        }
+        applied.result().map_err(VxlanError::Apply)?;
+        Ok(report)
+    }
+
+    fn installed_neighbour(&self, ip: Ipv4Addr) -> Option<[u8; 6]> {
+        let own = self.own?;
+        let subnet = Ipv4Net::new(ip, own.ipv4.prefix_len()).ok()?.trunc();
+        self.installed
+            .get(&subnet)?
+            .neighbour
+            .filter(|(i, _)| *i == ip)
+            .map(|(_, mac)| mac)
+    }
+
+    fn set_installed(&mut self, entries: BTreeMap<Ipv4Net, PeerEntries>) {
+        self.by_mac = entries
+            .iter()
+            .filter_map(|(subnet, e)| Some((e.fdb?.0, *subnet)))
+            .collect();
+        self.installed = entries;
+    }
+
+    fn remember(&mut self, subnet: Ipv4Net, entries: PeerEntries) {
+        if let Some((mac, _)) = entries.fdb {
+            self.by_mac.insert(mac, subnet);
+        }
+        self.installed.insert(subnet, entries);
+    }
+
+    fn forget(&mut self, subnet: Ipv4Net) {
+        if let Some(old) = self.installed.remove(&subnet) {
+            if let Some((mac, _)) = old.fdb {
+                if self.by_mac.get(&mac) == Some(&subnet) {
+                    self.by_mac.remove(&mac);
+                }
+            }
+        }
+    }
+
+    /// Runs the phases in order; the actions of one phase are sent together, several requests
+    /// in flight, rather than one round trip each.
+    async fn run(&self, phases: Phases) -> Applied {
+        let mut applied = Applied::default();
+        for phase in phases.into_phases() {
+            let results = futures::stream::iter(phase.into_iter().map(|action| async move {
+                let result = self.apply(&action).await;
+                (action, result)
+            }))
+            .buffered(IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
+            for (action, result) in results {
+                tracing::debug!(device = %self.device_name(), "{action}");
+                let effect = match action {
+                    Action::SetNeighbour { change, .. }
+                    | Action::SetFdb { change, .. }
+                    | Action::SetRoute { change, .. } => Effect::Set(change),
+                    Action::DeleteRoute { .. } | Action::DeleteNeighbour { .. } | Action::DeleteFdb { .. } => {
+                        Effect::Removed
+                    }
+                };
+                applied.record(
+                    effect,
+                    result,
+                    |e| tracing::warn!(device = %self.device_name(), "{action} failed: {e}"),
+                );
+            }
+        }
+        applied
+    }
+
     async fn apply(&self, action: &Action) -> Result<(), NetlinkError> {
         let index = self.device.index;
         match action {
@@ -261,6 +437,43 @@ impl VxlanBackend {
             Action::DeleteNeighbour { ip } => self.nl.delete_neighbour(index, *ip).await,
             Action::DeleteFdb { mac, dst } => self.nl.delete_fdb(index, *mac, *dst).await,
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for VxlanBackend {
+    fn name(&self) -> &'static str {
+        "vxlan"
+    }
+
+    fn backend_data(&self) -> serde_json::Value {
+        VxlanBackend::backend_data(self)
+    }
+
+    fn mtu(&self) -> u32 {
+        VxlanBackend::mtu(self)
+    }
+
+    async fn set_lease(&mut self, own: &Lease) -> Result<(), BackendError> {
+        VxlanBackend::set_lease(self, own.subnet)
+            .await
+            .map_err(BackendError::new)
+    }
+
+    async fn reconcile(&mut self, leases: &[Lease]) -> Result<Report, BackendError> {
+        VxlanBackend::reconcile(self, leases).await.map_err(BackendError::new)
+    }
+
+    async fn apply(&mut self, changes: &[LeaseChange], _all: &LeaseSet) -> Result<Report, BackendError> {
+        self.apply_changes(changes).await.map_err(BackendError::new)
+    }
+
+    async fn kernel_changed(&mut self, event: &KernelEvent, all: &LeaseSet) -> Result<Report, BackendError> {
+        let leases = match event {
+            KernelEvent::LinkGone(_) => to_leases(all),
+            _ => Vec::new(),
+        };
+        self.repair(event, &leases).await.map_err(BackendError::new)
     }
 }
 

@@ -9,7 +9,8 @@ use ipnet::Ipv4Net;
 use weft_core::{Lease, SubnetKey};
 
 use crate::leases;
-use weft_kernel::netlink::{format_mac, parse_mac, FdbEntry, Neighbour, RouteInfo, RouteSpec};
+use weft_core::mac::is_unicast_mac;
+use weft_kernel::netlink::{format_mac, FdbEntry, Neighbour, RouteInfo, RouteSpec};
 
 /// `rtm_protocol` of routes the kernel adds for connected subnets; never ours.
 const RTPROT_KERNEL: u8 = 2;
@@ -46,32 +47,32 @@ pub fn peers_from_leases(
     let mut peers = Vec::new();
     let mut skipped = Vec::new();
     for lease in leases {
-        let node = leases::Node {
-            own: Some(own),
-            network: topo.network,
-            public_ip: topo.public_ip,
-        };
-        let skip = leases::check(lease, node, |kind| kind == "vxlan");
-        if let Some(skip) = skip {
-            skipped.push((lease.subnet, skip));
-            continue;
-        }
-        let mac = lease
-            .attrs
-            .backend_data
-            .get("VtepMAC")
-            .and_then(|v| v.as_str())
-            .and_then(parse_mac);
-        match mac {
-            Some(vtep_mac) if vtep_mac[0] & 0x01 == 0 && vtep_mac != [0; 6] => peers.push(Peer {
-                subnet: lease.subnet.ipv4,
-                public_ip: lease.attrs.public_ip,
-                vtep_mac,
-            }),
-            _ => skipped.push((lease.subnet, LeaseSkip::BadVtepMac)),
+        match peer_of(lease, own, topo) {
+            Ok(peer) => peers.push(peer),
+            Err(skip) => skipped.push((lease.subnet, skip)),
         }
     }
     (peers, skipped)
+}
+
+/// The peer one lease describes, or why it describes none.
+pub fn peer_of(lease: &Lease, own: &SubnetKey, topo: &Topology) -> Result<Peer, LeaseSkip> {
+    let node = leases::Node {
+        own: Some(own),
+        network: topo.network,
+        public_ip: topo.public_ip,
+    };
+    if let Some(skip) = leases::check(lease, node, |kind| kind == "vxlan") {
+        return Err(skip);
+    }
+    match lease.attrs.vtep_mac() {
+        Some(vtep_mac) if is_unicast_mac(&vtep_mac) => Ok(Peer {
+            subnet: lease.subnet.ipv4,
+            public_ip: lease.attrs.public_ip,
+            vtep_mac,
+        }),
+        _ => Err(LeaseSkip::BadVtepMac),
+    }
 }
 
 /// The entries the peers call for.
@@ -85,38 +86,152 @@ pub struct DesiredState {
     pub routes: BTreeMap<Ipv4Net, RouteSpec>,
 }
 
-/// Per peer: neighbour, FDB entry and an onlink route through the VXLAN device; or, with
+/// The kernel entries of one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerEntries {
+    /// On the VXLAN device: the peer subnet's network address -> its VtepMAC (none when routed
+    /// directly).
+    pub neighbour: Option<(Ipv4Addr, [u8; 6])>,
+    /// On the VXLAN device: VtepMAC -> public IP (none when routed directly).
+    pub fdb: Option<([u8; 6], Ipv4Addr)>,
+    pub route: RouteSpec,
+}
+
+/// A neighbour, an FDB entry and an onlink route through the VXLAN device; or, with
 /// DirectRouting and a peer on our L2 segment, only a route via its public IP.
-pub fn desired_state(peers: &[Peer], topo: &Topology) -> DesiredState {
-    let mut desired = DesiredState::default();
-    for peer in peers {
-        let direct = topo.direct_routing && topo.ext_nets.iter().any(|n| n.contains(&peer.public_ip));
-        if direct {
-            desired.routes.insert(
-                peer.subnet,
-                RouteSpec {
-                    dst: peer.subnet,
-                    gateway: Some(peer.public_ip),
-                    oif: topo.ext_index,
-                    onlink: false,
-                },
-            );
-            continue;
-        }
-        let vtep_ip = peer.subnet.network();
-        desired.neighbours.insert(vtep_ip, peer.vtep_mac);
-        desired.fdb.insert(peer.vtep_mac, peer.public_ip);
-        desired.routes.insert(
-            peer.subnet,
-            RouteSpec {
+pub fn peer_entries(peer: &Peer, topo: &Topology) -> PeerEntries {
+    let direct = topo.direct_routing && topo.ext_nets.iter().any(|n| n.contains(&peer.public_ip));
+    if direct {
+        return PeerEntries {
+            neighbour: None,
+            fdb: None,
+            route: RouteSpec {
                 dst: peer.subnet,
-                gateway: Some(vtep_ip),
-                oif: topo.vxlan_index,
-                onlink: true,
+                gateway: Some(peer.public_ip),
+                oif: topo.ext_index,
+                onlink: false,
             },
-        );
+        };
+    }
+    let vtep_ip = peer.subnet.network();
+    PeerEntries {
+        neighbour: Some((vtep_ip, peer.vtep_mac)),
+        fdb: Some((peer.vtep_mac, peer.public_ip)),
+        route: RouteSpec {
+            dst: peer.subnet,
+            gateway: Some(vtep_ip),
+            oif: topo.vxlan_index,
+            onlink: true,
+        },
+    }
+}
+
+/// Every peer's entries, by peer subnet.
+pub fn peers_entries(peers: &[Peer], topo: &Topology) -> BTreeMap<Ipv4Net, PeerEntries> {
+    peers.iter().map(|p| (p.subnet, peer_entries(p, topo))).collect()
+}
+
+/// All the entries, by table.
+pub fn desired_state<'a>(entries: impl IntoIterator<Item = &'a PeerEntries>) -> DesiredState {
+    let mut desired = DesiredState::default();
+    for e in entries {
+        if let Some((ip, mac)) = e.neighbour {
+            desired.neighbours.insert(ip, mac);
+        }
+        if let Some((mac, dst)) = e.fdb {
+            desired.fdb.insert(mac, dst);
+        }
+        desired.routes.insert(e.route.dst, e.route);
     }
     desired
+}
+
+/// The changes that turn one peer's installed entries `old` into `new` (None: no such peer), in
+/// the phases of [`plan`], without reading the kernel.
+pub fn plan_peer(old: Option<&PeerEntries>, new: Option<&PeerEntries>, phases: &mut Phases) {
+    let set = |c: bool| if c { Change::Replace } else { Change::Add };
+    match (old, new) {
+        (None, None) => {}
+        (Some(old), None) => {
+            phases.route_deletes.push(Action::DeleteRoute {
+                spec: old.route,
+                metric: 0,
+            });
+            if let Some((ip, _)) = old.neighbour {
+                phases.deletes.push(Action::DeleteNeighbour { ip });
+            }
+            if let Some((mac, dst)) = old.fdb {
+                phases.deletes.push(Action::DeleteFdb { mac, dst });
+            }
+        }
+        (old, Some(new)) => {
+            let had = |f: fn(&PeerEntries) -> bool| old.is_some_and(f);
+            if let Some((ip, mac)) = new.neighbour {
+                if old.and_then(|o| o.neighbour) != new.neighbour {
+                    let change = set(had(|o| o.neighbour.is_some()));
+                    phases.sets.push(Action::SetNeighbour { ip, mac, change });
+                }
+            }
+            if let Some((mac, dst)) = new.fdb {
+                if old.and_then(|o| o.fdb) != new.fdb {
+                    let change = set(old.and_then(|o| o.fdb).is_some_and(|(m, _)| m == mac));
+                    phases.sets.push(Action::SetFdb { mac, dst, change });
+                }
+            }
+            if old.map(|o| o.route) != Some(new.route) {
+                let change = set(old.is_some());
+                phases.route_sets.push(Action::SetRoute {
+                    spec: new.route,
+                    change,
+                });
+            }
+            if let Some(old) = old {
+                match old.neighbour {
+                    Some((ip, _)) if new.neighbour.map(|(i, _)| i) != Some(ip) => {
+                        phases.deletes.push(Action::DeleteNeighbour { ip })
+                    }
+                    _ => {}
+                }
+                match old.fdb {
+                    Some(entry) if new.fdb != Some(entry) => phases.deletes.push(Action::DeleteFdb {
+                        mac: entry.0,
+                        dst: entry.1,
+                    }),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Actions grouped in the order they must run: stale routes out, then neighbour and FDB entries
+/// (so a new route never resolves through a missing entry), then routes, then stale neighbour
+/// and FDB entries. Actions within one phase are independent of each other.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Phases {
+    pub route_deletes: Vec<Action>,
+    pub sets: Vec<Action>,
+    pub route_sets: Vec<Action>,
+    pub deletes: Vec<Action>,
+}
+
+impl Phases {
+    pub fn into_vec(self) -> Vec<Action> {
+        let mut all = self.route_deletes;
+        all.extend(self.sets);
+        all.extend(self.route_sets);
+        all.extend(self.deletes);
+        all
+    }
+
+    /// The phases in order.
+    pub fn into_phases(self) -> [Vec<Action>; 4] {
+        [self.route_deletes, self.sets, self.route_sets, self.deletes]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.route_deletes.is_empty() && self.sets.is_empty() && self.route_sets.is_empty() && self.deletes.is_empty()
+    }
 }
 
 /// The entries read back from the kernel.
@@ -209,18 +324,35 @@ fn is_ours(route: &RouteInfo, topo: &Topology) -> bool {
         || (oif == topo.ext_index && route.gateway.is_some() && inside_network && !route.dst.contains(&topo.own_subnet))
 }
 
-/// The changes that turn `actual` into `desired`, in a safe order: stale routes out first,
-/// then neighbour and FDB entries (so a new route never resolves through a missing entry),
-/// then routes, then stale neighbour and FDB entries.
+/// The changes that turn `actual` into `desired`, in a safe order (see [`Phases`]).
 pub fn plan(desired: &DesiredState, actual: &ActualState, topo: &Topology) -> Vec<Action> {
+    plan_phases(desired, actual, topo).into_vec()
+}
+
+/// [`plan`], by phase.
+pub fn plan_phases(desired: &DesiredState, actual: &ActualState, topo: &Topology) -> Phases {
     let mut route_deletes = Vec::new();
     let mut sets = Vec::new();
     let mut route_sets = Vec::new();
     let mut deletes = Vec::new();
 
+    // Indexes of what the kernel has, so the plan costs O(n log n), not O(n^2).
+    let mut neigh_by_ip: BTreeMap<Ipv4Addr, &Neighbour> = BTreeMap::new();
+    for n in &actual.neighbours {
+        neigh_by_ip.entry(n.ip).or_insert(n);
+    }
+    let mut fdb_by_mac: BTreeMap<[u8; 6], Vec<&FdbEntry>> = BTreeMap::new();
+    for e in actual.fdb.iter().filter(|e| e.dst.is_some()) {
+        fdb_by_mac.entry(e.mac).or_default().push(e);
+    }
+    let mut routes_by_dst: BTreeMap<Ipv4Net, Vec<&RouteInfo>> = BTreeMap::new();
+    for r in &actual.routes {
+        routes_by_dst.entry(r.dst).or_default().push(r);
+    }
+
     // Neighbours: only permanent entries are ours to delete; others belong to the kernel.
     for (ip, mac) in &desired.neighbours {
-        match actual.neighbours.iter().find(|n| n.ip == *ip) {
+        match neigh_by_ip.get(ip) {
             Some(n) if n.mac == Some(*mac) && n.is_permanent() => {}
             Some(_) => sets.push(Action::SetNeighbour {
                 ip: *ip,
@@ -243,7 +375,7 @@ pub fn plan(desired: &DesiredState, actual: &ActualState, topo: &Topology) -> Ve
 
     // FDB: a MAC whose remote is wrong gets it replaced; extra remotes are deleted.
     for (mac, dst) in &desired.fdb {
-        let entries: Vec<&FdbEntry> = actual.fdb.iter().filter(|e| e.mac == *mac && e.dst.is_some()).collect();
+        let entries: &[&FdbEntry] = fdb_by_mac.get(mac).map_or(&[], |v| v.as_slice());
         let exact = entries.iter().any(|e| e.dst == Some(*dst) && e.is_permanent());
         if !exact {
             let change = if entries.is_empty() {
@@ -274,12 +406,13 @@ pub fn plan(desired: &DesiredState, actual: &ActualState, topo: &Topology) -> Ve
     let ours: Vec<&RouteInfo> = actual.routes.iter().filter(|r| is_ours(r, topo)).collect();
     let mut kept = BTreeSet::new();
     for (dst, spec) in &desired.routes {
-        let matches = |r: &&&RouteInfo| r.dst == *dst && r.spec() == Some(*spec) && r.priority == 0;
-        if ours.iter().any(|r| matches(&r)) {
+        let at_dst: &[&RouteInfo] = routes_by_dst.get(dst).map_or(&[], |v| v.as_slice());
+        let matches = |r: &&RouteInfo| r.spec() == Some(*spec) && r.priority == 0 && is_ours(r, topo);
+        if at_dst.iter().any(matches) {
             kept.insert(*dst);
             continue;
         }
-        let exists = actual.routes.iter().any(|r| r.dst == *dst && r.priority == 0);
+        let exists = at_dst.iter().any(|r| r.priority == 0);
         route_sets.push(Action::SetRoute {
             spec: *spec,
             change: if exists { Change::Replace } else { Change::Add },
@@ -301,11 +434,12 @@ pub fn plan(desired: &DesiredState, actual: &ActualState, topo: &Topology) -> Ve
         }
     }
 
-    let mut actions = route_deletes;
-    actions.extend(sets);
-    actions.extend(route_sets);
-    actions.extend(deletes);
-    actions
+    Phases {
+        route_deletes,
+        sets,
+        route_sets,
+        deletes,
+    }
 }
 
 #[cfg(test)]
@@ -388,7 +522,7 @@ mod tests {
     fn desired_for(leases: &[Lease], topo: &Topology) -> DesiredState {
         let own = SubnetKey::v4(topo.own_subnet);
         let (peers, _) = peers_from_leases(leases, &own, topo);
-        desired_state(&peers, topo)
+        desired_state(peers_entries(&peers, topo).values())
     }
 
     #[test]
@@ -696,5 +830,121 @@ mod tests {
             })
             .collect();
         assert_eq!(deleted, ["10.5.0.0/16", "10.5.0.0/23", "10.5.2.0/25", "10.0.0.0/8"]);
+    }
+
+    #[test]
+    fn a_lease_change_touches_only_its_own_entries() {
+        let t = topo();
+        let own = SubnetKey::v4(t.own_subnet);
+        let entries = |l: &Lease| peer_entries(&peer_of(l, &own, &t).unwrap(), &t);
+        let b = entries(&vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b"));
+
+        // A new peer: neighbour and FDB before the route.
+        let mut p = Phases::default();
+        plan_peer(None, Some(&b), &mut p);
+        assert_eq!(
+            p.clone().into_vec(),
+            vec![
+                Action::SetNeighbour {
+                    ip: ip("10.5.2.0"),
+                    mac: MAC_B,
+                    change: Change::Add
+                },
+                Action::SetFdb {
+                    mac: MAC_B,
+                    dst: ip("198.51.100.2"),
+                    change: Change::Add
+                },
+                Action::SetRoute {
+                    spec: vx_route("10.5.2.0/24", "10.5.2.0"),
+                    change: Change::Add
+                },
+            ]
+        );
+
+        // The same peer again: nothing.
+        let mut p = Phases::default();
+        plan_peer(Some(&b), Some(&b), &mut p);
+        assert!(p.is_empty());
+
+        // A new VtepMAC and PublicIP: the new entries set, the old FDB entry removed after.
+        let b2 = entries(&vx_lease("10.5.2.0/24", "198.51.100.7", "02:00:00:00:00:0c"));
+        let mut p = Phases::default();
+        plan_peer(Some(&b), Some(&b2), &mut p);
+        assert_eq!(
+            p.into_vec(),
+            vec![
+                Action::SetNeighbour {
+                    ip: ip("10.5.2.0"),
+                    mac: MAC_C,
+                    change: Change::Replace
+                },
+                Action::SetFdb {
+                    mac: MAC_C,
+                    dst: ip("198.51.100.7"),
+                    change: Change::Add
+                },
+                Action::DeleteFdb {
+                    mac: MAC_B,
+                    dst: ip("198.51.100.2")
+                },
+            ]
+        );
+
+        // A departed peer: the route first, then its neighbour and FDB entry.
+        let mut p = Phases::default();
+        plan_peer(Some(&b), None, &mut p);
+        assert_eq!(
+            p.into_vec(),
+            vec![
+                Action::DeleteRoute {
+                    spec: vx_route("10.5.2.0/24", "10.5.2.0"),
+                    metric: 0
+                },
+                Action::DeleteNeighbour { ip: ip("10.5.2.0") },
+                Action::DeleteFdb {
+                    mac: MAC_B,
+                    dst: ip("198.51.100.2")
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn the_delta_plan_ends_where_the_full_plan_does() {
+        // Applying one lease's delta to the entries of the old set gives the entries of the new set.
+        let t = topo();
+        let own = SubnetKey::v4(t.own_subnet);
+        let old = [vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b")];
+        let new = [
+            vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b"),
+            vx_lease("10.5.3.0/24", "198.51.100.3", "02:00:00:00:00:0c"),
+        ];
+        let entries = |ls: &[Lease]| peers_entries(&peers_from_leases(ls, &own, &t).0, &t);
+        let mut p = Phases::default();
+        let added = entries(&new)[&net("10.5.3.0/24")];
+        plan_peer(None, Some(&added), &mut p);
+        let full = plan(&desired_state(entries(&new).values()), &state_of(&entries(&old)), &t);
+        assert_eq!(p.into_vec(), full);
+    }
+
+    /// The kernel state that holds exactly `entries`.
+    fn state_of(entries: &BTreeMap<Ipv4Net, PeerEntries>) -> ActualState {
+        let mut actual = ActualState::default();
+        for e in entries.values() {
+            if let Some((ip, mac)) = e.neighbour {
+                actual.neighbours.push(perm_neigh(&ip.to_string(), mac));
+            }
+            if let Some((mac, dst)) = e.fdb {
+                actual.fdb.push(perm_fdb(mac, &dst.to_string()));
+            }
+            actual.routes.push(route(
+                &e.route.dst.to_string(),
+                e.route.gateway.map(|g| g.to_string()).as_deref(),
+                e.route.oif,
+                e.route.onlink,
+            ));
+        }
+        actual
     }
 }

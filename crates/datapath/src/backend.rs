@@ -1,0 +1,304 @@
+//! The seam between the daemon and a datapath: the [`Backend`] trait every backend implements,
+//! and [`start`], the one place that maps `Backend.Type` to an implementation. A new backend is a
+//! new module and one line in [`start`]; the daemon never names a backend.
+
+use std::net::Ipv4Addr;
+
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+
+use weft_core::{BackendKind, Lease, LeaseAttrs, NetworkConfig, SubnetKey};
+use weft_kernel::iface::ExternalInterface;
+use weft_kernel::monitor::KernelEvent;
+use weft_kernel::netlink::Netlink;
+
+use crate::hostgw::HostGwBackend;
+use crate::udp::UdpBackend;
+use crate::vxlan::VxlanBackend;
+
+/// What a backend is built from.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub nl: Netlink,
+    /// The external interface packets between nodes leave by.
+    pub ext: ExternalInterface,
+    /// The address other nodes reach this one at (`--public-ip`, else the interface's).
+    pub public_ip: Ipv4Addr,
+    pub config: NetworkConfig,
+}
+
+/// What one reconcile changed in the kernel, the same for every backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The backend's device was missing or incompatible and was created again.
+    pub device_recreated: bool,
+    pub added: usize,
+    pub replaced: usize,
+    pub removed: usize,
+    /// Remote leases left out (one naming our own public IP, ...); our own lease is not counted.
+    pub skipped_leases: usize,
+    /// Remote subnets the backend reaches.
+    pub peers: usize,
+}
+
+impl Report {
+    pub fn changed(&self) -> bool {
+        self.device_recreated || self.corrections() > 0
+    }
+
+    /// Kernel entries added, replaced or removed, and the device if it was created again.
+    pub fn corrections(&self) -> usize {
+        self.added + self.replaced + self.removed + usize::from(self.device_recreated)
+    }
+}
+
+/// A backend's error, with the backend's own message (which names the backend and what to do).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct BackendError(Box<dyn std::error::Error + Send + Sync>);
+
+impl BackendError {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        BackendError(Box::new(e))
+    }
+}
+
+/// The admitted leases, by subnet, as the lease watcher gives them.
+pub type LeaseSet = BTreeMap<SubnetKey, LeaseAttrs>;
+
+/// One lease that was added or changed (`lease` is its new value) or removed (`lease` None).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseChange {
+    pub subnet: SubnetKey,
+    pub lease: Option<Lease>,
+}
+
+/// The leases that differ between `old` and `new`, in subnet order.
+pub fn lease_changes(old: &LeaseSet, new: &LeaseSet) -> Vec<LeaseChange> {
+    let gone = old.keys().filter(|k| !new.contains_key(k)).map(|k| LeaseChange {
+        subnet: *k,
+        lease: None,
+    });
+    let changed = new
+        .iter()
+        .filter(|(k, v)| old.get(k) != Some(v))
+        .map(|(k, v)| LeaseChange {
+            subnet: *k,
+            lease: Some(Lease {
+                subnet: *k,
+                attrs: v.clone(),
+            }),
+        });
+    let mut all: Vec<LeaseChange> = gone.chain(changed).collect();
+    all.sort_by_key(|c| c.subnet);
+    all
+}
+
+/// The set as a list of leases.
+pub fn to_leases(set: &LeaseSet) -> Vec<Lease> {
+    set.iter()
+        .map(|(subnet, attrs)| Lease {
+            subnet: *subnet,
+            attrs: attrs.clone(),
+        })
+        .collect()
+}
+
+/// Renders a backend's own metrics (Prometheus exposition text) at scrape time.
+pub type MetricsRenderer = Box<dyn Fn(&mut String) + Send + Sync>;
+
+/// A datapath: turns the set of leases into kernel state and keeps it there.
+#[async_trait]
+pub trait Backend: Send {
+    /// flannel's name of the backend type, e.g. `vxlan`.
+    fn name(&self) -> &'static str;
+
+    /// The lease's BackendType, as flannel writes it (udp leave it empty).
+    fn lease_backend_type(&self) -> &'static str {
+        self.name()
+    }
+
+    /// The lease's BackendData (e.g. vxlan's VNI and VtepMAC); null when it has none.
+    fn backend_data(&self) -> serde_json::Value;
+
+    /// The pod MTU (FLANNEL_MTU).
+    fn mtu(&self) -> u32;
+
+    /// Takes this node's lease: addresses the backend's device from it. Called again if the
+    /// lease's subnet changes.
+    async fn set_lease(&mut self, own: &Lease) -> Result<(), BackendError>;
+
+    /// Makes the kernel match `leases`, the full admitted lease set (our own included): adds what
+    /// is missing, corrects what is wrong, removes what no lease asks for. Every change is
+    /// attempted even if one fails.
+    async fn reconcile(&mut self, leases: &[Lease]) -> Result<Report, BackendError>;
+
+    /// Applies the leases that changed (`all` is the whole admitted set after the change). A
+    /// backend that keeps a cache of what it installed touches only those leases' entries;
+    /// the default reconciles everything.
+    async fn apply(&mut self, changes: &[LeaseChange], all: &LeaseSet) -> Result<Report, BackendError> {
+        let _ = changes;
+        self.reconcile(&to_leases(all)).await
+    }
+
+    /// Reacts to a change in the kernel's tables (someone deleted a route, a neighbour, the
+    /// device): puts back what is the backend's. The default ignores it (the periodic
+    /// reconcile repairs it).
+    async fn kernel_changed(&mut self, event: &KernelEvent, all: &LeaseSet) -> Result<Report, BackendError> {
+        let _ = (event, all);
+        Ok(Report::default())
+    }
+
+    /// The backend's own metrics, rendered live at each scrape; None when it has none.
+    fn metrics(&self) -> Option<MetricsRenderer> {
+        None
+    }
+
+    /// The peer table `weft trace` reads (published beside subnet.env), for backends that keep
+    /// one in user space; None for kernel backends.
+    fn peer_table(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Starts the backend `setup.config` selects: creates or adopts its device. Called before the
+/// lease is acquired, since the lease carries the backend's data.
+pub async fn start(setup: Setup) -> Result<Box<dyn Backend>, BackendError> {
+    let Setup {
+        nl,
+        ext,
+        public_ip,
+        config,
+    } = setup;
+    let network = config.network;
+    Ok(match config.backend {
+        BackendKind::Vxlan => Box::new(
+            VxlanBackend::start(nl, ext, public_ip, config.vxlan, network)
+                .await
+                .map_err(BackendError::new)?,
+        ),
+        BackendKind::HostGw => Box::new(
+            HostGwBackend::start(nl, ext, public_ip, network)
+                .await
+                .map_err(BackendError::new)?,
+        ),
+        BackendKind::Udp => Box::new(
+            UdpBackend::start(nl, ext, public_ip, config.udp, network)
+                .await
+                .map_err(BackendError::new)?,
+        ),
+    })
+}
+
+#[async_trait]
+impl Backend for UdpBackend {
+    fn name(&self) -> &'static str {
+        "udp"
+    }
+
+    fn lease_backend_type(&self) -> &'static str {
+        // flannel's udp leases carry no BackendType.
+        ""
+    }
+
+    fn backend_data(&self) -> serde_json::Value {
+        UdpBackend::backend_data(self)
+    }
+
+    fn mtu(&self) -> u32 {
+        UdpBackend::mtu(self)
+    }
+
+    async fn set_lease(&mut self, own: &Lease) -> Result<(), BackendError> {
+        UdpBackend::set_lease(self, own.subnet).await.map_err(BackendError::new)
+    }
+
+    async fn reconcile(&mut self, leases: &[Lease]) -> Result<Report, BackendError> {
+        let r = UdpBackend::reconcile(self, leases).await.map_err(BackendError::new)?;
+        Ok(Report {
+            device_recreated: r.device_recreated,
+            replaced: r.corrected,
+            skipped_leases: r.skipped_leases,
+            peers: r.peers,
+            ..Report::default()
+        })
+    }
+
+    /// flannel0, its address or its network route gone: the reconcile puts them back (it is a
+    /// handful of requests; the peer table is in user space).
+    async fn kernel_changed(&mut self, event: &KernelEvent, all: &LeaseSet) -> Result<Report, BackendError> {
+        let device = self.device_index();
+        let ours = match event {
+            KernelEvent::LinkGone(link) => link.index == device,
+            KernelEvent::LinkChanged(link) => link.index == device && !link.up,
+            KernelEvent::RouteGone(route) => route.oif == Some(device),
+            _ => false,
+        };
+        if !ours {
+            return Ok(Report::default());
+        }
+        Backend::reconcile(self, &to_leases(all)).await
+    }
+
+    fn metrics(&self) -> Option<MetricsRenderer> {
+        let metrics = UdpBackend::metrics(self);
+        Some(Box::new(move |out: &mut String| metrics.render(out)))
+    }
+
+    fn peer_table(&self) -> Option<String> {
+        let peers: Vec<weft_core::peer_file::PeerEntry> = UdpBackend::peer_table(self)
+            .iter()
+            .map(|p| weft_core::peer_file::PeerEntry {
+                subnet: p.subnet,
+                public_ip: p.public_ip,
+            })
+            .collect();
+        Some(weft_core::peer_file::render(&peers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(ip: &str) -> LeaseAttrs {
+        LeaseAttrs::new(ip.parse().unwrap(), "vxlan", serde_json::json!({"VNI": 1}))
+    }
+
+    fn key(s: &str) -> SubnetKey {
+        SubnetKey::v4(s.parse().unwrap())
+    }
+
+    #[test]
+    fn changes_name_what_was_added_changed_and_removed_and_nothing_else() {
+        let old: LeaseSet = [
+            (key("10.5.1.0/24"), attrs("198.51.100.1")),
+            (key("10.5.2.0/24"), attrs("198.51.100.2")),
+            (key("10.5.3.0/24"), attrs("198.51.100.3")),
+        ]
+        .into();
+        let mut new = old.clone();
+        new.remove(&key("10.5.1.0/24"));
+        new.insert(key("10.5.2.0/24"), attrs("198.51.100.22"));
+        new.insert(key("10.5.4.0/24"), attrs("198.51.100.4"));
+        let changes = lease_changes(&old, &new);
+        let summary: Vec<(String, Option<String>)> = changes
+            .iter()
+            .map(|c| {
+                (
+                    c.subnet.to_key(),
+                    c.lease.as_ref().map(|l| l.attrs.public_ip.to_string()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("10.5.1.0-24".into(), None),
+                ("10.5.2.0-24".into(), Some("198.51.100.22".into())),
+                ("10.5.4.0-24".into(), Some("198.51.100.4".into())),
+            ]
+        );
+        assert!(lease_changes(&new, &new).is_empty());
+    }
+}

@@ -1,0 +1,113 @@
+//! Kernel change notifications: the rtnetlink multicast groups for links, IPv4 routes and
+//! neighbours (ARP and FDB). What anyone changes in those tables, weft included, arrives here
+//! as it happens, so a backend can repair an entry someone deleted without re-reading the
+//! tables. It only reports; it decides and changes nothing.
+
+use futures::StreamExt;
+use netlink_packet_route::neighbour::NeighbourMessage;
+use netlink_packet_route::route::RouteType;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::MulticastGroup;
+use tokio::sync::mpsc;
+
+use crate::netlink::{
+    fdb_entry, link_info, neighbour_v4, route_info, FdbEntry, LinkInfo, Neighbour, NetlinkError, RouteInfo, MAIN_TABLE,
+};
+
+/// The receive buffer asked for, so a burst (weft programming thousands of entries) is not lost.
+const RECEIVE_BUFFER: usize = 8 << 20;
+
+/// One change in a kernel table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelEvent {
+    LinkChanged(LinkInfo),
+    LinkGone(LinkInfo),
+    /// A unicast route of the main table.
+    RouteAdded(RouteInfo),
+    RouteGone(RouteInfo),
+    NeighbourChanged {
+        index: u32,
+        neighbour: Neighbour,
+    },
+    NeighbourGone {
+        index: u32,
+        neighbour: Neighbour,
+    },
+    FdbChanged {
+        index: u32,
+        entry: FdbEntry,
+    },
+    FdbGone {
+        index: u32,
+        entry: FdbEntry,
+    },
+}
+
+/// Subscribes, in the calling thread's network namespace, to link, IPv4 route and neighbour
+/// changes. Must be called inside a tokio runtime. The stream ends when the socket fails (events
+/// may then have been missed: the caller should compare everything once more).
+pub fn subscribe() -> Result<mpsc::UnboundedReceiver<KernelEvent>, NetlinkError> {
+    let groups = [MulticastGroup::Link, MulticastGroup::Neigh, MulticastGroup::Ipv4Route];
+    let (mut connection, _handle, mut messages) =
+        rtnetlink::new_multicast_connection(&groups).map_err(NetlinkError::Socket)?;
+    use rtnetlink::sys::AsyncSocket;
+    if let Err(e) = connection.socket_mut().socket_mut().set_rx_buf_sz(RECEIVE_BUFFER) {
+        tracing::debug!("kernel notifications: cannot enlarge the receive buffer: {e}");
+    }
+    tokio::spawn(connection);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some((msg, _)) = messages.next().await {
+            let NetlinkPayload::InnerMessage(msg) = msg.payload else {
+                continue;
+            };
+            if let Some(event) = decode(msg) {
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// The event a notification reports, if it is one weft cares about.
+pub fn decode(msg: RouteNetlinkMessage) -> Option<KernelEvent> {
+    let route = |m| match route_info(m) {
+        Some((table, RouteType::Unicast, r)) if table == MAIN_TABLE => Some(r),
+        _ => None,
+    };
+    Some(match msg {
+        RouteNetlinkMessage::NewLink(l) => KernelEvent::LinkChanged(link_info(&l)),
+        RouteNetlinkMessage::DelLink(l) => KernelEvent::LinkGone(link_info(&l)),
+        RouteNetlinkMessage::NewRoute(r) => KernelEvent::RouteAdded(route(&r)?),
+        RouteNetlinkMessage::DelRoute(r) => KernelEvent::RouteGone(route(&r)?),
+        RouteNetlinkMessage::NewNeighbour(n) => neighbour_event(&n, false)?,
+        RouteNetlinkMessage::DelNeighbour(n) => neighbour_event(&n, true)?,
+        _ => return None,
+    })
+}
+
+fn neighbour_event(n: &NeighbourMessage, gone: bool) -> Option<KernelEvent> {
+    let index = n.header.ifindex;
+    match n.header.family {
+        AddressFamily::Inet => {
+            let neighbour = neighbour_v4(n)?;
+            Some(if gone {
+                KernelEvent::NeighbourGone { index, neighbour }
+            } else {
+                KernelEvent::NeighbourChanged { index, neighbour }
+            })
+        }
+        AddressFamily::Bridge => {
+            let entry = fdb_entry(n)?;
+            Some(if gone {
+                KernelEvent::FdbGone { index, entry }
+            } else {
+                KernelEvent::FdbChanged { index, entry }
+            })
+        }
+        _ => None,
+    }
+}
