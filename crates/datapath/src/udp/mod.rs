@@ -28,6 +28,7 @@ use std::thread::JoinHandle;
 
 use ipnet::Ipv4Net;
 use weft_core::config::UdpOptions;
+use weft_core::peer_file::{self, PeerEntry};
 use weft_core::{Lease, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
 use weft_kernel::netlink::{Netlink, NetlinkError, RouteSpec};
@@ -37,6 +38,8 @@ pub use self::counters::{UdpCounters, UdpMetrics};
 pub use self::packet::DropReason;
 use self::peers::{peers_from_leases, PeerTable};
 use self::worker::{Shared, Worker};
+use crate::backend::{to_leases, Backend, BackendError, LeaseSet, MetricsRenderer, Report};
+use weft_kernel::monitor::KernelEvent;
 
 /// The device name flannel uses.
 pub const DEVICE: &str = "flannel0";
@@ -402,6 +405,73 @@ impl UdpBackend {
 impl Drop for UdpBackend {
     fn drop(&mut self) {
         self.stop_workers();
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for UdpBackend {
+    fn name(&self) -> &'static str {
+        "udp"
+    }
+
+    fn lease_backend_type(&self) -> &'static str {
+        // flannel's udp leases carry no BackendType.
+        ""
+    }
+
+    fn backend_data(&self) -> serde_json::Value {
+        UdpBackend::backend_data(self)
+    }
+
+    fn mtu(&self) -> u32 {
+        UdpBackend::mtu(self)
+    }
+
+    async fn set_lease(&mut self, own: &Lease) -> Result<(), BackendError> {
+        UdpBackend::set_lease(self, own.subnet).await.map_err(BackendError::new)
+    }
+
+    async fn reconcile(&mut self, leases: &[Lease]) -> Result<Report, BackendError> {
+        let r = UdpBackend::reconcile(self, leases).await.map_err(BackendError::new)?;
+        Ok(Report {
+            device_recreated: r.device_recreated,
+            replaced: r.corrected,
+            skipped_leases: r.skipped_leases,
+            peers: r.peers,
+            ..Report::default()
+        })
+    }
+
+    /// flannel0, its address or its network route gone: the reconcile puts them back (it is a
+    /// handful of requests; the peer table is in user space).
+    async fn kernel_changed(&mut self, event: &KernelEvent, all: &LeaseSet) -> Result<Report, BackendError> {
+        let device = self.device_index();
+        let ours = match event {
+            KernelEvent::LinkGone(link) => link.index == device,
+            KernelEvent::LinkChanged(link) => link.index == device && !link.up,
+            KernelEvent::RouteGone(route) => route.oif == Some(device),
+            _ => false,
+        };
+        if !ours {
+            return Ok(Report::default());
+        }
+        Backend::reconcile(self, &to_leases(all)).await
+    }
+
+    fn metrics(&self) -> Option<MetricsRenderer> {
+        let metrics = UdpBackend::metrics(self);
+        Some(Box::new(move |out: &mut String| metrics.render(out)))
+    }
+
+    fn peer_table(&self) -> Option<String> {
+        let peers: Vec<PeerEntry> = UdpBackend::peer_table(self)
+            .iter()
+            .map(|p| PeerEntry {
+                subnet: p.subnet,
+                public_ip: p.public_ip,
+            })
+            .collect();
+        Some(peer_file::render(&peers))
     }
 }
 
