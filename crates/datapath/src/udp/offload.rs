@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 
 use super::packet::{
-    fold, outbound, set_ipv4_checksum, sum16, DropReason, Ipv4Header, Outbound, IPV4_HEADER_LEN, PROTO_TCP,
+    copy_sum16, fold, outbound, set_ipv4_checksum, sum16, DropReason, Ipv4Header, Outbound, IPV4_HEADER_LEN, PROTO_TCP,
 };
 use super::peers::PeerTable;
 
@@ -262,11 +262,18 @@ fn mergeable(pkt: &[u8]) -> Option<usize> {
     Some(tcp_hlen)
 }
 
-/// Whether the IPv4 header (20 bytes, no options) and the TCP checksum of `pkt` verify: one
-/// pass of the one's complement sum over the whole packet (see [`sum16`]).
-pub fn checksums_ok(pkt: &[u8]) -> bool {
+/// Whether the IPv4 header (20 bytes, no options) and the TCP checksum (pseudo header and
+/// segment) of `pkt` verify, while its payload (from `hlen`) is copied into `payload_to`: the
+/// sender wrote full checksums, so this is one pass of the one's complement sum over bytes that
+/// are read for the copy anyway.
+fn checksums_ok(pkt: &[u8], payload_to: &mut [u8], hlen: usize) -> bool {
     let ip = sum16(&pkt[..IPV4_HEADER_LEN], 0);
-    let tcp = sum16(&pkt[IPV4_HEADER_LEN..], pseudo_sum(pkt, pkt.len() - IPV4_HEADER_LEN));
+    let tcp_header = sum16(
+        &pkt[IPV4_HEADER_LEN..hlen],
+        pseudo_sum(pkt, pkt.len() - IPV4_HEADER_LEN),
+    );
+    // The TCP header's length is a multiple of 4, so the payload's words line up with the segment's.
+    let tcp = copy_sum16(&pkt[hlen..], payload_to, tcp_header);
     fold(ip) == 0xffff && fold(tcp) == 0xffff
 }
 
@@ -285,10 +292,12 @@ impl Coalescer {
         let payload = pkt.len() - hlen;
         let seq = u32::from_be_bytes(pkt[24..28].try_into().expect("4 bytes"));
         if self.len == 0 {
-            if !checksums_ok(pkt) {
+            // Copied and verified in one pass; nothing counts as merged until it verifies.
+            let to = &mut self.buf[VNET_HDR_LEN..VNET_HDR_LEN + pkt.len()];
+            to[..hlen].copy_from_slice(&pkt[..hlen]);
+            if !checksums_ok(pkt, &mut to[hlen..], hlen) {
                 return Offer::BadChecksum;
             }
-            self.buf[VNET_HDR_LEN..VNET_HDR_LEN + pkt.len()].copy_from_slice(pkt);
             self.len = pkt.len();
             self.hlen = hlen;
             self.mss = payload;
@@ -313,11 +322,10 @@ impl Coalescer {
         if !same_flow {
             return Offer::Refused;
         }
-        if !checksums_ok(pkt) {
+        let at = VNET_HDR_LEN + self.len;
+        if !checksums_ok(pkt, &mut self.buf[at..at + payload], hlen) {
             return Offer::BadChecksum;
         }
-        let at = VNET_HDR_LEN + self.len;
-        self.buf[at..at + payload].copy_from_slice(&pkt[hlen..]);
         self.len += payload;
         self.count += 1;
         self.next_seq = seq.wrapping_add(payload as u32);

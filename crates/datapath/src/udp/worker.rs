@@ -1,9 +1,10 @@
 //! The I/O shell of the udp backend: N threads, each owning one TUN queue and one UDP socket,
 //! waiting on both with one epoll instance and serving only the side that has work. A worker
-//! reads a batch of packets from its queue, decides with [`outbound`] and sends the batch with
-//! one sendmmsg; it receives a batch of datagrams with one recvmmsg, decides with [`inbound`]
-//! and writes them into its queue. Buffers and message arrays are allocated once per worker;
-//! the peer table is loaded once per batch from an [`ArcSwap`] (no lock on the hot path).
+//! reads a batch of packets from its queue, decides with [`outbound`] (or [`outbound_frame`] with
+//! offloads) and sends the batch with one sendmmsg; it receives a batch of datagrams with one
+//! recvmmsg, hands them to its [`Receiver`] (checks, GRO) and performs the writes into its queue
+//! that the receiver asks for. Buffers and message arrays are allocated once per worker; the
+//! peer table is loaded once per batch from an [`ArcSwap`] (no lock on the hot path).
 
 use std::io;
 use std::mem::{size_of, zeroed};
