@@ -15,12 +15,12 @@ use etcd_client::{
 use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use weft_core::{Lease, LeaseAttrs, LeaseRecord, NetworkConfig, SubnetKey};
+use weft_core::{Lease, LeaseAttrs, NetworkConfig, SubnetKey};
 
 use crate::error::ControlError;
 use crate::manager::{
-    self, judge_config, lease_key, parse_config, parse_leases, Backoff, KeeperOptions, LeaseKeeper, LeaseSnapshot,
-    LeaseWatcher, RefusalLog, DEFAULT_LEASE_TTL, DEFAULT_RENEW_MARGIN,
+    self, judge_config, lease_key, parse_config, parse_leases, Backoff, KeeperOptions, LeaseBook, LeaseKeeper,
+    LeaseSnapshot, LeaseWatcher, RefusalLog, DEFAULT_LEASE_TTL, DEFAULT_RENEW_MARGIN,
 };
 use crate::store::{config_key, subnets_prefix, StoredKey, SubnetStore};
 use crate::subnet_manager::SubnetManager;
@@ -491,9 +491,9 @@ impl EtcdSubnetManager {
             Err(e) => return Some(e),
         };
         let resync_at = tokio::time::Instant::now() + RESYNC_EVERY;
-        let mut snap = LeaseSnapshot::from_listing(cfg, &dir, &stored, revision);
-        refusal_log.update(&snap);
-        tx.send_replace(Arc::new(snap.clone()));
+        let mut book = LeaseBook::from_listing(cfg, &dir, &stored, revision);
+        refusal_log.update(book.snapshot());
+        tx.send_replace(Arc::new(book.snapshot().clone()));
         let mut watcher = self.client().watch_client();
         // From the listing's own revision, not the next: a compaction at exactly revision+1 would
         // drop a deletion there without cancelling a watch that starts at it. Events at `revision`
@@ -528,6 +528,7 @@ impl EtcdSubnetManager {
                 backoff.reset();
             }
             if let Some(h) = resp.header() {
+                let snap = book.snapshot_mut();
                 snap.revision = snap.revision.max(h.revision());
             }
             if resp.events().is_empty() {
@@ -538,18 +539,12 @@ impl EtcdSubnetManager {
                 let key = String::from_utf8_lossy(kv.key());
                 let Some(name) = key.strip_prefix(&dir) else { continue };
                 match ev.event_type() {
-                    EventType::Delete => {
-                        snap.records.remove(name);
-                    }
-                    EventType::Put => {
-                        let record = LeaseRecord::parse(name, kv.value(), kv.create_revision());
-                        snap.records.insert(name.to_string(), record);
-                    }
+                    EventType::Delete => book.remove(name),
+                    EventType::Put => book.put(name, kv.value(), kv.create_revision()),
                 }
             }
-            snap.admit(cfg);
-            refusal_log.update(&snap);
-            tx.send_replace(Arc::new(snap.clone()));
+            refusal_log.update(book.snapshot());
+            tx.send_replace(Arc::new(book.snapshot().clone()));
         }
     }
 

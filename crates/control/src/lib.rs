@@ -10,7 +10,7 @@ pub mod subnet_manager;
 
 pub use error::ControlError;
 pub use etcd::{EtcdOptions, EtcdSubnetManager};
-pub use manager::{KeeperOptions, LeaseHealth, LeaseKeeper, LeaseSnapshot, LeaseWatcher, RefusalLog};
+pub use manager::{KeeperOptions, LeaseBook, LeaseHealth, LeaseKeeper, LeaseSnapshot, LeaseWatcher, RefusalLog};
 pub use memory::MemoryStore;
 pub use store::{StoredKey, SubnetStore};
 pub use subnet_manager::SubnetManager;

@@ -2,17 +2,19 @@
 //! alive, and heal it when someone else deletes it. Also the lease snapshot the backends reconcile
 //! against. It decides what to write; the store does the I/O.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use imbl::ordmap::DiffItem;
+use imbl::OrdMap;
 use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weft_core::{
-    admit, choose_subnet, Allocation, Lease, LeaseAttrs, LeaseRecord, NetworkConfig, Refusal, Refused, SubnetKey,
+    choose_subnet, Admitter, Allocation, Decisions, Lease, LeaseAttrs, LeaseRecord, NetworkConfig, Refusal, Refused,
+    SubnetKey,
 };
 
 use crate::error::ControlError;
@@ -26,16 +28,17 @@ pub const DEFAULT_RENEW_MARGIN: Duration = Duration::from_secs(3600);
 const ACQUIRE_ATTEMPTS: u32 = 5;
 
 /// Every record under `<prefix>/subnets/`, always the full current set, and the leases among
-/// them a node acts on (see [`weft_core::admission`]).
+/// them a node acts on (see [`weft_core::admission`]). The maps are persistent: a snapshot costs
+/// little to copy, and two snapshots are compared by what changed between them, not entry by entry.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LeaseSnapshot {
     /// Every record, by its key below the subnets directory (a nested or malformed key is its
     /// own record: deleting it touches no other).
-    pub records: BTreeMap<String, LeaseRecord>,
+    pub records: OrdMap<String, Arc<LeaseRecord>>,
     /// The admitted leases: what backends program.
-    pub leases: BTreeMap<SubnetKey, LeaseAttrs>,
-    /// The records not acted on, and why.
-    pub refused: Vec<Refused>,
+    pub leases: OrdMap<SubnetKey, LeaseAttrs>,
+    /// The records not acted on, and why, by key below the subnets directory.
+    pub refused: OrdMap<String, Refusal>,
     /// The store revision this set reflects.
     pub revision: i64,
     /// False until the first full listing, and again while the watch is being re-established
@@ -44,32 +47,6 @@ pub struct LeaseSnapshot {
 }
 
 impl LeaseSnapshot {
-    /// The snapshot of a full listing of the subnets directory `dir`.
-    pub fn from_listing(cfg: &NetworkConfig, dir: &str, stored: &[StoredKey], revision: i64) -> Self {
-        let records = stored
-            .iter()
-            .filter_map(|s| {
-                let name = s.key.strip_prefix(dir)?;
-                Some((name.to_string(), LeaseRecord::parse(name, &s.value, s.create_revision)))
-            })
-            .collect();
-        let mut snap = LeaseSnapshot {
-            records,
-            revision,
-            synced: true,
-            ..Default::default()
-        };
-        snap.admit(cfg);
-        snap
-    }
-
-    /// Decides again which records are leases, after `records` changed.
-    pub fn admit(&mut self, cfg: &NetworkConfig) {
-        let admission = admit(cfg, self.records.values());
-        self.leases = admission.leases;
-        self.refused = admission.refused;
-    }
-
     /// The record stored for `subnet`, parsed, whether admitted or not.
     pub fn record_of(&self, subnet: &SubnetKey) -> Option<&Lease> {
         self.records.get(&subnet.to_key())?.parsed.as_ref().ok()
@@ -89,6 +66,96 @@ impl LeaseSnapshot {
     pub fn remote_leases(&self, own: &SubnetKey) -> Vec<Lease> {
         self.to_leases().into_iter().filter(|l| l.subnet != *own).collect()
     }
+
+    /// The refused records, by name, with why.
+    pub fn refusals(&self) -> impl Iterator<Item = Refused> + '_ {
+        self.refused.iter().map(|(name, reason)| Refused {
+            name: name.clone(),
+            reason: reason.clone(),
+        })
+    }
+}
+
+/// The watcher's side of the snapshot: the records and the admission kept up to date one
+/// record at a time, so a change costs what it touches.
+#[derive(Debug, Clone)]
+pub struct LeaseBook {
+    admitter: Admitter,
+    snap: LeaseSnapshot,
+}
+
+impl LeaseBook {
+    pub fn new(cfg: &NetworkConfig) -> Self {
+        LeaseBook {
+            admitter: Admitter::new(cfg),
+            snap: LeaseSnapshot::default(),
+        }
+    }
+
+    /// The book of a full listing of the subnets directory `dir`.
+    pub fn from_listing(cfg: &NetworkConfig, dir: &str, stored: &[StoredKey], revision: i64) -> Self {
+        let records: Vec<LeaseRecord> = stored
+            .iter()
+            .filter_map(|s| {
+                Some(LeaseRecord::parse(
+                    s.key.strip_prefix(dir)?,
+                    &s.value,
+                    s.create_revision,
+                ))
+            })
+            .collect();
+        let snap_records = records.iter().map(|r| (r.name.clone(), Arc::new(r.clone()))).collect();
+        let admitter = Admitter::from_records(cfg, records);
+        let admission = admitter.admission();
+        LeaseBook {
+            admitter,
+            snap: LeaseSnapshot {
+                records: snap_records,
+                leases: admission.leases.into_iter().collect(),
+                refused: admission.refused.into_iter().map(|r| (r.name, r.reason)).collect(),
+                revision,
+                synced: true,
+            },
+        }
+    }
+
+    /// A record was written.
+    pub fn put(&mut self, name: &str, value: &[u8], created: i64) {
+        let record = LeaseRecord::parse(name, value, created);
+        self.snap.records.insert(name.to_string(), Arc::new(record.clone()));
+        let decisions = self.admitter.put(record);
+        self.apply(decisions);
+    }
+
+    /// A record was deleted.
+    pub fn remove(&mut self, name: &str) {
+        self.snap.records.remove(name);
+        let decisions = self.admitter.remove(name);
+        self.apply(decisions);
+    }
+
+    fn apply(&mut self, decisions: Decisions) {
+        for (subnet, attrs) in decisions.leases {
+            match attrs {
+                Some(attrs) => self.snap.leases.insert(subnet, attrs),
+                None => self.snap.leases.remove(&subnet),
+            };
+        }
+        for (name, reason) in decisions.refusals {
+            match reason {
+                Some(reason) => self.snap.refused.insert(name, reason),
+                None => self.snap.refused.remove(&name),
+            };
+        }
+    }
+
+    pub fn snapshot(&self) -> &LeaseSnapshot {
+        &self.snap
+    }
+
+    pub fn snapshot_mut(&mut self) -> &mut LeaseSnapshot {
+        &mut self.snap
+    }
 }
 
 /// A running lease watcher.
@@ -107,29 +174,33 @@ pub struct LeaseWatcher {
 /// reason), a note when it is admitted again, nothing while it stays as it was.
 #[derive(Debug, Default)]
 pub struct RefusalLog {
-    current: BTreeMap<String, Refusal>,
+    current: OrdMap<String, Refusal>,
     /// Records that became refused, over the life of the log.
     pub total: Arc<AtomicU64>,
 }
 
 impl RefusalLog {
     pub fn update(&mut self, snap: &LeaseSnapshot) {
-        let mut now = BTreeMap::new();
-        for r in &snap.refused {
-            if self.current.get(&r.name) != Some(&r.reason) {
-                tracing::warn!(key = %r.name, reason = r.reason.label(), "{r}; nothing is programmed for it");
-                self.total.fetch_add(1, Ordering::Relaxed);
+        for change in self.current.diff(&snap.refused) {
+            match change {
+                DiffItem::Add(name, reason)
+                | DiffItem::Update {
+                    new: (name, reason), ..
+                } => {
+                    let refused = Refused {
+                        name: name.clone(),
+                        reason: reason.clone(),
+                    };
+                    tracing::warn!(key = %name, reason = reason.label(), "{refused}; nothing is programmed for it");
+                    self.total.fetch_add(1, Ordering::Relaxed);
+                }
+                DiffItem::Remove(name, _) if snap.records.contains_key(name) => {
+                    tracing::info!(key = %name, "lease {name} is admitted now")
+                }
+                DiffItem::Remove(name, _) => tracing::info!(key = %name, "refused lease {name} was removed"),
             }
-            now.insert(r.name.clone(), r.reason.clone());
         }
-        for name in self.current.keys().filter(|n| !now.contains_key(*n)) {
-            if snap.records.contains_key(name) {
-                tracing::info!(key = %name, "lease {name} is admitted now");
-            } else {
-                tracing::info!(key = %name, "refused lease {name} was removed");
-            }
-        }
-        self.current = now;
+        self.current = snap.refused.clone();
     }
 }
 

@@ -15,7 +15,7 @@ use weft_core::{Lease, LeaseAttrs, NetworkConfig};
 
 use crate::error::ControlError;
 use crate::manager::{
-    self, judge_config, parse_config, KeeperOptions, LeaseKeeper, LeaseSnapshot, LeaseWatcher, RefusalLog,
+    self, judge_config, parse_config, KeeperOptions, LeaseBook, LeaseKeeper, LeaseSnapshot, LeaseWatcher, RefusalLog,
 };
 use crate::store::{config_key, subnets_prefix, StoredKey, SubnetStore};
 use crate::subnet_manager::SubnetManager;
@@ -304,9 +304,9 @@ impl SubnetManager for MemoryStore {
             loop {
                 changes.borrow_and_update();
                 if let Ok((stored, revision)) = me.list(&dir).await {
-                    let snap = LeaseSnapshot::from_listing(&cfg, &dir, &stored, revision);
-                    refusal_log.update(&snap);
-                    tx.send_replace(Arc::new(snap));
+                    let book = LeaseBook::from_listing(&cfg, &dir, &stored, revision);
+                    refusal_log.update(book.snapshot());
+                    tx.send_replace(Arc::new(book.snapshot().clone()));
                 }
                 if changes.changed().await.is_err() {
                     return;

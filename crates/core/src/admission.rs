@@ -5,7 +5,7 @@
 //! refused record is admitted again once its conflict is gone. Nothing here knows which node is
 //! asking: "is it my own lease" is the backends' question, not this one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -135,42 +135,237 @@ pub struct Admission {
 /// subnet, PublicIP, PublicIPv6 and (vxlan) VtepMAC oldest first; a record that claims anything
 /// an older one holds is refused, naming the holder.
 pub fn admit<'a>(cfg: &NetworkConfig, records: impl IntoIterator<Item = &'a LeaseRecord>) -> Admission {
-    let mut refused = Vec::new();
-    let mut valid = Vec::new();
-    for record in records {
-        match record.parsed.as_ref().map_err(Clone::clone).and_then(|l| check(cfg, l)) {
-            Ok(vtep_mac) => valid.push((record, vtep_mac)),
-            Err(reason) => refused.push(Refused {
-                name: record.name.clone(),
-                reason,
-            }),
+    Admitter::from_records(cfg, records.into_iter().cloned()).admission()
+}
+
+/// [`admit`] kept up to date record by record. A change re-decides only the records that share a
+/// claim with it, directly or through others (normally none), so its cost follows the change,
+/// not the size of the cluster; the outcome is always what [`admit`] gives for the same records.
+#[derive(Debug, Clone)]
+pub struct Admitter {
+    cfg: NetworkConfig,
+    records: HashMap<String, Entry>,
+    /// The valid records claiming each claim, oldest first (almost always one: a small vector).
+    claimants: HashMap<Claim, Vec<(i64, String)>>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    created: i64,
+    /// The parsed lease and its claims, when the record passes its own checks.
+    valid: Option<(Lease, Vec<Claim>)>,
+    outcome: Result<(), Refusal>,
+}
+
+impl Entry {
+    /// The admitted lease, or the refusal.
+    fn decision(&self) -> (Option<(SubnetKey, &LeaseAttrs)>, Option<&Refusal>) {
+        match (&self.outcome, &self.valid) {
+            (Ok(()), Some((lease, _))) => (Some((lease.subnet, &lease.attrs)), None),
+            (Err(r), _) => (None, Some(r)),
+            (Ok(()), None) => (None, None),
         }
     }
-    valid.sort_by(|(a, _), (b, _)| (a.created, &a.name).cmp(&(b.created, &b.name)));
+}
 
-    let mut holders: HashMap<Claim, &str> = HashMap::new();
-    let mut leases = BTreeMap::new();
-    for (record, vtep_mac) in valid {
-        let Ok(lease) = &record.parsed else { continue };
-        let claims = claims(lease, vtep_mac);
-        if let Some((claim, holder)) = claims.iter().find_map(|c| holders.get(c).map(|h| (c, *h))) {
-            refused.push(Refused {
-                name: record.name.clone(),
-                reason: Refusal::Conflict {
+/// What one change to the records changed in the decision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decisions {
+    /// Leases admitted or changed (Some), or no longer admitted (None); removals come first.
+    pub leases: Vec<(SubnetKey, Option<LeaseAttrs>)>,
+    /// Records refused now or for a new reason (Some), or no longer refused (None).
+    pub refusals: Vec<(String, Option<Refusal>)>,
+}
+
+impl Decisions {
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty() && self.refusals.is_empty()
+    }
+}
+
+impl Admitter {
+    pub fn new(cfg: &NetworkConfig) -> Self {
+        Admitter {
+            cfg: cfg.clone(),
+            records: HashMap::new(),
+            claimants: HashMap::new(),
+        }
+    }
+
+    /// The admission of a whole listing, decided in one pass.
+    pub fn from_records(cfg: &NetworkConfig, records: impl IntoIterator<Item = LeaseRecord>) -> Self {
+        let mut admitter = Admitter::new(cfg);
+        let mut valid = BTreeSet::new();
+        for record in records {
+            let entry = admitter.entry(record.parsed, record.created);
+            if let Some((_, claims)) = &entry.valid {
+                for claim in claims {
+                    admitter.claim(*claim, entry.created, &record.name);
+                }
+                valid.insert((entry.created, record.name.clone()));
+            }
+            admitter.records.insert(record.name, entry);
+        }
+        admitter.decide(&valid);
+        admitter
+    }
+
+    /// A record was written (created or changed).
+    pub fn put(&mut self, record: LeaseRecord) -> Decisions {
+        let entry = self.entry(record.parsed, record.created);
+        self.replace(&record.name, Some(entry))
+    }
+
+    fn entry(&self, parsed: Result<Lease, Refusal>, created: i64) -> Entry {
+        let (outcome, valid) = match parsed.and_then(|l| check(&self.cfg, &l).map(|mac| (l, mac))) {
+            Ok((lease, mac)) => {
+                let claims = claims(&lease, mac);
+                (Ok(()), Some((lease, claims)))
+            }
+            Err(reason) => (Err(reason), None),
+        };
+        Entry {
+            created,
+            valid,
+            outcome,
+        }
+    }
+
+    /// A record was deleted.
+    pub fn remove(&mut self, name: &str) -> Decisions {
+        self.replace(name, None)
+    }
+
+    /// The whole decision, as [`admit`] returns it.
+    pub fn admission(&self) -> Admission {
+        let mut admission = Admission::default();
+        for (name, entry) in &self.records {
+            match entry.decision() {
+                (Some((subnet, attrs)), _) => {
+                    admission.leases.insert(subnet, attrs.clone());
+                }
+                (_, Some(reason)) => admission.refused.push(Refused {
+                    name: name.clone(),
+                    reason: reason.clone(),
+                }),
+                _ => {}
+            }
+        }
+        admission.refused.sort_by(|a, b| a.name.cmp(&b.name));
+        admission
+    }
+
+    fn replace(&mut self, name: &str, entry: Option<Entry>) -> Decisions {
+        let old = self.records.remove(name);
+        let mut seeds: Vec<Claim> = Vec::new();
+        if let Some((_, claims)) = old.as_ref().and_then(|o| o.valid.as_ref()) {
+            for claim in claims {
+                self.unclaim(*claim, old.as_ref().map_or(0, |o| o.created), name);
+            }
+            seeds.extend(claims);
+        }
+        if let Some(entry) = entry {
+            if let Some((_, claims)) = &entry.valid {
+                for claim in claims {
+                    self.claim(*claim, entry.created, name);
+                }
+                seeds.extend(claims);
+            }
+            self.records.insert(name.to_string(), entry);
+        }
+        // Everything that shares a claim with the old or new record, transitively.
+        let component = self.component(&seeds);
+        let before: Vec<(String, Entry)> = component
+            .iter()
+            .filter(|(_, n)| n != name)
+            .filter_map(|(_, n)| Some((n.clone(), self.records.get(n)?.clone())))
+            .collect();
+        self.decide(&component);
+
+        let mut decisions = Decisions::default();
+        let mut compare = |name: &str, before: Option<&Entry>, after: Option<&Entry>| {
+            let (lease_before, refusal_before) = before.map_or((None, None), Entry::decision);
+            let (lease_after, refusal_after) = after.map_or((None, None), Entry::decision);
+            if lease_before != lease_after {
+                match (lease_before, lease_after) {
+                    (_, Some((subnet, attrs))) => decisions.leases.push((subnet, Some(attrs.clone()))),
+                    (Some((subnet, _)), None) => decisions.leases.push((subnet, None)),
+                    (None, None) => {}
+                }
+            }
+            if refusal_before != refusal_after {
+                decisions.refusals.push((name.to_string(), refusal_after.cloned()));
+            }
+        };
+        compare(name, old.as_ref(), self.records.get(name));
+        for (other, was) in &before {
+            compare(other, Some(was), self.records.get(other));
+        }
+        // Removals first: two records can name one subnet, and the one admitted now must stay.
+        decisions.leases.sort_by_key(|(_, attrs)| attrs.is_some());
+        decisions
+    }
+
+    fn claim(&mut self, claim: Claim, created: i64, name: &str) {
+        let list = self.claimants.entry(claim).or_default();
+        let at = list.partition_point(|(c, n)| (*c, n.as_str()) < (created, name));
+        list.insert(at, (created, name.to_string()));
+    }
+
+    fn unclaim(&mut self, claim: Claim, created: i64, name: &str) {
+        if let Some(list) = self.claimants.get_mut(&claim) {
+            list.retain(|(c, n)| (*c, n.as_str()) != (created, name));
+            if list.is_empty() {
+                self.claimants.remove(&claim);
+            }
+        }
+    }
+
+    /// The valid records reachable from `seeds` through shared claims, oldest first.
+    fn component(&self, seeds: &[Claim]) -> BTreeSet<(i64, String)> {
+        let mut members = BTreeSet::new();
+        let mut seen: HashSet<Claim> = HashSet::new();
+        let mut todo: Vec<Claim> = seeds.to_vec();
+        while let Some(claim) = todo.pop() {
+            if !seen.insert(claim) {
+                continue;
+            }
+            for member in self.claimants.get(&claim).into_iter().flatten() {
+                if members.insert(member.clone()) {
+                    if let Some((_, claims)) = self.records.get(&member.1).and_then(|e| e.valid.as_ref()) {
+                        todo.extend(claims.iter().filter(|c| !seen.contains(c)));
+                    }
+                }
+            }
+        }
+        members
+    }
+
+    /// Decides the records of one component, oldest first: each keeps its claims unless an
+    /// older admitted record holds one of them.
+    fn decide(&mut self, component: &BTreeSet<(i64, String)>) {
+        let mut holders: HashMap<Claim, String> = HashMap::new();
+        for (_, name) in component {
+            let Some(entry) = self.records.get_mut(name) else {
+                continue;
+            };
+            let Some((_, claims)) = &entry.valid else { continue };
+            let conflict = claims.iter().find_map(|c| holders.get(c).map(|h| (*c, h.clone())));
+            entry.outcome = match conflict {
+                Some((claim, holder)) => Err(Refusal::Conflict {
                     what: claim.what(),
                     value: claim.to_string(),
-                    holder: holder.to_string(),
-                },
-            });
-            continue;
+                    holder,
+                }),
+                None => {
+                    for claim in claims {
+                        holders.insert(*claim, name.clone());
+                    }
+                    Ok(())
+                }
+            };
         }
-        for claim in claims {
-            holders.insert(claim, &record.name);
-        }
-        leases.insert(lease.subnet, lease.attrs.clone());
     }
-    refused.sort_by(|a, b| a.name.cmp(&b.name));
-    Admission { leases, refused }
 }
 
 /// What a lease holds exclusively.

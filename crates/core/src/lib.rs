@@ -15,7 +15,7 @@ pub mod masq;
 pub mod peer_file;
 pub mod subnet_env;
 
-pub use admission::{admit, Admission, LeaseRecord, Refusal, Refused};
+pub use admission::{admit, Admission, Admitter, Decisions, LeaseRecord, Refusal, Refused};
 pub use allocate::{choose_subnet, AllocError, Allocation};
 pub use config::{BackendKind, ConfigError, NetworkConfig};
 pub use lease::{Lease, LeaseAttrs, LeaseError, SubnetKey};

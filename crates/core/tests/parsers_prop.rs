@@ -239,3 +239,61 @@ proptest! {
         prop_assert_eq!(admit(&cfg, &shuffled), a);
     }
 }
+
+/// One change to the records: a put of a record, or the removal of a name.
+fn step() -> impl Strategy<Value = Result<LeaseRecord, String>> {
+    prop_oneof![
+        3 => record().prop_map(Ok),
+        1 => prop_oneof![
+            (0u8..8).prop_map(|n| format!("10.42.{n}.0-24")),
+            (0u8..8).prop_map(|n| format!("x/10.42.{n}.0-24")),
+        ]
+        .prop_map(Err),
+    ]
+}
+
+proptest! {
+    #![proptest_config(cases(500))]
+
+    /// The incremental admitter, fed one change at a time, always agrees with a fresh admission
+    /// of the records as they are then, and the decisions it reports turn the previous outcome
+    /// into the new one.
+    #[test]
+    fn incremental_admission_matches_a_fresh_one(steps in proptest::collection::vec(step(), 1..40)) {
+        let cfg = NetworkConfig::parse(r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let mut admitter = weft_core::Admitter::new(&cfg);
+        let mut records: std::collections::BTreeMap<String, LeaseRecord> = Default::default();
+        let mut leases = std::collections::BTreeMap::new();
+        let mut refused = std::collections::BTreeMap::new();
+        for step in steps {
+            let decisions = match step {
+                Ok(r) => {
+                    records.insert(r.name.clone(), r.clone());
+                    admitter.put(r)
+                }
+                Err(name) => {
+                    records.remove(&name);
+                    admitter.remove(&name)
+                }
+            };
+            for (subnet, attrs) in decisions.leases {
+                match attrs {
+                    Some(a) => leases.insert(subnet, a),
+                    None => leases.remove(&subnet),
+                };
+            }
+            for (name, reason) in decisions.refusals {
+                match reason {
+                    Some(r) => refused.insert(name, r),
+                    None => refused.remove(&name),
+                };
+            }
+            let fresh = admit(&cfg, records.values());
+            prop_assert_eq!(&admitter.admission(), &fresh);
+            prop_assert_eq!(&leases, &fresh.leases);
+            let fresh_refused: std::collections::BTreeMap<_, _> =
+                fresh.refused.into_iter().map(|r| (r.name, r.reason)).collect();
+            prop_assert_eq!(&refused, &fresh_refused);
+        }
+    }
+}

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use async_trait::async_trait;
-use std::collections::BTreeMap;
+use imbl::ordmap::DiffItem;
 
 use weft_core::{BackendKind, Lease, LeaseAttrs, NetworkConfig, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
@@ -63,8 +63,9 @@ impl BackendError {
     }
 }
 
-/// The admitted leases, by subnet, as the lease watcher gives them.
-pub type LeaseSet = BTreeMap<SubnetKey, LeaseAttrs>;
+/// The admitted leases, by subnet, as the lease watcher gives them (a persistent map: two sets
+/// are compared by what changed between them, not entry by entry).
+pub type LeaseSet = imbl::OrdMap<SubnetKey, LeaseAttrs>;
 
 /// One lease that was added or changed (`lease` is its new value) or removed (`lease` None).
 #[derive(Debug, Clone, PartialEq)]
@@ -75,23 +76,24 @@ pub struct LeaseChange {
 
 /// The leases that differ between `old` and `new`, in subnet order.
 pub fn lease_changes(old: &LeaseSet, new: &LeaseSet) -> Vec<LeaseChange> {
-    let gone = old.keys().filter(|k| !new.contains_key(k)).map(|k| LeaseChange {
-        subnet: *k,
-        lease: None,
-    });
-    let changed = new
-        .iter()
-        .filter(|(k, v)| old.get(k) != Some(v))
-        .map(|(k, v)| LeaseChange {
-            subnet: *k,
-            lease: Some(Lease {
-                subnet: *k,
-                attrs: v.clone(),
-            }),
-        });
-    let mut all: Vec<LeaseChange> = gone.chain(changed).collect();
-    all.sort_by_key(|c| c.subnet);
-    all
+    old.diff(new)
+        .map(|d| match d {
+            DiffItem::Remove(subnet, _) => LeaseChange {
+                subnet: *subnet,
+                lease: None,
+            },
+            DiffItem::Add(subnet, attrs)
+            | DiffItem::Update {
+                new: (subnet, attrs), ..
+            } => LeaseChange {
+                subnet: *subnet,
+                lease: Some(Lease {
+                    subnet: *subnet,
+                    attrs: attrs.clone(),
+                }),
+            },
+        })
+        .collect()
 }
 
 /// The set as a list of leases.
@@ -209,7 +211,8 @@ mod tests {
             (key("10.5.2.0/24"), attrs("198.51.100.2")),
             (key("10.5.3.0/24"), attrs("198.51.100.3")),
         ]
-        .into();
+        .into_iter()
+        .collect();
         let mut new = old.clone();
         new.remove(&key("10.5.1.0/24"));
         new.insert(key("10.5.2.0/24"), attrs("198.51.100.22"));

@@ -5,7 +5,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use weft_core::{Refusal, Refused};
+use weft_core::Refusal;
+use weft_datapath::backend::MetricsRenderer;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -27,11 +28,8 @@ pub struct Metrics {
     pub lease_refusals: Arc<AtomicU64>,
     /// Appends the backend's own lines (udp packet counters) to the page, read live on every
     /// scrape.
-    pub backend_metrics: Option<BackendMetrics>,
+    pub backend_metrics: Option<MetricsRenderer>,
 }
-
-/// How a backend renders its metrics, in exposition format.
-pub type BackendMetrics = Box<dyn Fn(&mut String) + Send + Sync>;
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, labels: &str, value: u64) {
     let _ = writeln!(
@@ -42,10 +40,15 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, labels: &str, va
 
 impl Metrics {
     /// Sets the refused-records gauges from the watcher's latest snapshot.
-    pub fn set_refused(&self, refused: &[Refused]) {
-        for (i, label) in Refusal::LABELS.iter().enumerate() {
-            let n = refused.iter().filter(|r| r.reason.label() == *label).count();
-            self.leases_refused[i].store(n as u64, Ordering::Relaxed);
+    pub fn set_refused<'a>(&self, refused: impl IntoIterator<Item = &'a Refusal>) {
+        let mut counts = [0u64; Refusal::LABELS.len()];
+        for reason in refused {
+            if let Some(i) = Refusal::LABELS.iter().position(|l| *l == reason.label()) {
+                counts[i] += 1;
+            }
+        }
+        for (gauge, n) in self.leases_refused.iter().zip(counts) {
+            gauge.store(n, Ordering::Relaxed);
         }
     }
 
@@ -164,10 +167,7 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("\nweft_leases 2\n"), "{page}");
-        m.set_refused(&[Refused {
-            name: "x/10.5.1.0-24".into(),
-            reason: Refusal::Nested,
-        }]);
+        m.set_refused(&[Refusal::Nested]);
         let page = m.render();
         assert!(
             page.contains("\nweft_leases_refused{reason=\"nested_key\"} 1\n"),

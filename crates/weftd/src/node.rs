@@ -248,7 +248,7 @@ impl Loop<'_> {
         self.metrics
             .leases
             .store(snapshot.leases.len() as u64, Ordering::Relaxed);
-        self.metrics.set_refused(&snapshot.refused);
+        self.metrics.set_refused(snapshot.refused.values());
         let previous = std::mem::replace(&mut self.current, snapshot);
         if !self.programmed {
             return self.reconcile().await;
