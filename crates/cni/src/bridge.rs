@@ -8,7 +8,6 @@
 use weft_kernel::netlink::{LinkInfo, Netlink};
 
 use crate::error::CniError;
-use crate::veth::VethHandle;
 
 /// `addr_assign_type` of an address set by a user (linux/netdevice.h): the bridge keeps it.
 pub const NET_ADDR_SET: u8 = 3;
@@ -39,7 +38,7 @@ fn sysfs_addr_assign_type(bridge: &LinkInfo, mac: [u8; 6]) -> Option<u8> {
 
 /// Pins the bridge's current MAC unless it is pinned already; returns whether it set it. Must
 /// run before a port is attached, so that a new bridge keeps the address it was created with.
-pub async fn pin_mac(host: &Netlink, ports: &VethHandle, bridge: &LinkInfo) -> Result<bool, CniError> {
+pub async fn pin_mac(host: &Netlink, bridge: &LinkInfo) -> Result<bool, CniError> {
     let Some(mac) = bridge.mac else {
         return Ok(false);
     };
@@ -47,7 +46,12 @@ pub async fn pin_mac(host: &Netlink, ports: &VethHandle, bridge: &LinkInfo) -> R
     let port_macs = if assign_type.is_some() {
         Vec::new()
     } else {
-        ports.port_macs(bridge.index).await?
+        host.list_links()
+            .await?
+            .into_iter()
+            .filter(|l| l.master == Some(bridge.index))
+            .filter_map(|l| l.mac)
+            .collect()
     };
     if !needs_pinning(assign_type, mac, &port_macs) {
         return Ok(false);

@@ -9,7 +9,7 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 use serde_json::{Map, Value};
 use weft_core::SubnetEnv;
-use weft_kernel::netlink::{format_mac, Netlink, RouteSpec};
+use weft_kernel::netlink::{format_mac, AddrFamily, Netlink, RouteSpec};
 
 use crate::bridge;
 use crate::error::{CniError, ErrorCode};
@@ -17,7 +17,7 @@ use crate::invocation::Invocation;
 use crate::ipam::AddressStore;
 use crate::netns::NetnsFile;
 use crate::types::{CniResult, Interface, IpConfig, NetConf, Route, DEFAULT_BRIDGE, DEFAULT_IPAM_DATA_DIR};
-use crate::veth::{host_veth_name, VethHandle, VethSpec};
+use crate::veth::{self, host_veth_name};
 
 /// What a built-in ADD decides from the config and subnet.env, before touching anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,24 +118,21 @@ async fn add_steps(
     let address = Ipv4Net::new(ip, plan.gateway.prefix_len()).expect("same prefix as the gateway");
 
     let bridge = host.ensure_bridge(&plan.bridge, plan.mtu).await?;
-    let veths = VethHandle::new()?;
     // Before the first port is attached, so that the gateway MAC never follows the ports.
-    bridge::pin_mac(host, &veths, &bridge).await?;
-    if !host.list_addrs_v4(bridge.index).await?.contains(&plan.gateway) {
-        host.add_addr_v4(bridge.index, plan.gateway).await?;
+    bridge::pin_mac(host, &bridge).await?;
+    let gateway = plan.gateway.into();
+    if !host
+        .list_link_addrs(bridge.index, Some(AddrFamily::Ipv4))
+        .await?
+        .contains(&gateway)
+    {
+        host.add_addr(bridge.index, gateway).await?;
     }
     enable_ip_forward()?;
 
     let host_name = host_veth_name(&inv.container_id, &inv.ifname);
-    veths
-        .create(&VethSpec {
-            host_name: &host_name,
-            container_name: &inv.ifname,
-            mtu: plan.mtu,
-            bridge_index: bridge.index,
-            netns: std::os::fd::AsFd::as_fd(&netns.file),
-        })
-        .await?;
+    let netns_fd = std::os::fd::AsFd::as_fd(&netns.file);
+    veth::create(host, &host_name, &inv.ifname, plan.mtu, bridge.index, netns_fd).await?;
     created.host_veth = Some(host_name.clone());
     let host_link = host.link_by_name(&host_name).await?.ok_or_else(|| {
         CniError::new(
@@ -144,7 +141,7 @@ async fn add_steps(
         )
     })?;
     if plan.hairpin {
-        veths.set_hairpin(host_link.index, true).await?;
+        host.set_hairpin(host_link.index, true).await?;
     }
 
     let inside = netns.netlink(&tokio::runtime::Handle::current())?;
@@ -158,11 +155,11 @@ async fn add_steps(
         )
     })?;
     inside.set_link_up(link.index).await?;
-    inside.add_addr_v4(link.index, address).await?;
+    inside.add_addr(link.index, address.into()).await?;
     inside
-        .replace_route_v4(&RouteSpec {
-            dst: plan.route_dst,
-            gateway: Some(plan.gateway.addr()),
+        .replace_route(&RouteSpec {
+            dst: plan.route_dst.into(),
+            gateway: Some(plan.gateway.addr().into()),
             oif: link.index,
             onlink: false,
         })
@@ -269,20 +266,20 @@ pub async fn check_container(
             inv.ifname, iface.mac
         )));
     }
-    let addrs = inside.list_addrs_v4(link.index).await?;
+    let addrs = inside.list_link_addrs(link.index, Some(AddrFamily::Ipv4)).await?;
     for ip in prev.ips.iter().filter(|ip| ip.interface == Some(index)) {
-        if !addrs.contains(&ip.address) {
+        if !addrs.contains(&ip.address.into()) {
             return Err(mismatch(format!(
                 "{} lacks address {} (has {addrs:?})",
                 inv.ifname, ip.address
             )));
         }
     }
-    let routes = inside.list_routes_v4().await?;
+    let routes = inside.list_routes(Some(AddrFamily::Ipv4)).await?;
     for want in &prev.routes {
         let found = routes
             .iter()
-            .any(|r| r.dst == want.dst.trunc() && (want.gw.is_none() || r.gateway == want.gw));
+            .any(|r| r.dst == want.dst.trunc().into() && (want.gw.is_none() || r.gateway == want.gw.map(Into::into)));
         if !found {
             return Err(mismatch(format!(
                 "route {}{} is missing in {}",

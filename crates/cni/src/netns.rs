@@ -1,15 +1,15 @@
 //! Container network namespaces: opening one by path (and refusing a path that is not a network
-//! namespace before anything is created), and opening a netlink socket inside it from a
-//! short-lived thread that `setns()`es there, so the plugin's own threads never change namespace.
-//! The socket stays bound to the container's namespace and is driven by the caller's runtime.
+//! namespace before anything is created), and opening a netlink socket inside it (the shared
+//! wrapper's [`Netlink::new_in`]: a short-lived thread enters it, so the plugin's own threads
+//! never change namespace). The socket stays bound to the container's namespace and is driven
+//! by the caller's runtime.
 
 use std::fs::{File, FileType};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 
-use nix::sched::CloneFlags;
 use nix::sys::statfs::{fstatfs, NSFS_MAGIC};
-use weft_kernel::netlink::Netlink;
+use weft_kernel::netlink::{Netlink, NetlinkError};
 
 use crate::error::{CniError, ErrorCode};
 
@@ -115,23 +115,15 @@ impl NetnsFile {
 
     /// A netlink socket inside this namespace, driven by `runtime`.
     pub fn netlink(&self, runtime: &tokio::runtime::Handle) -> Result<Netlink, CniError> {
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    nix::sched::setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|errno| {
-                        CniError::new(
-                            ErrorCode::InvalidEnvironment,
-                            format!(
-                                "cannot enter CNI_NETNS={}: {errno} (is it a network namespace?)",
-                                self.path
-                            ),
-                        )
-                    })?;
-                    let _enter = runtime.enter();
-                    Netlink::new().map_err(CniError::from)
-                })
-                .join()
-                .unwrap_or_else(|_| Err(CniError::new(ErrorCode::Kernel, "the namespace thread panicked")))
+        Netlink::new_in(self.file.as_fd(), runtime).map_err(|e| match e {
+            NetlinkError::EnterNetns { message, .. } => CniError::new(
+                ErrorCode::InvalidEnvironment,
+                format!(
+                    "cannot enter CNI_NETNS={}: {message} (is it a network namespace?)",
+                    self.path
+                ),
+            ),
+            other => other.into(),
         })
     }
 }

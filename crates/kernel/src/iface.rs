@@ -2,11 +2,11 @@
 //! then `--iface-can-reach`, then `--iface-regex`; with none of them, the interface that holds
 //! the default route. The public IP (`--public-ip`) is the caller's business.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use regex::Regex;
 
-use crate::netlink::{AddrInfo, LinkInfo, Netlink, NetlinkError};
+use crate::netlink::{AddrFamily, AddrInfo, LinkInfo, Netlink, NetlinkError};
 
 /// The interface the overlay's encapsulated traffic leaves through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,10 @@ pub async fn select_external_interface(nl: &Netlink, sel: &IfaceSelection) -> Re
         .collect::<Result<Vec<_>, _>>()?;
 
     if sel.is_empty() {
-        let index = nl.default_route_v4_oif().await?.ok_or(IfaceError::NoDefaultRoute)?;
+        let index = nl
+            .default_route_oif(AddrFamily::Ipv4)
+            .await?
+            .ok_or(IfaceError::NoDefaultRoute)?;
         let link = nl
             .link_by_index(index)
             .await?
@@ -82,7 +85,7 @@ pub async fn select_external_interface(nl: &Netlink, sel: &IfaceSelection) -> Re
     }
 
     let links = nl.list_links().await?;
-    let addrs = nl.list_all_addrs_v4().await?;
+    let addrs = nl.list_addrs(Some(AddrFamily::Ipv4)).await?;
 
     let mut last_error = None;
     for wanted in &sel.ifaces {
@@ -100,11 +103,14 @@ pub async fn select_external_interface(nl: &Netlink, sel: &IfaceSelection) -> Re
     }
 
     if let Some(target) = sel.can_reach {
-        let route = nl.route_get_v4(target).await?.ok_or(IfaceError::Unreachable(target))?;
+        let route = nl
+            .route_get(target.into())
+            .await?
+            .ok_or(IfaceError::Unreachable(target))?;
         let index = route.oif.ok_or(IfaceError::Unreachable(target))?;
         if let Some(link) = links.iter().find(|l| l.index == index) {
             let ip = match route.pref_src {
-                Some(src) if addrs.iter().any(|a| a.index == index && a.addr.addr() == src) => Some(src),
+                Some(IpAddr::V4(src)) if addrs.iter().any(|a| a.index == index && ipv4(a) == Some(src)) => Some(src),
                 _ => first_addr(&addrs, index),
             };
             let ip = ip.ok_or_else(|| IfaceError::NoAddress(link.name.clone()))?;
@@ -114,10 +120,10 @@ pub async fn select_external_interface(nl: &Netlink, sel: &IfaceSelection) -> Re
 
     for re in &regexes {
         // Like flanneld: a regex is matched against every interface's IPs first, then names.
-        for a in &addrs {
-            if re.is_match(&a.addr.addr().to_string()) {
+        for (a, ip) in addrs.iter().filter_map(|a| Some((a, ipv4(a)?))) {
+            if re.is_match(&ip.to_string()) {
                 if let Some(link) = links.iter().find(|l| l.index == a.index) {
-                    return external(link, a.addr.addr());
+                    return external(link, ip);
                 }
             }
         }
@@ -144,7 +150,7 @@ pub async fn select_external_interface(nl: &Netlink, sel: &IfaceSelection) -> Re
 
 fn by_name_or_ip(wanted: &str, links: &[LinkInfo], addrs: &[AddrInfo]) -> Result<ExternalInterface, IfaceError> {
     if let Ok(ip) = wanted.parse::<Ipv4Addr>() {
-        let holder = addrs.iter().find(|a| a.addr.addr() == ip);
+        let holder = addrs.iter().find(|a| ipv4(a) == Some(ip));
         let link = holder.and_then(|a| links.iter().find(|l| l.index == a.index));
         return match link {
             Some(link) => external(link, ip),
@@ -159,17 +165,21 @@ fn by_name_or_ip(wanted: &str, links: &[LinkInfo], addrs: &[AddrInfo]) -> Result
     external(link, ip)
 }
 
+/// The address, if it is an IPv4 one (the external interface is chosen by its IPv4 address).
+fn ipv4(a: &AddrInfo) -> Option<Ipv4Addr> {
+    match a.addr.addr() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    }
+}
+
 fn first_addr(addrs: &[AddrInfo], index: u32) -> Option<Ipv4Addr> {
-    addrs.iter().find(|a| a.index == index).map(|a| a.addr.addr())
+    addrs.iter().filter(|a| a.index == index).find_map(ipv4)
 }
 
 async fn with_first_addr(nl: &Netlink, link: LinkInfo) -> Result<ExternalInterface, IfaceError> {
-    let ip = nl
-        .list_addrs_v4(link.index)
-        .await?
-        .first()
-        .map(|a| a.addr())
-        .ok_or_else(|| IfaceError::NoAddress(link.name.clone()))?;
+    let addrs = nl.list_addrs(Some(AddrFamily::Ipv4)).await?;
+    let ip = first_addr(&addrs, link.index).ok_or_else(|| IfaceError::NoAddress(link.name.clone()))?;
     external(&link, ip)
 }
 
@@ -199,6 +209,7 @@ mod tests {
             mtu: 1500,
             up: true,
             kind: None,
+            master: None,
             vxlan: None,
         }
     }

@@ -1,8 +1,9 @@
 //! Kernel adapters: one thin, idempotent wrapper per kernel interface.
 //!
-//! netlink (links, addresses, routes, neighbours, FDB), firewall rules (iptables-restore and
-//! nft), interface selection and sysctls. Errors keep the errno. Nothing here decides what state
-//! should exist; callers compute that in the core or a backend.
+//! netlink (links, addresses, routes, neighbours, FDB, namespaces; IPv4 and IPv6), kernel
+//! change notifications, firewall rules (iptables-restore and nft), interface selection, TUN.
+//! Errors keep the errno. Nothing here decides what state should exist; callers compute that in
+//! the core or a backend.
 
 pub mod firewall;
 pub mod iface;

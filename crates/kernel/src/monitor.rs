@@ -1,18 +1,18 @@
-//! Kernel change notifications: the rtnetlink multicast groups for links, IPv4 routes and
-//! neighbours (ARP and FDB). What anyone changes in those tables, weft included, arrives here
+//! Kernel change notifications: the rtnetlink multicast groups for links, IPv4 and IPv6 routes
+//! and neighbours (ARP, NDP and FDB). What anyone changes in those tables, weft included, arrives here
 //! as it happens, so a backend can repair an entry someone deleted without re-reading the
 //! tables. It only reports; it decides and changes nothing.
 
 use futures::StreamExt;
 use netlink_packet_route::neighbour::NeighbourMessage;
-use netlink_packet_route::route::RouteType;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::MulticastGroup;
 use tokio::sync::mpsc;
 
 use crate::netlink::{
-    fdb_entry, link_info, neighbour_v4, route_info, FdbEntry, LinkInfo, Neighbour, NetlinkError, RouteInfo, MAIN_TABLE,
+    fdb_entry, link_info, neighbour, route_info, FdbEntry, LinkInfo, Neighbour, NetlinkError, RouteInfo, RouteType,
+    MAIN_TABLE,
 };
 
 /// The receive buffer asked for, so a burst (weft programming thousands of entries) is not lost.
@@ -23,7 +23,7 @@ const RECEIVE_BUFFER: usize = 8 << 20;
 pub enum KernelEvent {
     LinkChanged(LinkInfo),
     LinkGone(LinkInfo),
-    /// A unicast route of the main table.
+    /// A unicast route of the main table (IPv4 or IPv6).
     RouteAdded(RouteInfo),
     RouteGone(RouteInfo),
     NeighbourChanged {
@@ -44,11 +44,16 @@ pub enum KernelEvent {
     },
 }
 
-/// Subscribes, in the calling thread's network namespace, to link, IPv4 route and neighbour
-/// changes. Must be called inside a tokio runtime. The stream ends when the socket fails (events
+/// Subscribes, in the calling thread's network namespace, to link, route (IPv4 and IPv6) and
+/// neighbour changes. Must be called inside a tokio runtime. The stream ends when the socket fails (events
 /// may then have been missed: the caller should compare everything once more).
 pub fn subscribe() -> Result<mpsc::UnboundedReceiver<KernelEvent>, NetlinkError> {
-    let groups = [MulticastGroup::Link, MulticastGroup::Neigh, MulticastGroup::Ipv4Route];
+    let groups = [
+        MulticastGroup::Link,
+        MulticastGroup::Neigh,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
+    ];
     let (mut connection, _handle, mut messages) =
         rtnetlink::new_multicast_connection(&groups).map_err(NetlinkError::Socket)?;
     use rtnetlink::sys::AsyncSocket;
@@ -74,10 +79,7 @@ pub fn subscribe() -> Result<mpsc::UnboundedReceiver<KernelEvent>, NetlinkError>
 
 /// The event a notification reports, if it is one weft cares about.
 pub fn decode(msg: RouteNetlinkMessage) -> Option<KernelEvent> {
-    let route = |m| match route_info(m) {
-        Some((table, RouteType::Unicast, r)) if table == MAIN_TABLE => Some(r),
-        _ => None,
-    };
+    let route = |m| route_info(m).filter(|r| r.table == MAIN_TABLE && r.kind == RouteType::Unicast);
     Some(match msg {
         RouteNetlinkMessage::NewLink(l) => KernelEvent::LinkChanged(link_info(&l)),
         RouteNetlinkMessage::DelLink(l) => KernelEvent::LinkGone(link_info(&l)),
@@ -92,8 +94,8 @@ pub fn decode(msg: RouteNetlinkMessage) -> Option<KernelEvent> {
 fn neighbour_event(n: &NeighbourMessage, gone: bool) -> Option<KernelEvent> {
     let index = n.header.ifindex;
     match n.header.family {
-        AddressFamily::Inet => {
-            let neighbour = neighbour_v4(n)?;
+        AddressFamily::Inet | AddressFamily::Inet6 => {
+            let neighbour = neighbour(n)?;
             Some(if gone {
                 KernelEvent::NeighbourGone { index, neighbour }
             } else {

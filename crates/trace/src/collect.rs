@@ -1,17 +1,16 @@
 //! Reads the facts a trace needs from this node (netlink, /proc, iptables-save, nft, the subnet
 //! file) and from etcd. Runs in the calling thread's network namespace. It never changes state.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
 use weft_core::{Lease, SubnetEnv};
-use weft_kernel::netlink::{parse_mac, Netlink};
+use weft_kernel::netlink::{parse_mac, AddrFamily, Netlink};
 
-use crate::facts::{Facts, Leases, Link, Lookup, SubnetFile};
-use crate::rtnl::Rtnl;
+use crate::facts::{Facts, Leases, Lookup, SubnetFile};
 use crate::{TraceError, TraceOptions};
 
 fn read_subnet_file(path: &Path) -> SubnetFile {
@@ -65,6 +64,15 @@ fn owning_lease(leases: &Leases, dst: Ipv4Addr) -> Option<&Lease> {
     }
 }
 
+/// The routing entry a lookup of `dst` matches, from any table; a failed lookup is a fact too.
+async fn fib_match(nl: &Netlink, dst: IpAddr) -> Lookup {
+    match nl.route_fib_match(dst).await {
+        Ok(Some(route)) => Lookup::Found(route),
+        Ok(None) => Lookup::NoRoute,
+        Err(e) => Lookup::Failed(e.to_string()),
+    }
+}
+
 /// Collects everything [`crate::walk::walk`] looks at.
 pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
     let subnet_file = read_subnet_file(&opts.subnet_file);
@@ -73,45 +81,37 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
         None => (Leases::NotAsked, None),
     };
     let nl = Netlink::new().map_err(TraceError::Netlink)?;
-    let rtnl = Rtnl::new().map_err(TraceError::Socket)?;
-    let masters = rtnl.masters().await.map_err(TraceError::Read)?;
-    let links: Vec<Link> = nl
-        .list_links()
+    let links = nl.list_links().await.map_err(TraceError::Netlink)?;
+    let addrs = nl
+        .list_addrs(Some(AddrFamily::Ipv4))
         .await
-        .map_err(TraceError::Netlink)?
-        .into_iter()
-        .map(|info| Link {
-            master: masters.get(&info.index).copied(),
-            info,
-        })
-        .collect();
-    let addrs = nl.list_all_addrs_v4().await.map_err(TraceError::Netlink)?;
-    let route = rtnl.fib_match(opts.dst).await;
+        .map_err(TraceError::Netlink)?;
+    let route = fib_match(&nl, opts.dst.into()).await;
 
     let mut neighbours = Vec::new();
     let mut fdb = Vec::new();
     let mut underlay_targets = Vec::new();
     let route_dev = match &route {
-        Lookup::Found(r) => r.oif.and_then(|i| links.iter().find(|l| l.info.index == i)),
+        Lookup::Found(r) => r.oif.and_then(|i| links.iter().find(|l| l.index == i)),
         _ => None,
     };
     if let Some(dev) = route_dev {
         for n in nl
-            .list_neighbours_v4(dev.info.index)
+            .list_neighbours(dev.index, Some(AddrFamily::Ipv4))
             .await
             .map_err(TraceError::Netlink)?
         {
-            neighbours.push((dev.info.index, n));
+            neighbours.push((dev.index, n));
         }
-        if dev.info.kind.as_deref() == Some("vxlan") {
-            fdb = nl.list_fdb(dev.info.index).await.map_err(TraceError::Netlink)?;
+        if dev.kind.as_deref() == Some("vxlan") {
+            fdb = nl.list_fdb(dev.index).await.map_err(TraceError::Netlink)?;
         }
     }
     let owner = owning_lease(&leases, opts.dst);
     // The VTEP MACs that matter: the next hop's in the kernel, and the one the lease advertises.
     let next_hop = match &route {
-        Lookup::Found(r) => r.gateway.unwrap_or(opts.dst),
-        _ => opts.dst,
+        Lookup::Found(r) => r.gateway.unwrap_or(opts.dst.into()),
+        _ => opts.dst.into(),
     };
     let mut macs: Vec<[u8; 6]> = neighbours
         .iter()
@@ -128,28 +128,28 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
     for e in fdb.iter().filter(|e| macs.contains(&e.mac)) {
         underlay_targets.extend(e.dst);
     }
-    underlay_targets.extend(owner.map(|l| l.attrs.public_ip));
+    underlay_targets.extend(owner.map(|l| IpAddr::V4(l.attrs.public_ip)));
     underlay_targets.sort();
     underlay_targets.dedup();
     let mut underlay = Vec::new();
     for target in underlay_targets {
-        underlay.push((target, rtnl.fib_match(target).await));
+        underlay.push((target, fib_match(&nl, target).await));
     }
 
     let mut port_fdb = Vec::new();
-    if let Some(bridge) = links.iter().find(|l| l.info.name == opts.bridge) {
+    if let Some(bridge) = links.iter().find(|l| l.name == opts.bridge) {
         for n in nl
-            .list_neighbours_v4(bridge.info.index)
+            .list_neighbours(bridge.index, Some(AddrFamily::Ipv4))
             .await
             .map_err(TraceError::Netlink)?
         {
-            neighbours.push((bridge.info.index, n));
+            neighbours.push((bridge.index, n));
         }
         let src_is_local = addrs.iter().any(|a| a.addr.addr() == opts.src);
         if !src_is_local {
-            for port in links.iter().filter(|l| l.master == Some(bridge.info.index)) {
-                for e in nl.list_fdb(port.info.index).await.map_err(TraceError::Netlink)? {
-                    port_fdb.push((port.info.index, e));
+            for port in links.iter().filter(|l| l.master == Some(bridge.index)) {
+                for e in nl.list_fdb(port.index).await.map_err(TraceError::Netlink)? {
+                    port_fdb.push((port.index, e));
                 }
             }
         }

@@ -1,11 +1,11 @@
 //! What the collector read from this node and from etcd, as plain values: the input of the pure
 //! walk. Nothing here does I/O.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use weft_core::{Lease, SubnetEnv};
-use weft_kernel::netlink::{AddrInfo, FdbEntry, LinkInfo, Neighbour};
+use weft_kernel::netlink::{AddrInfo, FdbEntry, LinkInfo, Neighbour, RouteInfo};
 
 /// The subnet file, as found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,32 +26,12 @@ pub enum Leases {
     NotAsked,
 }
 
-/// A device and the bridge it is a port of.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    pub info: LinkInfo,
-    /// IFLA_MASTER: the bridge (or VRF) this device is enslaved to.
-    pub master: Option<u32>,
-}
-
-/// The routing entry the kernel's lookup matched (`ip route get fibmatch`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FibRoute {
-    /// The matched entry's destination (not the looked-up address).
-    pub dst: Ipv4Net,
-    pub gateway: Option<Ipv4Addr>,
-    pub oif: Option<u32>,
-    /// The routing table; None when the kernel did not say.
-    pub table: Option<u32>,
-    pub onlink: bool,
-    /// `unicast`, `blackhole`, `unreachable`, `prohibit`, ...
-    pub kind: String,
-}
-
 /// The outcome of one route lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    Found(FibRoute),
+    /// The routing entry the lookup matched (`ip route get fibmatch`): its destination is the
+    /// entry's prefix, not the looked-up address.
+    Found(RouteInfo),
     /// The kernel has no route (ENETUNREACH).
     NoRoute,
     Failed(String),
@@ -71,18 +51,19 @@ pub struct Facts {
     pub ip_forward: Option<bool>,
     /// The bridge pods hang off (`cni0`).
     pub bridge: String,
-    pub links: Vec<Link>,
+    /// Every device, with the bridge each is a port of.
+    pub links: Vec<LinkInfo>,
     pub addrs: Vec<AddrInfo>,
     /// The lookup for `dst`.
     pub route: Lookup,
-    /// IPv4 neighbours of the route's device and of the bridge: (device index, entry).
+    /// Neighbours of the route's device and of the bridge: (device index, entry).
     pub neighbours: Vec<(u32, Neighbour)>,
     /// FDB entries of the route's device (VXLAN).
     pub fdb: Vec<FdbEntry>,
     /// FDB entries of the bridge's ports: (port index, entry); finds the source pod's port.
     pub port_fdb: Vec<(u32, FdbEntry)>,
     /// Lookups of underlay addresses (VTEP destinations, PublicIPs).
-    pub underlay: Vec<(Ipv4Addr, Lookup)>,
+    pub underlay: Vec<(IpAddr, Lookup)>,
     /// `iptables-save -t filter` output; None when iptables-save is missing or failed.
     pub iptables_filter: Option<String>,
     /// `nft -j list ruleset` output (JSON); None when nft is missing or failed.
@@ -92,21 +73,21 @@ pub struct Facts {
 }
 
 impl Facts {
-    pub fn link(&self, index: u32) -> Option<&Link> {
-        self.links.iter().find(|l| l.info.index == index)
+    pub fn link(&self, index: u32) -> Option<&LinkInfo> {
+        self.links.iter().find(|l| l.index == index)
     }
 
-    pub fn link_named(&self, name: &str) -> Option<&Link> {
-        self.links.iter().find(|l| l.info.name == name)
+    pub fn link_named(&self, name: &str) -> Option<&LinkInfo> {
+        self.links.iter().find(|l| l.name == name)
     }
 
     pub fn link_name(&self, index: u32) -> String {
         self.link(index)
-            .map(|l| l.info.name.clone())
+            .map(|l| l.name.clone())
             .unwrap_or_else(|| format!("#{index}"))
     }
 
-    pub fn underlay_lookup(&self, ip: Ipv4Addr) -> Option<&Lookup> {
+    pub fn underlay_lookup(&self, ip: IpAddr) -> Option<&Lookup> {
         self.underlay.iter().find(|(a, _)| *a == ip).map(|(_, l)| l)
     }
 }

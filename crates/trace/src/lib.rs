@@ -9,7 +9,6 @@ pub mod collect;
 pub mod facts;
 pub mod forward;
 pub mod report;
-mod rtnl;
 pub mod walk;
 
 use std::net::Ipv4Addr;
@@ -30,10 +29,6 @@ pub const DEFAULT_BRIDGE: &str = "cni0";
 pub enum TraceError {
     #[error("trace: {0}")]
     Netlink(NetlinkError),
-    #[error("trace: cannot open a netlink socket: {0}; run weft trace as root on the node")]
-    Socket(std::io::Error),
-    #[error("trace: {0}")]
-    Read(String),
 }
 
 /// What to trace, and where to read from.

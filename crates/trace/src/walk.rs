@@ -3,13 +3,13 @@
 //! (vxlan: neighbour, FDB, underlay route; host-gw: gateway; udp: TUN), then MTUs. A step that
 //! breaks says why and what to do; the walk goes on where later steps still mean something.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use weft_core::{Lease, SubnetEnv};
-use weft_kernel::netlink::{format_mac, parse_mac, Neighbour};
+use weft_kernel::netlink::{format_mac, parse_mac, LinkInfo, Neighbour, RouteInfo, RouteType};
 
-use crate::facts::{Facts, FibRoute, Leases, Lookup, SubnetFile};
+use crate::facts::{Facts, Leases, Lookup, SubnetFile};
 use crate::forward::{iptables_forward, nft_forward, parse_nft, Packet, Verdict};
 use crate::report::{Cause, Step, Trace};
 
@@ -69,11 +69,16 @@ fn table_name(table: Option<u32>) -> String {
     }
 }
 
+/// `unicast`, `blackhole`, `unreachable`, `prohibit`, ...
+fn kind_name(kind: RouteType) -> String {
+    format!("{kind:?}").to_lowercase()
+}
+
 /// A route as `ip route` prints it, plus its table.
-fn describe_route(r: &FibRoute, f: &Facts) -> String {
+fn describe_route(r: &RouteInfo, f: &Facts) -> String {
     let mut s = String::new();
-    if r.kind != "unicast" {
-        s.push_str(&r.kind);
+    if r.kind != RouteType::Unicast {
+        s.push_str(&kind_name(r.kind));
         s.push(' ');
     }
     s.push_str(&r.dst.to_string());
@@ -86,7 +91,7 @@ fn describe_route(r: &FibRoute, f: &Facts) -> String {
     if r.onlink {
         s.push_str(" onlink");
     }
-    s.push_str(&format!(" table {}", table_name(r.table)));
+    s.push_str(&format!(" table {}", table_name(Some(r.table).filter(|t| *t != 0))));
     s
 }
 
@@ -167,8 +172,11 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
         .map(|b| {
             f.addrs
                 .iter()
-                .filter(|a| a.index == b.info.index)
-                .map(|a| a.addr.trunc())
+                .filter(|a| a.index == b.index)
+                .filter_map(|a| match a.addr {
+                    IpNet::V4(net) => Some(net.trunc()),
+                    IpNet::V6(_) => None,
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -302,14 +310,16 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
         }
     };
     let entry = describe_route(route, f);
-    if route.kind != "unicast" {
+    if route.kind != RouteType::Unicast {
         steps.push(
             Step::broken(
                 "route",
                 Cause::NoRoute,
                 format!(
                     "{} matches a {} route, which discards the packet: delete it (ip route del {})",
-                    f.dst, route.kind, route.dst
+                    f.dst,
+                    kind_name(route.kind),
+                    route.dst
                 ),
             )
             .with_entry(entry),
@@ -320,15 +330,15 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
         steps.push(Step::broken("route", Cause::NoRoute, "the matched route has no output device").with_entry(entry));
         return None;
     };
-    let dev_name = dev.info.name.clone();
-    let path = if dev.info.kind.as_deref() == Some("vxlan") {
+    let dev_name = dev.name.clone();
+    let path = if dev.kind.as_deref() == Some("vxlan") {
         Some(Path::Vxlan)
-    } else if dev_name == "flannel0" || dev.info.kind.as_deref() == Some("tun") {
+    } else if dev_name == "flannel0" || dev.kind.as_deref() == Some("tun") {
         Some(Path::Udp)
     } else if route.gateway.is_some()
         && route.dst.prefix_len() > 0
         // Without a lease to compare with, any gateway route narrower than the default counts.
-        && lease.is_none_or(|l| Some(l.attrs.public_ip) == route.gateway)
+        && lease.is_none_or(|l| Some(IpAddr::V4(l.attrs.public_ip)) == route.gateway)
     {
         Some(Path::Gateway)
     } else {
@@ -400,7 +410,7 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
             .with_entry(entry),
         );
     }
-    if !dev.info.up {
+    if !dev.up {
         steps.push(Step::broken(
             "device",
             Cause::DeviceDown,
@@ -419,7 +429,7 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
         Path::Udp => {
             udp_peer_hop(f, lease, steps);
             if let Some(l) = lease {
-                underlay_dev = underlay_hop(f, l.attrs.public_ip, route.oif, &dev_name, steps);
+                underlay_dev = underlay_hop(f, l.attrs.public_ip.into(), route.oif, &dev_name, steps);
             }
         }
     }
@@ -606,9 +616,9 @@ fn forwarding(f: &Facts, src_is_pod: bool, network: Option<Ipv4Net>, out_dev: &s
 }
 
 /// Neighbour, FDB entry and underlay route of a VXLAN path; returns the underlay device.
-fn vxlan_hops(f: &Facts, route: &FibRoute, dev: &str, lease: Option<&Lease>, steps: &mut Vec<Step>) -> Option<u32> {
+fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, steps: &mut Vec<Step>) -> Option<u32> {
     let oif = route.oif?;
-    let next_hop = route.gateway.unwrap_or(f.dst);
+    let next_hop = route.gateway.unwrap_or(IpAddr::V4(f.dst));
     let lease_mac = lease.and_then(lease_vtep_mac);
     let lease_mac_text = lease_mac
         .map(|m| format_mac(&m))
@@ -683,7 +693,7 @@ fn vxlan_hops(f: &Facts, route: &FibRoute, dev: &str, lease: Option<&Lease>, ste
     };
 
     // FDB: which node (underlay IP) the VTEP MAC lives behind.
-    let lease_ip = lease.map(|l| l.attrs.public_ip);
+    let lease_ip = lease.map(|l| IpAddr::V4(l.attrs.public_ip));
     let Some(mac) = kernel_mac.or(lease_mac) else {
         steps.push(Step::info(
             "fdb",
@@ -742,9 +752,9 @@ fn vxlan_hops(f: &Facts, route: &FibRoute, dev: &str, lease: Option<&Lease>, ste
 }
 
 /// The underlay route to a node's address; returns its output device.
-fn underlay_hop(f: &Facts, target: Ipv4Addr, overlay: Option<u32>, dev: &str, steps: &mut Vec<Step>) -> Option<u32> {
+fn underlay_hop(f: &Facts, target: IpAddr, overlay: Option<u32>, dev: &str, steps: &mut Vec<Step>) -> Option<u32> {
     match f.underlay_lookup(target) {
-        Some(Lookup::Found(r)) if r.kind == "unicast" && r.oif.is_some() && r.oif != overlay => {
+        Some(Lookup::Found(r)) if r.kind == RouteType::Unicast && r.oif.is_some() && r.oif != overlay => {
             steps.push(Step::ok(
                 "underlay",
                 describe_route(r, f),
@@ -804,7 +814,7 @@ fn underlay_hop(f: &Facts, target: Ipv4Addr, overlay: Option<u32>, dev: &str, st
 }
 
 /// host-gw (or DirectRouting): the gateway must answer ARP on the external interface.
-fn gateway_hops(f: &Facts, route: &FibRoute, dev: &str, steps: &mut Vec<Step>) {
+fn gateway_hops(f: &Facts, route: &RouteInfo, dev: &str, steps: &mut Vec<Step>) {
     let (Some(gw), Some(oif)) = (route.gateway, route.oif) else {
         return;
     };
@@ -840,17 +850,17 @@ fn gateway_hops(f: &Facts, route: &FibRoute, dev: &str, steps: &mut Vec<Step>) {
 fn mtu_check(
     f: &Facts,
     path: Path,
-    dev: &crate::facts::Link,
+    dev: &LinkInfo,
     underlay_dev: Option<u32>,
     env: Option<&SubnetEnv>,
     src_is_pod: bool,
     steps: &mut Vec<Step>,
 ) {
-    let overlay_mtu = dev.info.mtu;
-    let name = &dev.info.name;
+    let overlay_mtu = dev.mtu;
+    let name = &dev.name;
     let mut seen = vec![format!("{name} {overlay_mtu}")];
     let mut problems = Vec::new();
-    let underlay = underlay_dev.or(dev.info.vxlan.as_ref().and_then(|v| v.dev_index));
+    let underlay = underlay_dev.or(dev.vxlan.as_ref().and_then(|v| v.dev_index));
     let overhead = match path {
         Path::Vxlan => VXLAN_OVERHEAD,
         Path::Udp => UDP_OVERHEAD,
@@ -858,14 +868,14 @@ fn mtu_check(
     };
     if overhead > 0 {
         if let Some(u) = underlay.and_then(|i| f.link(i)) {
-            seen.push(format!("{} {}", u.info.name, u.info.mtu));
-            if overlay_mtu + overhead > u.info.mtu {
+            seen.push(format!("{} {}", u.name, u.mtu));
+            if overlay_mtu + overhead > u.mtu {
                 problems.push(format!(
                     "{name} has MTU {overlay_mtu}, but with the {overhead}-byte header that exceeds {}'s MTU {}; \
                      {name} should have {}",
-                    u.info.name,
-                    u.info.mtu,
-                    u.info.mtu.saturating_sub(overhead)
+                    u.name,
+                    u.mtu,
+                    u.mtu.saturating_sub(overhead)
                 ));
             }
         }
@@ -880,40 +890,40 @@ fn mtu_check(
         }
     }
     if let Some(b) = f.link_named(&f.bridge) {
-        seen.push(format!("{} {}", b.info.name, b.info.mtu));
-        if b.info.mtu > overlay_mtu {
+        seen.push(format!("{} {}", b.name, b.mtu));
+        if b.mtu > overlay_mtu {
             problems.push(format!(
                 "{} has MTU {} but {name} carries at most {overlay_mtu}",
-                b.info.name, b.info.mtu
+                b.name, b.mtu
             ));
         }
         // The pods' veths on the bridge: the source pod's when it can be found, else all.
-        let ports: Vec<_> = f.links.iter().filter(|l| l.master == Some(b.info.index)).collect();
+        let ports: Vec<_> = f.links.iter().filter(|l| l.master == Some(b.index)).collect();
         let src_port = src_is_pod
             .then(|| {
                 let mac = f
                     .neighbours
                     .iter()
-                    .find(|(i, n)| *i == b.info.index && n.ip == f.src)
+                    .find(|(i, n)| *i == b.index && n.ip == f.src)
                     .and_then(|(_, n)| n.mac)?;
                 f.port_fdb.iter().find(|(_, e)| e.mac == mac).map(|(port, _)| *port)
             })
             .flatten();
         let checked: Vec<_> = match src_port {
-            Some(p) => ports.into_iter().filter(|l| l.info.index == p).collect(),
+            Some(p) => ports.into_iter().filter(|l| l.index == p).collect(),
             None => ports,
         };
         for port in checked {
             let who = if src_port.is_some() {
-                format!("{}'s interface ({} on {})", f.src, port.info.name, f.bridge)
+                format!("{}'s interface ({} on {})", f.src, port.name, f.bridge)
             } else {
-                format!("pod interface {}", port.info.name)
+                format!("pod interface {}", port.name)
             };
-            seen.push(format!("{} {}", port.info.name, port.info.mtu));
-            if port.info.mtu > overlay_mtu {
+            seen.push(format!("{} {}", port.name, port.mtu));
+            if port.mtu > overlay_mtu {
                 problems.push(format!(
                     "{who} has MTU {} but {name} carries at most {overlay_mtu}",
-                    port.info.mtu
+                    port.mtu
                 ));
             }
         }
@@ -940,7 +950,6 @@ fn mtu_check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::Link;
     use crate::report::Status;
     use serde_json::json;
     use weft_core::{LeaseAttrs, SubnetKey};
@@ -953,44 +962,48 @@ mod tests {
     const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
     const POD_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x02];
 
-    fn ip(s: &str) -> Ipv4Addr {
+    /// An Ipv4Addr or an IpAddr, as the context wants.
+    fn ip<T: std::str::FromStr<Err = std::net::AddrParseError>>(s: &str) -> T {
         s.parse().unwrap()
     }
 
-    fn net(s: &str) -> Ipv4Net {
+    /// An Ipv4Net or an IpNet, as the context wants.
+    fn net<T: std::str::FromStr<Err = ipnet::AddrParseError>>(s: &str) -> T {
         s.parse().unwrap()
     }
 
-    fn link(index: u32, name: &str, kind: Option<&str>, mtu: u32, master: Option<u32>) -> Link {
-        Link {
-            info: LinkInfo {
-                index,
-                name: name.into(),
-                mac: None,
-                mtu,
-                up: true,
-                kind: kind.map(str::to_string),
-                vxlan: (kind == Some("vxlan")).then_some(VxlanInfo {
-                    vni: 1,
-                    port: 8472,
-                    local: Some(ip("198.51.100.1")),
-                    dev_index: Some(VETH0),
-                    learning: false,
-                    gbp: false,
-                }),
-            },
+    fn link(index: u32, name: &str, kind: Option<&str>, mtu: u32, master: Option<u32>) -> LinkInfo {
+        LinkInfo {
+            index,
+            name: name.into(),
+            mac: None,
+            mtu,
+            up: true,
+            kind: kind.map(str::to_string),
             master,
+            vxlan: (kind == Some("vxlan")).then_some(VxlanInfo {
+                vni: 1,
+                port: 8472,
+                local: Some(ip("198.51.100.1")),
+                dev_index: Some(VETH0),
+                learning: false,
+                gbp: false,
+            }),
         }
     }
 
-    fn fib(dst: &str, gw: Option<&str>, oif: u32, onlink: bool) -> FibRoute {
-        FibRoute {
+    fn fib(dst: &str, gw: Option<&str>, oif: u32, onlink: bool) -> RouteInfo {
+        RouteInfo {
             dst: net(dst),
             gateway: gw.map(ip),
             oif: Some(oif),
-            table: Some(254),
             onlink,
-            kind: "unicast".into(),
+            protocol: 3,
+            scope: 0,
+            priority: 0,
+            pref_src: None,
+            table: 254,
+            kind: RouteType::Unicast,
         }
     }
 
@@ -1284,8 +1297,8 @@ mod tests {
     #[test]
     fn mtu_mismatches_are_named() {
         let mut f = healthy();
-        f.links[1].info.mtu = 1500; // cni0
-        f.links[3].info.mtu = 1500; // the pod's veth
+        f.links[1].mtu = 1500; // cni0
+        f.links[3].mtu = 1500; // the pod's veth
         let t = walk(&f);
         assert_eq!(t.causes(), vec![Cause::MtuMismatch]);
         let m = &step(&t, "mtu").message;
@@ -1299,7 +1312,7 @@ mod tests {
         );
 
         let mut f = healthy();
-        f.links[0].info.mtu = 1400; // underlay
+        f.links[0].mtu = 1400; // underlay
         let m = walk(&f).steps.last().unwrap().message.clone();
         assert!(
             m.contains("exceeds veth0's MTU 1400; flannel.1 should have 1350"),
@@ -1314,9 +1327,9 @@ mod tests {
             subnet: SubnetKey::v4(net("10.5.2.0/24")),
             attrs: LeaseAttrs::new(ip("198.51.100.2"), "host-gw", serde_json::Value::Null),
         }]);
-        f.links.retain(|l| l.info.index != FLANNEL);
-        f.links[1].info.mtu = 1500;
-        f.links[2].info.mtu = 1500;
+        f.links.retain(|l| l.index != FLANNEL);
+        f.links[1].mtu = 1500;
+        f.links[2].mtu = 1500;
         f.subnet_file = match f.subnet_file {
             SubnetFile::Present(env) => SubnetFile::Present(SubnetEnv { mtu: 1500, ..env }),
             other => other,
@@ -1350,8 +1363,8 @@ mod tests {
             attrs: LeaseAttrs::new(ip("198.51.100.2"), "", serde_json::Value::Null),
         }]);
         f.links[2] = link(FLANNEL, "flannel0", Some("tun"), 1472, None);
-        f.links[1].info.mtu = 1472;
-        f.links[3].info.mtu = 1472;
+        f.links[1].mtu = 1472;
+        f.links[3].mtu = 1472;
         f.subnet_file = match f.subnet_file {
             SubnetFile::Present(env) => SubnetFile::Present(SubnetEnv { mtu: 1472, ..env }),
             other => other,

@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use futures::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use weft_core::{Lease, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
 use weft_kernel::monitor::KernelEvent;
-use weft_kernel::netlink::{Netlink, NetlinkError, RouteSpec};
+use weft_kernel::netlink::{AddrFamily, Netlink, NetlinkError, RouteSpec};
 
 /// Netlink requests sent together when programming many routes.
 const IN_FLIGHT: usize = 64;
@@ -58,7 +58,7 @@ pub struct HostGwBackend {
     own: Option<SubnetKey>,
     /// The routes weft installed, by peer subnet: what lease changes and kernel notifications
     /// are compared with. Set by every full reconcile, updated by every delta.
-    installed: BTreeMap<Ipv4Net, RouteSpec>,
+    installed: BTreeMap<IpNet, RouteSpec>,
 }
 
 impl HostGwBackend {
@@ -70,7 +70,7 @@ impl HostGwBackend {
         public_ip: Ipv4Addr,
         network: Ipv4Net,
     ) -> Result<Self, HostGwError> {
-        let addrs = nl.list_addrs_v4(ext.index).await?;
+        let addrs = nl.list_link_addrs(ext.index, Some(AddrFamily::Ipv4)).await?;
         if !addrs.iter().any(|a| a.addr() == public_ip) {
             let have = if addrs.is_empty() {
                 "no IPv4 address".to_string()
@@ -121,7 +121,7 @@ impl HostGwBackend {
         let mut report = Report::default();
         let mut actions = Vec::new();
         for change in changes {
-            let subnet = change.subnet.ipv4.trunc();
+            let subnet = IpNet::V4(change.subnet.ipv4.trunc());
             let new = match change.lease.as_ref().map(|l| peer_of(l, &own, &topo)) {
                 Some(Ok(peer)) => Some(route_of(&peer, &topo)),
                 Some(Err(LeaseSkip::Own)) | None => None,
@@ -187,8 +187,8 @@ impl HostGwBackend {
     async fn run(&self, actions: Vec<Action>) -> Applied {
         let results = futures::stream::iter(actions.into_iter().map(|action| async move {
             let result = match &action {
-                Action::SetRoute { spec, .. } => self.nl.replace_route_v4(spec).await,
-                Action::DeleteRoute { spec, metric } => self.nl.delete_route_v4_at_metric(spec, *metric).await,
+                Action::SetRoute { spec, .. } => self.nl.replace_route(spec).await,
+                Action::DeleteRoute { spec, metric } => self.nl.delete_route_at_metric(spec, *metric).await,
             };
             (action, result)
         }))
@@ -232,7 +232,7 @@ impl HostGwBackend {
         report.skipped_leases += crate::leases::log_skipped("host-gw", &skipped, node);
         report.peers = peers.len();
         let desired = desired_routes(&peers, &topo);
-        let actual = self.nl.list_routes_v4().await?;
+        let actual = self.nl.list_routes(Some(AddrFamily::Ipv4)).await?;
         let actions = plan(&desired, &actual, &topo);
         self.installed = desired;
         // Stale routes out before the new ones go in (a moved subnet never has two paths).

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use weft_core::{Lease, SubnetKey};
 
 use crate::leases;
@@ -72,16 +72,16 @@ pub fn peer_of(lease: &Lease, own: &SubnetKey, topo: &Topology) -> Result<Peer, 
 /// A peer's route: `subnet via PublicIP dev <ext>`.
 pub fn route_of(peer: &Peer, topo: &Topology) -> RouteSpec {
     RouteSpec {
-        dst: peer.subnet,
-        gateway: Some(peer.public_ip),
+        dst: peer.subnet.into(),
+        gateway: Some(peer.public_ip.into()),
         oif: topo.ext_index,
         onlink: false,
     }
 }
 
 /// One route per peer, keyed by destination.
-pub fn desired_routes(peers: &[Peer], topo: &Topology) -> BTreeMap<Ipv4Net, RouteSpec> {
-    peers.iter().map(|p| (p.subnet, route_of(p, topo))).collect()
+pub fn desired_routes(peers: &[Peer], topo: &Topology) -> BTreeMap<IpNet, RouteSpec> {
+    peers.iter().map(|p| (p.subnet.into(), route_of(p, topo))).collect()
 }
 
 /// The change that turns one peer's installed route `old` into `new` (None: no such peer),
@@ -135,15 +135,15 @@ pub fn is_ours(route: &RouteInfo, topo: &Topology) -> bool {
     route.oif == Some(topo.ext_index)
         && route.gateway.is_some()
         && route.protocol != RTPROT_KERNEL
-        && topo.network.contains(&route.dst)
-        && !topo.own_subnet.contains(&route.dst)
+        && IpNet::from(topo.network).contains(&route.dst)
+        && !IpNet::from(topo.own_subnet).contains(&route.dst)
 }
 
 /// The changes that turn the actual main-table routes into the desired ones: stale routes out
 /// first (so a moved subnet never has two paths), then missing or wrong routes set.
-pub fn plan(desired: &BTreeMap<Ipv4Net, RouteSpec>, actual: &[RouteInfo], topo: &Topology) -> Vec<Action> {
+pub fn plan(desired: &BTreeMap<IpNet, RouteSpec>, actual: &[RouteInfo], topo: &Topology) -> Vec<Action> {
     let ours: Vec<&RouteInfo> = actual.iter().filter(|r| is_ours(r, topo)).collect();
-    let mut by_dst: BTreeMap<Ipv4Net, Vec<&RouteInfo>> = BTreeMap::new();
+    let mut by_dst: BTreeMap<IpNet, Vec<&RouteInfo>> = BTreeMap::new();
     for r in actual {
         by_dst.entry(r.dst).or_default().push(r);
     }
@@ -191,11 +191,13 @@ mod tests {
 
     const EXT: u32 = 2;
 
-    fn net(s: &str) -> Ipv4Net {
+    /// An Ipv4Net or an IpNet, as the context wants.
+    fn net<T: std::str::FromStr<Err = ipnet::AddrParseError>>(s: &str) -> T {
         s.parse().unwrap()
     }
 
-    fn ip(s: &str) -> Ipv4Addr {
+    /// An Ipv4Addr or an IpAddr, as the context wants.
+    fn ip<T: std::str::FromStr<Err = std::net::AddrParseError>>(s: &str) -> T {
         s.parse().unwrap()
     }
 
@@ -227,6 +229,8 @@ mod tests {
             scope: 0,
             priority: 0,
             pref_src: None,
+            table: 254,
+            kind: weft_kernel::netlink::RouteType::Unicast,
         }
     }
 
@@ -239,7 +243,7 @@ mod tests {
         }
     }
 
-    fn desired_for(leases: &[Lease]) -> BTreeMap<Ipv4Net, RouteSpec> {
+    fn desired_for(leases: &[Lease]) -> BTreeMap<IpNet, RouteSpec> {
         let t = topo();
         let (peers, _) = peers_from_leases(leases, &SubnetKey::v4(t.own_subnet), &t);
         desired_routes(&peers, &t)

@@ -26,12 +26,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use weft_core::config::UdpOptions;
 use weft_core::peer_file::{self, PeerEntry};
 use weft_core::{Lease, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
-use weft_kernel::netlink::{Netlink, NetlinkError, RouteSpec};
+use weft_kernel::netlink::{AddrFamily, Netlink, NetlinkError, RouteSpec};
 use weft_kernel::tun::{open_tun, TunError, TunOptions};
 
 pub use self::counters::{UdpCounters, UdpMetrics};
@@ -332,25 +332,25 @@ impl UdpBackend {
             corrected += 1;
         }
         if let Some(own) = &self.own {
-            let addr = Ipv4Net::new(own.ipv4.network(), 32).expect("/32 is a valid prefix");
-            let addrs = self.nl.list_addrs_v4(link.index).await?;
+            let addr = IpNet::V4(Ipv4Net::new(own.ipv4.network(), 32).expect("/32 is a valid prefix"));
+            let addrs = self.nl.list_link_addrs(link.index, Some(AddrFamily::Ipv4)).await?;
             if addrs != [addr] {
-                self.nl.ensure_addr_v4(link.index, addr).await?;
+                self.nl.ensure_addr(link.index, addr).await?;
                 corrected += 1;
             }
             // The route needs the device up and addressed; flannel adds it after both.
             let want = RouteSpec {
-                dst: self.network,
+                dst: self.network.into(),
                 gateway: None,
                 oif: link.index,
                 onlink: false,
             };
-            let routes = self.nl.list_routes_v4().await?;
+            let routes = self.nl.list_routes(Some(AddrFamily::Ipv4)).await?;
             let present = routes
                 .iter()
-                .any(|r| r.dst == self.network && r.oif == Some(link.index) && r.gateway.is_none());
+                .any(|r| r.dst == want.dst && r.oif == Some(link.index) && r.gateway.is_none());
             if !present {
-                self.nl.replace_route_v4(&want).await?;
+                self.nl.replace_route(&want).await?;
                 corrected += 1;
             }
         }

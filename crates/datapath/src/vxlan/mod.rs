@@ -10,15 +10,15 @@
 pub mod plan;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use futures::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use weft_core::config::VxlanOptions;
 use weft_core::{Lease, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
 use weft_kernel::monitor::KernelEvent;
-use weft_kernel::netlink::{format_mac, LinkInfo, Netlink, NetlinkError, VxlanSpec};
+use weft_kernel::netlink::{format_mac, AddrFamily, LinkInfo, Netlink, NetlinkError, VxlanSpec};
 
 use self::plan::{
     desired_state, peer_entries, peer_of, peers_entries, peers_from_leases, plan_peer, plan_phases, Action,
@@ -62,9 +62,9 @@ pub struct VxlanBackend {
     /// What weft installed, per peer subnet: the cache a lease change or a kernel notification
     /// is compared with, so neither needs to read the kernel's tables. Set by every full
     /// reconcile, updated by every delta.
-    installed: BTreeMap<Ipv4Net, PeerEntries>,
+    installed: BTreeMap<IpNet, PeerEntries>,
     /// VtepMAC -> peer subnet, for FDB notifications.
-    by_mac: HashMap<[u8; 6], Ipv4Net>,
+    by_mac: HashMap<[u8; 6], IpNet>,
     /// The external interface's connected subnets at the last full reconcile (DirectRouting).
     ext_nets: Vec<Ipv4Net>,
 }
@@ -160,7 +160,7 @@ impl VxlanBackend {
         }
         if let Some(own) = &self.own {
             let addr = Ipv4Net::new(own.ipv4.network(), 32).expect("/32 is a valid prefix");
-            self.nl.ensure_addr_v4(link.index, addr).await?;
+            self.nl.ensure_addr(link.index, addr.into()).await?;
         }
         if !link.up {
             self.nl.set_link_up(link.index).await?;
@@ -192,10 +192,13 @@ impl VxlanBackend {
         };
         let ext_nets = if self.opts.direct_routing {
             self.nl
-                .list_addrs_v4(self.ext.index)
+                .list_link_addrs(self.ext.index, Some(AddrFamily::Ipv4))
                 .await?
                 .into_iter()
-                .map(|n| n.trunc())
+                .filter_map(|n| match n {
+                    IpNet::V4(n) => Some(n.trunc()),
+                    IpNet::V6(_) => None,
+                })
                 .collect()
         } else {
             Vec::new()
@@ -216,9 +219,9 @@ impl VxlanBackend {
 
         let index = self.device.index;
         let actual = ActualState {
-            neighbours: self.nl.list_neighbours_v4(index).await?,
+            neighbours: self.nl.list_neighbours(index, Some(AddrFamily::Ipv4)).await?,
             fdb: self.nl.list_fdb(index).await?,
-            routes: self.nl.list_routes_v4().await?,
+            routes: self.nl.list_routes(Some(AddrFamily::Ipv4)).await?,
         };
         let phases = plan_phases(&desired, &actual, &topo);
         self.set_installed(entries);
@@ -246,7 +249,7 @@ impl VxlanBackend {
         let mut phases = Phases::default();
         let mut report = Report::default();
         for change in changes {
-            let subnet = change.subnet.ipv4;
+            let subnet = IpNet::V4(change.subnet.ipv4);
             let new = match change.lease.as_ref().map(|l| peer_of(l, &own, &topo)) {
                 Some(Ok(peer)) => Some(peer_entries(&peer, &topo)),
                 Some(Err(LeaseSkip::Own)) | None => None,
@@ -360,9 +363,10 @@ impl VxlanBackend {
         Ok(report)
     }
 
-    fn installed_neighbour(&self, ip: Ipv4Addr) -> Option<[u8; 6]> {
+    fn installed_neighbour(&self, ip: IpAddr) -> Option<[u8; 6]> {
         let own = self.own?;
-        let subnet = Ipv4Net::new(ip, own.ipv4.prefix_len()).ok()?.trunc();
+        let IpAddr::V4(v4) = ip else { return None };
+        let subnet = IpNet::V4(Ipv4Net::new(v4, own.ipv4.prefix_len()).ok()?.trunc());
         self.installed
             .get(&subnet)?
             .neighbour
@@ -370,7 +374,7 @@ impl VxlanBackend {
             .map(|(_, mac)| mac)
     }
 
-    fn set_installed(&mut self, entries: BTreeMap<Ipv4Net, PeerEntries>) {
+    fn set_installed(&mut self, entries: BTreeMap<IpNet, PeerEntries>) {
         self.by_mac = entries
             .iter()
             .filter_map(|(subnet, e)| Some((e.fdb?.0, *subnet)))
@@ -378,14 +382,14 @@ impl VxlanBackend {
         self.installed = entries;
     }
 
-    fn remember(&mut self, subnet: Ipv4Net, entries: PeerEntries) {
+    fn remember(&mut self, subnet: IpNet, entries: PeerEntries) {
         if let Some((mac, _)) = entries.fdb {
             self.by_mac.insert(mac, subnet);
         }
         self.installed.insert(subnet, entries);
     }
 
-    fn forget(&mut self, subnet: Ipv4Net) {
+    fn forget(&mut self, subnet: IpNet) {
         if let Some(old) = self.installed.remove(&subnet) {
             if let Some((mac, _)) = old.fdb {
                 if self.by_mac.get(&mac) == Some(&subnet) {
@@ -430,10 +434,10 @@ impl VxlanBackend {
     async fn apply(&self, action: &Action) -> Result<(), NetlinkError> {
         let index = self.device.index;
         match action {
-            Action::DeleteRoute { spec, metric } => self.nl.delete_route_v4_at_metric(spec, *metric).await,
+            Action::DeleteRoute { spec, metric } => self.nl.delete_route_at_metric(spec, *metric).await,
             Action::SetNeighbour { ip, mac, .. } => self.nl.replace_neighbour(index, *ip, *mac).await,
             Action::SetFdb { mac, dst, .. } => self.nl.replace_fdb(index, *mac, *dst).await,
-            Action::SetRoute { spec, .. } => self.nl.replace_route_v4(spec).await,
+            Action::SetRoute { spec, .. } => self.nl.replace_route(spec).await,
             Action::DeleteNeighbour { ip } => self.nl.delete_neighbour(index, *ip).await,
             Action::DeleteFdb { mac, dst } => self.nl.delete_fdb(index, *mac, *dst).await,
         }
@@ -502,7 +506,7 @@ fn vxlan_spec(
         name: device_name(opts.vni),
         vni: opts.vni,
         port: opts.port,
-        local: public_ip,
+        local: public_ip.into(),
         dev_index: ext.index,
         learning: opts.learning,
         gbp: opts.gbp,

@@ -3,9 +3,9 @@
 //! No I/O here; everything is tested without root.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use weft_core::{Lease, SubnetKey};
 
 use crate::leases;
@@ -79,11 +79,11 @@ pub fn peer_of(lease: &Lease, own: &SubnetKey, topo: &Topology) -> Result<Peer, 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredState {
     /// On the VXLAN device: remote subnet's network address -> remote VtepMAC.
-    pub neighbours: BTreeMap<Ipv4Addr, [u8; 6]>,
+    pub neighbours: BTreeMap<IpAddr, [u8; 6]>,
     /// On the VXLAN device: remote VtepMAC -> remote public IP.
-    pub fdb: BTreeMap<[u8; 6], Ipv4Addr>,
+    pub fdb: BTreeMap<[u8; 6], IpAddr>,
     /// Main table, keyed by destination.
-    pub routes: BTreeMap<Ipv4Net, RouteSpec>,
+    pub routes: BTreeMap<IpNet, RouteSpec>,
 }
 
 /// The kernel entries of one peer.
@@ -91,9 +91,9 @@ pub struct DesiredState {
 pub struct PeerEntries {
     /// On the VXLAN device: the peer subnet's network address -> its VtepMAC (none when routed
     /// directly).
-    pub neighbour: Option<(Ipv4Addr, [u8; 6])>,
+    pub neighbour: Option<(IpAddr, [u8; 6])>,
     /// On the VXLAN device: VtepMAC -> public IP (none when routed directly).
-    pub fdb: Option<([u8; 6], Ipv4Addr)>,
+    pub fdb: Option<([u8; 6], IpAddr)>,
     pub route: RouteSpec,
 }
 
@@ -106,19 +106,19 @@ pub fn peer_entries(peer: &Peer, topo: &Topology) -> PeerEntries {
             neighbour: None,
             fdb: None,
             route: RouteSpec {
-                dst: peer.subnet,
-                gateway: Some(peer.public_ip),
+                dst: peer.subnet.into(),
+                gateway: Some(peer.public_ip.into()),
                 oif: topo.ext_index,
                 onlink: false,
             },
         };
     }
-    let vtep_ip = peer.subnet.network();
+    let vtep_ip = IpAddr::V4(peer.subnet.network());
     PeerEntries {
         neighbour: Some((vtep_ip, peer.vtep_mac)),
-        fdb: Some((peer.vtep_mac, peer.public_ip)),
+        fdb: Some((peer.vtep_mac, peer.public_ip.into())),
         route: RouteSpec {
-            dst: peer.subnet,
+            dst: peer.subnet.into(),
             gateway: Some(vtep_ip),
             oif: topo.vxlan_index,
             onlink: true,
@@ -127,8 +127,8 @@ pub fn peer_entries(peer: &Peer, topo: &Topology) -> PeerEntries {
 }
 
 /// Every peer's entries, by peer subnet.
-pub fn peers_entries(peers: &[Peer], topo: &Topology) -> BTreeMap<Ipv4Net, PeerEntries> {
-    peers.iter().map(|p| (p.subnet, peer_entries(p, topo))).collect()
+pub fn peers_entries(peers: &[Peer], topo: &Topology) -> BTreeMap<IpNet, PeerEntries> {
+    peers.iter().map(|p| (p.subnet.into(), peer_entries(p, topo))).collect()
 }
 
 /// All the entries, by table.
@@ -237,11 +237,11 @@ impl Phases {
 /// The entries read back from the kernel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActualState {
-    /// IPv4 neighbours of the VXLAN device.
+    /// Neighbours of the VXLAN device.
     pub neighbours: Vec<Neighbour>,
     /// FDB entries of the VXLAN device.
     pub fdb: Vec<FdbEntry>,
-    /// The main table's IPv4 routes (all of them; [`plan`] picks ours).
+    /// The main table's routes (all of them; [`plan`] picks ours).
     pub routes: Vec<RouteInfo>,
 }
 
@@ -256,13 +256,13 @@ pub enum Action {
         metric: u32,
     },
     SetNeighbour {
-        ip: Ipv4Addr,
+        ip: IpAddr,
         mac: [u8; 6],
         change: Change,
     },
     SetFdb {
         mac: [u8; 6],
-        dst: Ipv4Addr,
+        dst: IpAddr,
         change: Change,
     },
     SetRoute {
@@ -270,11 +270,11 @@ pub enum Action {
         change: Change,
     },
     DeleteNeighbour {
-        ip: Ipv4Addr,
+        ip: IpAddr,
     },
     DeleteFdb {
         mac: [u8; 6],
-        dst: Ipv4Addr,
+        dst: IpAddr,
     },
 }
 
@@ -315,13 +315,14 @@ impl std::fmt::Display for Action {
 /// (direct routing); never the route to our own subnet or a kernel-made connected route.
 fn is_ours(route: &RouteInfo, topo: &Topology) -> bool {
     let Some(oif) = route.oif else { return false };
-    if route.protocol == RTPROT_KERNEL || topo.own_subnet.contains(&route.dst) {
+    let (network, own_subnet) = (IpNet::V4(topo.network), IpNet::V4(topo.own_subnet));
+    if route.protocol == RTPROT_KERNEL || own_subnet.contains(&route.dst) {
         return false;
     }
-    let overlaps_network = topo.network.contains(&route.dst) || route.dst.contains(&topo.network);
-    let inside_network = topo.network.contains(&route.dst) && route.dst.prefix_len() > topo.network.prefix_len();
+    let overlaps_network = network.contains(&route.dst) || route.dst.contains(&network);
+    let inside_network = network.contains(&route.dst) && route.dst.prefix_len() > network.prefix_len();
     (oif == topo.vxlan_index && overlaps_network)
-        || (oif == topo.ext_index && route.gateway.is_some() && inside_network && !route.dst.contains(&topo.own_subnet))
+        || (oif == topo.ext_index && route.gateway.is_some() && inside_network && !route.dst.contains(&own_subnet))
 }
 
 /// The changes that turn `actual` into `desired`, in a safe order (see [`Phases`]).
@@ -337,7 +338,7 @@ pub fn plan_phases(desired: &DesiredState, actual: &ActualState, topo: &Topology
     let mut deletes = Vec::new();
 
     // Indexes of what the kernel has, so the plan costs O(n log n), not O(n^2).
-    let mut neigh_by_ip: BTreeMap<Ipv4Addr, &Neighbour> = BTreeMap::new();
+    let mut neigh_by_ip: BTreeMap<IpAddr, &Neighbour> = BTreeMap::new();
     for n in &actual.neighbours {
         neigh_by_ip.entry(n.ip).or_insert(n);
     }
@@ -345,7 +346,7 @@ pub fn plan_phases(desired: &DesiredState, actual: &ActualState, topo: &Topology
     for e in actual.fdb.iter().filter(|e| e.dst.is_some()) {
         fdb_by_mac.entry(e.mac).or_default().push(e);
     }
-    let mut routes_by_dst: BTreeMap<Ipv4Net, Vec<&RouteInfo>> = BTreeMap::new();
+    let mut routes_by_dst: BTreeMap<IpNet, Vec<&RouteInfo>> = BTreeMap::new();
     for r in &actual.routes {
         routes_by_dst.entry(r.dst).or_default().push(r);
     }
@@ -452,11 +453,13 @@ mod tests {
     const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
     const MAC_C: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0c];
 
-    fn net(s: &str) -> Ipv4Net {
+    /// An Ipv4Net or an IpNet, as the context wants.
+    fn net<T: std::str::FromStr<Err = ipnet::AddrParseError>>(s: &str) -> T {
         s.parse().unwrap()
     }
 
-    fn ip(s: &str) -> Ipv4Addr {
+    /// An Ipv4Addr or an IpAddr, as the context wants.
+    fn ip<T: std::str::FromStr<Err = std::net::AddrParseError>>(s: &str) -> T {
         s.parse().unwrap()
     }
 
@@ -507,6 +510,8 @@ mod tests {
             scope: 0,
             priority: 0,
             pref_src: None,
+            table: 254,
+            kind: weft_kernel::netlink::RouteType::Unicast,
         }
     }
 
@@ -754,7 +759,7 @@ mod tests {
         ];
         let desired = desired_for(&leases, &t);
         assert_eq!(
-            desired.routes[&net("10.5.2.0/24")],
+            desired.routes[&net::<IpNet>("10.5.2.0/24")],
             RouteSpec {
                 dst: net("10.5.2.0/24"),
                 gateway: Some(ip("198.51.100.2")),
@@ -762,10 +767,13 @@ mod tests {
                 onlink: false
             }
         );
-        assert_eq!(desired.routes[&net("10.5.3.0/24")], vx_route("10.5.3.0/24", "10.5.3.0"));
+        assert_eq!(
+            desired.routes[&net::<IpNet>("10.5.3.0/24")],
+            vx_route("10.5.3.0/24", "10.5.3.0")
+        );
         assert_eq!(
             desired.neighbours.keys().copied().collect::<Vec<_>>(),
-            vec![ip("10.5.3.0")]
+            vec![ip::<IpAddr>("10.5.3.0")]
         );
         assert_eq!(desired.fdb.keys().copied().collect::<Vec<_>>(), vec![MAC_C]);
 
@@ -783,7 +791,7 @@ mod tests {
             plan(&desired, &actual, &t),
             vec![
                 Action::SetRoute {
-                    spec: desired.routes[&net("10.5.2.0/24")],
+                    spec: desired.routes[&net::<IpNet>("10.5.2.0/24")],
                     change: Change::Replace
                 },
                 Action::DeleteNeighbour { ip: ip("10.5.2.0") },
@@ -922,14 +930,14 @@ mod tests {
         ];
         let entries = |ls: &[Lease]| peers_entries(&peers_from_leases(ls, &own, &t).0, &t);
         let mut p = Phases::default();
-        let added = entries(&new)[&net("10.5.3.0/24")];
+        let added = entries(&new)[&net::<IpNet>("10.5.3.0/24")];
         plan_peer(None, Some(&added), &mut p);
         let full = plan(&desired_state(entries(&new).values()), &state_of(&entries(&old)), &t);
         assert_eq!(p.into_vec(), full);
     }
 
     /// The kernel state that holds exactly `entries`.
-    fn state_of(entries: &BTreeMap<Ipv4Net, PeerEntries>) -> ActualState {
+    fn state_of(entries: &BTreeMap<IpNet, PeerEntries>) -> ActualState {
         let mut actual = ActualState::default();
         for e in entries.values() {
             if let Some((ip, mac)) = e.neighbour {
