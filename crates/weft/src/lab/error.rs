@@ -43,6 +43,12 @@ pub enum LabError {
         #[source]
         source: nix::Error,
     },
+    #[error("in network namespace {ns}: {source}")]
+    Netlink {
+        ns: String,
+        #[source]
+        source: weft_kernel::netlink::NetlinkError,
+    },
     #[error("generating the lab's TLS certificates: {0}")]
     Cert(#[from] rcgen::Error),
     #[error("etcd {what}: {source}")]

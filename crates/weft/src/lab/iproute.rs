@@ -1,9 +1,21 @@
-//! The lab's topology is built with iproute2 (`ip`): acceptable in a test tool, never in the
-//! product. Every call goes through [`run`], whose error names the command and its stderr.
+//! The lab's topology: devices, addresses and routes inside the lab's namespaces through weft's
+//! kernel wrapper (the same one weftd and weft-cni use); the namespaces themselves with iproute2
+//! (`ip netns add/delete`, see [`netns_add`]). Also the command runner every lab command goes
+//! through ([`run`]), whose error names the command and its stderr.
 
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
 use std::process::{Command, Output};
 
+use ipnet::IpNet;
+use weft_kernel::netlink::{parse_mac, NetlinkError, RouteSpec, VethSpec};
+
 use super::error::{LabError, Result};
+use super::netns::{netns_path, with_netlink};
+
+/// A bridge's MTU when none is asked for: the kernel's default.
+const DEFAULT_MTU: u32 = 1500;
 
 /// Runs a program to completion; fails with the command line and stderr unless it exits 0.
 pub fn run(program: &str, args: &[&str]) -> Result<String> {
@@ -41,17 +53,15 @@ pub fn ip(args: &[&str]) -> Result<String> {
     run("ip", args)
 }
 
-/// `ip -n <ns> <args>`: the same, inside a named network namespace.
-pub fn ip_in(ns: &str, args: &[&str]) -> Result<String> {
-    let mut all = vec!["-n", ns];
-    all.extend_from_slice(args);
-    run("ip", &all)
-}
-
+/// `ip netns add <ns>`, then `lo` up inside. Named namespaces stay iproute2's business: one is
+/// a bind mount under /run/netns with shared propagation, which `ip` sets up as every other tool
+/// expects (the product never creates one).
 pub fn netns_add(ns: &str) -> Result<()> {
     ip(&["netns", "add", ns])?;
-    ip_in(ns, &["link", "set", "lo", "up"])?;
-    Ok(())
+    with_netlink(ns, |nl| async move {
+        let lo = nl.require_link_named("bring lo up", "lo").await?;
+        nl.set_link_up(lo.index).await
+    })
 }
 
 /// Deletes a named namespace; a namespace that is already gone is success.
@@ -66,7 +76,7 @@ pub fn netns_delete(ns: &str) -> Result<()> {
 }
 
 pub fn netns_exists(ns: &str) -> bool {
-    std::path::Path::new("/run/netns").join(ns).exists()
+    netns_path(ns).exists()
 }
 
 /// Names of all named network namespaces (the files under /run/netns).
@@ -81,32 +91,45 @@ pub fn netns_list() -> Vec<String> {
 
 /// A veth pair whose ends live in two (possibly equal) namespaces, both brought up.
 pub fn veth_pair(ns_a: &str, name_a: &str, ns_b: &str, name_b: &str, mtu: u32) -> Result<()> {
-    let mtu = mtu.to_string();
-    ip_in(
-        ns_a,
-        &[
-            "link", "add", name_a, "mtu", &mtu, "type", "veth", "peer", "name", name_b, "mtu", &mtu, "netns", ns_b,
-        ],
-    )?;
-    ip_in(ns_a, &["link", "set", name_a, "up"])?;
-    ip_in(ns_b, &["link", "set", name_b, "up"])?;
-    Ok(())
+    let path_b = netns_path(ns_b);
+    let file_b = File::open(&path_b).map_err(|e| LabError::io("opening network namespace", &path_b, e))?;
+    with_netlink(ns_a, |nl| async move {
+        let spec = VethSpec {
+            name: name_a,
+            peer_name: name_b,
+            mtu,
+            master: None,
+            up: true,
+            peer_netns: Some(file_b.as_fd()),
+        };
+        nl.create_veth(&spec).await
+    })?;
+    link_up(ns_b, name_b)
+}
+
+/// A dummy device (`ip link add <name> type dummy`), down.
+pub fn dummy(ns: &str, name: &str) -> Result<()> {
+    with_netlink(ns, |nl| async move { nl.create_dummy(name).await })
+}
+
+pub fn link_up(ns: &str, name: &str) -> Result<()> {
+    with_netlink(ns, |nl| async move {
+        let link = nl.require_link_named("bring a link up", name).await?;
+        nl.set_link_up(link.index).await
+    })
 }
 
 /// A bridge with one address and a fixed MAC ([`bridge_mac`]), brought up. A bridge created
 /// without an address takes the lowest MAC of its ports and changes it when one goes, which cuts
 /// the pods behind it off until their ARP entries are probed again; one given an address keeps it.
-pub fn bridge(ns: &str, name: &str, address: &str, mtu: Option<u32>) -> Result<()> {
-    ip_in(
-        ns,
-        &["link", "add", name, "address", &bridge_mac(ns, name), "type", "bridge"],
-    )?;
-    if let Some(mtu) = mtu {
-        ip_in(ns, &["link", "set", name, "mtu", &mtu.to_string()])?;
-    }
-    ip_in(ns, &["addr", "add", address, "dev", name])?;
-    ip_in(ns, &["link", "set", name, "up"])?;
-    Ok(())
+/// Without `mtu` it has the default 1500 until a port with a smaller one joins.
+pub fn bridge(ns: &str, name: &str, address: IpNet, mtu: Option<u32>) -> Result<()> {
+    let mac = parse_mac(&bridge_mac(ns, name)).expect("bridge_mac formats a MAC");
+    with_netlink(ns, |nl| async move {
+        let bridge = nl.ensure_bridge(name, mtu.unwrap_or(DEFAULT_MTU)).await?;
+        nl.set_mac(bridge.index, mac).await?;
+        nl.add_addr(bridge.index, address).await
+    })
 }
 
 /// The MAC of bridge `name` in namespace `ns`: locally administered, unicast, and stable for the
@@ -124,15 +147,39 @@ pub fn bridge_mac(ns: &str, name: &str) -> String {
 }
 
 pub fn set_master(ns: &str, port: &str, bridge: &str) -> Result<()> {
-    ip_in(ns, &["link", "set", port, "master", bridge]).map(|_| ())
+    with_netlink(ns, |nl| async move {
+        let op = format!("attach {port} to bridge {bridge}");
+        let port = nl.require_link_named(&op, port).await?;
+        let bridge = nl.require_link_named(&op, bridge).await?;
+        nl.set_master(port.index, bridge.index).await
+    })
 }
 
-pub fn add_address(ns: &str, dev: &str, address: &str) -> Result<()> {
-    ip_in(ns, &["addr", "add", address, "dev", dev]).map(|_| ())
+pub fn add_address(ns: &str, dev: &str, address: IpNet) -> Result<()> {
+    with_netlink(ns, |nl| async move {
+        let link = nl.require_link_named(&format!("add address {address}"), dev).await?;
+        nl.add_addr(link.index, address).await
+    })
 }
 
-pub fn default_route(ns: &str, via: &str) -> Result<()> {
-    ip_in(ns, &["route", "replace", "default", "via", via]).map(|_| ())
+/// `ip route replace default via <via>`: through the device that reaches `via`.
+pub fn default_route(ns: &str, via: IpAddr) -> Result<()> {
+    with_netlink(ns, |nl| async move {
+        let op = format!("default route via {via}");
+        let to_gateway = nl.route_get(via).await?;
+        let oif = to_gateway.and_then(|r| r.oif).ok_or_else(|| NetlinkError::Invalid {
+            op: op.clone(),
+            detail: format!("no device reaches {via}"),
+        })?;
+        let default = IpNet::new(via, 0).expect("a /0 is valid").trunc();
+        nl.replace_route(&RouteSpec {
+            dst: default,
+            gateway: Some(via),
+            oif,
+            onlink: false,
+        })
+        .await
+    })
 }
 
 #[cfg(test)]

@@ -1,17 +1,38 @@
-//! Running Rust code inside a named network namespace: a fresh thread enters the namespace with
-//! setns and runs the closure there, so no other thread (and no async worker) ever changes
-//! namespace.
+//! Running Rust code inside a named network namespace, through weft's kernel wrapper: a fresh
+//! thread enters the namespace with setns and runs the closure (or a netlink conversation) there,
+//! so no other thread (and no async worker) ever changes namespace.
 
 use std::fs::File;
+use std::future::Future;
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use nix::sched::{setns, CloneFlags};
+use weft_kernel::netlink::{self, Netlink, NetlinkError};
 
 use super::error::{LabError, Result};
 
 pub fn netns_path(ns: &str) -> PathBuf {
-    PathBuf::from("/run/netns").join(ns)
+    netlink::netns_path(ns)
+}
+
+fn open(ns: &str) -> Result<File> {
+    let path = netns_path(ns);
+    File::open(&path).map_err(|e| LabError::io("opening network namespace", &path, e))
+}
+
+/// The lab's error for a failure inside namespace `ns`: a failed setns says the lab may be down.
+fn in_ns_error(ns: &str, e: NetlinkError) -> LabError {
+    match e {
+        NetlinkError::EnterNetns { errno, .. } => LabError::Netns {
+            ns: ns.to_string(),
+            source: nix::Error::from_raw(errno),
+        },
+        source => LabError::Netlink {
+            ns: ns.to_string(),
+            source,
+        },
+    }
 }
 
 /// Runs `f` on a new thread that has entered network namespace `ns` (a name under /run/netns).
@@ -20,21 +41,19 @@ where
     F: FnOnce() -> Result<T> + Send,
     T: Send,
 {
-    let path = netns_path(ns);
-    let file = File::open(&path).map_err(|e| LabError::io("opening network namespace", &path, e))?;
-    std::thread::scope(|scope| {
-        let handle = scope.spawn(move || {
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| LabError::Netns {
-                ns: ns.to_string(),
-                source,
-            })?;
-            drop(file);
-            f()
-        });
-        handle
-            .join()
-            .unwrap_or_else(|_| Err(LabError::Other(format!("a thread working in {ns} panicked"))))
-    })
+    let file = open(ns)?;
+    netlink::in_netns(file.as_fd(), f).map_err(|e| in_ns_error(ns, e))?
+}
+
+/// Runs the netlink conversation `f` inside network namespace `ns`, on a thread there.
+pub fn with_netlink<T, F, Fut>(ns: &str, f: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce(Netlink) -> Fut + Send,
+    Fut: Future<Output = std::result::Result<T, NetlinkError>>,
+{
+    let file = open(ns)?;
+    netlink::block_on_in_netns(file.as_fd(), f).map_err(|e| in_ns_error(ns, e))
 }
 
 /// The inode that identifies a named namespace, as seen in `/proc/<pid>/ns/net`.

@@ -13,11 +13,11 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use weft_core::SubnetEnv;
 
 use super::error::{LabError, Result};
-use super::iproute::{add_address, bridge, default_route, ip_in, netns_add, run, set_master, veth_pair};
+use super::iproute::{add_address, bridge, default_route, dummy, link_up, netns_add, run, set_master, veth_pair};
 use super::netns::sysctl;
 
 pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
@@ -71,15 +71,20 @@ fn is_indexed(part: &str, letter: char) -> bool {
         .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// `ip/len` as an interface address.
+fn net(ip: Ipv4Addr, len: u8) -> IpNet {
+    IpNet::V4(Ipv4Net::new(ip, len).expect("the lab's prefix lengths are valid"))
+}
+
 pub fn create_switch(ns: &str) -> Result<()> {
     netns_add(ns)?;
-    bridge(ns, "br0", &format!("{SWITCH_IP}/{UNDERLAY_PREFIX_LEN}"), None)?;
+    bridge(ns, "br0", net(SWITCH_IP, UNDERLAY_PREFIX_LEN), None)?;
     // A dummy device when the kernel has the module, else a veth pair whose far end idles.
-    if ip_in(ns, &["link", "add", "inet0", "type", "dummy"]).is_err() {
+    if dummy(ns, "inet0").is_err() {
         veth_pair(ns, "inet0", ns, "inet0-peer", UNDERLAY_MTU)?;
     }
-    add_address(ns, "inet0", &format!("{INTERNET_IP}/24"))?;
-    ip_in(ns, &["link", "set", "inet0", "up"])?;
+    add_address(ns, "inet0", net(INTERNET_IP, 24))?;
+    link_up(ns, "inet0")?;
     sysctl(ns, "net/ipv4/ip_forward", "1")
 }
 
@@ -88,8 +93,8 @@ pub fn create_host(switch: &str, ns: &str, node: usize) -> Result<()> {
     let port = format!("h{node}");
     veth_pair(switch, &port, ns, "eth0", UNDERLAY_MTU)?;
     set_master(switch, &port, "br0")?;
-    add_address(ns, "eth0", &format!("{}/{UNDERLAY_PREFIX_LEN}", underlay_ip(node)))?;
-    default_route(ns, &SWITCH_IP.to_string())?;
+    add_address(ns, "eth0", net(underlay_ip(node), UNDERLAY_PREFIX_LEN))?;
+    default_route(ns, SWITCH_IP.into())?;
     receive_on_own_cpu(ns, node)?;
     sysctl(ns, "net/ipv4/ip_forward", "1")
 }
@@ -158,11 +163,11 @@ impl PodAddressing {
 
 pub fn create_pod(host: &str, pod: &str, addressing: &PodAddressing) -> Result<()> {
     netns_add(pod)?;
-    bridge(host, POD_BRIDGE, &addressing.gateway.to_string(), Some(addressing.mtu))?;
+    bridge(host, POD_BRIDGE, addressing.gateway.into(), Some(addressing.mtu))?;
     veth_pair(host, POD_HOST_VETH, pod, "eth0", addressing.mtu)?;
     set_master(host, POD_HOST_VETH, POD_BRIDGE)?;
-    add_address(pod, "eth0", &addressing.ip.to_string())?;
-    default_route(pod, &addressing.gateway.addr().to_string())
+    add_address(pod, "eth0", addressing.ip.into())?;
+    default_route(pod, addressing.gateway.addr().into())
 }
 
 #[cfg(test)]
