@@ -3,7 +3,7 @@
 CARGO ?= cargo
 APT_PACKAGES := etcd-server etcd-client iproute2 nftables iptables protobuf-compiler iperf3 containernetworking-plugins iputils-ping
 
-.PHONY: deps build demo test bench bench-cni fmt clippy
+.PHONY: deps build demo test bench bench-cni bench-control fmt clippy
 
 # Installs what is missing (Debian), nothing when all is there.
 deps:
@@ -32,6 +32,12 @@ bench: deps
 # CNI ADD/DEL latency, weft-cni vs Debian's bridge + host-local, 100 containers each.
 bench-cni: deps
 	$(CARGO) test --release -p weft-cni --test bench -- --ignored --nocapture
+
+# Control-plane cost on one-host vxlan labs with 500, 5,000 and 20,000 leases in a real etcd:
+# convergence, one lease event, idle CPU, RSS, healing (LEASES=500,5000 to choose sizes).
+bench-control: deps
+	$(CARGO) build --release --workspace --bins
+	target/release/weft lab bench-control --leases $(or $(LEASES),500,5000,20000)
 
 fmt:
 	$(CARGO) fmt --all

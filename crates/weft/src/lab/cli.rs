@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 use weft_core::BackendKind;
 
 use super::error::{LabError, Result};
-use super::{iproute, BenchOptions, Lab, LabSpec, WeftdBinary};
+use super::{iproute, BenchOptions, ControlBenchOptions, Lab, LabSpec, WeftdBinary};
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
@@ -52,6 +52,9 @@ pub enum LabCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Control-plane cost on fresh one-host vxlan labs, one per lease count: convergence of N
+    /// leases, one lease added or deleted, idle CPU, RSS, healing of hand-deleted entries.
+    BenchControl(BenchControlArgs),
     /// Tear a lab down (idempotent).
     Down {
         #[arg(long, default_value = "weft", conflicts_with = "all")]
@@ -126,6 +129,34 @@ pub struct UpArgs {
     /// Seconds to wait for every host's subnet.env.
     #[arg(long, default_value_t = 30)]
     pub subnet_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchControlArgs {
+    /// The lab's name (rebuilt for each lease count).
+    #[arg(long, default_value = "bench-control")]
+    pub name: String,
+    /// Lease counts, one lab each.
+    #[arg(long, value_delimiter = ',', default_value = "500,5000,20000")]
+    pub leases: Vec<usize>,
+    /// Lease events after convergence (half adds, half deletes), each timed.
+    #[arg(long, default_value_t = 100)]
+    pub events: usize,
+    /// Hand deletions of each kind (neighbour, FDB entry, route) to time the healing of.
+    #[arg(long, default_value_t = 10)]
+    pub heal_runs: usize,
+    /// Seconds over which idle CPU is measured (reported per 10 s).
+    #[arg(long, default_value_t = 10)]
+    pub idle_seconds: u64,
+    /// The weftd binary (default: next to this executable, else PATH).
+    #[arg(long)]
+    pub weftd: Option<PathBuf>,
+    /// An extra argument for weftd (repeatable); none by default, so weftd reconciles at its
+    /// default interval.
+    #[arg(long = "weftd-arg", allow_hyphen_values = true)]
+    pub weftd_args: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl LabCommand {
@@ -230,6 +261,23 @@ impl LabCommand {
                 };
                 let report = Lab::open(&name)?.bench(&options)?;
                 if json {
+                    println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+                } else {
+                    print!("{report}");
+                }
+            }
+            LabCommand::BenchControl(args) => {
+                let options = ControlBenchOptions {
+                    name: args.name,
+                    leases: args.leases,
+                    events: args.events,
+                    heal_runs: args.heal_runs,
+                    idle: std::time::Duration::from_secs(args.idle_seconds),
+                    weftd: args.weftd.map(WeftdBinary::At).unwrap_or(WeftdBinary::Find),
+                    weftd_args: args.weftd_args,
+                };
+                let report = super::bench_control::run(&options, &mut |line| eprintln!("{line}"))?;
+                if args.json {
                     println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
                 } else {
                     print!("{report}");

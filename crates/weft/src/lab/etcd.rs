@@ -53,13 +53,8 @@ pub struct EtcdAccess {
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl EtcdAccess {
-    /// Runs one etcd operation on a fresh connection, on a thread inside the switch namespace.
-    fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
-    where
-        T: Send,
-        F: FnOnce(Client) -> Fut + Send,
-        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
-    {
+    /// TLS with the lab's client certificate, short connect and request timeouts.
+    pub(crate) fn connect_options(&self) -> Result<ConnectOptions> {
         let read = |p: &Path| std::fs::read(p).map_err(|e| LabError::io("reading certificate", p, e));
         let tls = TlsOptions::new()
             .ca_certificate(Certificate::from_pem(read(&self.certs.ca)?))
@@ -67,10 +62,20 @@ impl EtcdAccess {
                 read(&self.certs.client_cert)?,
                 read(&self.certs.client_key)?,
             ));
-        let options = ConnectOptions::new()
+        Ok(ConnectOptions::new()
             .with_tls(tls)
             .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(OP_TIMEOUT);
+            .with_timeout(OP_TIMEOUT))
+    }
+
+    /// Runs one etcd operation on a fresh connection, on a thread inside the switch namespace.
+    fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        T: Send,
+        F: FnOnce(Client) -> Fut + Send,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let options = self.connect_options()?;
         let endpoint = self.endpoint.clone();
         let what = what.to_string();
         in_netns(&self.ns, move || {

@@ -22,6 +22,7 @@
 //! ```
 
 mod bench;
+pub mod bench_control;
 mod certs;
 pub mod cli;
 mod error;
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use weft_core::{BackendKind, SubnetEnv};
 
 pub use bench::{BenchOptions, BenchReport};
+pub use bench_control::{ControlBenchOptions, ControlBenchReport, ControlBenchRow};
 pub use certs::CertPaths;
 pub use error::{LabError, Result};
 pub use etcd::EtcdAccess;
