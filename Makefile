@@ -35,9 +35,10 @@ bench-cni: deps
 
 # Control-plane cost on one-host vxlan labs with 500, 5,000 and 20,000 leases in a real etcd:
 # convergence, one lease event, idle CPU, RSS, healing (LEASES=500,5000 to choose sizes).
+LEASES ?= 500,5000,20000
 bench-control: deps
 	$(CARGO) build --release --workspace --bins
-	target/release/weft lab bench-control --leases $(or $(LEASES),500,5000,20000)
+	target/release/weft lab bench-control --leases $(LEASES)
 
 fmt:
 	$(CARGO) fmt --all

@@ -1278,7 +1278,7 @@ impl fmt::Display for ControlBenchReport {
                 fmt_latency(&row.add, true),
                 fmt_latency(&row.delete, false),
                 fmt_latency(&row.delete, true),
-                fmt_value(row.idle_cpu_ms, "ms"),
+                format!("{:.1} ms", row.idle_cpu_ms),
                 fmt_value(row.rss_before_mb, "MB"),
                 fmt_value(row.rss_after_mb, "MB"),
                 fmt_latency(&row.heal_neighbour, false),
