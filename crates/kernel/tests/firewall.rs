@@ -4,8 +4,11 @@
 //!
 //! Run: `cargo test -p weft-kernel --test firewall` as root.
 
+mod common;
+
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::{is_root, Netns};
 
 use weft_core::masq::{forward_rules, masq_rules};
 use weft_kernel::firewall::{
@@ -13,40 +16,9 @@ use weft_kernel::firewall::{
     InstalledChain,
 };
 
-struct Netns(String);
-
 impl Netns {
     fn new() -> Netns {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!(
-            "wtf-{:x}-{}-{:x}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            nanos & 0xffff
-        );
-        let status = Command::new("ip").args(["netns", "add", &name]).status().unwrap();
-        assert!(status.success(), "ip netns add {name} failed");
-        Netns(name)
-    }
-
-    /// Runs a command inside the namespace and returns its stdout; panics on failure.
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?} in {} failed: {}",
-            self.0,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        Netns::named("wtf")
     }
 
     /// Runs a command inside the namespace with `input` on its stdin; panics on failure.
@@ -94,20 +66,6 @@ impl Netns {
             .unwrap();
         out.status.success().then(|| String::from_utf8(out.stdout).unwrap())
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn is_root() -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    root
 }
 
 fn plan(pod: &str) -> FirewallPlan {
