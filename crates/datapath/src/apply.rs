@@ -1,7 +1,31 @@
 //! Applying a reconcile plan: the actions run one by one, a failed one does not stop the
 //! rest, and what happened is counted for the report and the error.
 
+use std::future::Future;
+
+use futures::StreamExt;
 use weft_kernel::netlink::NetlinkError;
+
+/// Netlink requests sent together when a plan has many independent actions, rather than one
+/// round trip each.
+pub const IN_FLIGHT: usize = 64;
+
+/// Runs the requests of independent actions (each yields its action and the kernel's answer)
+/// with several in flight, and tallies each outcome in plan order; a failure goes to `on_error`
+/// (to be logged) and is kept.
+pub async fn run_together<A, Fut>(
+    requests: impl Iterator<Item = Fut>,
+    effect: impl Fn(&A) -> Effect,
+    on_error: impl Fn(&A, &NetlinkError),
+    applied: &mut Applied,
+) where
+    Fut: Future<Output = (A, Result<(), NetlinkError>)>,
+{
+    let results: Vec<_> = futures::stream::iter(requests).buffered(IN_FLIGHT).collect().await;
+    for (action, result) in results {
+        applied.record(effect(&action), result, |e| on_error(&action, e));
+    }
+}
 
 /// Whether a set action creates an entry or corrects an existing one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,20 +12,16 @@ pub mod plan;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use futures::StreamExt;
 use ipnet::{IpNet, Ipv4Net};
 use weft_core::{Lease, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
 use weft_kernel::monitor::KernelEvent;
 use weft_kernel::netlink::{AddrFamily, Netlink, NetlinkError, RouteSpec};
 
-/// Netlink requests sent together when programming many routes.
-const IN_FLIGHT: usize = 64;
-
 use self::plan::{
     desired_routes, peer_of, peers_from_leases, plan, plan_route, route_of, Action, Change, LeaseSkip, Topology,
 };
-use crate::apply::{Applied, ApplyFailure, Effect};
+use crate::apply::{run_together, Applied, ApplyFailure};
 use crate::backend::{Backend, BackendError, LeaseChange, LeaseSet, Report};
 
 #[derive(Debug, thiserror::Error)]
@@ -185,30 +181,24 @@ impl HostGwBackend {
 
     /// Runs independent route changes, several requests in flight.
     async fn run(&self, actions: Vec<Action>) -> Applied {
-        let results = futures::stream::iter(actions.into_iter().map(|action| async move {
-            let result = match &action {
-                Action::SetRoute { spec, .. } => self.nl.replace_route(spec).await,
-                Action::DeleteRoute { spec, metric } => self.nl.delete_route_at_metric(spec, *metric).await,
-            };
-            (action, result)
-        }))
-        .buffered(IN_FLIGHT)
-        .collect::<Vec<_>>()
-        .await;
-        let mut applied = Applied::default();
-        for (action, result) in results {
+        for action in &actions {
             tracing::debug!(iface = %self.ext.name, "{action}");
-            let effect = match &action {
-                Action::SetRoute { change, .. } => Effect::Set(*change),
-                Action::DeleteRoute { .. } => Effect::Removed,
-            };
-            applied.record(
-                effect,
-                result,
-                |e| tracing::warn!(iface = %self.ext.name, "{action} failed: {e}"),
-            );
         }
+        let failed = |action: &Action, e: &NetlinkError| tracing::warn!(iface = %self.ext.name, "{action} failed: {e}");
+        let requests = actions.into_iter().map(|action| async move {
+            let result = self.apply(&action).await;
+            (action, result)
+        });
+        let mut applied = Applied::default();
+        run_together(requests, Action::effect, failed, &mut applied).await;
         applied
+    }
+
+    async fn apply(&self, action: &Action) -> Result<(), NetlinkError> {
+        match action {
+            Action::SetRoute { spec, .. } => self.nl.replace_route(spec).await,
+            Action::DeleteRoute { spec, metric } => self.nl.delete_route_at_metric(spec, *metric).await,
+        }
     }
 
     /// Records this node's lease (its route is cni0's business, never ours).

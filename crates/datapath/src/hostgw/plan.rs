@@ -98,6 +98,7 @@ pub fn plan_route(old: Option<RouteSpec>, new: Option<RouteSpec>) -> Option<Acti
 }
 
 pub use crate::apply::Change;
+use crate::apply::Effect;
 
 /// One kernel change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +107,16 @@ pub enum Action {
     SetRoute { spec: RouteSpec, change: Change },
     /// Delete the route at this metric.
     DeleteRoute { spec: RouteSpec, metric: u32 },
+}
+
+impl Action {
+    /// What the action does to the routing table when it succeeds.
+    pub fn effect(&self) -> Effect {
+        match self {
+            Action::SetRoute { change, .. } => Effect::Set(*change),
+            Action::DeleteRoute { .. } => Effect::Removed,
+        }
+    }
 }
 
 impl std::fmt::Display for Action {

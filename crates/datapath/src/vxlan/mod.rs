@@ -12,7 +12,6 @@ pub mod plan;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::StreamExt;
 use ipnet::{IpNet, Ipv4Net};
 use weft_core::config::VxlanOptions;
 use weft_core::{Lease, SubnetKey};
@@ -24,12 +23,9 @@ use self::plan::{
     desired_state, peer_entries, peer_of, peers_entries, peers_from_leases, plan_peer, plan_phases, Action,
     ActualState, Change, LeaseSkip, PeerEntries, Phases, Topology,
 };
-use crate::apply::{Applied, ApplyFailure, Effect};
+use crate::apply::{run_together, Applied, ApplyFailure};
 use crate::backend::LeaseChange;
 use crate::backend::{to_leases, Backend, BackendError, LeaseSet, Report};
-
-/// Netlink requests sent together when programming many entries.
-const IN_FLIGHT: usize = 64;
 
 /// VXLAN over IPv4 adds 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -404,29 +400,15 @@ impl VxlanBackend {
     async fn run(&self, phases: Phases) -> Applied {
         let mut applied = Applied::default();
         for phase in phases.into_phases() {
-            let results = futures::stream::iter(phase.into_iter().map(|action| async move {
+            for action in &phase {
+                tracing::debug!(device = %self.device_name(), "{action}");
+            }
+            let failed = |action: &Action, e: &NetlinkError| tracing::warn!(device = %self.device_name(), "{action} failed: {e}");
+            let requests = phase.into_iter().map(|action| async move {
                 let result = self.apply(&action).await;
                 (action, result)
-            }))
-            .buffered(IN_FLIGHT)
-            .collect::<Vec<_>>()
-            .await;
-            for (action, result) in results {
-                tracing::debug!(device = %self.device_name(), "{action}");
-                let effect = match action {
-                    Action::SetNeighbour { change, .. }
-                    | Action::SetFdb { change, .. }
-                    | Action::SetRoute { change, .. } => Effect::Set(change),
-                    Action::DeleteRoute { .. } | Action::DeleteNeighbour { .. } | Action::DeleteFdb { .. } => {
-                        Effect::Removed
-                    }
-                };
-                applied.record(
-                    effect,
-                    result,
-                    |e| tracing::warn!(device = %self.device_name(), "{action} failed: {e}"),
-                );
-            }
+            });
+            run_together(requests, Action::effect, failed, &mut applied).await;
         }
         applied
     }

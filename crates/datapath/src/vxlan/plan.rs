@@ -246,6 +246,7 @@ pub struct ActualState {
 }
 
 pub use crate::apply::Change;
+use crate::apply::Effect;
 
 /// One kernel change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +277,18 @@ pub enum Action {
         mac: [u8; 6],
         dst: IpAddr,
     },
+}
+
+impl Action {
+    /// What the action does to a kernel table when it succeeds.
+    pub fn effect(&self) -> Effect {
+        match self {
+            Action::SetNeighbour { change, .. } | Action::SetFdb { change, .. } | Action::SetRoute { change, .. } => {
+                Effect::Set(*change)
+            }
+            Action::DeleteRoute { .. } | Action::DeleteNeighbour { .. } | Action::DeleteFdb { .. } => Effect::Removed,
+        }
+    }
 }
 
 impl std::fmt::Display for Action {
@@ -332,95 +345,96 @@ pub fn plan(desired: &DesiredState, actual: &ActualState, topo: &Topology) -> Ve
 
 /// [`plan`], by phase.
 pub fn plan_phases(desired: &DesiredState, actual: &ActualState, topo: &Topology) -> Phases {
-    let mut route_deletes = Vec::new();
-    let mut sets = Vec::new();
-    let mut route_sets = Vec::new();
-    let mut deletes = Vec::new();
+    let mut phases = Phases::default();
+    plan_neighbours(desired, actual, &mut phases);
+    plan_fdb(desired, actual, &mut phases);
+    plan_routes(desired, actual, topo, &mut phases);
+    phases
+}
 
-    // Indexes of what the kernel has, so the plan costs O(n log n), not O(n^2).
-    let mut neigh_by_ip: BTreeMap<IpAddr, &Neighbour> = BTreeMap::new();
+/// Neighbours: only permanent entries are ours to delete; others belong to the kernel.
+fn plan_neighbours(desired: &DesiredState, actual: &ActualState, phases: &mut Phases) {
+    let mut by_ip: BTreeMap<IpAddr, &Neighbour> = BTreeMap::new();
     for n in &actual.neighbours {
-        neigh_by_ip.entry(n.ip).or_insert(n);
+        by_ip.entry(n.ip).or_insert(n);
     }
-    let mut fdb_by_mac: BTreeMap<[u8; 6], Vec<&FdbEntry>> = BTreeMap::new();
-    for e in actual.fdb.iter().filter(|e| e.dst.is_some()) {
-        fdb_by_mac.entry(e.mac).or_default().push(e);
-    }
-    let mut routes_by_dst: BTreeMap<IpNet, Vec<&RouteInfo>> = BTreeMap::new();
-    for r in &actual.routes {
-        routes_by_dst.entry(r.dst).or_default().push(r);
-    }
-
-    // Neighbours: only permanent entries are ours to delete; others belong to the kernel.
     for (ip, mac) in &desired.neighbours {
-        match neigh_by_ip.get(ip) {
-            Some(n) if n.mac == Some(*mac) && n.is_permanent() => {}
-            Some(_) => sets.push(Action::SetNeighbour {
-                ip: *ip,
-                mac: *mac,
-                change: Change::Replace,
-            }),
-            None => sets.push(Action::SetNeighbour {
-                ip: *ip,
-                mac: *mac,
-                change: Change::Add,
-            }),
-        }
+        let change = match by_ip.get(ip) {
+            Some(n) if n.mac == Some(*mac) && n.is_permanent() => continue,
+            Some(_) => Change::Replace,
+            None => Change::Add,
+        };
+        phases.sets.push(Action::SetNeighbour {
+            ip: *ip,
+            mac: *mac,
+            change,
+        });
     }
-    let mut seen_neigh = BTreeSet::new();
+    let mut seen = BTreeSet::new();
     for n in &actual.neighbours {
-        if n.is_permanent() && !desired.neighbours.contains_key(&n.ip) && seen_neigh.insert(n.ip) {
-            deletes.push(Action::DeleteNeighbour { ip: n.ip });
+        if n.is_permanent() && !desired.neighbours.contains_key(&n.ip) && seen.insert(n.ip) {
+            phases.deletes.push(Action::DeleteNeighbour { ip: n.ip });
         }
     }
+}
 
-    // FDB: a MAC whose remote is wrong gets it replaced; extra remotes are deleted.
-    for (mac, dst) in &desired.fdb {
-        let entries: &[&FdbEntry] = fdb_by_mac.get(mac).map_or(&[], |v| v.as_slice());
-        let exact = entries.iter().any(|e| e.dst == Some(*dst) && e.is_permanent());
-        if !exact {
-            let change = if entries.is_empty() {
-                Change::Add
-            } else {
-                Change::Replace
-            };
-            sets.push(Action::SetFdb {
-                mac: *mac,
-                dst: *dst,
-                change,
-            });
-        }
+/// FDB: a MAC whose remote is wrong gets it replaced; extra remotes are deleted.
+fn plan_fdb(desired: &DesiredState, actual: &ActualState, phases: &mut Phases) {
+    let mut by_mac: BTreeMap<[u8; 6], Vec<&FdbEntry>> = BTreeMap::new();
+    for e in actual.fdb.iter().filter(|e| e.dst.is_some()) {
+        by_mac.entry(e.mac).or_default().push(e);
     }
-    let mut seen_fdb = BTreeSet::new();
+    for (mac, dst) in &desired.fdb {
+        let entries: &[&FdbEntry] = by_mac.get(mac).map_or(&[], |v| v.as_slice());
+        if entries.iter().any(|e| e.dst == Some(*dst) && e.is_permanent()) {
+            continue;
+        }
+        let change = if entries.is_empty() {
+            Change::Add
+        } else {
+            Change::Replace
+        };
+        phases.sets.push(Action::SetFdb {
+            mac: *mac,
+            dst: *dst,
+            change,
+        });
+    }
+    let mut seen = BTreeSet::new();
     for e in &actual.fdb {
         let Some(dst) = e.dst else { continue };
         if !e.is_permanent() || desired.fdb.get(&e.mac) == Some(&dst) {
             continue;
         }
         // A wrong remote of a MAC we just replaced may already be gone; the delete then is a no-op.
-        if seen_fdb.insert((e.mac, dst)) {
-            deletes.push(Action::DeleteFdb { mac: e.mac, dst });
+        if seen.insert((e.mac, dst)) {
+            phases.deletes.push(Action::DeleteFdb { mac: e.mac, dst });
         }
     }
+}
 
-    // Routes: one per destination; ours that are not desired (or duplicate) go.
-    let ours: Vec<&RouteInfo> = actual.routes.iter().filter(|r| is_ours(r, topo)).collect();
+/// Routes: one per destination; ours that are not desired (or duplicate) go.
+fn plan_routes(desired: &DesiredState, actual: &ActualState, topo: &Topology, phases: &mut Phases) {
+    let mut by_dst: BTreeMap<IpNet, Vec<&RouteInfo>> = BTreeMap::new();
+    for r in &actual.routes {
+        by_dst.entry(r.dst).or_default().push(r);
+    }
     let mut kept = BTreeSet::new();
     for (dst, spec) in &desired.routes {
-        let at_dst: &[&RouteInfo] = routes_by_dst.get(dst).map_or(&[], |v| v.as_slice());
+        let at_dst: &[&RouteInfo] = by_dst.get(dst).map_or(&[], |v| v.as_slice());
         let matches = |r: &&RouteInfo| r.spec() == Some(*spec) && r.priority == 0 && is_ours(r, topo);
         if at_dst.iter().any(matches) {
             kept.insert(*dst);
             continue;
         }
         let exists = at_dst.iter().any(|r| r.priority == 0);
-        route_sets.push(Action::SetRoute {
+        phases.route_sets.push(Action::SetRoute {
             spec: *spec,
             change: if exists { Change::Replace } else { Change::Add },
         });
     }
     let mut kept_once = BTreeSet::new();
-    for r in &ours {
+    for r in actual.routes.iter().filter(|r| is_ours(r, topo)) {
         let spec = r.spec().expect("is_ours requires an oif");
         let wanted = desired.routes.get(&r.dst);
         let is_the_kept_one =
@@ -428,18 +442,11 @@ pub fn plan_phases(desired: &DesiredState, actual: &ActualState, topo: &Topology
         // A route at metric 0 to a desired destination is overwritten by the replace instead.
         let replaced_in_place = wanted.is_some() && r.priority == 0 && !kept.contains(&r.dst);
         if !is_the_kept_one && !replaced_in_place {
-            route_deletes.push(Action::DeleteRoute {
+            phases.route_deletes.push(Action::DeleteRoute {
                 spec,
                 metric: r.priority,
             });
         }
-    }
-
-    Phases {
-        route_deletes,
-        sets,
-        route_sets,
-        deletes,
     }
 }
 
