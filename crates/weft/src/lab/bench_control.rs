@@ -148,9 +148,13 @@ pub struct ControlBenchRow {
     pub idle_cpu_ms: f64,
     /// The same from the threads' schedstat (nanoseconds; threads that exited are not counted).
     pub idle_cpu_schedstat_ms: Option<f64>,
-    /// VmRSS after convergence, and after the lease events.
+    /// utime+stime over the idle window between convergence and the events.
+    pub idle_cpu_converged_ms: f64,
+    /// VmRSS after convergence, and after the lease events (each after an idle window).
     pub rss_before_mb: f64,
     pub rss_after_mb: f64,
+    /// VmHWM at the end of the events: the peak, convergence included.
+    pub rss_peak_mb: f64,
     /// From a hand deletion returning to the entry's notification that it is back.
     pub heal_neighbour: Latencies,
     pub heal_fdb: Latencies,
@@ -227,22 +231,27 @@ fn run_size(options: &ControlBenchOptions, n: usize, progress: &mut dyn FnMut(&s
     row.converge_cpu_ms = cpu_ms(pid)?;
     progress(&format!("{n} leases: converged in {}", fmt_value(row.converge_ms, "s")));
 
+    // Both RSS readings follow an idle window, which holds a periodic full reconcile (every 10 s
+    // by default): its transient allocations then count on both sides, and only what the
+    // events themselves keep shows as growth.
     std::thread::sleep(SETTLE);
+    row.idle_cpu_converged_ms = idle_cpu(pid, options.idle)?.0;
     row.rss_before_mb = rss_mb(pid)?;
     let index = device_index(&host_ns)?;
     let events = lease_events(&etcd, &watcher, &peers, n, options.events / 2, index, &weftd)?;
     (row.add, row.delete) = (events.add, events.delete);
     (row.add_from_request, row.delete_from_request) = (events.add_from_request, events.delete_from_request);
     row.etcd_put_ms = events.etcd_put_ms;
-    std::thread::sleep(SETTLE);
-    row.rss_after_mb = rss_mb(pid)?;
     progress(&format!(
         "{n} leases: add median {}, delete median {}",
         fmt_ms(row.add.median_ms),
         fmt_ms(row.delete.median_ms)
     ));
 
+    std::thread::sleep(SETTLE);
     (row.idle_cpu_ms, row.idle_cpu_schedstat_ms) = idle_cpu(pid, options.idle)?;
+    row.rss_after_mb = rss_mb(pid)?;
+    row.rss_peak_mb = rss_peak_mb(pid)?;
     progress(&format!("{n} leases: idle CPU {:.1} ms per 10 s", row.idle_cpu_ms));
 
     let heal = Heal {
@@ -1056,16 +1065,25 @@ impl Weftd<'_> {
 
 /// VmRSS in MB (10^6 bytes).
 fn rss_mb(pid: u32) -> Result<f64> {
+    status_kb(pid, "VmRSS:").map(|kb| kb * 1024.0 / 1e6)
+}
+
+/// A "<field> <n> kB" line of /proc/<pid>/status.
+fn status_kb(pid: u32, field: &str) -> Result<f64> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).map_err(|e| LabError::io("reading", &path, e))?;
     text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb * 1024.0 / 1e6)
         .ok_or_else(|| LabError::Parse {
             what: path,
-            detail: "no VmRSS line".into(),
+            detail: format!("no {field} line"),
         })
+}
+
+/// VmHWM (the peak RSS) in MB.
+fn rss_peak_mb(pid: u32) -> Result<f64> {
+    status_kb(pid, "VmHWM:").map(|kb| kb * 1024.0 / 1e6)
 }
 
 /// utime + stime in milliseconds (/proc/<pid>/stat, clock ticks).
@@ -1233,9 +1251,11 @@ impl fmt::Display for ControlBenchReport {
             f,
             "add/delete: {} leases added then deleted one at a time, from etcd's watch event (the bench watches too) \
              to the route's notification; heal: median of {} hand deletions each, from the delete's return to the \
-             entry's notification; idle CPU: utime+stime over {:.0} s, per 10 s; RSS: VmRSS, MB = 10^6 bytes",
+             entry's notification; idle CPU: utime+stime over {:.0} s after the events, per 10 s; RSS: VmRSS \
+             (MB = 10^6 bytes) after an idle window of {:.0} s before and after the events",
             self.events / 2,
             self.heal_runs,
+            self.idle_seconds,
             self.idle_seconds
         )?;
         writeln!(
@@ -1299,13 +1319,16 @@ impl fmt::Display for ControlBenchReport {
             .map(|r| {
                 format!(
                     "{}: weftd CPU until converged {}; from the request sent (etcd's commit included) add p50 {}, \
-                     delete p50 {}; etcd put round trip p50 {}; idle CPU from schedstat {}",
+                     delete p50 {}; etcd put round trip p50 {}; idle CPU from schedstat {}, before the events {:.1} ms; \
+                     peak RSS {}",
                     thousands(r.leases),
                     fmt_value(r.converge_cpu_ms, "s"),
                     fmt_ms(r.add_from_request.median_ms),
                     fmt_ms(r.delete_from_request.median_ms),
                     fmt_ms(r.etcd_put_ms),
-                    fmt_ms(r.idle_cpu_schedstat_ms)
+                    fmt_ms(r.idle_cpu_schedstat_ms),
+                    r.idle_cpu_converged_ms,
+                    fmt_value(r.rss_peak_mb, "MB")
                 )
             })
             .collect();
