@@ -48,6 +48,10 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// dumps do not compete with weftd while it is programming.
 const QUIET: Duration = Duration::from_millis(300);
 const ETCD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a wait checks that weftd still runs.
+const ALIVE_EVERY: Duration = Duration::from_millis(500);
+/// At most this many queued notifications are dropped before an action is timed.
+const DRAIN_MAX: usize = 1_000_000;
 
 #[derive(Debug, Clone)]
 pub struct ControlBenchOptions {
@@ -526,7 +530,7 @@ impl KernelWatcher {
 
     /// Forgets what arrived so far (before an action whose effect is to be timed).
     fn drain(&self) {
-        while self.rx.try_recv().is_ok() {}
+        self.rx.try_iter().take(DRAIN_MAX).for_each(drop);
     }
 
     /// The next notification before `deadline`; None when the deadline passed.
@@ -548,14 +552,19 @@ impl KernelWatcher {
         weftd: &Weftd,
         mut matches: impl FnMut(&KernelEvent) -> bool,
     ) -> Result<Option<Instant>> {
-        loop {
-            match self.next(deadline.min(Instant::now() + Duration::from_millis(500)))? {
-                Some((at, event)) if matches(&event) => return Ok(Some(at)),
-                Some(_) => {}
-                None if Instant::now() >= deadline => return Ok(None),
-                None => weftd.check_alive()?,
+        let mut checked = Instant::now();
+        while Instant::now() < deadline {
+            if let Some((at, event)) = self.next(deadline.min(Instant::now() + ALIVE_EVERY))? {
+                if matches(&event) {
+                    return Ok(Some(at));
+                }
+            }
+            if checked.elapsed() >= ALIVE_EVERY {
+                weftd.check_alive()?;
+                checked = Instant::now();
             }
         }
+        Ok(None)
     }
 }
 
@@ -658,37 +667,44 @@ fn wait_all_in_kernel(
     let index = device_index(ns).unwrap_or(0);
     let mut tracker = Tracker::new(expected, index);
     let mut last_entry = since;
+    // The last relevant notification or table read: the tables are read once this is QUIET old.
+    let mut looked = since;
+    // A table read is costly (N entries): at most one per QUIET, also to confirm the count.
+    let mut read: Option<Instant> = None;
     let n = expected.len();
     loop {
-        match watcher.next(deadline.min(Instant::now() + QUIET))? {
-            Some((at, event)) => {
-                if tracker.observe(&event) {
-                    last_entry = at;
-                    if tracker.complete() && is_complete(count_in_kernel(ns, expected)?, n) {
+        if let Some((at, event)) = watcher.next(deadline.min(Instant::now() + QUIET))? {
+            if tracker.observe(&event) {
+                (last_entry, looked) = (at, at);
+                if tracker.complete() && read.is_none_or(|r| r.elapsed() >= QUIET) {
+                    read = Some(Instant::now());
+                    if is_complete(count_in_kernel(ns, expected)?, n) {
                         return Ok(AllIn { at, exact: true });
                     }
                 }
             }
-            None => {
-                weftd.check_alive()?;
-                let counts = count_in_kernel(ns, expected)?;
-                if is_complete(counts, n) {
-                    return Ok(AllIn {
-                        at: last_entry,
-                        exact: false,
-                    });
-                }
-                if Instant::now() >= deadline {
-                    return Err(LabError::Timeout {
-                        what: format!("{n} routes, neighbours and FDB entries on {DEVICE} in {ns}"),
-                        seconds: within.as_secs(),
-                        detail: format!(
-                            " (the kernel holds {counts:?}; notifications counted {:?})",
-                            tracker.counts()
-                        ),
-                    });
-                }
+            if Instant::now() < deadline && looked.elapsed() < QUIET {
+                continue;
             }
+        }
+        weftd.check_alive()?;
+        let counts = count_in_kernel(ns, expected)?;
+        (looked, read) = (Instant::now(), Some(Instant::now()));
+        if is_complete(counts, n) {
+            return Ok(AllIn {
+                at: last_entry,
+                exact: false,
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout {
+                what: format!("{n} routes, neighbours and FDB entries on {DEVICE} in {ns}"),
+                seconds: within.as_secs(),
+                detail: format!(
+                    " (the kernel holds {counts:?}; notifications counted {:?})",
+                    tracker.counts()
+                ),
+            });
         }
     }
 }
@@ -990,12 +1006,12 @@ impl EtcdSession {
     }
 
     fn drain_watched(&self) {
-        while self.watched.try_recv().is_ok() {}
+        self.watched.try_iter().take(DRAIN_MAX).for_each(drop);
     }
 
     /// When the watch reported `key` changed, waiting until `deadline` at most.
     fn watched(&self, key: &str, deadline: Instant) -> Option<Instant> {
-        loop {
+        while Instant::now() < deadline {
             let wait = deadline.saturating_duration_since(Instant::now());
             match self.watched.recv_timeout(wait) {
                 Ok((at, k)) if k == key => return Some(at),
@@ -1003,6 +1019,7 @@ impl EtcdSession {
                 Err(_) => return None,
             }
         }
+        None
     }
 }
 
