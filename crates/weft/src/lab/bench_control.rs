@@ -691,9 +691,10 @@ fn wait_all_in_kernel(
         let counts = count_in_kernel(ns, expected)?;
         (looked, read) = (Instant::now(), Some(Instant::now()));
         if is_complete(counts, n) {
+            // The notifications' count agreeing means the last of them completed the set.
             return Ok(AllIn {
                 at: last_entry,
-                exact: false,
+                exact: tracker.complete(),
             });
         }
         if Instant::now() >= deadline {
