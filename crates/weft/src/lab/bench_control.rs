@@ -1269,7 +1269,8 @@ impl fmt::Display for ControlBenchReport {
             f,
             "add/delete: {} leases added then deleted one at a time, from etcd's watch event (the bench watches too) \
              to the route's notification; heal: median of {} hand deletions each, from the delete's return to the \
-             entry's notification; idle CPU: utime+stime over {:.0} s after the events, per 10 s; RSS: VmRSS \
+             entry's notification; idle CPU: utime+stime (10 ms ticks; in brackets the threads' schedstat, in ns) \
+             over {:.0} s after the events, per 10 s; RSS: VmRSS \
              (MB = 10^6 bytes) after an idle window of {:.0} s before and after the events",
             self.events / 2,
             self.heal_runs,
@@ -1289,7 +1290,7 @@ impl fmt::Display for ControlBenchReport {
             "add p90",
             "delete p50",
             "delete p90",
-            "idle CPU / 10 s",
+            "idle CPU / 10 s (schedstat)",
             "RSS converged",
             "RSS after events",
             "heal neighbour",
@@ -1316,7 +1317,10 @@ impl fmt::Display for ControlBenchReport {
                 fmt_latency(&row.add, true),
                 fmt_latency(&row.delete, false),
                 fmt_latency(&row.delete, true),
-                format!("{:.1} ms", row.idle_cpu_ms),
+                match row.idle_cpu_schedstat_ms {
+                    Some(precise) => format!("{:.0} ms ({precise:.1} ms)", row.idle_cpu_ms),
+                    None => format!("{:.0} ms", row.idle_cpu_ms),
+                },
                 fmt_value(row.rss_before_mb, "MB"),
                 fmt_value(row.rss_after_mb, "MB"),
                 fmt_latency(&row.heal_neighbour, false),
@@ -1337,14 +1341,12 @@ impl fmt::Display for ControlBenchReport {
             .map(|r| {
                 format!(
                     "{}: weftd CPU until converged {}; from the request sent (etcd's commit included) add p50 {}, \
-                     delete p50 {}; etcd put round trip p50 {}; idle CPU from schedstat {}, before the events {:.1} ms; \
-                     peak RSS {}",
+                     delete p50 {}; etcd put round trip p50 {}; idle CPU before the events {:.0} ms; peak RSS {}",
                     thousands(r.leases),
                     fmt_value(r.converge_cpu_ms, "s"),
                     fmt_ms(r.add_from_request.median_ms),
                     fmt_ms(r.delete_from_request.median_ms),
                     fmt_ms(r.etcd_put_ms),
-                    fmt_ms(r.idle_cpu_schedstat_ms),
                     r.idle_cpu_converged_ms,
                     fmt_value(r.rss_peak_mb, "MB")
                 )
