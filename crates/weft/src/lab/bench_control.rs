@@ -48,6 +48,8 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// dumps do not compete with weftd while it is programming.
 const QUIET: Duration = Duration::from_millis(300);
 const ETCD_TIMEOUT: Duration = Duration::from_secs(30);
+/// weftd's default --reconcile-interval.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
 /// How often a wait checks that weftd still runs.
 const ALIVE_EVERY: Duration = Duration::from_millis(500);
 /// At most this many queued notifications are dropped before an action is timed.
@@ -63,7 +65,8 @@ pub struct ControlBenchOptions {
     pub events: usize,
     /// Hand deletions of each kind (neighbour, FDB entry, route).
     pub heal_runs: usize,
-    /// How long weftd's idle CPU is sampled (reported per 10 s).
+    /// How long weftd's idle CPU is sampled after the events (reported per 10 s). Several
+    /// reconcile intervals: a window of one interval holds one periodic full reconcile or two.
     pub idle: Duration,
     pub weftd: WeftdBinary,
     /// Extra weftd arguments; none by default, so weftd runs with its default reconcile interval.
@@ -77,7 +80,7 @@ impl Default for ControlBenchOptions {
             leases: vec![500, 5_000, 20_000],
             events: 100,
             heal_runs: 10,
-            idle: Duration::from_secs(10),
+            idle: Duration::from_secs(30),
             weftd: WeftdBinary::Find,
             weftd_args: Vec::new(),
         }
@@ -152,7 +155,8 @@ pub struct ControlBenchRow {
     pub idle_cpu_ms: f64,
     /// The same from the threads' schedstat (nanoseconds; threads that exited are not counted).
     pub idle_cpu_schedstat_ms: Option<f64>,
-    /// utime+stime over the idle window between convergence and the events.
+    /// utime+stime over the idle window (one reconcile interval) between convergence and the
+    /// events, per 10 s.
     pub idle_cpu_converged_ms: f64,
     /// VmRSS after convergence, and after the lease events (each after an idle window).
     pub rss_before_mb: f64,
@@ -239,7 +243,7 @@ fn run_size(options: &ControlBenchOptions, n: usize, progress: &mut dyn FnMut(&s
     // by default): its transient allocations then count on both sides, and only what the
     // events themselves keep shows as growth.
     std::thread::sleep(SETTLE);
-    row.idle_cpu_converged_ms = idle_cpu(pid, options.idle)?.0;
+    row.idle_cpu_converged_ms = idle_cpu(pid, options.idle.min(RECONCILE_INTERVAL))?.0;
     row.rss_before_mb = rss_mb(pid)?;
     let index = device_index(&host_ns)?;
     let events = lease_events(&etcd, &watcher, &peers, n, options.events / 2, index, &weftd)?;
@@ -1270,11 +1274,10 @@ impl fmt::Display for ControlBenchReport {
             "add/delete: {} leases added then deleted one at a time, from etcd's watch event (the bench watches too) \
              to the route's notification; heal: median of {} hand deletions each, from the delete's return to the \
              entry's notification; idle CPU: utime+stime (10 ms ticks; in brackets the threads' schedstat, in ns) \
-             over {:.0} s after the events, per 10 s; RSS: VmRSS \
-             (MB = 10^6 bytes) after an idle window of {:.0} s before and after the events",
+             over {:.0} s after the events, per 10 s; RSS: VmRSS (MB = 10^6 bytes) after an idle window before \
+             and after the events",
             self.events / 2,
             self.heal_runs,
-            self.idle_seconds,
             self.idle_seconds
         )?;
         writeln!(

@@ -145,8 +145,8 @@ pub struct BenchControlArgs {
     /// Hand deletions of each kind (neighbour, FDB entry, route) to time the healing of.
     #[arg(long, default_value_t = 10)]
     pub heal_runs: usize,
-    /// Seconds over which idle CPU is measured (reported per 10 s).
-    #[arg(long, default_value_t = 10)]
+    /// Seconds over which idle CPU is measured after the events (reported per 10 s).
+    #[arg(long, default_value_t = 30)]
     pub idle_seconds: u64,
     /// The weftd binary (default: next to this executable, else PATH).
     #[arg(long)]
