@@ -94,17 +94,14 @@ impl LeaseBook {
 
     /// The book of a full listing of the subnets directory `dir`.
     pub fn from_listing(cfg: &NetworkConfig, dir: &str, stored: &[StoredKey], revision: i64) -> Self {
-        let records: Vec<LeaseRecord> = stored
+        let records: Vec<Arc<LeaseRecord>> = stored
             .iter()
             .filter_map(|s| {
-                Some(LeaseRecord::parse(
-                    s.key.strip_prefix(dir)?,
-                    &s.value,
-                    s.create_revision,
-                ))
+                let name = s.key.strip_prefix(dir)?;
+                Some(Arc::new(LeaseRecord::parse(name, &s.value, s.create_revision)))
             })
             .collect();
-        let snap_records = records.iter().map(|r| (r.name.clone(), Arc::new(r.clone()))).collect();
+        let snap_records = records.iter().map(|r| (r.name.clone(), r.clone())).collect();
         let admitter = Admitter::from_records(cfg, records);
         let admission = admitter.admission();
         LeaseBook {
@@ -121,8 +118,8 @@ impl LeaseBook {
 
     /// A record was written.
     pub fn put(&mut self, name: &str, value: &[u8], created: i64) {
-        let record = LeaseRecord::parse(name, value, created);
-        self.snap.records.insert(name.to_string(), Arc::new(record.clone()));
+        let record = Arc::new(LeaseRecord::parse(name, value, created));
+        self.snap.records.insert(name.to_string(), record.clone());
         let decisions = self.admitter.put(record);
         self.apply(decisions);
     }

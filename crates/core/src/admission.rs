@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -135,7 +136,7 @@ pub struct Admission {
 /// subnet, PublicIP, PublicIPv6 and (vxlan) VtepMAC oldest first; a record that claims anything
 /// an older one holds is refused, naming the holder.
 pub fn admit<'a>(cfg: &NetworkConfig, records: impl IntoIterator<Item = &'a LeaseRecord>) -> Admission {
-    Admitter::from_records(cfg, records.into_iter().cloned()).admission()
+    Admitter::from_records(cfg, records.into_iter().map(|r| Arc::new(r.clone()))).admission()
 }
 
 /// [`admit`] kept up to date record by record. A change re-decides only the records that share a
@@ -152,8 +153,9 @@ pub struct Admitter {
 #[derive(Debug, Clone)]
 struct Entry {
     created: i64,
-    /// The parsed lease and its claims, when the record passes its own checks.
-    valid: Option<(Lease, Vec<Claim>)>,
+    /// The record (shared with whoever keeps the records) and its claims, when it passes its
+    /// own checks.
+    valid: Option<(Arc<LeaseRecord>, Vec<Claim>)>,
     outcome: Result<(), Refusal>,
 }
 
@@ -161,7 +163,10 @@ impl Entry {
     /// The admitted lease, or the refusal.
     fn decision(&self) -> (Option<(SubnetKey, &LeaseAttrs)>, Option<&Refusal>) {
         match (&self.outcome, &self.valid) {
-            (Ok(()), Some((lease, _))) => (Some((lease.subnet, &lease.attrs)), None),
+            (Ok(()), Some((record, _))) => match &record.parsed {
+                Ok(lease) => (Some((lease.subnet, &lease.attrs)), None),
+                Err(_) => (None, None),
+            },
             (Err(r), _) => (None, Some(r)),
             (Ok(()), None) => (None, None),
         }
@@ -193,39 +198,40 @@ impl Admitter {
     }
 
     /// The admission of a whole listing, decided in one pass.
-    pub fn from_records(cfg: &NetworkConfig, records: impl IntoIterator<Item = LeaseRecord>) -> Self {
+    pub fn from_records(cfg: &NetworkConfig, records: impl IntoIterator<Item = Arc<LeaseRecord>>) -> Self {
         let mut admitter = Admitter::new(cfg);
         let mut valid = BTreeSet::new();
         for record in records {
-            let entry = admitter.entry(record.parsed, record.created);
+            let entry = admitter.entry(&record);
             if let Some((_, claims)) = &entry.valid {
                 for claim in claims {
                     admitter.claim(*claim, entry.created, &record.name);
                 }
                 valid.insert((entry.created, record.name.clone()));
             }
-            admitter.records.insert(record.name, entry);
+            admitter.records.insert(record.name.clone(), entry);
         }
         admitter.decide(&valid);
         admitter
     }
 
     /// A record was written (created or changed).
-    pub fn put(&mut self, record: LeaseRecord) -> Decisions {
-        let entry = self.entry(record.parsed, record.created);
+    pub fn put(&mut self, record: Arc<LeaseRecord>) -> Decisions {
+        let entry = self.entry(&record);
         self.replace(&record.name, Some(entry))
     }
 
-    fn entry(&self, parsed: Result<Lease, Refusal>, created: i64) -> Entry {
-        let (outcome, valid) = match parsed.and_then(|l| check(&self.cfg, &l).map(|mac| (l, mac))) {
-            Ok((lease, mac)) => {
-                let claims = claims(&lease, mac);
-                (Ok(()), Some((lease, claims)))
-            }
+    fn entry(&self, record: &Arc<LeaseRecord>) -> Entry {
+        let checked = match &record.parsed {
+            Ok(lease) => check(&self.cfg, lease).map(|mac| claims(lease, mac)),
+            Err(reason) => Err(reason.clone()),
+        };
+        let (outcome, valid) = match checked {
+            Ok(claims) => (Ok(()), Some((record.clone(), claims))),
             Err(reason) => (Err(reason), None),
         };
         Entry {
-            created,
+            created: record.created,
             valid,
             outcome,
         }

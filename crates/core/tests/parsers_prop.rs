@@ -269,7 +269,7 @@ proptest! {
             let decisions = match step {
                 Ok(r) => {
                     records.insert(r.name.clone(), r.clone());
-                    admitter.put(r)
+                    admitter.put(std::sync::Arc::new(r))
                 }
                 Err(name) => {
                     records.remove(&name);

@@ -42,6 +42,8 @@ pub enum KernelEvent {
         index: u32,
         entry: FdbEntry,
     },
+    /// Notifications were lost (the receive buffer overflowed): compare everything again.
+    Overrun,
 }
 
 /// Subscribes, in the calling thread's network namespace, to link, route (IPv4 and IPv6) and
@@ -64,10 +66,14 @@ pub fn subscribe() -> Result<mpsc::UnboundedReceiver<KernelEvent>, NetlinkError>
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some((msg, _)) = messages.next().await {
-            let NetlinkPayload::InnerMessage(msg) = msg.payload else {
-                continue;
+            let event = match msg.payload {
+                NetlinkPayload::InnerMessage(msg) => decode(msg),
+                // The socket's buffer filled up: changes were lost and only a full comparison
+                // can tell which.
+                NetlinkPayload::Overrun(_) => Some(KernelEvent::Overrun),
+                _ => None,
             };
-            if let Some(event) = decode(msg) {
+            if let Some(event) = event {
                 if tx.send(event).is_err() {
                     return;
                 }

@@ -52,8 +52,9 @@ pub struct Flags {
     /// weft: port serving Prometheus /metrics (0 = off; /metrics is also served on the healthz port).
     #[arg(long, env = "WEFTD_METRICS_PORT", default_value_t = 0)]
     pub metrics_port: u16,
-    /// weft: seconds between reconciles of the kernel state with the leases.
-    #[arg(long, env = "WEFTD_RECONCILE_INTERVAL", default_value_t = 10)]
+    /// weft: seconds between full comparisons of the kernel state with the leases (lease events
+    /// and kernel notifications are applied as they come; this is the safety net).
+    #[arg(long, env = "WEFTD_RECONCILE_INTERVAL", default_value_t = 60)]
     pub reconcile_interval: u64,
     /// weft: seconds etcd may be unreachable before /healthz reports unhealthy.
     #[arg(long, env = "WEFTD_HEALTHZ_ETCD_GRACE", default_value_t = 60)]

@@ -22,7 +22,7 @@ use self::plan::{
     desired_routes, peer_of, peers_from_leases, plan, plan_route, route_of, Action, Change, LeaseSkip, Topology,
 };
 use crate::apply::{run_together, Applied, ApplyFailure};
-use crate::backend::{Backend, BackendError, LeaseChange, LeaseSet, Report};
+use crate::backend::{to_leases, Backend, BackendError, LeaseChange, LeaseSet, Report};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostGwError {
@@ -273,7 +273,12 @@ impl Backend for HostGwBackend {
         self.apply_changes(changes).await.map_err(BackendError::new)
     }
 
-    async fn kernel_changed(&mut self, event: &KernelEvent, _all: &LeaseSet) -> Result<Report, BackendError> {
+    async fn kernel_changed(&mut self, event: &KernelEvent, all: &LeaseSet) -> Result<Report, BackendError> {
+        if let KernelEvent::Overrun = event {
+            return HostGwBackend::reconcile(self, &to_leases(all))
+                .await
+                .map_err(BackendError::new);
+        }
         self.repair(event).await.map_err(BackendError::new)
     }
 }

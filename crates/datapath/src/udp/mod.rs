@@ -450,6 +450,7 @@ impl Backend for UdpBackend {
             KernelEvent::LinkGone(link) => link.index == device,
             KernelEvent::LinkChanged(link) => link.index == device && !link.up,
             KernelEvent::RouteGone(route) => route.oif == Some(device),
+            KernelEvent::Overrun => true,
             _ => false,
         };
         if !ours {

@@ -276,19 +276,10 @@ impl VxlanBackend {
     /// Repairs what someone else changed, from one kernel notification: an entry weft installed
     /// that was deleted or altered is put back; a deleted device is created again with every
     /// entry. Notifications of weft's own changes match the cache and cost nothing.
-    pub async fn repair(&mut self, event: &KernelEvent, leases: &[Lease]) -> Result<Report, VxlanError> {
+    pub async fn repair(&mut self, event: &KernelEvent) -> Result<Report, VxlanError> {
         let index = self.device.index;
         let mut phases = Phases::default();
         match event {
-            KernelEvent::LinkGone(link) if link.index == index => return self.reconcile(leases).await,
-            KernelEvent::LinkChanged(link) if link.index == index && (!link.up || link.mac != Some(self.vtep_mac)) => {
-                self.ensure_device().await?;
-                return Ok(Report {
-                    replaced: 1,
-                    peers: self.installed.len(),
-                    ..Report::default()
-                });
-            }
             KernelEvent::NeighbourGone { index: i, neighbour } if *i == index => {
                 if let Some(mac) = self.installed_neighbour(neighbour.ip) {
                     let ip = neighbour.ip;
@@ -357,6 +348,21 @@ impl VxlanBackend {
         }
         applied.result().map_err(VxlanError::Apply)?;
         Ok(report)
+    }
+
+    /// Whether `event` says the device is gone, was replaced or altered, or notifications were
+    /// lost: what only a full reconcile repairs.
+    pub fn device_changed(&self, event: &KernelEvent) -> bool {
+        let name = self.device_name();
+        match event {
+            KernelEvent::Overrun => true,
+            KernelEvent::LinkGone(link) => link.index == self.device.index || link.name == name,
+            KernelEvent::LinkChanged(link) if link.index == self.device.index => {
+                !link.up || link.mac != Some(self.vtep_mac)
+            }
+            KernelEvent::LinkChanged(link) => link.name == name,
+            _ => false,
+        }
     }
 
     fn installed_neighbour(&self, ip: IpAddr) -> Option<[u8; 6]> {
@@ -454,12 +460,22 @@ impl Backend for VxlanBackend {
         self.apply_changes(changes).await.map_err(BackendError::new)
     }
 
+    /// The device gone, recreated by someone else or altered, a repair that found no device,
+    /// or lost notifications: everything is compared again. Anything else is repaired alone.
     async fn kernel_changed(&mut self, event: &KernelEvent, all: &LeaseSet) -> Result<Report, BackendError> {
-        let leases = match event {
-            KernelEvent::LinkGone(_) => to_leases(all),
-            _ => Vec::new(),
-        };
-        self.repair(event, &leases).await.map_err(BackendError::new)
+        if self.device_changed(event) {
+            return VxlanBackend::reconcile(self, &to_leases(all))
+                .await
+                .map_err(BackendError::new);
+        }
+        match self.repair(event).await {
+            Err(VxlanError::Apply(failure)) if failure.first.errno() == Some(libc::ENODEV) => {
+                VxlanBackend::reconcile(self, &to_leases(all))
+                    .await
+                    .map_err(BackendError::new)
+            }
+            other => other.map_err(BackendError::new),
+        }
     }
 }
 
