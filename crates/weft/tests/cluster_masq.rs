@@ -19,7 +19,6 @@ fn iptables_mode_installs_flannels_rules_and_masquerades_egress() {
         .unwrap()
         .contains("FLANNEL_IPMASQ=true\n"));
 
-    let masq = host_out(&lab, 1, &["iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"]);
     let expected = format!(
         "-N FLANNEL-POSTRTG
 -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"flanneld masq\" -j RETURN
@@ -30,7 +29,10 @@ fn iptables_mode_installs_flannels_rules_and_masquerades_egress() {
 -A FLANNEL-POSTRTG ! -s 10.5.0.0/16 -d 10.5.0.0/16 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully
 "
     );
-    assert_eq!(masq, expected);
+    // weftd installs the rules from its firewall thread just after it holds the lease.
+    let masq = || host_out(&lab, 1, &["iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"]);
+    wait_until(Duration::from_secs(10), || masq() == expected);
+    assert_eq!(masq(), expected);
     let hook = host_out(&lab, 1, &["iptables", "-t", "nat", "-S", "POSTROUTING"]);
     assert!(
         hook.contains("-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG"),
@@ -73,7 +75,9 @@ fn nftables_mode_installs_the_flannel_table_and_masquerades_egress() {
     spec.nftables = true;
     let lab = up(spec);
     let pod = lab.subnet_env(2).unwrap().subnet.trunc();
-    let table = host_out(&lab, 2, &["nft", "list", "table", "ip", "flannel-ipv4"]);
+    let list = || host_out(&lab, 2, &["nft", "list", "table", "ip", "flannel-ipv4"]);
+    wait_until(Duration::from_secs(10), || list().contains("chain postrtg"));
+    let table = list();
     assert!(table.contains("chain postrtg"), "{table}");
     assert!(table.contains("type nat hook postrouting priority srcnat"), "{table}");
     assert!(
