@@ -38,6 +38,28 @@ fn weft_leases_lists_every_node_and_a_dead_etcd_is_a_clear_error() {
         );
         assert!(line.contains(&vtep_mac(&lab, node)), "{line}");
     }
+    assert!(
+        !text.contains("REFUSED"),
+        "nothing refused in a healthy cluster:\n{text}"
+    );
+
+    // A record claiming node 2's VtepMAC is listed as refused, naming the lease that holds it.
+    let mac2 = vtep_mac(&lab, 2);
+    let rogue = format!(
+        r#"{{"PublicIP":"198.51.100.77","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac2}"}}}}"#
+    );
+    lab.etcd_put("/coreos.com/network/subnets/10.5.250.0-24", &rogue)
+        .unwrap();
+    let out = weft_in_host(&lab, 1, &args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let holder = lab.subnet_env(2).unwrap().subnet.trunc().network().to_string();
+    assert!(
+        text.contains(&format!(
+            "lease 10.5.250.0-24 refused: its VtepMAC {mac2} is already held by the older lease {holder}-24"
+        )),
+        "{text}"
+    );
+    assert!(lab.etcd_delete("/coreos.com/network/subnets/10.5.250.0-24").unwrap());
 
     let mut dead = vec!["leases", "--etcd-endpoints=https://198.51.100.254:2999"];
     dead.extend(tls.iter().map(String::as_str));
