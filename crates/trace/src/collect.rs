@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
 use weft_core::{Lease, SubnetEnv};
-use weft_kernel::netlink::{parse_mac, AddrFamily, Netlink};
+use weft_kernel::netlink::{AddrFamily, Netlink};
 
 use crate::facts::{Facts, Leases, Lookup, SubnetFile};
 use crate::{TraceError, TraceOptions};
@@ -118,11 +118,7 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
         .filter(|(_, n)| n.ip == next_hop)
         .filter_map(|(_, n)| n.mac)
         .collect();
-    if let Some(mac) = owner
-        .and_then(|l| l.attrs.backend_data.get("VtepMAC"))
-        .and_then(|v| v.as_str())
-        .and_then(parse_mac)
-    {
+    if let Some(mac) = owner.and_then(|l| l.attrs.vtep_mac()) {
         macs.push(mac);
     }
     for e in fdb.iter().filter(|e| macs.contains(&e.mac)) {

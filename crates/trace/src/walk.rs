@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 use weft_core::{Lease, SubnetEnv};
-use weft_kernel::netlink::{format_mac, parse_mac, LinkInfo, Neighbour, RouteInfo, RouteType};
+use weft_kernel::netlink::{format_mac, LinkInfo, Neighbour, RouteInfo, RouteType};
 
 use crate::facts::{Facts, Leases, Lookup, SubnetFile};
 use crate::forward::{iptables_forward, nft_forward, parse_nft, Packet, Verdict};
@@ -118,10 +118,6 @@ fn describe_lease(l: &Lease) -> String {
         s.push_str(&format!(" BackendData {}", l.attrs.backend_data));
     }
     s
-}
-
-fn lease_vtep_mac(l: &Lease) -> Option<[u8; 6]> {
-    l.attrs.backend_data.get("VtepMAC")?.as_str().and_then(parse_mac)
 }
 
 /// Walks the facts; see the module docs.
@@ -619,7 +615,7 @@ fn forwarding(f: &Facts, src_is_pod: bool, network: Option<Ipv4Net>, out_dev: &s
 fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, steps: &mut Vec<Step>) -> Option<u32> {
     let oif = route.oif?;
     let next_hop = route.gateway.unwrap_or(IpAddr::V4(f.dst));
-    let lease_mac = lease.and_then(lease_vtep_mac);
+    let lease_mac = lease.and_then(|l| l.attrs.vtep_mac());
     let lease_mac_text = lease_mac
         .map(|m| format_mac(&m))
         .unwrap_or_else(|| "<VtepMAC of the lease>".into());
