@@ -433,18 +433,19 @@ fn check(cfg: &NetworkConfig, lease: &Lease) -> Result<Option<[u8; 6]>, Refusal>
             key: "SubnetLen",
         });
     }
-    if let (Some(v6), Some(network)) = (lease.subnet.ipv6, cfg.ipv6_network) {
+    if let (Some(v6), Some(pool)) = (lease.subnet.ipv6, cfg.ipv6) {
+        let network = pool.network;
         if !network.contains(&v6) || v6.prefix_len() <= network.prefix_len() {
             return Err(Refusal::OutsideNetwork {
                 subnet: v6.to_string(),
                 network: network.to_string(),
             });
         }
-        if v6.prefix_len() != cfg.ipv6_subnet_len {
+        if v6.prefix_len() != pool.subnet_len {
             return Err(Refusal::WrongLength {
                 subnet: v6.to_string(),
                 len: v6.prefix_len(),
-                want: cfg.ipv6_subnet_len,
+                want: pool.subnet_len,
                 key: "IPv6SubnetLen",
             });
         }

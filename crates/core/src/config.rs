@@ -1,9 +1,9 @@
 //! The network config stored at `<prefix>/config`, parsed and validated with flannel's defaults
 //! and limits. Keys are matched case-insensitively, as Go's encoding/json does for flannel.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -24,25 +24,40 @@ pub enum ConfigError {
     SubnetLenTooLong(u8),
     #[error("SubnetLen {len} leaves fewer than four subnets in Network {network}: use at least {min}")]
     SubnetLenTooShort { len: u8, network: Ipv4Net, min: u8 },
-    #[error("{key} {addr} is not inside Network {network}")]
+    #[error("{key} {addr} is not inside {network_key} {network}")]
     OutsideNetwork {
         key: &'static str,
-        addr: Ipv4Addr,
-        network: Ipv4Net,
+        addr: IpAddr,
+        network_key: &'static str,
+        network: IpNet,
     },
-    #[error("{key} {addr} is not on a /{len} boundary (SubnetLen): use {aligned}")]
+    #[error("{key} {addr} is not on a /{len} boundary ({len_key}): use {aligned}")]
     NotAligned {
         key: &'static str,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         len: u8,
-        aligned: Ipv4Addr,
+        len_key: &'static str,
+        aligned: IpAddr,
     },
-    #[error("SubnetMin {min} is above SubnetMax {max}")]
-    MinAboveMax { min: Ipv4Addr, max: Ipv4Addr },
-    #[error("EnableIPv4 is false: weft needs an IPv4 Network (IPv6-only clusters are not supported yet)")]
+    #[error("{min_key} {min} is above {max_key} {max}")]
+    MinAboveMax {
+        min_key: &'static str,
+        min: IpAddr,
+        max_key: &'static str,
+        max: IpAddr,
+    },
+    #[error("EnableIPv4 is false: weft needs an IPv4 Network (IPv6-only clusters are not supported yet); set EnableIPv4 to true")]
     Ipv4Disabled,
-    #[error("EnableIPv6 is true but IPv6Network is missing")]
+    #[error("EnableIPv6 is true but IPv6Network is missing: set it to the cluster's IPv6 CIDR, e.g. \"IPv6Network\":\"fc00::/48\"")]
     MissingIpv6Network,
+    #[error("IPv6Network {0} is smaller than /124, too small to give each node a subnet: use /124 or larger")]
+    Ipv6NetworkTooSmall(Ipv6Net),
+    #[error("IPv6SubnetLen {0} is larger than 126: a node subnet needs room for a gateway and pods; use 126 or less")]
+    Ipv6SubnetLenTooLong(u8),
+    #[error("IPv6SubnetLen {len} leaves fewer than four subnets in IPv6Network {network}: use at least {min}")]
+    Ipv6SubnetLenTooShort { len: u8, network: Ipv6Net, min: u8 },
+    #[error("EnableIPv6 is true but Backend.Type {0:?} carries IPv4 only (as flannel's): use \"vxlan\" or \"host-gw\" for dual stack, or set EnableIPv6 to false")]
+    Ipv6Unsupported(&'static str),
     #[error("Backend.Type {0:?} is not a backend weft knows: use \"vxlan\", \"host-gw\" or \"udp\"")]
     UnknownBackend(String),
     #[error(
@@ -109,15 +124,32 @@ pub struct UdpOptions {
     pub port: u16,
 }
 
+/// The IPv6 side of a dual-stack config: `IPv6Network` and the node subnets in it, with flannel's
+/// defaults (a /64 per node, or prefix + 2 for networks smaller than /62; the first subnet skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Pool {
+    pub network: Ipv6Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv6Addr,
+    pub subnet_max: Ipv6Addr,
+}
+
+impl Ipv6Pool {
+    /// How many node subnets lie between IPv6SubnetMin and IPv6SubnetMax (saturating).
+    pub fn subnet_count(&self) -> u128 {
+        let span = u128::from(self.subnet_max) - u128::from(self.subnet_min);
+        (span >> (128 - u32::from(self.subnet_len))).saturating_add(1)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkConfig {
     pub network: Ipv4Net,
     pub subnet_len: u8,
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
-    pub enable_ipv6: bool,
-    pub ipv6_network: Option<Ipv6Net>,
-    pub ipv6_subnet_len: u8,
+    /// The IPv6 pod network: `Some` exactly when `EnableIPv6` is true (dual stack).
+    pub ipv6: Option<Ipv6Pool>,
     pub enable_nftables: bool,
     pub backend: BackendKind,
     pub vxlan: VxlanOptions,
@@ -184,6 +216,99 @@ fn get_ipv4(obj: &Map<String, Value>, key: &'static str) -> Result<Option<Ipv4Ad
         .transpose()
 }
 
+fn get_ipv6(obj: &Map<String, Value>, key: &'static str) -> Result<Option<Ipv6Addr>, ConfigError> {
+    get_str(obj, key)?
+        .map(|s| {
+            s.parse().map_err(|_| ConfigError::BadValue {
+                key,
+                value: format!("{s:?}"),
+                expected: "an IPv6 address",
+            })
+        })
+        .transpose()
+}
+
+/// `IPv6Network`, `IPv6SubnetLen`, `IPv6SubnetMin`, `IPv6SubnetMax` with flannel's defaults and limits
+/// (subnet/config.go: at most /126 per node, at least four subnets, a network no smaller than /124).
+fn parse_ipv6_pool(obj: &Map<String, Value>) -> Result<Ipv6Pool, ConfigError> {
+    let network: Ipv6Net = match get_str(obj, "IPv6Network")? {
+        None => return Err(ConfigError::MissingIpv6Network),
+        Some(s) => s.parse().map_err(|_| ConfigError::BadValue {
+            key: "IPv6Network",
+            value: format!("{s:?}"),
+            expected: "an IPv6 CIDR such as fc00::/48",
+        })?,
+    };
+    let network = network.trunc();
+    let plen = network.prefix_len();
+    let subnet_len = match get_uint(obj, "IPv6SubnetLen", 128)? {
+        Some(len) if len != 0 => {
+            let len = len as u8;
+            if len > 126 {
+                return Err(ConfigError::Ipv6SubnetLenTooLong(len));
+            }
+            if len < plen + 2 {
+                return Err(ConfigError::Ipv6SubnetLenTooShort {
+                    len,
+                    network,
+                    min: plen + 2,
+                });
+            }
+            len
+        }
+        _ if plen > 124 => return Err(ConfigError::Ipv6NetworkTooSmall(network)),
+        _ if plen <= 62 => 64,
+        _ => plen + 2,
+    };
+    let size = 1u128 << (128 - u32::from(subnet_len));
+    let mask = !(size - 1);
+    let start = u128::from(network.network());
+    let last_subnet = u128::from(network.broadcast()) & mask;
+    let check = |key: &'static str, addr: Ipv6Addr| -> Result<Ipv6Addr, ConfigError> {
+        if !network.contains(&addr) {
+            return Err(ConfigError::OutsideNetwork {
+                key,
+                addr: addr.into(),
+                network_key: "IPv6Network",
+                network: network.into(),
+            });
+        }
+        let aligned = Ipv6Addr::from(u128::from(addr) & mask);
+        if aligned != addr {
+            return Err(ConfigError::NotAligned {
+                key,
+                addr: addr.into(),
+                len: subnet_len,
+                len_key: "IPv6SubnetLen",
+                aligned: aligned.into(),
+            });
+        }
+        Ok(addr)
+    };
+    let subnet_min = match get_ipv6(obj, "IPv6SubnetMin")? {
+        Some(a) => check("IPv6SubnetMin", a)?,
+        None => Ipv6Addr::from(start + size),
+    };
+    let subnet_max = match get_ipv6(obj, "IPv6SubnetMax")? {
+        Some(a) => check("IPv6SubnetMax", a)?,
+        None => Ipv6Addr::from(last_subnet),
+    };
+    if u128::from(subnet_min) > u128::from(subnet_max) {
+        return Err(ConfigError::MinAboveMax {
+            min_key: "IPv6SubnetMin",
+            min: subnet_min.into(),
+            max_key: "IPv6SubnetMax",
+            max: subnet_max.into(),
+        });
+    }
+    Ok(Ipv6Pool {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
+}
+
 impl NetworkConfig {
     pub fn parse(json: &str) -> Result<Self, ConfigError> {
         let value: Value = serde_json::from_str(json).map_err(|e| ConfigError::NotJson(e.to_string()))?;
@@ -231,15 +356,21 @@ impl NetworkConfig {
 
         let check = |key: &'static str, addr: Ipv4Addr| -> Result<Ipv4Addr, ConfigError> {
             if !network.contains(&addr) {
-                return Err(ConfigError::OutsideNetwork { key, addr, network });
+                return Err(ConfigError::OutsideNetwork {
+                    key,
+                    addr: addr.into(),
+                    network_key: "Network",
+                    network: network.into(),
+                });
             }
             let aligned = Ipv4Addr::from(u32::from(addr) & mask);
             if aligned != addr {
                 return Err(ConfigError::NotAligned {
                     key,
-                    addr,
+                    addr: addr.into(),
                     len: subnet_len,
-                    aligned,
+                    len_key: "SubnetLen",
+                    aligned: aligned.into(),
                 });
             }
             Ok(addr)
@@ -255,30 +386,17 @@ impl NetworkConfig {
         };
         if u32::from(subnet_min) > u32::from(subnet_max) {
             return Err(ConfigError::MinAboveMax {
-                min: subnet_min,
-                max: subnet_max,
+                min_key: "SubnetMin",
+                min: subnet_min.into(),
+                max_key: "SubnetMax",
+                max: subnet_max.into(),
             });
         }
 
-        let enable_ipv6 = get_bool(obj, "EnableIPv6", false)?;
-        let ipv6_network: Option<Ipv6Net> = get_str(obj, "IPv6Network")?
-            .map(|s| {
-                s.parse().map_err(|_| ConfigError::BadValue {
-                    key: "IPv6Network",
-                    value: format!("{s:?}"),
-                    expected: "an IPv6 CIDR such as fc00::/48",
-                })
-            })
-            .transpose()?;
-        if enable_ipv6 && ipv6_network.is_none() {
-            return Err(ConfigError::MissingIpv6Network);
-        }
-        let ipv6_subnet_len = match get_uint(obj, "IPv6SubnetLen", 128)? {
-            Some(n) => n as u8,
-            None => match ipv6_network {
-                Some(n) if n.prefix_len() > 62 => n.prefix_len() + 2,
-                _ => 64,
-            },
+        let ipv6 = if get_bool(obj, "EnableIPv6", false)? {
+            Some(parse_ipv6_pool(obj)?)
+        } else {
+            None
         };
         let enable_nftables = get_bool(obj, "EnableNFTables", false)?;
 
@@ -306,6 +424,9 @@ impl NetworkConfig {
             }
             _ => return Err(ConfigError::UnknownBackend(type_name.to_string())),
         };
+        if backend == BackendKind::Udp && ipv6.is_some() {
+            return Err(ConfigError::Ipv6Unsupported("udp"));
+        }
         let vxlan = VxlanOptions {
             vni: get_uint(be, "VNI", 0xff_ffff)?.unwrap_or(1) as u32,
             port: get_uint(be, "Port", 65535)?.filter(|p| *p != 0).unwrap_or(8472) as u16,
@@ -323,9 +444,7 @@ impl NetworkConfig {
             subnet_len,
             subnet_min,
             subnet_max,
-            enable_ipv6,
-            ipv6_network,
-            ipv6_subnet_len,
+            ipv6,
             enable_nftables,
             backend,
             vxlan,
@@ -447,13 +566,78 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_fields() {
-        let c = parse(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#).unwrap();
-        assert_eq!(c.ipv6_subnet_len, 64);
+    fn ipv6_defaults_follow_flannel() {
+        let c = parse(
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let v6 = c.ipv6.unwrap();
+        assert_eq!(v6.network, "fc00::/48".parse::<Ipv6Net>().unwrap());
+        assert_eq!(v6.subnet_len, 64);
+        assert_eq!(v6.subnet_min, "fc00:0:0:1::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.subnet_max, "fc00:0:0:ffff::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.subnet_count(), 65535);
+        let small = parse(
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/120","Backend":{"Type":"host-gw"}}"#,
+        )
+        .unwrap();
+        let small = small.ipv6.unwrap();
+        assert_eq!(small.subnet_len, 122);
+        assert_eq!(small.subnet_min, "fc00::40".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(small.subnet_max, "fc00::c0".parse::<Ipv6Addr>().unwrap());
+        let off = parse(r#"{"Network":"10.5.0.0/16","IPv6Network":"fc00::/48"}"#).unwrap();
         assert_eq!(
-            parse(r#"{"Network":"10.5.0.0/16","EnableIPv6":true}"#).unwrap_err(),
-            ConfigError::MissingIpv6Network
+            off.ipv6, None,
+            "IPv6Network without EnableIPv6 is ignored, as by flannel"
         );
+    }
+
+    #[test]
+    fn bad_ipv6_configs_name_the_key() {
+        let base = r#""Network":"10.5.0.0/16","EnableIPv6":true"#;
+        let p = |rest: &str| {
+            let backend = if rest.contains("Backend") {
+                ""
+            } else {
+                r#","Backend":{"Type":"vxlan"}"#
+            };
+            parse(&format!("{{{base}{rest}{backend}}}"))
+        };
+        assert_eq!(p("").unwrap_err(), ConfigError::MissingIpv6Network);
+        assert!(p("").unwrap_err().to_string().contains("IPv6Network is missing"));
+        assert!(matches!(
+            p(r#","IPv6Network":"fc00::/125""#),
+            Err(ConfigError::Ipv6NetworkTooSmall(_))
+        ));
+        assert_eq!(
+            p(r#","IPv6Network":"fc00::/48","IPv6SubnetLen":127"#).unwrap_err(),
+            ConfigError::Ipv6SubnetLenTooLong(127)
+        );
+        let e = p(r#","IPv6Network":"fc00::/48","IPv6SubnetLen":49"#).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("IPv6SubnetLen 49 leaves fewer than four subnets"),
+            "{e}"
+        );
+        let e = p(r#","IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:1::8""#).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("IPv6SubnetMin fc00:0:0:1::8 is not on a /64 boundary (IPv6SubnetLen)"),
+            "{e}"
+        );
+        let e = p(r#","IPv6Network":"fc00::/48","IPv6SubnetMax":"fc01::""#).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("IPv6SubnetMax fc01:: is not inside IPv6Network fc00::/48"),
+            "{e}"
+        );
+        assert!(matches!(
+            p(r#","IPv6Network":"10.0.0.0/8""#),
+            Err(ConfigError::BadValue { key: "IPv6Network", .. })
+        ));
+        let e = p(r#","IPv6Network":"fc00::/48","Backend":{"Type":"udp"}"#).unwrap_err();
+        assert_eq!(e, ConfigError::Ipv6Unsupported("udp"));
+        assert!(e.to_string().contains("udp"));
         assert_eq!(
             parse(r#"{"Network":"10.5.0.0/16","EnableIPv4":false}"#).unwrap_err(),
             ConfigError::Ipv4Disabled

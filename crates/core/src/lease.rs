@@ -82,7 +82,8 @@ impl fmt::Display for SubnetKey {
 }
 
 /// The JSON value stored at a lease key. Field order and presence match flannel's encoder:
-/// `PublicIPv6` always present (null when unset), `BackendType`/`BackendData` left out when empty.
+/// `PublicIPv6` always present (null when unset), `BackendType`/`BackendData`/`BackendV6Data` left
+/// out when empty.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaseAttrs {
     #[serde(rename = "PublicIP")]
@@ -93,6 +94,9 @@ pub struct LeaseAttrs {
     pub backend_type: String,
     #[serde(rename = "BackendData", default, skip_serializing_if = "is_null")]
     pub backend_data: serde_json::Value,
+    /// The backend's data for the IPv6 side of a dual-stack lease (vxlan: the `flannel-v6` VTEP's MAC).
+    #[serde(rename = "BackendV6Data", default, skip_serializing_if = "is_null")]
+    pub backend_v6_data: serde_json::Value,
 }
 
 fn is_null(v: &serde_json::Value) -> bool {
@@ -106,6 +110,7 @@ impl LeaseAttrs {
             public_ipv6: None,
             backend_type: backend_type.to_string(),
             backend_data,
+            backend_v6_data: serde_json::Value::Null,
         }
     }
 
@@ -116,6 +121,14 @@ impl LeaseAttrs {
     /// BackendData.VtepMAC (vxlan), if it holds a MAC address.
     pub fn vtep_mac(&self) -> Option<[u8; 6]> {
         self.backend_data
+            .get("VtepMAC")?
+            .as_str()
+            .and_then(crate::mac::parse_mac)
+    }
+
+    /// BackendV6Data.VtepMAC (vxlan, dual stack), if it holds a MAC address.
+    pub fn vtep_v6_mac(&self) -> Option<[u8; 6]> {
+        self.backend_v6_data
             .get("VtepMAC")?
             .as_str()
             .and_then(crate::mac::parse_mac)
@@ -196,6 +209,23 @@ mod tests {
         assert_eq!(udp.to_json(), r#"{"PublicIP":"192.168.64.3","PublicIPv6":null}"#);
         let back = LeaseAttrs::from_json("k", attrs.to_json().as_bytes()).unwrap();
         assert_eq!(back, attrs);
+    }
+
+    #[test]
+    fn dual_stack_lease_json_matches_flannel_bytes() {
+        let mut attrs = LeaseAttrs::new(
+            Ipv4Addr::new(192, 0, 2, 3),
+            "vxlan",
+            serde_json::json!({"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:44"}),
+        );
+        attrs.public_ipv6 = Some("2001:db8::3".parse().unwrap());
+        attrs.backend_v6_data = serde_json::json!({"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:46"});
+        assert_eq!(
+            attrs.to_json(),
+            r#"{"PublicIP":"192.0.2.3","PublicIPv6":"2001:db8::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:46"}}"#
+        );
+        assert_eq!(attrs.vtep_v6_mac(), Some([0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x46]));
+        assert_eq!(LeaseAttrs::from_json("k", attrs.to_json().as_bytes()).unwrap(), attrs);
     }
 
     #[test]

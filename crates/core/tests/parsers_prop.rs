@@ -147,11 +147,19 @@ fn config_like() -> impl Strategy<Value = String> {
         obj.insert("Backend".into(), backend);
         serde_json::Value::Object(obj).to_string()
     });
-    let plausible = (any::<u32>(), 8u8..=28, prop::option::of(0u8..=32)).prop_map(|(a, l, s)| {
+    let v6 = prop::option::of((any::<u128>(), 0u8..=128, prop::option::of(0u8..=128)));
+    let plausible = (any::<u32>(), 8u8..=28, prop::option::of(0u8..=32), v6).prop_map(|(a, l, s, v6)| {
         let mut obj =
             serde_json::json!({"Network": format!("{}/{l}", Ipv4Addr::from(a)), "Backend": {"Type": "vxlan"}});
         if let Some(s) = s {
             obj["SubnetLen"] = s.into();
+        }
+        if let Some((a6, l6, s6)) = v6 {
+            obj["EnableIPv6"] = true.into();
+            obj["IPv6Network"] = format!("{}/{l6}", std::net::Ipv6Addr::from(a6)).into();
+            if let Some(s6) = s6 {
+                obj["IPv6SubnetLen"] = s6.into();
+            }
         }
         obj.to_string()
     });
@@ -175,13 +183,19 @@ proptest! {
                 "SubnetLen": cfg.subnet_len,
                 "SubnetMin": cfg.subnet_min.to_string(),
                 "SubnetMax": cfg.subnet_max.to_string(),
-                "EnableIPv6": cfg.enable_ipv6,
-                "IPv6SubnetLen": cfg.ipv6_subnet_len,
+                "EnableIPv6": cfg.ipv6.is_some(),
                 "EnableNFTables": cfg.enable_nftables,
                 "Backend": cfg.backend_raw.clone(),
             });
-            if let Some(n) = cfg.ipv6_network {
-                again["IPv6Network"] = n.to_string().into();
+            if let Some(v6) = cfg.ipv6 {
+                prop_assert!(v6.subnet_len <= 126 && v6.subnet_len >= v6.network.prefix_len() + 2);
+                prop_assert!(v6.network.contains(&v6.subnet_min) && v6.network.contains(&v6.subnet_max));
+                prop_assert!(u128::from(v6.subnet_min) <= u128::from(v6.subnet_max));
+                prop_assert!(v6.subnet_count() >= 1);
+                again["IPv6Network"] = v6.network.to_string().into();
+                again["IPv6SubnetLen"] = v6.subnet_len.into();
+                again["IPv6SubnetMin"] = v6.subnet_min.to_string().into();
+                again["IPv6SubnetMax"] = v6.subnet_max.to_string().into();
             }
             let reparsed = NetworkConfig::parse(&again.to_string());
             prop_assert_eq!(reparsed, Ok(cfg));
