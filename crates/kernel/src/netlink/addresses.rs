@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 
@@ -69,6 +69,21 @@ impl Netlink {
         let msg = Self::addr_message(index, addr);
         self.ack(
             &format!("add address {addr} to link #{index}"),
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .await
+    }
+
+    /// Adds `addr` with IFA_F_NODAD: an IPv6 address is usable at once instead of staying
+    /// tentative through duplicate address detection (for addresses an allocator already made
+    /// unique, such as a pod's or its gateway's; hairpin ports would also echo DAD probes).
+    pub async fn add_addr_nodad(&self, index: u32, addr: IpNet) -> Result<(), NetlinkError> {
+        let mut msg = Self::addr_message(index, addr);
+        msg.header.flags = AddressHeaderFlags::Nodad;
+        msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        self.ack(
+            &format!("add address {addr} (nodad) to link #{index}"),
             RouteNetlinkMessage::NewAddress(msg),
             NLM_F_CREATE | NLM_F_REPLACE,
         )
