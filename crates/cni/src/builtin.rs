@@ -1,49 +1,65 @@
 //! Built-in mode: weft-cni plugs the container into the node subnet itself, through netlink.
-//! Bridge (default `cni0`) with the gateway (the subnet's first host) and FLANNEL_MTU; a veth
-//! pair whose container end is created directly in the container namespace; an address from the
-//! host-local-compatible store; a default (or cluster-network) route via the gateway.
+//! Bridge (default `cni0`) with the gateway of each address family subnet.env has (the subnet's
+//! first address; IPv6 without DAD, so it is usable at once) and FLANNEL_MTU; a veth pair whose
+//! container end is created directly in the container namespace; one address of each family
+//! from the host-local-compatible store; a default (or cluster-network) route per family via
+//! its gateway.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde_json::{Map, Value};
-use weft_core::SubnetEnv;
-use weft_kernel::netlink::{format_mac, AddrFamily, Netlink, RouteSpec};
+use weft_kernel::netlink::{format_mac, Netlink, RouteSpec};
 
 use crate::bridge;
 use crate::error::{CniError, ErrorCode};
 use crate::invocation::Invocation;
 use crate::ipam::AddressStore;
 use crate::netns::NetnsFile;
+use crate::subnet_env::NodeEnv;
 use crate::types::{CniResult, Interface, IpConfig, NetConf, Route, DEFAULT_BRIDGE, DEFAULT_IPAM_DATA_DIR};
 use crate::veth::{self, host_veth_name};
+
+/// One address family of a built-in ADD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FamilyPlan {
+    /// The range's index in the address store (host-local's `ranges` numbering: IPv4 first).
+    pub range_id: usize,
+    /// The node subnet with the gateway's address: `10.5.72.1/24`, `fc00:0:0:1::1/64`.
+    pub gateway: IpNet,
+    pub route_dst: IpNet,
+}
 
 /// What a built-in ADD decides from the config and subnet.env, before touching anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub bridge: String,
     pub mtu: u32,
-    /// The node subnet with the gateway's address: `10.5.72.1/24`.
-    pub gateway: Ipv4Net,
-    pub route_dst: Ipv4Net,
+    /// IPv4 first, then IPv6; those subnet.env has.
+    pub families: Vec<FamilyPlan>,
     pub hairpin: bool,
 }
 
 impl Plan {
-    pub fn new(conf: &NetConf, env: &SubnetEnv) -> Plan {
-        let subnet = env.subnet.trunc();
-        // FLANNEL_SUBNET carries the first host already; take it from the network to be sure.
-        let gateway_ip = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+    pub fn new(conf: &NetConf, env: &NodeEnv) -> Plan {
+        let default_gateway = conf.is_default_gateway.unwrap_or(true);
         Plan {
             bridge: conf.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.to_string()),
             mtu: env.mtu,
-            gateway: Ipv4Net::new(gateway_ip, subnet.prefix_len()).expect("prefix comes from a valid net"),
-            route_dst: if conf.is_default_gateway.unwrap_or(true) {
-                Ipv4Net::default()
-            } else {
-                env.network.trunc()
-            },
+            families: env
+                .families()
+                .enumerate()
+                .map(|(range_id, family)| FamilyPlan {
+                    range_id,
+                    gateway: family.gateway(),
+                    route_dst: if default_gateway {
+                        family.default_dst()
+                    } else {
+                        family.network.trunc()
+                    },
+                })
+                .collect(),
             hairpin: conf.hairpin_mode.unwrap_or(false),
         }
     }
@@ -54,13 +70,27 @@ fn store(conf: &NetConf) -> Result<AddressStore, CniError> {
     AddressStore::open(Path::new(dir), &conf.name)
 }
 
-fn enable_ip_forward() -> Result<(), CniError> {
-    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(PATH).map(|s| s.trim() == "1").unwrap_or(false) {
+/// Turns on forwarding for the family of `gateway` in the node's namespace, as the reference
+/// bridge plugin (flannel's delegate) does for each family it configures a gateway of.
+fn enable_forwarding(gateway: IpAddr) -> Result<(), CniError> {
+    let (path, family) = match gateway {
+        IpAddr::V4(_) => ("/proc/sys/net/ipv4/ip_forward", "IPv4"),
+        IpAddr::V6(_) => ("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6"),
+    };
+    if std::fs::read_to_string(path).map(|s| s.trim() == "1").unwrap_or(false) {
         return Ok(());
     }
-    std::fs::write(PATH, "1")
-        .map_err(|e| CniError::io("enable IPv4 forwarding (write 1 to /proc/sys/net/ipv4/ip_forward)", &e))
+    std::fs::write(path, "1").map_err(|e| CniError::io(format!("enable {family} forwarding (write 1 to {path})"), &e))
+}
+
+/// Adds an address that the store made unique: IPv6 without DAD, so that it (and a route via
+/// it) works at once.
+async fn add_unique_addr(netlink: &Netlink, index: u32, addr: IpNet) -> Result<(), CniError> {
+    match addr {
+        IpNet::V4(_) => netlink.add_addr(index, addr).await?,
+        IpNet::V6(_) => netlink.add_addr_nodad(index, addr).await?,
+    }
+    Ok(())
 }
 
 /// What ADD created so far, for the rollback.
@@ -71,7 +101,7 @@ struct Created {
 }
 
 /// ADD into the container namespace `netns` (checked by the caller to be one).
-pub async fn add(conf: &NetConf, inv: &Invocation, netns: &NetnsFile, env: &SubnetEnv) -> Result<CniResult, CniError> {
+pub async fn add(conf: &NetConf, inv: &Invocation, netns: &NetnsFile, env: &NodeEnv) -> Result<CniResult, CniError> {
     let plan = Plan::new(conf, env);
     let store = store(conf)?;
     let host = Netlink::new()?;
@@ -113,22 +143,29 @@ async fn add_steps(
             ),
         ));
     }
-    let ip = store.allocate(plan.gateway, plan.gateway.addr(), &inv.container_id, &inv.ifname)?;
-    created.address = true;
-    let address = Ipv4Net::new(ip, plan.gateway.prefix_len()).expect("same prefix as the gateway");
+    let mut addresses = Vec::with_capacity(plan.families.len());
+    for family in &plan.families {
+        let ip = store.allocate(
+            family.gateway,
+            family.gateway.addr(),
+            family.range_id,
+            &inv.container_id,
+            &inv.ifname,
+        )?;
+        created.address = true;
+        addresses.push(IpNet::new(ip, family.gateway.prefix_len()).expect("same prefix as the gateway"));
+    }
 
     let bridge = host.ensure_bridge(&plan.bridge, plan.mtu).await?;
     // Before the first port is attached, so that the gateway MAC never follows the ports.
     bridge::pin_mac(host, &bridge).await?;
-    let gateway = plan.gateway.into();
-    if !host
-        .list_link_addrs(bridge.index, Some(AddrFamily::Ipv4))
-        .await?
-        .contains(&gateway)
-    {
-        host.add_addr(bridge.index, gateway).await?;
+    let on_bridge = host.list_link_addrs(bridge.index, None).await?;
+    for family in &plan.families {
+        if !on_bridge.contains(&family.gateway) {
+            add_unique_addr(host, bridge.index, family.gateway).await?;
+        }
+        enable_forwarding(family.gateway.addr())?;
     }
-    enable_ip_forward()?;
 
     let host_name = host_veth_name(&inv.container_id, &inv.ifname);
     let netns_fd = std::os::fd::AsFd::as_fd(&netns.file);
@@ -155,15 +192,17 @@ async fn add_steps(
         )
     })?;
     inside.set_link_up(link.index).await?;
-    inside.add_addr(link.index, address.into()).await?;
-    inside
-        .replace_route(&RouteSpec {
-            dst: plan.route_dst.into(),
-            gateway: Some(plan.gateway.addr().into()),
-            oif: link.index,
-            onlink: false,
-        })
-        .await?;
+    for (family, address) in plan.families.iter().zip(&addresses) {
+        add_unique_addr(&inside, link.index, *address).await?;
+        inside
+            .replace_route(&RouteSpec {
+                dst: family.route_dst,
+                gateway: Some(family.gateway.addr()),
+                oif: link.index,
+                onlink: false,
+            })
+            .await?;
+    }
 
     // Read again now that the port is attached: the result shows the MAC the pods see.
     let bridge = host.link_by_index(bridge.index).await?.unwrap_or(bridge);
@@ -190,16 +229,25 @@ async fn add_steps(
                 sandbox: Some(inv.netns.clone()),
             },
         ],
-        ips: vec![IpConfig {
-            version: None,
-            address,
-            gateway: Some(plan.gateway.addr()),
-            interface: Some(2),
-        }],
-        routes: vec![Route {
-            dst: plan.route_dst,
-            gw: Some(plan.gateway.addr()),
-        }],
+        ips: plan
+            .families
+            .iter()
+            .zip(&addresses)
+            .map(|(family, address)| IpConfig {
+                version: None,
+                address: *address,
+                gateway: Some(family.gateway.addr()),
+                interface: Some(2),
+            })
+            .collect(),
+        routes: plan
+            .families
+            .iter()
+            .map(|family| Route {
+                dst: family.route_dst,
+                gw: Some(family.gateway.addr()),
+            })
+            .collect(),
         dns: conf.dns.clone().unwrap_or_else(|| Value::Object(Map::new())),
     }
     .for_version(&conf.cni_version))
@@ -266,20 +314,20 @@ pub async fn check_container(
             inv.ifname, iface.mac
         )));
     }
-    let addrs = inside.list_link_addrs(link.index, Some(AddrFamily::Ipv4)).await?;
+    let addrs = inside.list_link_addrs(link.index, None).await?;
     for ip in prev.ips.iter().filter(|ip| ip.interface == Some(index)) {
-        if !addrs.contains(&ip.address.into()) {
+        if !addrs.contains(&ip.address) {
             return Err(mismatch(format!(
                 "{} lacks address {} (has {addrs:?})",
                 inv.ifname, ip.address
             )));
         }
     }
-    let routes = inside.list_routes(Some(AddrFamily::Ipv4)).await?;
+    let routes = inside.list_routes(None).await?;
     for want in &prev.routes {
         let found = routes
             .iter()
-            .any(|r| r.dst == want.dst.trunc().into() && (want.gw.is_none() || r.gateway == want.gw.map(Into::into)));
+            .any(|r| r.dst == want.dst.trunc() && (want.gw.is_none() || r.gateway == want.gw));
         if !found {
             return Err(mismatch(format!(
                 "route {}{} is missing in {}",
@@ -294,7 +342,7 @@ pub async fn check_container(
 
 /// Verifies the container's interface, address and routes against prevResult, and that the
 /// address is still reserved and the host end of the veth exists.
-pub async fn check(conf: &NetConf, inv: &Invocation, netns: &NetnsFile, _env: &SubnetEnv) -> Result<(), CniError> {
+pub async fn check(conf: &NetConf, inv: &Invocation, netns: &NetnsFile, _env: &NodeEnv) -> Result<(), CniError> {
     let (prev, index) = check_container(conf, inv, netns).await?;
     let mismatch = |m: String| CniError::new(ErrorCode::CheckMismatch, m);
     let reserved = store(conf)?.find(&inv.container_id, &inv.ifname)?;
@@ -335,28 +383,56 @@ pub async fn gc(conf: &NetConf) -> Result<(), CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::subnet_env;
 
-    fn env() -> SubnetEnv {
-        SubnetEnv::parse(
-            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
-        )
-        .unwrap()
+    fn env(text: &str) -> NodeEnv {
+        subnet_env::parse("subnet.env", text).unwrap()
+    }
+
+    const V4: &str =
+        "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+    const V6: &str = "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\n";
+
+    fn family(range_id: usize, gateway: &str, route_dst: &str) -> FamilyPlan {
+        FamilyPlan {
+            range_id,
+            gateway: gateway.parse().unwrap(),
+            route_dst: route_dst.parse().unwrap(),
+        }
     }
 
     #[test]
     fn plan_takes_gateway_mtu_and_route_from_subnet_env() {
         let (conf, _) = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"weft-cni"}"#).unwrap();
-        let plan = Plan::new(&conf, &env());
+        let plan = Plan::new(&conf, &env(V4));
         assert_eq!(plan.bridge, "cni0");
         assert_eq!(plan.mtu, 1450);
-        assert_eq!(plan.gateway, "10.5.72.1/24".parse().unwrap());
-        assert_eq!(plan.route_dst, "0.0.0.0/0".parse().unwrap());
+        assert_eq!(plan.families, vec![family(0, "10.5.72.1/24", "0.0.0.0/0")]);
         let (conf, _) = NetConf::parse(
             br#"{"cniVersion":"1.0.0","name":"n","type":"weft-cni","bridge":"br9","isDefaultGateway":false,"hairpinMode":true}"#,
         )
         .unwrap();
-        let plan = Plan::new(&conf, &env());
+        let plan = Plan::new(&conf, &env(V4));
         assert_eq!((plan.bridge.as_str(), plan.hairpin), ("br9", true));
-        assert_eq!(plan.route_dst, "10.5.0.0/16".parse().unwrap());
+        assert_eq!(plan.families[0].route_dst, "10.5.0.0/16".parse().unwrap());
+    }
+
+    #[test]
+    fn dual_stack_and_ipv6_only_plans_have_a_gateway_and_route_per_family() {
+        let (conf, _) = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"weft-cni"}"#).unwrap();
+        let plan = Plan::new(&conf, &env(&format!("{V4}{V6}")));
+        assert_eq!(
+            plan.families,
+            vec![
+                family(0, "10.5.72.1/24", "0.0.0.0/0"),
+                family(1, "fc00:0:0:1::1/64", "::/0")
+            ]
+        );
+        let plan = Plan::new(&conf, &env(&format!("{V6}FLANNEL_MTU=1400\nFLANNEL_IPMASQ=false\n")));
+        assert_eq!(plan.families, vec![family(0, "fc00:0:0:1::1/64", "::/0")]);
+        let (conf, _) =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"weft-cni","isDefaultGateway":false}"#).unwrap();
+        let plan = Plan::new(&conf, &env(&format!("{V4}{V6}")));
+        assert_eq!(plan.families[1].route_dst, "fc00::/48".parse().unwrap());
     }
 }

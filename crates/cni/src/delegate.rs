@@ -1,8 +1,8 @@
 //! Flannel-compatible delegate mode: a config written for flannel's CNI plugin (`subnetFile`,
 //! `dataDir`, `delegate`) works unchanged. ADD renders the delegate's config from subnet.env
 //! exactly as flannel does (type `bridge`, `name`, `mtu` = FLANNEL_MTU, `ipMasq` =
-//! !FLANNEL_IPMASQ, `isGateway` true, host-local IPAM over the node subnet with a route to the
-//! cluster network), saves it as `dataDir/<containerID>` and runs the delegate from CNI_PATH; DEL
+//! !FLANNEL_IPMASQ, `isGateway` true, host-local IPAM with one range per node subnet, IPv4 then
+//! IPv6, and a route to each cluster network), saves it as `dataDir/<containerID>` and runs the delegate from CNI_PATH; DEL
 //! replays the saved config. The saved file is flannel's format, so either plugin can DEL what the
 //! other added.
 
@@ -10,15 +10,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
+use crate::subnet_env::NodeEnv;
 use serde_json::{json, Map, Value};
-use weft_core::SubnetEnv;
 
 use crate::error::{CniError, ErrorCode};
 use crate::invocation::{Command, Invocation};
 use crate::types::{NetConf, DEFAULT_DELEGATE_DATA_DIR};
 
-/// The delegate's config, as flannel renders it.
-pub fn render(conf: &NetConf, env: &SubnetEnv) -> Result<Map<String, Value>, CniError> {
+/// The delegate's config, as flannel's plugin (v1.1.0, the one flannel v0.20.0 ships) renders it
+/// (flannel_linux.go getDelegateIPAM, doCmdAdd).
+pub fn render(conf: &NetConf, env: &NodeEnv) -> Result<Map<String, Value>, CniError> {
     let mut delegate = conf.delegate.clone().unwrap_or_default();
     if delegate.get("type").is_some_and(|t| !t.is_string()) {
         return Err(CniError::new(
@@ -48,10 +49,12 @@ pub fn render(conf: &NetConf, env: &SubnetEnv) -> Result<Map<String, Value>, Cni
 
     let mut ipam = conf.ipam.clone().unwrap_or_default();
     ipam.entry("type").or_insert(json!("host-local"));
-    let mut ranges = vec![json!([{ "subnet": env.subnet.trunc().to_string() }])];
-    if let Some(v6) = env.ipv6_subnet {
-        ranges.push(json!([{ "subnet": v6.trunc().to_string() }]));
-    }
+    // `[[{subnet: v4}], [{subnet: v6}]]`: one range set per family, so host-local gives one
+    // address of each; flannel masks FLANNEL_SUBNET to the subnet (net.ParseCIDR).
+    let ranges = env
+        .families()
+        .map(|f| json!([{ "subnet": f.range().to_string() }]))
+        .collect();
     ipam.insert("ranges".into(), Value::Array(ranges));
     let mut routes = match ipam.get("routes") {
         None => Vec::new(),
@@ -63,10 +66,7 @@ pub fn render(conf: &NetConf, env: &SubnetEnv) -> Result<Map<String, Value>, Cni
             ))
         }
     };
-    routes.push(json!({ "dst": env.network.trunc().to_string() }));
-    if let Some(v6) = env.ipv6_network {
-        routes.push(json!({ "dst": v6.trunc().to_string() }));
-    }
+    routes.extend(env.families().map(|f| json!({ "dst": f.network.trunc().to_string() })));
     ipam.insert("routes".into(), Value::Array(routes));
     delegate.insert("ipam".into(), Value::Object(ipam));
     Ok(delegate)
@@ -189,7 +189,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CniError> {
 }
 
 /// ADD: render, save, delegate; on failure the delegate's DEL and the saved file undo it.
-pub fn add(conf: &NetConf, inv: &Invocation, env: &SubnetEnv) -> Result<Vec<u8>, CniError> {
+pub fn add(conf: &NetConf, inv: &Invocation, env: &NodeEnv) -> Result<Vec<u8>, CniError> {
     let rendered = render(conf, env)?;
     let plugin = plugin_type(&rendered);
     let bytes = serde_json::to_vec(&rendered).expect("a JSON map serializes");
@@ -245,7 +245,7 @@ pub fn check(conf: &NetConf, inv: &Invocation) -> Result<(), CniError> {
 
 /// GC: forgets saved configs of containers not in `cni.dev/valid-attachments`, then lets the
 /// delegate collect its own garbage with the freshly rendered config.
-pub fn gc(conf: &NetConf, inv: &Invocation, env: &SubnetEnv) -> Result<(), CniError> {
+pub fn gc(conf: &NetConf, inv: &Invocation, env: &NodeEnv) -> Result<(), CniError> {
     let valid = conf.valid_attachments.clone().unwrap_or_default();
     if let Ok(entries) = std::fs::read_dir(data_dir(conf)) {
         for entry in entries.flatten() {
@@ -271,11 +271,43 @@ pub fn gc(conf: &NetConf, inv: &Invocation, env: &SubnetEnv) -> Result<(), CniEr
 mod tests {
     use super::*;
 
-    fn env() -> SubnetEnv {
-        SubnetEnv::parse(
+    fn env() -> NodeEnv {
+        crate::subnet_env::parse(
+            "subnet.env",
             "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn renders_both_ranges_and_routes_for_dual_stack_and_one_for_ipv6_only() {
+        let (conf, _) = NetConf::parse(
+            br#"{"cniVersion":"0.3.1","name":"cbr0","type":"flannel","delegate":{"hairpinMode":true,"isDefaultGateway":true}}"#,
+        )
+        .unwrap();
+        let dual = crate::subnet_env::parse(
+            "subnet.env",
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\n\
+             FLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap();
+        let r = render(&conf, &dual).unwrap();
+        assert_eq!(
+            r["ipam"],
+            json!({"type": "host-local",
+                   "ranges": [[{"subnet": "10.5.72.0/24"}], [{"subnet": "fc00:0:0:1::/64"}]],
+                   "routes": [{"dst": "10.5.0.0/16"}, {"dst": "fc00::/48"}]})
+        );
+        let v6 = crate::subnet_env::parse(
+            "subnet.env",
+            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap();
+        let r = render(&conf, &v6).unwrap();
+        assert_eq!(
+            r["ipam"],
+            json!({"type": "host-local", "ranges": [[{"subnet": "fc00:0:0:1::/64"}]], "routes": [{"dst": "fc00::/48"}]})
+        );
     }
 
     #[test]

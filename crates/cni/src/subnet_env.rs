@@ -1,11 +1,14 @@
 //! subnet.env as weft-cni reads it: weft_core's parser, then the checks that make the values
-//! usable for a pod (FLANNEL_SUBNET inside FLANNEL_NETWORK and big enough for a container,
-//! FLANNEL_MTU in range). Every refusal names the file, the key and the value, before anything
-//! is created.
+//! usable for a pod (each subnet inside its network and big enough for a container, the IPv4 and
+//! IPv6 keys in pairs, FLANNEL_MTU in range). Both address families are optional, as flanneld
+//! writes them (EnableIPv4 false leaves the IPv4 pair out), but one must be there. Every refusal
+//! names the file, the key and the value, before anything is created.
 
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
 
-use weft_core::SubnetEnv;
+use ipnet::IpNet;
+use weft_core::{SubnetEnv, SubnetEnvError};
 
 use crate::error::{CniError, ErrorCode};
 
@@ -19,8 +22,83 @@ pub const MTU_MIN_IPV6: u32 = 1280;
 /// The longest FLANNEL_SUBNET prefix: a /30 has a gateway and one container address.
 pub const MAX_SUBNET_PREFIX: u8 = 30;
 
+/// The longest FLANNEL_IPV6_SUBNET prefix: a /126 has a gateway and two container addresses
+/// (IPv6 has no broadcast address; a /127 would leave none).
+pub const MAX_IPV6_SUBNET_PREFIX: u8 = 126;
+
+/// One address family of the node: the cluster network and this node's subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodNetwork {
+    /// FLANNEL_NETWORK or FLANNEL_IPV6_NETWORK.
+    pub network: IpNet,
+    /// FLANNEL_SUBNET or FLANNEL_IPV6_SUBNET: the first host with the lease prefix, 10.5.72.1/24.
+    pub subnet: IpNet,
+}
+
+impl PodNetwork {
+    /// The node subnet itself (10.5.72.0/24), the range containers get addresses from.
+    pub fn range(&self) -> IpNet {
+        self.subnet.trunc()
+    }
+
+    /// The gateway, the subnet's first address, with the subnet prefix: 10.5.72.1/24. Taken from
+    /// the network address, not FLANNEL_SUBNET's host part, to be sure.
+    pub fn gateway(&self) -> IpNet {
+        let range = self.range();
+        let first = match range.network() {
+            IpAddr::V4(a) => IpAddr::V4((u32::from(a) + 1).into()),
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) + 1).into()),
+        };
+        IpNet::new(first, range.prefix_len()).expect("prefix comes from a valid net")
+    }
+
+    /// The default route's destination of this family: 0.0.0.0/0 or ::/0.
+    pub fn default_dst(&self) -> IpNet {
+        match self.network {
+            IpNet::V4(_) => IpNet::V4(Default::default()),
+            IpNet::V6(_) => IpNet::V6(Default::default()),
+        }
+    }
+}
+
+/// subnet.env, checked: at least one of the two families.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEnv {
+    pub ipv4: Option<PodNetwork>,
+    pub ipv6: Option<PodNetwork>,
+    pub mtu: u32,
+    pub ipmasq: bool,
+}
+
+impl NodeEnv {
+    /// The families the node has, IPv4 first (the order of flannel's IPAM ranges).
+    pub fn families(&self) -> impl Iterator<Item = &PodNetwork> {
+        self.ipv4.iter().chain(self.ipv6.iter())
+    }
+
+    /// The file as flanneld v0.20.0 writes it (main.go WriteSubnetFile): the IPv4 pair, the
+    /// IPv6 pair, MTU, IPMASQ.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        if let Some(v4) = &self.ipv4 {
+            s.push_str(&format!(
+                "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\n",
+                v4.network, v4.subnet
+            ));
+        }
+        if let Some(v6) = &self.ipv6 {
+            s.push_str(&format!(
+                "FLANNEL_IPV6_NETWORK={}\nFLANNEL_IPV6_SUBNET={}\n",
+                v6.network, v6.subnet
+            ));
+        }
+        s.push_str(&format!("FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n", self.mtu, self.ipmasq));
+        s
+    }
+}
+
 /// Reads subnet.env; a missing file is "try again later" (11): weftd has not leased a subnet yet.
-pub fn read(path: &str) -> Result<SubnetEnv, CniError> {
+pub fn read(path: &str) -> Result<NodeEnv, CniError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             CniError::new(
@@ -38,38 +116,139 @@ pub fn read(path: &str) -> Result<SubnetEnv, CniError> {
     parse(path, &text)
 }
 
+/// Whether a line of `text` sets `key`.
+fn has_key(text: &str, key: &str) -> bool {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .any(|(name, _)| name.trim() == key)
+}
+
+/// weft_core's parser, also for a file without the IPv4 pair.
+fn parse_values(text: &str) -> Result<NodeEnv, String> {
+    let ipv4_absent = !has_key(text, "FLANNEL_NETWORK") && !has_key(text, "FLANNEL_SUBNET");
+    let ipv6_present = has_key(text, "FLANNEL_IPV6_NETWORK") || has_key(text, "FLANNEL_IPV6_SUBNET");
+    let env = match SubnetEnv::parse(text) {
+        Ok(env) => env,
+        Err(SubnetEnvError::Missing("FLANNEL_NETWORK" | "FLANNEL_SUBNET")) if ipv4_absent && ipv6_present => {
+            // IPv6 only. weft_core's SubnetEnv has no form without IPv4 yet: read the file with a
+            // stand-in IPv4 pair after its last line (so line numbers in errors stay right) and
+            // drop the pair again.
+            let padded = format!("{text}\nFLANNEL_NETWORK=0.0.0.0/0\nFLANNEL_SUBNET=0.0.0.0/0\n");
+            SubnetEnv::parse(&padded).map_err(|e| e.to_string())?
+        }
+        Err(SubnetEnvError::Missing(key @ ("FLANNEL_NETWORK" | "FLANNEL_SUBNET"))) if ipv4_absent => {
+            return Err(format!(
+                "{key} is missing, and there is no FLANNEL_IPV6_NETWORK/FLANNEL_IPV6_SUBNET either: the file has \
+                 no subnet for pods"
+            ))
+        }
+        Err(SubnetEnvError::Missing(key @ ("FLANNEL_NETWORK" | "FLANNEL_SUBNET"))) => {
+            let other = if key == "FLANNEL_NETWORK" {
+                "FLANNEL_SUBNET"
+            } else {
+                "FLANNEL_NETWORK"
+            };
+            return Err(format!(
+                "{other} is set but {key} is missing; flanneld writes both (or neither, when EnableIPv4 is false)"
+            ));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let ipv6 = match (env.ipv6_network, env.ipv6_subnet) {
+        (Some(network), Some(subnet)) => Some(PodNetwork {
+            network: network.into(),
+            subnet: subnet.into(),
+        }),
+        (None, None) => None,
+        (Some(n), None) => {
+            return Err(format!(
+                "FLANNEL_IPV6_NETWORK={n} is set but FLANNEL_IPV6_SUBNET is missing; flanneld writes both when \
+                 EnableIPv6 is true"
+            ))
+        }
+        (None, Some(s)) => {
+            return Err(format!(
+                "FLANNEL_IPV6_SUBNET={s} is set but FLANNEL_IPV6_NETWORK is missing; flanneld writes both when \
+                 EnableIPv6 is true"
+            ))
+        }
+    };
+    Ok(NodeEnv {
+        ipv4: (!ipv4_absent).then_some(PodNetwork {
+            network: env.network.into(),
+            subnet: env.subnet.into(),
+        }),
+        ipv6,
+        mtu: env.mtu,
+        ipmasq: env.ipmasq,
+    })
+}
+
+/// Why an IPv6 node subnet cannot hold pods, if it cannot: addresses the kernel reserves for
+/// itself or that name groups, not hosts.
+fn unusable_ipv6(subnet: IpNet) -> Option<&'static str> {
+    let IpAddr::V6(a) = subnet.trunc().network() else {
+        return None;
+    };
+    if a.is_multicast() {
+        Some("multicast (ff00::/8)")
+    } else if a.is_unicast_link_local() {
+        Some("link-local (fe80::/10)")
+    } else if a.is_loopback() || a.is_unspecified() {
+        Some("the loopback or unspecified address")
+    } else {
+        None
+    }
+}
+
 /// Parses and checks the text of subnet.env read from `path` (code 5 when it is unusable).
-pub fn parse(path: &str, text: &str) -> Result<SubnetEnv, CniError> {
+pub fn parse(path: &str, text: &str) -> Result<NodeEnv, CniError> {
     let invalid = |detail: String| {
         CniError::new(
             ErrorCode::IoFailure,
             format!("{path} is not a valid subnet.env: {detail}"),
         )
     };
-    let env = SubnetEnv::parse(text).map_err(|e| invalid(e.to_string()))?;
-    let subnet = env.subnet.trunc();
-    if !env.network.contains(&subnet) {
-        return Err(invalid(format!(
-            "FLANNEL_SUBNET={} is outside FLANNEL_NETWORK={}; weftd always leases a subnet inside the \
-             network: check that subnetFile names the file weftd writes",
-            env.subnet, env.network
-        )));
-    }
-    if subnet.prefix_len() > MAX_SUBNET_PREFIX {
-        return Err(invalid(format!(
-            "FLANNEL_SUBNET={} leaves no address for a container (the prefix must be /{MAX_SUBNET_PREFIX} or \
-             shorter)",
-            env.subnet
-        )));
-    }
-    if let (Some(network), Some(subnet)) = (env.ipv6_network, env.ipv6_subnet) {
-        if !network.contains(&subnet.trunc()) {
+    let env = parse_values(text).map_err(invalid)?;
+    if let Some(v4) = &env.ipv4 {
+        if !v4.network.contains(&v4.range()) {
             return Err(invalid(format!(
-                "FLANNEL_IPV6_SUBNET={subnet} is outside FLANNEL_IPV6_NETWORK={network}"
+                "FLANNEL_SUBNET={} is outside FLANNEL_NETWORK={}; weftd always leases a subnet inside the \
+                 network: check that subnetFile names the file weftd writes",
+                v4.subnet, v4.network
+            )));
+        }
+        if v4.subnet.prefix_len() > MAX_SUBNET_PREFIX {
+            return Err(invalid(format!(
+                "FLANNEL_SUBNET={} leaves no address for a container (the prefix must be /{MAX_SUBNET_PREFIX} or \
+                 shorter)",
+                v4.subnet
             )));
         }
     }
-    let min = if env.ipv6_subnet.is_some() {
+    if let Some(v6) = &env.ipv6 {
+        if !v6.network.contains(&v6.range()) {
+            return Err(invalid(format!(
+                "FLANNEL_IPV6_SUBNET={} is outside FLANNEL_IPV6_NETWORK={}; weftd always leases a subnet inside \
+                 the network: check that subnetFile names the file weftd writes",
+                v6.subnet, v6.network
+            )));
+        }
+        if v6.subnet.prefix_len() > MAX_IPV6_SUBNET_PREFIX {
+            return Err(invalid(format!(
+                "FLANNEL_IPV6_SUBNET={} leaves no address for a container (the prefix must be \
+                 /{MAX_IPV6_SUBNET_PREFIX} or shorter)",
+                v6.subnet
+            )));
+        }
+        if let Some(why) = unusable_ipv6(v6.subnet) {
+            return Err(invalid(format!(
+                "FLANNEL_IPV6_SUBNET={} is {why}, not an address range for pods",
+                v6.subnet
+            )));
+        }
+    }
+    let min = if env.ipv6.is_some() {
         MTU_MIN_IPV6
     } else {
         *MTU_RANGE.start()
@@ -79,7 +258,7 @@ pub fn parse(path: &str, text: &str) -> Result<SubnetEnv, CniError> {
             "FLANNEL_MTU={} is out of range: it must be {min} to {}{}",
             env.mtu,
             MTU_RANGE.end(),
-            if env.ipv6_subnet.is_some() {
+            if env.ipv6.is_some() {
                 " (IPv6 needs 1280 or more)"
             } else {
                 ""
@@ -158,6 +337,126 @@ mod tests {
         assert!(e.msg.contains("FLANNEL_IPV6_SUBNET=fd00:0:0:1::1/64"), "{e}");
     }
 
+    fn dual(v6_network: &str, v6_subnet: &str) -> String {
+        format!(
+            "{}FLANNEL_IPV6_NETWORK={v6_network}\nFLANNEL_IPV6_SUBNET={v6_subnet}\n",
+            text("10.5.0.0/16", "10.5.72.1/24", "1450")
+        )
+    }
+
+    #[test]
+    fn dual_stack_gives_both_families_with_their_gateways() {
+        let env = parse(PATH, &dual("fc00::/48", "fc00:0:0:1::1/64")).unwrap();
+        let v4 = env.ipv4.unwrap();
+        let v6 = env.ipv6.unwrap();
+        assert_eq!(v4.gateway().to_string(), "10.5.72.1/24");
+        assert_eq!(v6.range().to_string(), "fc00:0:0:1::/64");
+        assert_eq!(v6.gateway().to_string(), "fc00:0:0:1::1/64");
+        assert_eq!(v6.default_dst().to_string(), "::/0");
+        assert_eq!(env.families().count(), 2);
+        // flanneld's order: the IPv4 pair, the IPv6 pair, MTU, IPMASQ.
+        assert_eq!(
+            env.render(),
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\n\
+             FLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+    }
+
+    #[test]
+    fn ipv6_only_as_flanneld_writes_it_with_enable_ipv4_false() {
+        let text = "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:7::1/64\nFLANNEL_MTU=1430\n\
+                    FLANNEL_IPMASQ=false\n";
+        let env = parse(PATH, text).unwrap();
+        assert_eq!(env.ipv4, None);
+        assert_eq!(env.ipv6.unwrap().gateway().to_string(), "fc00:0:0:7::1/64");
+        assert_eq!((env.mtu, env.ipmasq), (1430, false));
+        assert_eq!(env.render(), text);
+        // A bad value still names its key, and a bad line its own line number.
+        let e = parse(
+            PATH,
+            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=nope\nFLANNEL_MTU=1430\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.msg.contains(PATH) && e.msg.contains("FLANNEL_IPV6_SUBNET=\"nope\""),
+            "{e}"
+        );
+        let e = parse(PATH, "FLANNEL_IPV6_NETWORK=fc00::/48\ngarbage\n").unwrap_err();
+        assert!(e.msg.contains("line 2"), "{e}");
+        let e = parse(PATH, "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\n").unwrap_err();
+        assert!(e.msg.contains("FLANNEL_MTU is missing"), "{e}");
+    }
+
+    #[test]
+    fn a_file_without_any_subnet_or_with_half_a_pair_is_refused_naming_the_key() {
+        let e = parse(PATH, "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n").unwrap_err();
+        assert!(
+            e.msg.contains("FLANNEL_NETWORK is missing") && e.msg.contains("no subnet"),
+            "{e}"
+        );
+        let e = parse(PATH, "FLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\n").unwrap_err();
+        assert!(e.msg.contains("FLANNEL_NETWORK is missing"), "{e}");
+        let half_v6 = format!(
+            "{}FLANNEL_IPV6_NETWORK=fc00::/48\n",
+            text("10.5.0.0/16", "10.5.72.1/24", "1450")
+        );
+        let e = parse(PATH, &half_v6).unwrap_err();
+        assert!(
+            e.msg.contains("FLANNEL_IPV6_SUBNET is missing") && e.msg.contains(PATH),
+            "{e}"
+        );
+        let half_v6 = format!(
+            "{}FLANNEL_IPV6_SUBNET=fc00::1/64\n",
+            text("10.5.0.0/16", "10.5.72.1/24", "1450")
+        );
+        let e = parse(PATH, &half_v6).unwrap_err();
+        assert!(e.msg.contains("FLANNEL_IPV6_NETWORK is missing"), "{e}");
+        // IPv6 with half an IPv4 pair.
+        let e = parse(PATH, "FLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1450\n").unwrap_err();
+        assert!(e.msg.contains("FLANNEL_NETWORK is missing"), "{e}");
+    }
+
+    #[test]
+    fn bad_ipv6_values_are_refused_naming_file_key_and_value() {
+        for (network, subnet, expect) in [
+            (
+                "fc00::/48",
+                "10.5.72.1/24",
+                "FLANNEL_IPV6_SUBNET=\"10.5.72.1/24\" is not an IPv6 CIDR",
+            ),
+            (
+                "10.0.0.0/8",
+                "fc00::1/64",
+                "FLANNEL_IPV6_NETWORK=\"10.0.0.0/8\" is not an IPv6 CIDR",
+            ),
+            ("fc00::/48", "fc00::1", "FLANNEL_IPV6_SUBNET=\"fc00::1\""),
+            (
+                "fc00::/48",
+                "fc01::1/64",
+                "FLANNEL_IPV6_SUBNET=fc01::1/64 is outside FLANNEL_IPV6_NETWORK=fc00::/48",
+            ),
+            ("fc00::/48", "fc00::/32", "FLANNEL_IPV6_SUBNET=fc00::/32 is outside"),
+            (
+                "fc00::/48",
+                "fc00::1/127",
+                "FLANNEL_IPV6_SUBNET=fc00::1/127 leaves no address",
+            ),
+            (
+                "fe80::/10",
+                "fe80::1/64",
+                "FLANNEL_IPV6_SUBNET=fe80::1/64 is link-local",
+            ),
+            ("ff00::/8", "ff05::1/64", "FLANNEL_IPV6_SUBNET=ff05::1/64 is multicast"),
+            ("::/0", "::1/128", "leaves no address"),
+            ("::/0", "::/64", "unspecified"),
+        ] {
+            let e = parse(PATH, &dual(network, subnet)).unwrap_err();
+            assert_eq!(e.code, 5);
+            assert!(e.msg.starts_with(PATH) && e.msg.contains(expect), "{expect}: {e}");
+        }
+        assert!(parse(PATH, &dual("fc00::/48", "fc00::1/126")).is_ok());
+    }
+
     fn cidr_v4() -> impl Strategy<Value = String> {
         prop_oneof![
             (any::<[u8; 4]>(), 0u8..=32).prop_map(|(a, p)| format!("{}.{}.{}.{}/{p}", a[0], a[1], a[2], a[3])),
@@ -197,7 +496,15 @@ mod tests {
             1 => cidr_v4(),
         ];
         let mtu = prop_oneof![3 => (68u32..=65535).prop_map(|m| m.to_string()), 1 => mtu()];
-        let complete = (subnet, mtu).prop_map(|(subnet, mtu)| text("10.5.0.0/16", &subnet, &mtu));
+        let ipv4 = (subnet, mtu).prop_map(|(subnet, mtu)| text("10.5.0.0/16", &subnet, &mtu));
+        // IPv6 only, as flanneld writes it with EnableIPv4 false.
+        let ipv6 = (0u16..=0xffff, 32u8..=128, 1200u32..=9000).prop_map(|(n, p, mtu)| {
+            format!(
+                "FLANNEL_IPV6_NETWORK=fc00::/32\nFLANNEL_IPV6_SUBNET=fc00:0:{n:x}::1/{p}\nFLANNEL_MTU={mtu}\n\
+                 FLANNEL_IPMASQ=false\n"
+            )
+        });
+        let complete = prop_oneof![3 => ipv4, 1 => ipv6];
         (prop::option::weighted(0.7, complete), prop::collection::vec(line, 0..6))
             .prop_map(|(complete, lines)| complete.unwrap_or_default() + &lines.join("\n"))
     }
@@ -216,10 +523,15 @@ mod tests {
         fn accepted_files_are_usable_and_round_trip(text in subnet_env_text()) {
             match parse(PATH, &text) {
                 Ok(env) => {
-                    prop_assert!(env.network.contains(&env.subnet.trunc()));
-                    prop_assert!(env.subnet.prefix_len() <= MAX_SUBNET_PREFIX);
+                    prop_assert!(env.families().count() >= 1);
+                    for family in env.families() {
+                        prop_assert!(family.network.contains(&family.range()));
+                        prop_assert!(family.range().contains(&family.gateway().addr()));
+                    }
+                    prop_assert!(env.ipv4.is_none_or(|v4| v4.subnet.prefix_len() <= MAX_SUBNET_PREFIX));
+                    prop_assert!(env.ipv6.is_none_or(|v6| v6.subnet.prefix_len() <= MAX_IPV6_SUBNET_PREFIX));
                     prop_assert!(MTU_RANGE.contains(&env.mtu));
-                    prop_assert!(env.ipv6_subnet.is_none() || env.mtu >= MTU_MIN_IPV6);
+                    prop_assert!(env.ipv6.is_none() || env.mtu >= MTU_MIN_IPV6);
                     prop_assert_eq!(parse(PATH, &env.render()), Ok(env));
                 }
                 Err(e) => {

@@ -1,8 +1,8 @@
 //! The CNI wire formats weft-cni reads and writes: network configuration, results, versions.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -193,21 +193,21 @@ pub struct Interface {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpConfig {
-    /// "4"; only in versions before 1.0.0.
+    /// "4" or "6"; only in versions before 1.0.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    pub address: Ipv4Net,
+    pub address: IpNet,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
-    pub dst: Ipv4Net,
+    pub dst: IpNet,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gw: Option<Ipv4Addr>,
+    pub gw: Option<IpAddr>,
 }
 
 /// An ADD result (also a CHECK's prevResult).
@@ -226,11 +226,13 @@ pub struct CniResult {
 }
 
 impl CniResult {
-    /// Adapts the fields to `version`: `ips[].version` before 1.0.0, `interfaces[].mtu` from 1.1.0.
+    /// Adapts the fields to `version`: `ips[].version` ("4" or "6") before 1.0.0,
+    /// `interfaces[].mtu` from 1.1.0.
     pub fn for_version(mut self, version: &str) -> Self {
         let old = !version_at_least(version, "1.0.0");
         for ip in &mut self.ips {
-            ip.version = old.then(|| "4".to_string());
+            let family = if ip.address.addr().is_ipv4() { "4" } else { "6" };
+            ip.version = old.then(|| family.to_string());
         }
         if !version_at_least(version, "1.1.0") {
             for i in &mut self.interfaces {
@@ -297,17 +299,27 @@ mod tests {
                 mtu: Some(1450),
                 sandbox: Some("/var/run/netns/x".into()),
             }],
-            ips: vec![IpConfig {
-                version: None,
-                address: "10.5.72.2/24".parse().unwrap(),
-                gateway: Some("10.5.72.1".parse().unwrap()),
-                interface: Some(0),
-            }],
+            ips: vec![
+                IpConfig {
+                    version: None,
+                    address: "10.5.72.2/24".parse().unwrap(),
+                    gateway: Some("10.5.72.1".parse().unwrap()),
+                    interface: Some(0),
+                },
+                IpConfig {
+                    version: None,
+                    address: "fc00:0:0:1::2/64".parse().unwrap(),
+                    gateway: Some("fc00:0:0:1::1".parse().unwrap()),
+                    interface: Some(0),
+                },
+            ],
             routes: vec![],
             dns: Value::Null,
         };
         let old: Value = serde_json::from_str(&r.clone().for_version("0.4.0").to_json()).unwrap();
         assert_eq!(old["ips"][0]["version"], "4");
+        assert_eq!(old["ips"][1]["version"], "6");
+        assert_eq!(old["ips"][1]["address"], "fc00:0:0:1::2/64");
         assert!(old["interfaces"][0].get("mtu").is_none());
         let new: Value = serde_json::from_str(&r.for_version("1.1.0").to_json()).unwrap();
         assert!(new["ips"][0].get("version").is_none());
