@@ -1,5 +1,7 @@
-//! Kernel change notifications: the rtnetlink multicast groups for links, IPv4 and IPv6 routes
-//! and neighbours (ARP, NDP and FDB). What anyone changes in those tables, weft included, arrives here
+//! Kernel change notifications: the rtnetlink multicast groups for links, IPv4 and IPv6 routes,
+//! neighbours (ARP, NDP and FDB) and nexthop objects (on a second socket: netlink-packet-route
+//! cannot decode them). Deleting a nexthop deletes the IPv4 routes that point at it without a
+//! route notification, so the nexthop's own is the only sign. What anyone changes in those tables, weft included, arrives here
 //! as it happens, so a backend can repair an entry someone deleted without re-reading the
 //! tables. It only reports; it decides and changes nothing.
 
@@ -11,8 +13,8 @@ use rtnetlink::MulticastGroup;
 use tokio::sync::mpsc;
 
 use crate::netlink::{
-    fdb_entry, link_info, neighbour, route_info, FdbEntry, LinkInfo, Neighbour, NetlinkError, RouteInfo, RouteType,
-    MAIN_TABLE,
+    fdb_entry, link_info, neighbour, new_nexthop_connection, route_info, FdbEntry, LinkInfo, Neighbour, NetlinkError,
+    NexthopInfo, NexthopMessage, RouteInfo, RouteType, MAIN_TABLE,
 };
 
 /// The receive buffer asked for, so a burst (weft programming thousands of entries) is not lost.
@@ -42,12 +44,16 @@ pub enum KernelEvent {
         index: u32,
         entry: FdbEntry,
     },
+    /// A nexthop object was added or replaced.
+    NexthopChanged(NexthopInfo),
+    /// A nexthop object was deleted, and with it every route that pointed at it.
+    NexthopGone(NexthopInfo),
     /// Notifications were lost (the receive buffer overflowed): compare everything again.
     Overrun,
 }
 
-/// Subscribes, in the calling thread's network namespace, to link, route (IPv4 and IPv6) and
-/// neighbour changes. Must be called inside a tokio runtime. The stream ends when the socket fails (events
+/// Subscribes, in the calling thread's network namespace, to link, route (IPv4 and IPv6),
+/// neighbour and nexthop changes. Must be called inside a tokio runtime. The stream ends when the socket fails (events
 /// may then have been missed: the caller should compare everything once more).
 pub fn subscribe() -> Result<mpsc::UnboundedReceiver<KernelEvent>, NetlinkError> {
     let groups = [
@@ -64,6 +70,7 @@ pub fn subscribe() -> Result<mpsc::UnboundedReceiver<KernelEvent>, NetlinkError>
     }
     tokio::spawn(connection);
     let (tx, rx) = mpsc::unbounded_channel();
+    subscribe_nexthops(tx.clone())?;
     tokio::spawn(async move {
         while let Some((msg, _)) = messages.next().await {
             let event = match msg.payload {
@@ -81,6 +88,54 @@ pub fn subscribe() -> Result<mpsc::UnboundedReceiver<KernelEvent>, NetlinkError>
         }
     });
     Ok(rx)
+}
+
+/// `RTNLGRP_NEXTHOP`: above 31, so joined with NETLINK_ADD_MEMBERSHIP rather than at bind.
+const RTNLGRP_NEXTHOP: u32 = 32;
+
+/// Nexthop notifications, into the same channel as the others. A kernel without nexthop
+/// objects still lets the socket join the group; it then never says anything.
+fn subscribe_nexthops(tx: mpsc::UnboundedSender<KernelEvent>) -> Result<(), NetlinkError> {
+    let (mut connection, _handle, mut messages) = new_nexthop_connection()?;
+    use rtnetlink::sys::AsyncSocket;
+    let socket = connection.socket_mut().socket_mut();
+    socket.bind_auto().map_err(NetlinkError::Socket)?;
+    if let Err(e) = socket.add_membership(RTNLGRP_NEXTHOP) {
+        tracing::debug!("kernel notifications: cannot join the nexthop group: {e}");
+        return Ok(());
+    }
+    if let Err(e) = socket.set_rx_buf_sz(RECEIVE_BUFFER) {
+        tracing::debug!("kernel notifications: cannot enlarge the nexthop receive buffer: {e}");
+    }
+    tokio::spawn(connection);
+    tokio::spawn(async move {
+        while let Some((msg, _)) = messages.next().await {
+            let event = match msg.payload {
+                NetlinkPayload::InnerMessage(msg) => decode_nexthop(&msg),
+                NetlinkPayload::Overrun(_) => Some(KernelEvent::Overrun),
+                _ => None,
+            };
+            if let Some(event) = event {
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The event a nexthop notification reports.
+pub fn decode_nexthop(msg: &NexthopMessage) -> Option<KernelEvent> {
+    if !msg.is_nexthop() {
+        return None;
+    }
+    let info = msg.info()?;
+    Some(if msg.is_deleted() {
+        KernelEvent::NexthopGone(info)
+    } else {
+        KernelEvent::NexthopChanged(info)
+    })
 }
 
 /// The event a notification reports, if it is one weft cares about.

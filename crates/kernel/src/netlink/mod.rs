@@ -1,8 +1,8 @@
 //! The rtnetlink wrapper: links, addresses, routes, neighbours and FDB entries, and network
-//! namespaces, for IPv4 and IPv6 alike (`IpAddr`/`IpNet` throughout).
+//! namespaces, and nexthop objects, for IPv4 and IPv6 alike (`IpAddr`/`IpNet` throughout).
 //!
-//! One socket per network namespace: [`Netlink::new`] opens it in the namespace of the calling
-//! thread, so a daemon that runs inside its namespace needs no `setns`; [`Netlink::new_in`]
+//! One handle per network namespace: [`Netlink::new`] opens its sockets (one for the messages
+//! netlink-packet-route knows, one for nexthop messages) in the namespace of the calling thread, so a daemon that runs inside its namespace needs no `setns`; [`Netlink::new_in`]
 //! opens one inside another namespace from a short-lived thread. Every method is one typed,
 //! idempotent kernel operation; none decides what state should exist. Errors keep the errno so
 //! callers can branch on EEXIST/ENOENT. This file holds the handle and the request, ACK and dump
@@ -12,6 +12,7 @@ mod addresses;
 mod links;
 mod namespaces;
 mod neighbours;
+mod nexthops;
 mod routes;
 
 use std::net::IpAddr;
@@ -25,6 +26,7 @@ pub use self::addresses::AddrInfo;
 pub use self::links::{random_mac, LinkInfo, VethSpec, VxlanInfo, VxlanSpec};
 pub use self::namespaces::{block_on_in_netns, in_netns, netns_path};
 pub use self::neighbours::{FdbEntry, Neighbour};
+pub use self::nexthops::{is_unsupported as nexthops_unsupported, NexthopInfo, NexthopMessage, NexthopSpec};
 pub use self::routes::{RouteInfo, RouteSpec, RouteType};
 pub use weft_core::mac::{format_mac, parse_mac};
 /// The address family a listing is restricted to (`None` in a listing: both).
@@ -32,6 +34,7 @@ pub use weft_core::masq::AddrFamily;
 
 pub(crate) use self::links::link_info;
 pub(crate) use self::neighbours::{fdb_entry, neighbour};
+pub(crate) use self::nexthops::new_nexthop_connection;
 pub(crate) use self::routes::{route_info, MAIN_TABLE};
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +124,8 @@ fn mac_from(bytes: &[u8]) -> Option<[u8; 6]> {
 #[derive(Clone, Debug)]
 pub struct Netlink {
     handle: rtnetlink::Handle,
+    /// Nexthop messages, which netlink-packet-route cannot decode, go on their own socket.
+    nexthops: rtnetlink::proto::ConnectionHandle<NexthopMessage>,
 }
 
 impl Netlink {
@@ -129,7 +134,9 @@ impl Netlink {
     pub fn new() -> Result<Self, NetlinkError> {
         let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
         tokio::spawn(connection);
-        Ok(Netlink { handle })
+        let (connection, nexthops, _) = new_nexthop_connection()?;
+        tokio::spawn(connection);
+        Ok(Netlink { handle, nexthops })
     }
 
     /// Sends a delete request; an object that is already gone is success (ENOENT/ESRCH).

@@ -1,5 +1,6 @@
 //! Routes of the main table, IPv4 and IPv6, and route lookups (`ip route get`, with or without
-//! `fibmatch`).
+//! `fibmatch`). A route either carries its own gateway and device or points at a nexthop object
+//! (`nhid`); read back, both show the gateway, device and onlink flag they forward by.
 
 use std::net::IpAddr;
 
@@ -16,13 +17,16 @@ use super::{dump_family, family_of, AddrFamily, Netlink, NetlinkError};
 /// `RT_TABLE_MAIN`: the only table weft writes.
 pub(crate) const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
-/// A route, as read back.
+/// A route, as read back. For a route that points at a nexthop object, `gateway`, `oif` and
+/// `onlink` are the nexthop's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteInfo {
     pub dst: IpNet,
     pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
     pub onlink: bool,
+    /// `RTA_NH_ID`: the nexthop object the route points at, if it does.
+    pub nexthop_id: Option<u32>,
     /// `rtm_protocol`: 2 kernel, 3 boot, 4 static, ...
     pub protocol: u8,
     /// `rtm_scope`: 0 universe, 253 link, 254 host.
@@ -79,7 +83,7 @@ impl Netlink {
         let replies = self
             .query("list routes", RouteNetlinkMessage::GetRoute(msg), true)
             .await?;
-        Ok(replies
+        let mut routes: Vec<RouteInfo> = replies
             .into_iter()
             .filter_map(|m| match m {
                 RouteNetlinkMessage::NewRoute(r) => route_info(&r),
@@ -87,7 +91,27 @@ impl Netlink {
             })
             .filter(|r| r.table == MAIN_TABLE && r.kind == RouteType::Unicast)
             .filter(|r| super::in_family(&r.dst, family))
-            .collect())
+            .collect();
+        self.resolve_nexthops(&mut routes).await?;
+        Ok(routes)
+    }
+
+    /// Fills in the gateway, device and onlink flag of routes that point at a nexthop object
+    /// and came without them (`net.ipv4.nexthop_compat_mode` = 0): one nexthop dump, only then.
+    pub async fn resolve_nexthops(&self, routes: &mut [RouteInfo]) -> Result<(), NetlinkError> {
+        if !routes.iter().any(|r| r.nexthop_id.is_some() && r.oif.is_none()) {
+            return Ok(());
+        }
+        let nexthops: std::collections::HashMap<u32, super::NexthopInfo> =
+            self.list_nexthops(None).await?.into_iter().map(|n| (n.id, n)).collect();
+        for route in routes.iter_mut().filter(|r| r.oif.is_none()) {
+            if let Some(nh) = route.nexthop_id.and_then(|id| nexthops.get(&id)) {
+                route.gateway = nh.gateway;
+                route.oif = nh.oif;
+                route.onlink = nh.onlink;
+            }
+        }
+        Ok(())
     }
 
     async fn lookup(&self, dst: IpAddr, flags: RouteFlags) -> Result<Option<RouteInfo>, NetlinkError> {
@@ -99,10 +123,18 @@ impl Netlink {
             .push(RouteAttribute::Destination(RouteAddress::from(dst)));
         let op = format!("look up the route to {dst}");
         match self.query(&op, RouteNetlinkMessage::GetRoute(msg), false).await {
-            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => route_info(&r),
-                _ => None,
-            })),
+            Ok(replies) => {
+                let mut found: Vec<RouteInfo> = replies
+                    .into_iter()
+                    .find_map(|m| match m {
+                        RouteNetlinkMessage::NewRoute(r) => route_info(&r),
+                        _ => None,
+                    })
+                    .into_iter()
+                    .collect();
+                self.resolve_nexthops(&mut found).await?;
+                Ok(found.pop())
+            }
             // ENETUNREACH / EHOSTUNREACH: no route.
             Err(NetlinkError::Kernel { errno, .. }) if errno == libc::ENETUNREACH || errno == libc::EHOSTUNREACH => {
                 Ok(None)
@@ -184,6 +216,51 @@ impl Netlink {
         .await
     }
 
+    fn nexthop_route_message(dst: IpNet, nexthop: u32, for_delete: bool) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family_of(&dst.addr());
+        msg.header.destination_prefix_length = dst.prefix_len();
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        if for_delete {
+            msg.header.scope = RouteScope::NoWhere;
+        } else {
+            msg.header.protocol = RouteProtocol::Boot;
+            msg.header.scope = RouteScope::Universe;
+            msg.header.kind = RouteType::Unicast;
+        }
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(dst.network())));
+        msg.attributes.push(RouteAttribute::NhId(nexthop));
+        msg
+    }
+
+    /// Adds the route `dst nhid <nexthop>`, or replaces the main table's route to the same
+    /// destination (a plain one included: the switch leaves no moment without a route). The
+    /// nexthop must exist.
+    pub async fn replace_route_via_nexthop(&self, dst: IpNet, nexthop: u32) -> Result<(), NetlinkError> {
+        let msg = Self::nexthop_route_message(dst, nexthop, false);
+        self.ack(
+            &format!("replace route {dst} nhid {nexthop}"),
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .await
+    }
+
+    /// Deletes the route `dst nhid <nexthop>` with this metric (0: at any metric). A route that
+    /// points at a nexthop is only matched by its nexthop id, never by a gateway and device.
+    pub async fn delete_route_via_nexthop(&self, dst: IpNet, nexthop: u32, metric: u32) -> Result<(), NetlinkError> {
+        let mut msg = Self::nexthop_route_message(dst, nexthop, true);
+        if metric != 0 {
+            msg.attributes.push(RouteAttribute::Priority(metric));
+        }
+        self.delete(
+            &format!("delete route {dst} nhid {nexthop}"),
+            RouteNetlinkMessage::DelRoute(msg),
+        )
+        .await
+    }
+
     /// Deletes the route (at any metric); one that is already gone is not an error.
     pub async fn delete_route(&self, spec: &RouteSpec) -> Result<(), NetlinkError> {
         self.delete_route_at_metric(spec, 0).await
@@ -221,6 +298,7 @@ pub(crate) fn route_info(msg: &RouteMessage) -> Option<RouteInfo> {
         gateway: None,
         oif: None,
         onlink: msg.header.flags.contains(RouteFlags::Onlink),
+        nexthop_id: None,
         protocol: u8::from(msg.header.protocol),
         scope: u8::from(msg.header.scope),
         priority: 0,
@@ -236,6 +314,7 @@ pub(crate) fn route_info(msg: &RouteMessage) -> Option<RouteInfo> {
             RouteAttribute::Table(t) => route.table = *t,
             RouteAttribute::Priority(p) => route.priority = *p,
             RouteAttribute::PrefSource(a) => route.pref_src = route_addr(a),
+            RouteAttribute::NhId(id) => route.nexthop_id = Some(*id),
             _ => {}
         }
     }
@@ -267,6 +346,15 @@ mod tests {
             let back = route_info(&msg).unwrap();
             assert_eq!(back.spec(), Some(s), "{s}");
             assert_eq!((back.table, back.kind), (MAIN_TABLE, RouteType::Unicast));
+        }
+    }
+
+    #[test]
+    fn a_nexthop_route_reads_back_with_its_nexthop_id() {
+        for dst in ["10.5.2.0/24", "fd00:5:2::/64"] {
+            let dst: IpNet = dst.parse().unwrap();
+            let back = route_info(&Netlink::nexthop_route_message(dst, 0x7700_0002, false)).unwrap();
+            assert_eq!((back.dst, back.nexthop_id, back.oif), (dst, Some(0x7700_0002), None));
         }
     }
 
