@@ -12,7 +12,6 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions, TlsOptions,
     Txn, TxnOp, WatchOptions,
 };
-use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weft_core::{Lease, LeaseAttrs, NetworkConfig, SubnetKey};
@@ -420,7 +419,7 @@ impl EtcdSubnetManager {
         &self,
         cfg: &NetworkConfig,
         attrs: LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Option<SubnetKey>,
     ) -> Result<Lease, ControlError> {
         manager::acquire_lease(self, cfg, &attrs, previous, self.opts.lease_ttl).await
     }
@@ -728,7 +727,7 @@ impl SubnetManager for EtcdSubnetManager {
         &self,
         cfg: &NetworkConfig,
         attrs: LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Option<SubnetKey>,
     ) -> Result<Lease, ControlError> {
         EtcdSubnetManager::acquire_lease(self, cfg, attrs, previous).await
     }

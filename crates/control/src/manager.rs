@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use imbl::ordmap::DiffItem;
 use imbl::OrdMap;
-use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weft_core::{
@@ -339,7 +338,7 @@ pub async fn acquire_lease<S: SubnetStore>(
     store: &S,
     cfg: &NetworkConfig,
     attrs: &LeaseAttrs,
-    previous: Option<Ipv4Net>,
+    previous: Option<SubnetKey>,
     ttl: Duration,
 ) -> Result<Lease, ControlError> {
     acquire_lease_with(store, cfg, attrs, previous, ttl, &mut |n| rand::random_range(0..n)).await
@@ -350,7 +349,7 @@ pub async fn acquire_lease_with<S: SubnetStore>(
     store: &S,
     cfg: &NetworkConfig,
     attrs: &LeaseAttrs,
-    previous: Option<Ipv4Net>,
+    previous: Option<SubnetKey>,
     ttl: Duration,
     pick: &mut (dyn FnMut(usize) -> usize + Send),
 ) -> Result<Lease, ControlError> {
@@ -373,6 +372,11 @@ pub async fn acquire_lease_with<S: SubnetStore>(
                     });
                 }
                 tracing::info!(key = %key, attempt, "our lease changed while we renewed it; listing again");
+            }
+            Allocation::Stale(subnet) => {
+                let key = lease_key(&prefix, &subnet);
+                tracing::warn!(key = %key, "the lease naming our public IP does not fit the network config (SubnetLen, range or IPv6 changed); deleting it, as flannel does");
+                store.delete(&key).await?;
             }
             Allocation::Fresh(subnet) => {
                 let key = lease_key(&prefix, &subnet);

@@ -7,10 +7,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use weft_core::SubnetKey;
 use weft_core::{Lease, LeaseAttrs, NetworkConfig};
 
 use crate::error::ControlError;
@@ -286,7 +286,7 @@ impl SubnetManager for MemoryStore {
         &self,
         cfg: &NetworkConfig,
         attrs: LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Option<SubnetKey>,
     ) -> Result<Lease, ControlError> {
         manager::acquire_lease(self, cfg, &attrs, previous, self.keeper.ttl).await
     }
@@ -383,7 +383,15 @@ mod tests {
         a: &LeaseAttrs,
         prev: Option<&str>,
     ) -> Result<weft_core::Lease, ControlError> {
-        acquire_lease_with(store, c, a, prev.map(|p| p.parse().unwrap()), TTL, &mut |_| 0).await
+        acquire_lease_with(
+            store,
+            c,
+            a,
+            prev.map(|p| SubnetKey::v4(p.parse().unwrap())),
+            TTL,
+            &mut |_| 0,
+        )
+        .await
     }
 
     #[tokio::test]
@@ -415,6 +423,28 @@ mod tests {
         assert_eq!(store.value(&lease_key(PREFIX, &first.subnet)).unwrap(), newer.to_json());
         let (all, _) = store.list("/coreos.com/network/subnets/").await.unwrap();
         assert_eq!(all.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn switching_ipv6_on_replaces_our_ipv4_only_lease_with_a_dual_stack_one() {
+        let store = MemoryStore::new(PREFIX);
+        let v4 = cfg(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        let first = acquire(&store, &v4, &attrs(1), None).await.unwrap();
+        let dual =
+            cfg(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#);
+        let mut a = attrs(1);
+        a.public_ipv6 = Some("2001:db8::1".parse().unwrap());
+        let prev = format!("{}", first.subnet.ipv4);
+        let again = acquire(&store, &dual, &a, Some(&prev)).await.unwrap();
+        assert_eq!(again.subnet.ipv4, first.subnet.ipv4, "the IPv4 subnet is kept");
+        assert_eq!(again.subnet.to_key(), "10.5.1.0-24&fc00:0:0:1::-64");
+        let (all, _) = store.list("/coreos.com/network/subnets/").await.unwrap();
+        let keys: Vec<&str> = all.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["/coreos.com/network/subnets/10.5.1.0-24&fc00:0:0:1::-64"],
+            "the IPv4-only lease is gone: it would claim our PublicIP against the new one"
+        );
     }
 
     #[tokio::test]

@@ -6,9 +6,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use weft_core::SubnetKey;
 use weft_core::{Lease, LeaseAttrs, NetworkConfig};
 
 use crate::error::ControlError;
@@ -24,7 +24,7 @@ pub trait SubnetManager: Send + Sync + 'static {
         &self,
         cfg: &NetworkConfig,
         attrs: LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Option<SubnetKey>,
     ) -> impl Future<Output = Result<Lease, ControlError>> + Send;
 
     /// Follows every record under the subnets directory; each snapshot says which are admitted.

@@ -41,7 +41,7 @@ async fn acquire_writes_flannels_key_and_value_with_a_ttl() {
     let m = manager(&etcd).await;
     let cfg = m.put_config(CONFIG).await.unwrap();
     let lease = m
-        .acquire_lease(&cfg, attrs(1), Some("10.5.34.1/24".parse().unwrap()))
+        .acquire_lease(&cfg, attrs(1), Some(SubnetKey::v4("10.5.34.1/24".parse().unwrap())))
         .await
         .unwrap();
     assert_eq!(lease.subnet, SubnetKey::v4("10.5.34.0/24".parse().unwrap()));
@@ -79,7 +79,11 @@ async fn two_nodes_get_distinct_subnets_and_a_node_keeps_its_own() {
     let mut newer = attrs(1);
     newer.backend_data = serde_json::json!({"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:01"});
     let again = a
-        .acquire_lease(&cfg, newer.clone(), Some("10.5.200.0/24".parse().unwrap()))
+        .acquire_lease(
+            &cfg,
+            newer.clone(),
+            Some(SubnetKey::v4("10.5.200.0/24".parse().unwrap())),
+        )
         .await
         .unwrap();
     assert_eq!(again.subnet, la.subnet);

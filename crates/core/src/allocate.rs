@@ -1,13 +1,14 @@
-//! Choosing this node's subnet, as flannel does: keep a lease that already names our public IP,
-//! else take back the subnet of the previous subnet.env if it is free, else a random free subnet
-//! among the first free ones between SubnetMin and SubnetMax.
+//! Choosing this node's subnet (and, dual stack, its IPv6 subnet), as flannel does: keep a lease
+//! that already names our public IP, else take back the subnets of the previous subnet.env if they
+//! are free, else random free subnets among the first free ones between SubnetMin and SubnetMax
+//! (IPv6SubnetMin and IPv6SubnetMax).
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::config::NetworkConfig;
+use crate::config::{Ipv6Pool, NetworkConfig};
 use crate::lease::{Lease, SubnetKey};
 
 /// flannel picks at random among this many of the lowest free subnets.
@@ -19,12 +20,16 @@ pub enum Allocation {
     Reuse(SubnetKey),
     /// Create this subnet's lease (create-if-absent).
     Fresh(SubnetKey),
+    /// A lease names our PublicIP but does not fit the config (another SubnetLen, IPv6 switched on
+    /// or off): delete it, as flannel does, then choose again. Left in place it would keep our
+    /// PublicIP claimed and every node would refuse the new lease.
+    Stale(SubnetKey),
 }
 
 impl Allocation {
     pub fn subnet(&self) -> SubnetKey {
         match self {
-            Allocation::Reuse(k) | Allocation::Fresh(k) => *k,
+            Allocation::Reuse(k) | Allocation::Fresh(k) | Allocation::Stale(k) => *k,
         }
     }
 }
@@ -39,31 +44,71 @@ pub enum AllocError {
         max: Ipv4Addr,
         network: Ipv4Net,
     },
+    #[error("out of IPv6 subnets: every /{len} subnet between IPv6SubnetMin {min} and IPv6SubnetMax {max} of {network} is leased; widen IPv6Network/IPv6SubnetMax or remove stale leases")]
+    Ipv6Exhausted {
+        len: u8,
+        min: Ipv6Addr,
+        max: Ipv6Addr,
+        network: Ipv6Net,
+    },
 }
 
-/// Picks our subnet. `pick(n)` returns an index below `n` (random in production, fixed in tests).
+/// Whether a lease's subnets fit the config: the IPv4 subnet in range, and an IPv6 subnet in range
+/// exactly when the config enables IPv6 (flannel's isSubnetConfigCompat/isIPv6SubnetConfigCompat).
+pub fn fits_config(cfg: &NetworkConfig, key: &SubnetKey) -> bool {
+    let v4_fits = v4_in_range(cfg, &key.ipv4);
+    let v6_fits = match (cfg.ipv6, key.ipv6) {
+        (None, None) => true,
+        (Some(pool), Some(v6)) => v6_in_range(&pool, &v6),
+        _ => false,
+    };
+    v4_fits && v6_fits
+}
+
+fn v4_in_range(cfg: &NetworkConfig, v4: &Ipv4Net) -> bool {
+    v4.prefix_len() == cfg.subnet_len
+        && u32::from(v4.network()) >= u32::from(cfg.subnet_min)
+        && u32::from(v4.network()) <= u32::from(cfg.subnet_max)
+}
+
+fn v6_in_range(pool: &Ipv6Pool, v6: &Ipv6Net) -> bool {
+    v6.prefix_len() == pool.subnet_len
+        && u128::from(v6.network()) >= u128::from(pool.subnet_min)
+        && u128::from(v6.network()) <= u128::from(pool.subnet_max)
+}
+
+/// Picks our subnets. `pick(n)` returns an index below `n` (random in production, fixed in tests).
+/// `previous` is what the previous subnet.env held.
 pub fn choose_subnet(
     cfg: &NetworkConfig,
     leases: &[Lease],
     public_ip: Ipv4Addr,
-    previous: Option<Ipv4Net>,
+    previous: Option<SubnetKey>,
     pick: &mut dyn FnMut(usize) -> usize,
 ) -> Result<Allocation, AllocError> {
-    let in_range = |n: &Ipv4Net| {
-        n.prefix_len() == cfg.subnet_len
-            && u32::from(n.network()) >= u32::from(cfg.subnet_min)
-            && u32::from(n.network()) <= u32::from(cfg.subnet_max)
-    };
-    if let Some(own) = leases
-        .iter()
-        .find(|l| l.attrs.public_ip == public_ip && in_range(&l.subnet.ipv4))
-    {
-        return Ok(Allocation::Reuse(own.subnet));
+    if let Some(own) = leases.iter().find(|l| l.attrs.public_ip == public_ip) {
+        return Ok(if fits_config(cfg, &own.subnet) {
+            Allocation::Reuse(own.subnet)
+        } else {
+            Allocation::Stale(own.subnet)
+        });
     }
     let taken: HashSet<Ipv4Addr> = leases.iter().map(|l| l.subnet.ipv4.network()).collect();
-    if let Some(prev) = previous.map(|p| p.trunc()) {
-        if in_range(&prev) && !taken.contains(&prev.network()) {
-            return Ok(Allocation::Fresh(SubnetKey::v4(prev)));
+    let taken6: Vec<Ipv6Net> = leases.iter().filter_map(|l| l.subnet.ipv6).collect();
+    let free6 = |n: &Ipv6Net| !taken6.iter().any(|t| t.contains(n) || n.contains(t));
+    // The previous IPv4 subnet is taken back when free; its IPv6 subnet too when it fits and is
+    // free, else a fresh one (so switching IPv6 on keeps the pods' IPv4 addresses).
+    if let Some(prev) = previous {
+        let ipv4 = prev.ipv4.trunc();
+        if v4_in_range(cfg, &ipv4) && !taken.contains(&ipv4.network()) {
+            let ipv6 = match cfg.ipv6 {
+                None => None,
+                Some(pool) => match prev.ipv6.map(|n| n.trunc()) {
+                    Some(v6) if v6_in_range(&pool, &v6) && free6(&v6) => Some(v6),
+                    _ => Some(choose_ipv6(&pool, &free6, pick)?),
+                },
+            };
+            return Ok(Allocation::Fresh(SubnetKey { ipv4, ipv6 }));
         }
     }
     let step = 1u32 << (32 - cfg.subnet_len);
@@ -81,9 +126,45 @@ pub fn choose_subnet(
             network: cfg.network,
         });
     }
+    let ipv6 = match cfg.ipv6 {
+        None => None,
+        Some(pool) => Some(choose_ipv6(&pool, &free6, pick)?),
+    };
     let addr = free[pick(free.len()) % free.len()];
-    let net = Ipv4Net::new(Ipv4Addr::from(addr), cfg.subnet_len).expect("subnet_len was validated");
-    Ok(Allocation::Fresh(SubnetKey::v4(net)))
+    let ipv4 = Ipv4Net::new(Ipv4Addr::from(addr), cfg.subnet_len).expect("subnet_len was validated");
+    Ok(Allocation::Fresh(SubnetKey { ipv4, ipv6 }))
+}
+
+/// A random one of the first free IPv6 subnets. The walk stops after RANDOM_AMONG_FIRST free ones,
+/// so it visits at most that many plus the number of leases, however large the range.
+fn choose_ipv6(
+    pool: &Ipv6Pool,
+    free: &dyn Fn(&Ipv6Net) -> bool,
+    pick: &mut dyn FnMut(usize) -> usize,
+) -> Result<Ipv6Net, AllocError> {
+    let step = 1u128 << (128 - u32::from(pool.subnet_len));
+    let (min, max) = (u128::from(pool.subnet_min), u128::from(pool.subnet_max));
+    let mut found = Vec::new();
+    let mut at = Some(min);
+    while let Some(addr) = at.filter(|a| *a <= max) {
+        let net = Ipv6Net::new(Ipv6Addr::from(addr), pool.subnet_len).expect("IPv6SubnetLen was validated");
+        if free(&net) {
+            found.push(net);
+            if found.len() == RANDOM_AMONG_FIRST {
+                break;
+            }
+        }
+        at = addr.checked_add(step);
+    }
+    if found.is_empty() {
+        return Err(AllocError::Ipv6Exhausted {
+            len: pool.subnet_len,
+            min: pool.subnet_min,
+            max: pool.subnet_max,
+            network: pool.network,
+        });
+    }
+    Ok(found[pick(found.len()) % found.len()])
 }
 
 #[cfg(test)]
@@ -117,11 +198,11 @@ mod tests {
     fn takes_back_the_previous_subnet_when_free() {
         let c = cfg(r#"{"Network":"10.5.0.0/16"}"#);
         let leases = [lease("10.5.7.0/24", [198, 51, 100, 1])];
-        let prev = Some("10.5.42.1/24".parse().unwrap());
+        let prev = Some(SubnetKey::v4("10.5.42.1/24".parse().unwrap()));
         let got = choose_subnet(&c, &leases, Ipv4Addr::new(198, 51, 100, 3), prev, &mut |_| 0).unwrap();
         assert_eq!(got, Allocation::Fresh(SubnetKey::v4("10.5.42.0/24".parse().unwrap())));
         // Taken by someone else: fall back to a free one.
-        let prev = Some("10.5.7.1/24".parse().unwrap());
+        let prev = Some(SubnetKey::v4("10.5.7.1/24".parse().unwrap()));
         let got = choose_subnet(&c, &leases, Ipv4Addr::new(198, 51, 100, 3), prev, &mut |_| 0).unwrap();
         assert_eq!(got.subnet().ipv4, "10.5.1.0/24".parse::<Ipv4Net>().unwrap());
     }
@@ -146,5 +227,73 @@ mod tests {
         let leases = [lease("10.5.1.0/24", [1, 1, 1, 1]), lease("10.5.2.0/24", [1, 1, 1, 2])];
         let e = choose_subnet(&c, &leases, Ipv4Addr::new(9, 9, 9, 9), None, &mut |_| 0).unwrap_err();
         assert!(e.to_string().starts_with("out of subnets: all 2 /24 subnets"), "{e}");
+    }
+
+    fn dual(subnet: &str, v6: &str, ip: [u8; 4]) -> Lease {
+        let mut l = lease(subnet, ip);
+        l.subnet.ipv6 = Some(v6.parse().unwrap());
+        l
+    }
+
+    const DUAL: &str =
+        r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#;
+
+    #[test]
+    fn dual_stack_picks_a_free_subnet_of_each_family() {
+        let c = cfg(DUAL);
+        let leases = [dual("10.5.1.0/24", "fc00:0:0:1::/64", [1, 1, 1, 1])];
+        let got = choose_subnet(&c, &leases, Ipv4Addr::new(9, 9, 9, 9), None, &mut |_| 0).unwrap();
+        assert_eq!(got.subnet().to_key(), "10.5.2.0-24&fc00:0:0:2::-64");
+        let got = choose_subnet(&c, &leases, Ipv4Addr::new(9, 9, 9, 9), None, &mut |n| n - 1).unwrap();
+        assert_eq!(
+            got.subnet().to_key(),
+            "10.5.101.0-24&fc00:0:0:65::-64",
+            "the 100th free of each"
+        );
+    }
+
+    #[test]
+    fn dual_stack_takes_back_both_previous_subnets() {
+        let c = cfg(DUAL);
+        let leases = [dual("10.5.1.0/24", "fc00:0:0:1::/64", [1, 1, 1, 1])];
+        let prev = SubnetKey::parse("10.5.42.0-24&fc00:0:0:2a::-64").unwrap();
+        let got = choose_subnet(&c, &leases, Ipv4Addr::new(9, 9, 9, 9), Some(prev), &mut |_| 0).unwrap();
+        assert_eq!(got, Allocation::Fresh(prev));
+        // IPv6 switched on (the previous subnet.env had IPv4 only): the IPv4 subnet is kept.
+        let prev = SubnetKey::v4("10.5.42.0/24".parse().unwrap());
+        let got = choose_subnet(&c, &leases, Ipv4Addr::new(9, 9, 9, 9), Some(prev), &mut |_| 0).unwrap();
+        assert_eq!(got.subnet().to_key(), "10.5.42.0-24&fc00:0:0:2::-64");
+        // The previous IPv6 subnet taken by another node: a free one instead.
+        let prev = SubnetKey::parse("10.5.42.0-24&fc00:0:0:1::-64").unwrap();
+        let got = choose_subnet(&c, &leases, Ipv4Addr::new(9, 9, 9, 9), Some(prev), &mut |_| 0).unwrap();
+        assert_eq!(got.subnet().to_key(), "10.5.42.0-24&fc00:0:0:2::-64");
+    }
+
+    #[test]
+    fn an_own_lease_that_no_longer_fits_is_stale() {
+        let c = cfg(DUAL);
+        let own = [lease("10.5.7.0/24", [198, 51, 100, 2])];
+        let got = choose_subnet(&c, &own, Ipv4Addr::new(198, 51, 100, 2), None, &mut |_| 0).unwrap();
+        assert_eq!(got, Allocation::Stale(SubnetKey::v4("10.5.7.0/24".parse().unwrap())));
+        let dual_own = [dual("10.5.7.0/24", "fc00:0:0:7::/64", [198, 51, 100, 2])];
+        let got = choose_subnet(&c, &dual_own, Ipv4Addr::new(198, 51, 100, 2), None, &mut |_| 0).unwrap();
+        assert_eq!(got, Allocation::Reuse(dual_own[0].subnet));
+        // IPv6 switched off again: the dual-stack lease is stale.
+        let v4 = cfg(r#"{"Network":"10.5.0.0/16"}"#);
+        let got = choose_subnet(&v4, &dual_own, Ipv4Addr::new(198, 51, 100, 2), None, &mut |_| 0).unwrap();
+        assert!(matches!(got, Allocation::Stale(_)));
+    }
+
+    #[test]
+    fn out_of_ipv6_subnets_is_a_clear_error() {
+        let c = cfg(
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:1::","IPv6SubnetMax":"fc00:0:0:1::","Backend":{"Type":"vxlan"}}"#,
+        );
+        let leases = [dual("10.5.1.0/24", "fc00:0:0:1::/64", [1, 1, 1, 1])];
+        let e = choose_subnet(&c, &leases, Ipv4Addr::new(9, 9, 9, 9), None, &mut |_| 0).unwrap_err();
+        assert!(
+            e.to_string().starts_with("out of IPv6 subnets: every /64 subnet"),
+            "{e}"
+        );
     }
 }

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use weft_core::SubnetEnv;
+use weft_core::{SubnetEnv, SubnetKey};
 
 pub fn write_atomically(path: &Path, env: &SubnetEnv) -> std::io::Result<()> {
     write_text_atomically(path, &env.render())
@@ -29,10 +29,15 @@ pub fn write_text_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The subnet from a previous run's subnet.env, if there is a readable one.
-pub fn previous_subnet(path: &Path) -> Option<ipnet::Ipv4Net> {
+/// The subnets (IPv4, and IPv6 when dual stack) from a previous run's subnet.env, if there is a
+/// readable one.
+pub fn previous_subnet(path: &Path) -> Option<SubnetKey> {
     let text = std::fs::read_to_string(path).ok()?;
-    SubnetEnv::parse(&text).ok().map(|e| e.subnet.trunc())
+    let env = SubnetEnv::parse(&text).ok()?;
+    Some(SubnetKey {
+        ipv4: env.subnet.trunc(),
+        ipv6: env.ipv6_subnet.map(|n| n.trunc()),
+    })
 }
 
 #[cfg(test)]
@@ -53,7 +58,17 @@ mod tests {
         };
         write_atomically(&path, &env).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), env.render());
-        assert_eq!(previous_subnet(&path), Some("10.5.72.0/24".parse().unwrap()));
+        assert_eq!(previous_subnet(&path), Some(SubnetKey::parse("10.5.72.0-24").unwrap()));
+        let dual = SubnetEnv {
+            ipv6_network: Some("fc00::/48".parse().unwrap()),
+            ipv6_subnet: Some("fc00:0:0:9::1/64".parse().unwrap()),
+            ..env
+        };
+        write_atomically(&path, &dual).unwrap();
+        assert_eq!(
+            previous_subnet(&path),
+            Some(SubnetKey::parse("10.5.72.0-24&fc00:0:0:9::-64").unwrap())
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
