@@ -99,6 +99,31 @@ impl Netns {
             .unwrap_or_default()
     }
 
+    /// The global IPv6 addresses of `dev` (link-local left out), each with `!` appended when
+    /// the kernel holds it tentative or DAD failed (not usable yet).
+    pub fn ipv6_of(&self, dev: &str) -> Vec<String> {
+        let v: Value =
+            serde_json::from_str(&sh(&["ip", "-j", "-n", &self.name, "-6", "addr", "show", "dev", dev])).unwrap();
+        v[0]["addr_info"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|i| i["scope"] == "global")
+                    .map(|i| {
+                        let unusable = i["tentative"] == true || i["dadfailed"] == true;
+                        let mark = if unusable { "!" } else { "" };
+                        format!("{}/{}{mark}", i["local"].as_str().unwrap(), i["prefixlen"])
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Reads a sysctl of the namespace (e.g. `net.ipv6.conf.all.forwarding`).
+    pub fn sysctl(&self, key: &str) -> String {
+        self.exec(&["sysctl", "-n", key]).trim().to_string()
+    }
+
     /// Deletes the namespace now (the drop then does nothing).
     pub fn delete(&mut self) {
         if !self.name.is_empty() {
@@ -181,13 +206,14 @@ impl Node {
         })
     }
 
+    /// The reserved addresses (file names) of the built-in store, both families.
     pub fn address_files(&self) -> Vec<String> {
         let dir = self.dir.path().join("ipam").join(&self.network);
         std::fs::read_dir(dir)
             .map(|d| {
                 d.flatten()
                     .map(|e| e.file_name().to_string_lossy().to_string())
-                    .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
                     .collect()
             })
             .unwrap_or_default()
