@@ -193,3 +193,51 @@ fn errors_are_reported_in_the_configs_cni_version() {
     assert_refused(&run, 6, "1.1.0", &["not a JSON object"], "not JSON");
     assert_nothing_left(&node, &c, "version cases");
 }
+
+#[test]
+fn bad_ipv6_values_are_refused_naming_the_file_and_the_key() {
+    let v4 = "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+    let cases = [
+        (
+            format!("{v4}FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fd00:0:0:1::1/64\n"),
+            vec![
+                "FLANNEL_IPV6_SUBNET=fd00:0:0:1::1/64",
+                "outside",
+                "FLANNEL_IPV6_NETWORK=fc00::/48",
+            ],
+        ),
+        (
+            format!("{v4}FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1\n"),
+            vec!["FLANNEL_IPV6_SUBNET=\"fc00:0:0:1::1\" is not an IPv6 CIDR"],
+        ),
+        (
+            format!("{v4}FLANNEL_IPV6_NETWORK=10.6.0.0/16\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\n"),
+            vec!["FLANNEL_IPV6_NETWORK=\"10.6.0.0/16\" is not an IPv6 CIDR"],
+        ),
+        (
+            format!("{v4}FLANNEL_IPV6_NETWORK=fc00::/48\n"),
+            vec!["FLANNEL_IPV6_SUBNET is missing"],
+        ),
+        (
+            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/127\nFLANNEL_MTU=1450\n".to_string(),
+            vec!["FLANNEL_IPV6_SUBNET=fc00::1/127 leaves no address"],
+        ),
+        (
+            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\nFLANNEL_MTU=1200\n".to_string(),
+            vec!["FLANNEL_MTU=1200", "IPv6 needs 1280"],
+        ),
+    ];
+    for (text, parts) in cases {
+        let node = Node::with_subnet_env("v6b", &text);
+        let c = Netns::new("v6bc");
+        let path = node.subnet_file();
+        let mut all = parts.clone();
+        all.push(path.as_str());
+        for (mode, conf) in confs(&node) {
+            let case = format!("{mode}, {}", parts[0]);
+            let run = node.cni(WEFT_CNI, "ADD", "x", &c.path(), &conf);
+            assert_refused(&run, 5, "0.4.0", &all, &case);
+            assert_nothing_left(&node, &c, &case);
+        }
+    }
+}
