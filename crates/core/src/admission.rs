@@ -473,6 +473,9 @@ fn check(cfg: &NetworkConfig, lease: &Lease) -> Result<Option<[u8; 6]>, Refusal>
     match cfg.backend {
         BackendKind::Vxlan => vxlan_data(&lease.attrs.backend_data, cfg.vxlan.vni).map(Some),
         BackendKind::HostGw | BackendKind::Udp => Ok(None),
+        BackendKind::Wireguard => crate::wireguard::WireguardLeaseData::parse(&lease.attrs.backend_data)
+            .map(|_| None)
+            .map_err(Refusal::BadBackendData),
     }
 }
 
@@ -758,6 +761,28 @@ mod tests {
             r#"{"PublicIP":"198.51.100.4","BackendType":"host-gw"}"#,
         );
         assert_eq!(names(&admit(&hostgw, [&plain, &hg])), ["10.42.4.0-24"]);
+    }
+
+    #[test]
+    fn wireguard_needs_a_public_key_and_accepts_newer_flannels_port() {
+        let c = cfg(r#"{"Network":"10.42.0.0/16","Backend":{"Type":"wireguard"}}"#);
+        let wg = |ip: &str, data: &str| {
+            format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{data}}}"#)
+        };
+        let key = "YFd2oJ3FwJb9/0wIxwd1o4pq6Yb9KZpLD1TB/eVrKFY=";
+        let records = vec![
+            rec("10.42.1.0-24", 1, &wg("198.51.100.1", &format!(r#"{{"PublicKey":"{key}"}}"#))),
+            rec("10.42.2.0-24", 2, &wg("198.51.100.2", &format!(r#"{{"PublicKey":"{key}","Port":51830}}"#))),
+            rec("10.42.3.0-24", 3, &wg("198.51.100.3", r#"{"PublicKey":"not-a-key"}"#)),
+            rec("10.42.4.0-24", 4, &wg("198.51.100.4", "{}")),
+        ];
+        let a = admit(&c, &records);
+        assert_eq!(names(&a), ["10.42.1.0-24", "10.42.2.0-24"]);
+        for name in ["10.42.3.0-24", "10.42.4.0-24"] {
+            let r = refusal_of(&a, name);
+            assert_eq!(r.label(), "bad_backend_data", "{name}: {r}");
+        }
+        assert!(refusal_of(&a, "10.42.3.0-24").to_string().contains("PublicKey"));
     }
 
     #[test]

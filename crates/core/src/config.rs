@@ -72,6 +72,7 @@ pub enum BackendKind {
     Vxlan,
     HostGw,
     Udp,
+    Wireguard,
 }
 
 impl BackendKind {
@@ -81,6 +82,7 @@ impl BackendKind {
             BackendKind::Vxlan => "vxlan",
             BackendKind::HostGw => "host-gw",
             BackendKind::Udp => "udp",
+            BackendKind::Wireguard => "wireguard",
         }
     }
 
@@ -154,6 +156,7 @@ pub struct NetworkConfig {
     pub backend: BackendKind,
     pub vxlan: VxlanOptions,
     pub udp: UdpOptions,
+    pub wireguard: crate::wireguard::WireguardOptions,
     /// The Backend object as written, for diagnostics.
     pub backend_raw: Value,
 }
@@ -419,13 +422,18 @@ impl NetworkConfig {
             "vxlan" => BackendKind::Vxlan,
             "host-gw" => BackendKind::HostGw,
             "udp" => BackendKind::Udp,
-            "ipip" | "wireguard" | "extension" | "alloc" | "alivpc" | "aws-vpc" | "gce" | "tencent-vpc" | "ipsec" => {
+            "wireguard" => BackendKind::Wireguard,
+            "ipip" | "extension" | "alloc" | "alivpc" | "aws-vpc" | "gce" | "tencent-vpc" | "ipsec" => {
                 return Err(ConfigError::UnsupportedBackend(type_name.to_string()))
             }
             _ => return Err(ConfigError::UnknownBackend(type_name.to_string())),
         };
         if backend == BackendKind::Udp && ipv6.is_some() {
             return Err(ConfigError::Ipv6Unsupported("udp"));
+        }
+        // weft's user-space wireguard carries IPv4 only so far.
+        if backend == BackendKind::Wireguard && ipv6.is_some() {
+            return Err(ConfigError::Ipv6Unsupported("wireguard"));
         }
         let vxlan = VxlanOptions {
             vni: get_uint(be, "VNI", 0xff_ffff)?.unwrap_or(1) as u32,
@@ -449,6 +457,10 @@ impl NetworkConfig {
             backend,
             vxlan,
             udp,
+            wireguard: match backend {
+                BackendKind::Wireguard => crate::wireguard::WireguardOptions::parse(be)?,
+                _ => Default::default(),
+            },
             backend_raw,
         })
     }
@@ -540,7 +552,7 @@ mod tests {
         let e = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"carrier-pigeon"}}"#).unwrap_err();
         assert!(e.to_string().contains("\"carrier-pigeon\""), "{e}");
         assert!(matches!(
-            parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#),
+            parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"}}"#),
             Err(ConfigError::UnsupportedBackend(_))
         ));
         assert_eq!(parse(r#"{"SubnetLen":24}"#).unwrap_err(), ConfigError::MissingNetwork);

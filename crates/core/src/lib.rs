@@ -14,6 +14,7 @@ pub mod mac;
 pub mod masq;
 pub mod peer_file;
 pub mod subnet_env;
+pub mod wireguard;
 
 pub use admission::{admit, Admission, Admitter, Decisions, LeaseRecord, Refusal, Refused};
 pub use allocate::{choose_subnet, AllocError, Allocation};

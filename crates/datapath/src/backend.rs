@@ -15,6 +15,7 @@ use weft_kernel::netlink::Netlink;
 use crate::hostgw::HostGwBackend;
 use crate::udp::UdpBackend;
 use crate::vxlan::VxlanBackend;
+use crate::wireguard::WireguardBackend;
 
 /// What a backend is built from.
 #[derive(Debug, Clone)]
@@ -189,6 +190,7 @@ pub async fn start(setup: Setup) -> Result<Box<dyn Backend>, BackendError> {
                 .await
                 .map_err(BackendError::new)?,
         ),
+        BackendKind::Wireguard => Box::new(WireguardBackend::start(nl, ext, public_ip, config).await?),
     })
 }
 

@@ -7,3 +7,4 @@ pub mod hostgw;
 pub mod leases;
 pub mod udp;
 pub mod vxlan;
+pub mod wireguard;

@@ -11,14 +11,14 @@
 //! [`packet`], [`peers`], [`offload`] and `receive` decide, with no I/O; `worker` is the I/O
 //! shell; `counters` holds what the workers count and renders it for /metrics.
 
-mod batch;
+pub(crate) mod batch;
 mod counters;
 pub mod offload;
 pub mod packet;
 pub mod peers;
 mod placement;
 mod receive;
-mod socket;
+pub(crate) mod socket;
 mod worker;
 
 use std::net::Ipv4Addr;
