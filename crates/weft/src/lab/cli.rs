@@ -129,6 +129,10 @@ pub struct UpArgs {
     /// Seconds to wait for every host's subnet.env.
     #[arg(long, default_value_t = 30)]
     pub subnet_timeout: u64,
+    /// Hosts run Debian's dockerd on weft's subnet (options from `weft docker-opts`) with one
+    /// busybox container each, instead of the lab's cni0 pod.
+    #[arg(long, conflicts_with = "no_weftd")]
+    pub docker: bool,
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +174,7 @@ impl LabCommand {
                 spec.weftd_args = args.weftd_args;
                 spec.subnet_timeout = std::time::Duration::from_secs(args.subnet_timeout);
                 spec.keep = true;
+                spec.docker = args.docker;
                 spec.weftd = match (args.no_weftd, args.weftd) {
                     (true, _) => WeftdBinary::Skip,
                     (false, Some(path)) => WeftdBinary::At(path),
@@ -195,6 +200,17 @@ impl LabCommand {
                         pod.ip,
                         pod.ns
                     );
+                }
+                if lab.state().docker {
+                    for node in 1..=lab.nodes() {
+                        let host = super::docker::DockerHost::of(&lab, node)?;
+                        println!(
+                            "  h{node}: container {}: {} -H {} ps",
+                            host.container(),
+                            super::docker::DOCKER,
+                            host.host_arg()
+                        );
+                    }
                 }
                 println!("files in {}", lab.dir().display());
             }
@@ -223,11 +239,20 @@ impl LabCommand {
                 name: NameArg { name },
                 json,
             } => {
-                let status = Lab::open(&name)?.status();
+                let lab = Lab::open(&name)?;
+                let status = lab.status();
+                let containers = lab.state().docker.then(|| super::docker::containers(&lab));
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+                    let mut value = serde_json::to_value(&status).expect("status serializes");
+                    if let Some(containers) = &containers {
+                        value["containers"] = serde_json::to_value(containers).expect("containers serialize");
+                    }
+                    println!("{}", serde_json::to_string_pretty(&value).expect("status serializes"));
                 } else {
                     print!("{status}");
+                    if let Some(containers) = &containers {
+                        print!("{}", super::docker::ContainersTable(containers));
+                    }
                 }
             }
             LabCommand::Exec {

@@ -4,7 +4,9 @@
 //! `wl-<name>-h<i>` (host i, running weftd) and `wl-<name>-h<i>-p1` (host i's pod), and the
 //! directory `/run/weft/lab/<name>/` (certificates, etcd data and log, each host's subnet.env and
 //! weftd.log, and `lab.json`, the state a fresh process reopens with [`Lab::open`]). It must never
-//! touch a namespace or process outside those names.
+//! touch a namespace or process outside those names. With `docker` ([`LabSpec::docker`]) each
+//! host's pod is a container of a dockerd the lab runs on the host ([`docker`] says what that
+//! makes and how it is found again).
 //!
 //! Library use (integration tests): [`Lab::up`] builds a lab from a [`LabSpec`]; nodes are
 //! numbered from 1. [`Lab::pods`], [`Lab::pod_ip`], [`Lab::exec_in_pod`], [`Lab::exec_in_host`],
@@ -25,6 +27,7 @@ mod bench;
 pub mod bench_control;
 mod certs;
 pub mod cli;
+pub mod docker;
 mod error;
 mod etcd;
 pub mod iproute;
@@ -90,6 +93,9 @@ pub struct LabSpec {
     pub subnet_timeout: Duration,
     /// Keep the lab when the [`Lab`] value is dropped (the CLI does; tests usually don't).
     pub keep: bool,
+    /// Hosts run dockerd on weft's subnet with one container each instead of the cni0 pod
+    /// (see [`docker`]).
+    pub docker: bool,
 }
 
 impl LabSpec {
@@ -108,6 +114,7 @@ impl LabSpec {
             weftd_args: Vec::new(),
             subnet_timeout: Duration::from_secs(30),
             keep: false,
+            docker: false,
         }
     }
 
@@ -192,6 +199,9 @@ pub struct LabState {
     pub weftd_args: Vec<String>,
     pub subnet_timeout_secs: u64,
     pub hosts: Vec<HostState>,
+    /// Each host's pod is a Docker container (see [`docker`]).
+    #[serde(default)]
+    pub docker: bool,
 }
 
 /// A running lab. Dropping it tears the lab down unless [`Lab::keep`] was called (or the spec
@@ -208,6 +218,9 @@ impl Lab {
     pub fn up(spec: LabSpec) -> Result<Lab> {
         spec.validate()?;
         preflight()?;
+        if spec.docker {
+            docker::preflight()?;
+        }
         let dir = lab_dir(&spec.name);
         let taken = iproute::netns_list()
             .into_iter()
@@ -258,6 +271,7 @@ impl Lab {
                 weftd_args: spec.weftd_args.clone(),
                 subnet_timeout_secs: spec.subnet_timeout.as_secs().max(1),
                 hosts: Vec::new(),
+                docker: spec.docker,
             },
             keep: false,
         };
@@ -550,6 +564,10 @@ impl Lab {
     /// inside them, and `/run/weft/lab/<name>`.
     pub fn down_by_name(name: &str) -> Result<()> {
         let mut errors = Vec::new();
+        // Containers live in namespaces of their own: found by their cgroups, not by netns.
+        if let Err(e) = docker::stop(name) {
+            errors.push(e.to_string());
+        }
         let namespaces: Vec<String> = iproute::netns_list()
             .into_iter()
             .filter(|ns| topology::is_lab_ns(name, ns))
@@ -567,6 +585,7 @@ impl Lab {
                 errors.push(e.to_string());
             }
         }
+        errors.extend(docker::release(name));
         let dir = lab_dir(name);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -659,11 +678,13 @@ impl Lab {
         let within = Duration::from_secs(self.state.subnet_timeout_secs);
         let deadline = Instant::now() + within;
         let mut waiting: Vec<usize> = nodes.to_vec();
+        let mut docker_hosts = Vec::new();
         while !waiting.is_empty() {
             let mut still = Vec::new();
             for &node in &waiting {
                 let host = self.host(node)?.clone();
                 match read_subnet_env(&host.subnet_file) {
+                    Ok(_) if self.state.docker => docker_hosts.push(node),
                     Ok(env) => {
                         let addressing = topology::PodAddressing::from_subnet_env(&env)?;
                         let ns = pod_ns(&self.state.name, node);
@@ -708,6 +729,12 @@ impl Lab {
             waiting = still;
             if !waiting.is_empty() {
                 std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if !docker_hosts.is_empty() {
+            for pod in docker::start_hosts(&self.state, &docker_hosts)? {
+                let node = pod.node;
+                self.host_mut(node)?.pod = Some(pod);
             }
         }
         Ok(())
