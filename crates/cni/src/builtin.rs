@@ -84,13 +84,31 @@ fn enable_forwarding(gateway: IpAddr) -> Result<(), CniError> {
 }
 
 /// Adds an address that the store made unique: IPv6 without DAD, so that it (and a route via
-/// it) works at once.
-async fn add_unique_addr(netlink: &Netlink, index: u32, addr: IpNet) -> Result<(), CniError> {
-    match addr {
-        IpNet::V4(_) => netlink.add_addr(index, addr).await?,
-        IpNet::V6(_) => netlink.add_addr_nodad(index, addr).await?,
+/// it) works at once. `device` and `place` name the device for the error ("eth0", "in
+/// /var/run/netns/x").
+async fn add_unique_addr(
+    netlink: &Netlink,
+    index: u32,
+    addr: IpNet,
+    device: &str,
+    place: &str,
+) -> Result<(), CniError> {
+    let added = match addr {
+        IpNet::V4(_) => netlink.add_addr(index, addr).await,
+        IpNet::V6(_) => netlink.add_addr_nodad(index, addr).await,
+    };
+    match added {
+        // The kernel's answer when the device has IPv6 turned off.
+        Err(e) if addr.addr().is_ipv6() && e.errno() == Some(libc::EACCES) => Err(CniError::new(
+            ErrorCode::Kernel,
+            format!(
+                "cannot add {addr} to {device} {place}: IPv6 is disabled there \
+                 (net.ipv6.conf.{device}.disable_ipv6=1, new devices take net.ipv6.conf.default.disable_ipv6); \
+                 enable IPv6 in that namespace, or run weftd without EnableIPv6"
+            ),
+        )),
+        other => Ok(other?),
     }
-    Ok(())
 }
 
 /// What ADD created so far, for the rollback.
@@ -162,7 +180,7 @@ async fn add_steps(
     let on_bridge = host.list_link_addrs(bridge.index, None).await?;
     for family in &plan.families {
         if !on_bridge.contains(&family.gateway) {
-            add_unique_addr(host, bridge.index, family.gateway).await?;
+            add_unique_addr(host, bridge.index, family.gateway, &plan.bridge, "on the node").await?;
         }
         enable_forwarding(family.gateway.addr())?;
     }
@@ -193,7 +211,7 @@ async fn add_steps(
     })?;
     inside.set_link_up(link.index).await?;
     for (family, address) in plan.families.iter().zip(&addresses) {
-        add_unique_addr(&inside, link.index, *address).await?;
+        add_unique_addr(&inside, link.index, *address, &inv.ifname, &format!("in {}", inv.netns)).await?;
         inside
             .replace_route(&RouteSpec {
                 dst: family.route_dst,

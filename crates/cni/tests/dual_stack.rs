@@ -281,3 +281,26 @@ fn delegate_mode_ipv6_only_renders_one_range_and_one_route() {
     node.cni(WEFT_CNI, "DEL", "d6", &c.path(), &conf).ok();
     assert!(node.ns.veth_names().is_empty());
 }
+
+#[test]
+fn a_container_with_ipv6_disabled_is_a_clear_error_and_add_rolls_back_both_families() {
+    let node = Node::with_subnet_env("dx", DUAL);
+    let c = Netns::new("dxc");
+    c.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+    let conf = node.builtin_conf("1.0.0");
+    let msg = node.cni(WEFT_CNI, "ADD", "x", &c.path(), &conf).err(103);
+    assert!(
+        msg.contains("IPv6 is disabled") && msg.contains("eth0") && msg.contains(&c.path()),
+        "{msg}"
+    );
+    // The IPv4 address and the IPv6 one were both given back; the veth is gone.
+    assert!(node.address_files().is_empty(), "{:?}", node.address_files());
+    assert!(node.ns.veth_names().is_empty());
+    assert!(c.links().iter().all(|l| l["ifname"] != "eth0"));
+    // With IPv6 back on, the same container gets both.
+    c.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=0"]);
+    let r = node.cni(WEFT_CNI, "ADD", "x", &c.path(), &conf).ok().json();
+    assert_eq!(r["ips"].as_array().unwrap().len(), 2, "{r}");
+    node.cni(WEFT_CNI, "DEL", "x", &c.path(), &conf).ok();
+    assert!(node.address_files().is_empty());
+}
