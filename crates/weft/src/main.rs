@@ -4,8 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// What `weft --version` prints after the name: the version and the git revision built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("WEFT_GIT_REVISION"), ")");
+
 #[derive(Debug, Parser)]
-#[command(name = "weft", version, about = "weft operator tools")]
+#[command(name = "weft", version = VERSION, about = "weft operator tools")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

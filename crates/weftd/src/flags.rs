@@ -10,7 +10,7 @@ use weft_control::etcd_args::EtcdArgs;
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "weftd",
-    version,
+    version = crate::VERSION,
     about = "weft node daemon: a drop-in replacement for flanneld"
 )]
 pub struct Flags {

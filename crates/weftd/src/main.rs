@@ -7,12 +7,16 @@ mod flags;
 mod http;
 mod metrics;
 mod node;
+mod notify;
 mod services;
 mod subnet_file;
 
 use std::process::ExitCode;
 
 use flags::Flags;
+
+/// What `weftd --version` prints after the name: the version and the git revision built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("WEFT_GIT_REVISION"), ")");
 
 fn main() -> ExitCode {
     let flags = Flags::parse_from_env_and_args();
@@ -39,7 +43,10 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(node::run(flags)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            notify::stopping();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE

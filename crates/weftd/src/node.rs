@@ -145,6 +145,7 @@ impl<M: SubnetManager> Node<M> {
         subnet_file::write_atomically(&flags.subnet_file, &env)
             .with_context(|| format!("writing {}", flags.subnet_file.display()))?;
         tracing::info!(file = %flags.subnet_file.display(), subnet = %env.subnet, mtu = env.mtu, "wrote subnet file");
+        crate::notify::ready(&format!("subnet {} in {}", env.subnet, flags.subnet_file.display()));
 
         let watcher = manager.watch_leases(&cfg);
         let keeper = manager.keep_lease(cfg.clone(), lease.clone(), Some(watcher.snapshots.clone()));
