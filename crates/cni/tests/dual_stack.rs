@@ -247,6 +247,18 @@ fn delegate_mode_renders_flannels_config_and_the_bridge_plugin_gives_both_famili
     }
     assert_eq!(c.ipv6_of("eth0"), vec![a6.to_string()]);
     assert!(ping(&c, "fc00:0:0:1::1"), "the pod cannot reach its IPv6 gateway");
+    // CHECK (0.4.0 and later) looks at both families of the container.
+    let mut conf4 = conf.clone();
+    conf4["cniVersion"] = json!("0.4.0");
+    let prev = json!({"cniVersion": "0.4.0", "interfaces": result["interfaces"], "ips": result["ips"],
+                      "routes": result["routes"]});
+    node.cni(WEFT_CNI, "CHECK", "dd", &c.path(), &with_prev(&conf4, &prev))
+        .ok();
+    c.exec(&["ip", "-6", "route", "del", "fc00::/48"]);
+    let msg = node
+        .cni(WEFT_CNI, "CHECK", "dd", &c.path(), &with_prev(&conf4, &prev))
+        .err(101);
+    assert!(msg.contains("fc00::/48"), "{msg}");
 
     node.cni(WEFT_CNI, "DEL", "dd", &c.path(), &conf).ok();
     let store = node.dir.path().join("host-local").join(&node.network);
