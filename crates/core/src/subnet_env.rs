@@ -31,16 +31,15 @@ pub struct SubnetEnv {
 
 impl SubnetEnv {
     pub fn render(&self) -> String {
-        let mut s = format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
-            self.network, self.subnet, self.mtu, self.ipmasq
-        );
+        // flanneld's order (main.go WriteSubnetFile): the IPv4 pair, the IPv6 pair, MTU, IPMASQ.
+        let mut s = format!("FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\n", self.network, self.subnet);
         if let Some(n) = self.ipv6_network {
             s.push_str(&format!("FLANNEL_IPV6_NETWORK={n}\n"));
         }
         if let Some(n) = self.ipv6_subnet {
             s.push_str(&format!("FLANNEL_IPV6_SUBNET={n}\n"));
         }
+        s.push_str(&format!("FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n", self.mtu, self.ipmasq));
         s
     }
 
@@ -108,7 +107,7 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_lines_follow() {
+    fn ipv6_lines_come_where_flanneld_writes_them() {
         let env = SubnetEnv {
             network: "10.5.0.0/16".parse().unwrap(),
             subnet: "10.5.72.1/24".parse().unwrap(),
@@ -118,7 +117,10 @@ mod tests {
             ipv6_subnet: Some("fc00:0:0:1::1/64".parse().unwrap()),
         };
         let text = env.render();
-        assert!(text.ends_with("FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\n"));
+        assert_eq!(
+            text,
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
         assert_eq!(SubnetEnv::parse(&text).unwrap(), env);
     }
 

@@ -2,7 +2,7 @@
 //! and [`start`], the one place that maps `Backend.Type` to an implementation. A new backend is a
 //! new module and one line in [`start`]; the daemon never names a backend.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use async_trait::async_trait;
 use imbl::ordmap::DiffItem;
@@ -25,7 +25,19 @@ pub struct Setup {
     pub ext: ExternalInterface,
     /// The address other nodes reach this one at (`--public-ip`, else the interface's).
     pub public_ip: Ipv4Addr,
+    /// The IPv6 underlay when the config enables IPv6 (dual stack).
+    pub ipv6: Option<Ipv6Underlay>,
     pub config: NetworkConfig,
+}
+
+/// A dual-stack node's IPv6 underlay addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Underlay {
+    /// The external interface's address, which an IPv6 VTEP sends from.
+    pub local: Ipv6Addr,
+    /// The address other nodes reach this one at (`--public-ipv6`, else `local`): the lease's
+    /// PublicIPv6.
+    pub public: Ipv6Addr,
 }
 
 /// What one reconcile changed in the kernel, the same for every backend.
@@ -124,6 +136,11 @@ pub trait Backend: Send {
     /// The lease's BackendData (e.g. vxlan's VNI and VtepMAC); null when it has none.
     fn backend_data(&self) -> serde_json::Value;
 
+    /// The lease's BackendV6Data for dual stack (vxlan: the IPv6 VTEP's MAC); null when none.
+    fn backend_v6_data(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
     /// The pod MTU (FLANNEL_MTU).
     fn mtu(&self) -> u32;
 
@@ -171,6 +188,7 @@ pub async fn start(setup: Setup) -> Result<Box<dyn Backend>, BackendError> {
         nl,
         ext,
         public_ip,
+        ipv6: _,
         config,
     } = setup;
     let network = config.network;

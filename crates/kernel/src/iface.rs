@@ -1,8 +1,9 @@
 //! Choosing the external interface, as flanneld does: `--iface` (names or IPs, tried in order),
 //! then `--iface-can-reach`, then `--iface-regex`; with none of them, the interface that holds
-//! the default route. The public IP (`--public-ip`) is the caller's business.
+//! the default route. The public IP (`--public-ip`) is the caller's business. With dual stack the
+//! same interface's first global IPv6 address is the node's IPv6 underlay address.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use regex::Regex;
 
@@ -47,6 +48,8 @@ pub enum IfaceError {
     NotFound(String),
     #[error("interface {0} has no IPv4 address: give it one or choose another with --iface")]
     NoAddress(String),
+    #[error("interface {0} has no global IPv6 address and the network config enables IPv6: give it one, or pass --public-ipv6")]
+    NoIpv6Address(String),
     #[error("interface {name} reports MTU 0: cannot size the overlay; check the device")]
     NoMtu { name: String },
     #[error("no route to {0} (--iface-can-reach): fix routing or use --iface")]
@@ -148,6 +151,44 @@ pub async fn select_external_interface(nl: &Netlink, sel: &IfaceSelection) -> Re
     })
 }
 
+/// The external interface's IPv6 address for dual stack: its first global unicast address
+/// (link-local and other scoped addresses cannot carry traffic between nodes), as flanneld
+/// prefers; `None` when it has none.
+pub async fn interface_ipv6(nl: &Netlink, ext: &ExternalInterface) -> Result<Option<Ipv6Addr>, IfaceError> {
+    let addrs = nl.list_addrs(Some(AddrFamily::Ipv6)).await?;
+    Ok(first_global_ipv6(&addrs, ext.index))
+}
+
+/// The IPv6 addresses of a dual-stack node: the one the VTEP sends from (the interface's) and the
+/// one other nodes are told (`--public-ipv6`, else the interface's).
+pub fn dual_stack_addresses(
+    ext: &ExternalInterface,
+    iface_ipv6: Option<Ipv6Addr>,
+    public_ipv6: Option<Ipv6Addr>,
+) -> Result<(Ipv6Addr, Ipv6Addr), IfaceError> {
+    match (iface_ipv6, public_ipv6) {
+        (Some(local), public) => Ok((local, public.unwrap_or(local))),
+        (None, Some(public)) => Ok((public, public)),
+        (None, None) => Err(IfaceError::NoIpv6Address(ext.name.clone())),
+    }
+}
+
+fn first_global_ipv6(addrs: &[AddrInfo], index: u32) -> Option<Ipv6Addr> {
+    addrs
+        .iter()
+        .filter(|a| a.index == index)
+        .find_map(|a| match a.addr.addr() {
+            IpAddr::V6(ip) if is_global_unicast(ip) => Some(ip),
+            _ => None,
+        })
+}
+
+/// Go's net.IP.IsGlobalUnicast for IPv6: not unspecified, loopback, multicast or link-local.
+fn is_global_unicast(ip: Ipv6Addr) -> bool {
+    let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
+    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || link_local)
+}
+
 fn by_name_or_ip(wanted: &str, links: &[LinkInfo], addrs: &[AddrInfo]) -> Result<ExternalInterface, IfaceError> {
     if let Ok(ip) = wanted.parse::<Ipv4Addr>() {
         let holder = addrs.iter().find(|a| ipv4(a) == Some(ip));
@@ -212,6 +253,40 @@ mod tests {
             master: None,
             vxlan: None,
         }
+    }
+
+    #[test]
+    fn dual_stack_takes_the_first_global_ipv6_address() {
+        let addrs = [
+            AddrInfo {
+                index: 2,
+                addr: "fe80::1/64".parse().unwrap(),
+            },
+            AddrInfo {
+                index: 3,
+                addr: "2001:db8::9/64".parse().unwrap(),
+            },
+            AddrInfo {
+                index: 2,
+                addr: "2001:db8::7/64".parse().unwrap(),
+            },
+        ];
+        assert_eq!(first_global_ipv6(&addrs, 2), Some("2001:db8::7".parse().unwrap()));
+        assert_eq!(first_global_ipv6(&addrs[..1], 2), None, "link-local only");
+        let ext = external(&link(2, "eth0"), Ipv4Addr::new(198, 51, 100, 7)).unwrap();
+        let local: Ipv6Addr = "2001:db8::7".parse().unwrap();
+        let public: Ipv6Addr = "2001:db8:ffff::7".parse().unwrap();
+        assert_eq!(dual_stack_addresses(&ext, Some(local), None).unwrap(), (local, local));
+        assert_eq!(
+            dual_stack_addresses(&ext, Some(local), Some(public)).unwrap(),
+            (local, public)
+        );
+        assert_eq!(
+            dual_stack_addresses(&ext, None, Some(public)).unwrap(),
+            (public, public)
+        );
+        let e = dual_stack_addresses(&ext, None, None).unwrap_err().to_string();
+        assert!(e.contains("eth0 has no global IPv6 address"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! flanneld's command line, flag for flag, each also read from `FLANNELD_<NAME>`, so an existing
 //! flanneld unit file or DaemonSet works by changing the binary.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use clap::{ArgAction, Parser};
@@ -28,6 +28,10 @@ pub struct Flags {
     /// IP other nodes use to reach this one (default: the chosen interface's IP).
     #[arg(long, env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
+    /// IPv6 other nodes use to reach this one when the config enables IPv6 (default: the chosen
+    /// interface's first global IPv6 address).
+    #[arg(long, env = "FLANNELD_PUBLIC_IPV6")]
+    pub public_ipv6: Option<Ipv6Addr>,
     /// Where to write the subnet.env file.
     #[arg(long, env = "FLANNELD_SUBNET_FILE", default_value = "/run/flannel/subnet.env")]
     pub subnet_file: PathBuf,

@@ -2,7 +2,7 @@
 //! that keeps the kernel in line with the leases. The loop is generic over the subnet manager and
 //! holds the backend as a trait object, so it runs in unit tests against the in-memory store.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +14,8 @@ use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
 use weft_control::{LeaseKeeper, LeaseSnapshot, SubnetManager};
 use weft_core::peer_file;
 use weft_core::{Lease, LeaseAttrs, NetworkConfig, SubnetEnv};
-use weft_datapath::backend::{self, lease_changes, to_leases, Backend, Report, Setup};
-use weft_kernel::iface::{select_external_interface, IfaceSelection};
+use weft_datapath::backend::{self, lease_changes, to_leases, Backend, Ipv6Underlay, Report, Setup};
+use weft_kernel::iface::{dual_stack_addresses, interface_ipv6, select_external_interface, IfaceSelection};
 use weft_kernel::monitor::{self, KernelEvent};
 use weft_kernel::netlink::Netlink;
 
@@ -52,6 +52,19 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     tracing::info!(network = %cfg.network, subnet_len = cfg.subnet_len, backend = cfg.backend.name(), "network config");
 
     // Subscribed before the backend programs anything, so no change is missed.
+    let ipv6 = match cfg.ipv6 {
+        None => None,
+        Some(_) => {
+            let found = interface_ipv6(&nl, &ext)
+                .await
+                .context("reading the external interface's IPv6 addresses")?;
+            let (local, public) = dual_stack_addresses(&ext, found, flags.public_ipv6)
+                .context("EnableIPv6 is set in the network config")?;
+            tracing::info!(iface = %ext.name, ip = %local, public_ipv6 = %public, "dual stack: using the interface's IPv6 address");
+            Some(Ipv6Underlay { local, public })
+        }
+    };
+
     let kernel_events = match monitor::subscribe() {
         Ok(rx) => Some(rx),
         Err(e) => {
@@ -63,6 +76,7 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         nl,
         ext,
         public_ip,
+        ipv6,
         config: cfg.clone(),
     })
     .await
@@ -81,10 +95,17 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         cfg,
         manager,
         public_ip,
+        public_ipv6: ipv6.map(|v6| v6.public),
     };
     node.run(backend, kernel_events, services::start, stop).await?;
     tracing::info!("stopping; the datapath stays in place and the lease is kept for the next start");
     Ok(())
+}
+
+/// The subnet with its first address (flannel writes FLANNEL_IPV6_SUBNET so: the bridge's).
+fn first_address(subnet: ipnet::Ipv6Net) -> ipnet::Ipv6Net {
+    let first = std::net::Ipv6Addr::from(u128::from(subnet.network()) + 1);
+    ipnet::Ipv6Net::new(first, subnet.prefix_len()).expect("the prefix length came from a subnet")
 }
 
 /// What the node's services (firewall rules, /healthz and /metrics) are started from, once the
@@ -103,6 +124,8 @@ pub struct Node<M> {
     pub cfg: NetworkConfig,
     pub manager: Arc<M>,
     pub public_ip: Ipv4Addr,
+    /// PublicIPv6 of our lease when the config enables IPv6.
+    pub public_ipv6: Option<Ipv6Addr>,
 }
 
 impl<M: SubnetManager> Node<M> {
@@ -121,8 +144,13 @@ impl<M: SubnetManager> Node<M> {
             cfg,
             manager,
             public_ip,
+            public_ipv6,
         } = self;
-        let attrs = LeaseAttrs::new(public_ip, backend.lease_backend_type(), backend.backend_data());
+        let mut attrs = LeaseAttrs::new(public_ip, backend.lease_backend_type(), backend.backend_data());
+        if cfg.ipv6.is_some() {
+            attrs.public_ipv6 = public_ipv6;
+            attrs.backend_v6_data = backend.backend_v6_data();
+        }
         let previous = subnet_file::previous_subnet(&flags.subnet_file);
         let lease = manager
             .acquire_lease(&cfg, attrs, previous)
@@ -139,8 +167,8 @@ impl<M: SubnetManager> Node<M> {
             subnet: ipnet::Ipv4Net::new(lease.subnet.gateway(), lease.subnet.ipv4.prefix_len())?,
             mtu: backend.mtu(),
             ipmasq: flags.ip_masq,
-            ipv6_network: None,
-            ipv6_subnet: None,
+            ipv6_network: cfg.ipv6.map(|v6| v6.network),
+            ipv6_subnet: lease.subnet.ipv6.map(first_address),
         };
         subnet_file::write_atomically(&flags.subnet_file, &env)
             .with_context(|| format!("writing {}", flags.subnet_file.display()))?;
@@ -344,6 +372,7 @@ mod tests {
 
     use async_trait::async_trait;
     use weft_control::MemoryStore;
+    use weft_core::SubnetKey;
     use weft_datapath::backend::{BackendError, LeaseChange, LeaseSet};
 
     use super::*;
@@ -370,6 +399,9 @@ mod tests {
         }
         fn backend_data(&self) -> serde_json::Value {
             serde_json::json!({"VNI": 1, "VtepMAC": "02:00:00:00:00:01"})
+        }
+        fn backend_v6_data(&self) -> serde_json::Value {
+            serde_json::json!({"VNI": 1, "VtepMAC": "02:00:00:00:00:61"})
         }
         fn mtu(&self) -> u32 {
             1450
@@ -433,6 +465,7 @@ mod tests {
             cfg,
             manager: store.clone(),
             public_ip: "198.51.100.1".parse().unwrap(),
+            public_ipv6: None,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let recorder = Box::new(Recorder(calls.clone()));
@@ -483,6 +516,71 @@ mod tests {
 
         stop_tx.send(()).unwrap();
         running.await.unwrap().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Dual stack: the lease key names both subnets, the value carries PublicIPv6 and
+    /// BackendV6Data in flannel's format, and subnet.env gains the IPv6 lines; a restart takes
+    /// both subnets back.
+    #[tokio::test]
+    async fn a_dual_stack_node_leases_both_families_and_keeps_them_over_a_restart() {
+        let dir = std::env::temp_dir().join(format!("weftd-node-dual-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let subnet_file = dir.join("subnet.env");
+        let store = Arc::new(MemoryStore::new(PREFIX));
+        store.put(
+            &format!("{PREFIX}/config"),
+            r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.9.0","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:1::","IPv6SubnetMax":"fc00:0:0:1::","Backend":{"Type":"vxlan"}}"#,
+        );
+        let mut key = String::new();
+        for round in 0..2 {
+            let args = vec![
+                "weftd".to_string(),
+                format!("--subnet-file={}", subnet_file.display()),
+                "--reconcile-interval=3600".to_string(),
+            ];
+            let node = Node {
+                flags: Flags::try_parse_from(normalize_go_style(args)).unwrap(),
+                cfg: store.wait_for_config().await,
+                manager: store.clone(),
+                public_ip: "198.51.100.1".parse().unwrap(),
+                public_ipv6: Some("2001:db8::1".parse().unwrap()),
+            };
+            let calls = Arc::new(Mutex::new(Vec::new()));
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let running = tokio::spawn(node.run(Box::new(Recorder(calls.clone())), None, |_| {}, async {
+                let _ = stop_rx.await;
+            }));
+            // The first round picks at random among 10.5.1.0 .. 10.5.9.0; the restart takes it back.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let held = loop {
+                if let Some(Call::SetLease(k)) = calls.lock().unwrap().first() {
+                    break k.clone();
+                }
+                assert!(std::time::Instant::now() < deadline, "no lease taken");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            if round == 0 {
+                key = held;
+            }
+            assert_eq!(
+                SubnetKey::parse(&key).unwrap().ipv6.unwrap().to_string(),
+                "fc00:0:0:1::/64"
+            );
+            wait_for(&calls, &Call::Reconcile(vec![key.clone()])).await;
+            assert_eq!(
+                store.value(&format!("{PREFIX}/subnets/{key}")).unwrap(),
+                r#"{"PublicIP":"198.51.100.1","PublicIPv6":"2001:db8::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:61"}}"#,
+                "round {round}"
+            );
+            let v4 = SubnetKey::parse(&key).unwrap().gateway();
+            assert_eq!(
+                std::fs::read_to_string(&subnet_file).unwrap(),
+                format!("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET={v4}/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
+            );
+            stop_tx.send(()).unwrap();
+            running.await.unwrap().unwrap();
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
