@@ -62,32 +62,50 @@ pub fn start(held: Held<'_>) {
     }
 }
 
-/// Keeps the masquerade/forward rules as the flags say, checked every `--iptables-resync` seconds.
+/// Keeps the masquerade/forward rules as the flags say, checked every `--iptables-resync` seconds:
+/// one plan per address family (IPv6 too when dual stack: ip6tables chains, or the nftables table
+/// `ip6 flannel-ipv6`), each with its own driver, in one thread.
 fn spawn_firewall(flags: &Flags, cfg: &NetworkConfig, lease: &Lease, metrics: Arc<Metrics>) {
     let kind = FirewallKind::from_config(cfg);
-    let plan = FirewallPlan {
+    let mut plans = vec![FirewallPlan {
         network: cfg.network.into(),
         pod: lease.subnet.ipv4.into(),
         masq: flags.ip_masq,
         forward: flags.iptables_forward_rules,
-    };
+    }];
+    if let (Some(v6), Some(pod)) = (cfg.ipv6, lease.subnet.ipv6) {
+        plans.push(FirewallPlan {
+            network: v6.network.into(),
+            pod: pod.into(),
+            masq: flags.ip_masq,
+            forward: flags.iptables_forward_rules,
+        });
+    }
     let every = Duration::from_secs(flags.iptables_resync.max(1));
     let spawned = std::thread::Builder::new().name("firewall".into()).spawn(move || {
         let other = kind.other();
-        if let Err(e) = firewall_driver(other, plan.family(), None).remove() {
-            tracing::debug!("clearing {other:?} leftovers: {e}");
-        }
-        let firewall = firewall_driver(kind, plan.family(), None);
+        let drivers: Vec<_> = plans
+            .into_iter()
+            .map(|plan| {
+                if let Err(e) = firewall_driver(other, plan.family(), None).remove() {
+                    tracing::debug!("clearing {other:?} {:?} leftovers: {e}", plan.family());
+                }
+                (firewall_driver(kind, plan.family(), None), plan)
+            })
+            .collect();
         let mut first = true;
         loop {
             metrics.firewall_checks.fetch_add(1, Ordering::Relaxed);
-            match firewall.ensure(&plan) {
-                Ok(changes) if changes.any() && !first => {
-                    metrics.firewall_corrections.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(?changes, "{kind:?}: masquerade/forward rules corrected")
+            for (firewall, plan) in &drivers {
+                let family = plan.family();
+                match firewall.ensure(plan) {
+                    Ok(changes) if changes.any() && !first => {
+                        metrics.firewall_corrections.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(?changes, "{kind:?} {family:?}: masquerade/forward rules corrected")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("{kind:?} {family:?}: cannot apply masquerade/forward rules: {e}"),
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!("{kind:?}: cannot apply masquerade/forward rules: {e}"),
             }
             first = false;
             std::thread::sleep(every);
