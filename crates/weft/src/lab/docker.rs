@@ -58,7 +58,7 @@ pub const PUBLISHED_PORT: u16 = 8080;
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(60);
 const APPLETS: &[&str] = &[
     "sh", "ping", "wget", "httpd", "nc", "ip", "ifconfig", "route", "cat", "echo", "sleep", "hostname", "ls", "ps",
-    "kill", "grep",
+    "kill", "grep", "timeout",
 ];
 
 /// One lab host's Docker: where its files are and how to talk to its daemon.
@@ -333,6 +333,7 @@ impl DockerHost {
             ip,
             gateway,
             mtu: env.mtu,
+            ip6: None,
         })
     }
 }
