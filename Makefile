@@ -2,8 +2,10 @@
 
 CARGO ?= cargo
 APT_PACKAGES := etcd-server etcd-client iproute2 nftables iptables protobuf-compiler iperf3 containernetworking-plugins iputils-ping
+# make deb (dpkg-shlibdeps, strip) and the packaging test (systemd-analyze)
+APT_PACKAGES += dpkg-dev binutils systemd
 
-.PHONY: deps build demo test bench bench-cni bench-control fmt clippy
+.PHONY: deps build demo test bench bench-cni bench-control fmt clippy release install deb
 
 # Installs what is missing (Debian), nothing when all is there.
 deps:
@@ -45,3 +47,31 @@ fmt:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# make install / make deb. Where the files go (DESTDIR is prepended to each); the unit file's
+# paths follow BINDIR and SYSCONFDIR. An existing $(SYSCONFDIR)/default/weftd is never replaced.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+CNIBINDIR ?= /opt/cni/bin
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+DOCDIR ?= $(PREFIX)/share/doc/weft
+# The binaries installed and packaged: release ones, built here first; with PROFILE=debug the
+# debug ones as they are (the packaging test's way: CI built them already).
+PROFILE ?= release
+BINDIR_SRC ?= $(or $(CARGO_TARGET_DIR),target)/$(PROFILE)
+DEB_OUT ?= $(or $(CARGO_TARGET_DIR),target)/debian
+DEB_COMPRESS ?= xz
+
+release:
+	$(CARGO) build --release -p weftd -p weft -p weft-cni --bins
+
+install: $(if $(filter release,$(PROFILE)),release)
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" BINDIR="$(BINDIR)" CNIBINDIR="$(CNIBINDIR)" \
+	SYSCONFDIR="$(SYSCONFDIR)" UNITDIR="$(UNITDIR)" TMPFILESDIR="$(TMPFILESDIR)" DOCDIR="$(DOCDIR)" \
+	BINDIR_SRC="$(BINDIR_SRC)" packaging/install.sh
+
+# A Debian package (Debian's places, /etc/default/weftd a conffile) in $(DEB_OUT).
+deb: $(if $(filter release,$(PROFILE)),release)
+	BINDIR_SRC="$(BINDIR_SRC)" DEB_OUT="$(DEB_OUT)" DEB_COMPRESS="$(DEB_COMPRESS)" packaging/build-deb.sh
