@@ -2,10 +2,12 @@
 
 CARGO ?= cargo
 APT_PACKAGES := etcd-server etcd-client iproute2 nftables iptables protobuf-compiler iperf3 containernetworking-plugins iputils-ping
+# make demo-docker and the Docker cluster test: Debian's dockerd (with containerd, runc), an image of busybox-static
+APT_PACKAGES += docker.io busybox-static
 # make deb (dpkg-shlibdeps, strip) and the packaging test (systemd-analyze)
 APT_PACKAGES += dpkg-dev binutils systemd
 
-.PHONY: deps build demo test bench bench-cni bench-control fmt clippy release install deb
+.PHONY: demo-docker deps build demo test bench bench-cni bench-control fmt clippy release install deb
 
 # Installs what is missing (Debian), nothing when all is there.
 deps:
@@ -22,6 +24,11 @@ build: deps
 # entries, the pod-to-pod reachability matrix, then teardown.
 demo: build
 	./scripts/demo.sh
+
+# The seed's Docker picture on weft with Debian's dockerd: docker0 and the veths on a host, a
+# container's routes, a container on another host over flannel.1, masqueraded egress, teardown.
+demo-docker: build
+	./scripts/demo-docker.sh
 
 # Unit tests, then the integration tests (root: namespaces, real etcd, real kernel).
 test: build
