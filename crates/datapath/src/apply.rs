@@ -39,6 +39,9 @@ pub enum Change {
 pub enum Effect {
     Set(Change),
     Removed,
+    /// Part of another entry's change, which is the one counted: a peer's nexthop added or
+    /// removed together with the route that points at it.
+    PartOfRoute,
 }
 
 /// The actions of one reconcile that failed: how many of how many, the first error and the rest.
@@ -69,6 +72,7 @@ impl Applied {
                 Effect::Set(Change::Add) => self.added += 1,
                 Effect::Set(Change::Replace) => self.replaced += 1,
                 Effect::Removed => self.removed += 1,
+                Effect::PartOfRoute => {}
             },
             Err(e) => {
                 on_error(&e);

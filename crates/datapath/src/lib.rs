@@ -5,6 +5,7 @@ pub mod apply;
 pub mod backend;
 pub mod hostgw;
 pub mod leases;
+pub mod peer_routes;
 pub mod udp;
 pub mod vxlan;
 pub mod wireguard;

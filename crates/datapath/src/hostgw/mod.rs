@@ -19,10 +19,12 @@ use weft_kernel::monitor::KernelEvent;
 use weft_kernel::netlink::{AddrFamily, Netlink, NetlinkError, RouteSpec};
 
 use self::plan::{
-    desired_routes, peer_of, peers_from_leases, plan, plan_route, route_of, Action, Change, LeaseSkip, Topology,
+    desired_routes, peer_of, peers_from_leases, phase_of, plan_route, plan_with_nexthops, route_of, Action, Change,
+    LeaseSkip, Topology,
 };
 use crate::apply::{run_together, Applied, ApplyFailure};
 use crate::backend::{to_leases, Backend, BackendError, LeaseChange, LeaseSet, Report};
+use crate::peer_routes::{nexthop_of, nexthops_usable, route_matches, subnet_of_nexthop};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostGwError {
@@ -55,6 +57,8 @@ pub struct HostGwBackend {
     /// The routes weft installed, by peer subnet: what lease changes and kernel notifications
     /// are compared with. Set by every full reconcile, updated by every delta.
     installed: BTreeMap<IpNet, RouteSpec>,
+    /// Routes point at per-peer nexthop objects: the kernel has them (probed at start).
+    nexthops: bool,
 }
 
 impl HostGwBackend {
@@ -80,6 +84,7 @@ impl HostGwBackend {
             });
         }
         tracing::info!(iface = %ext.name, %public_ip, mtu = ext.mtu, "host-gw backend ready");
+        let nexthops = nexthops_usable(&nl, "host-gw").await;
         Ok(HostGwBackend {
             nl,
             ext,
@@ -87,6 +92,7 @@ impl HostGwBackend {
             network: network.trunc(),
             own: None,
             installed: BTreeMap::new(),
+            nexthops,
         })
     }
 
@@ -106,6 +112,7 @@ impl HostGwBackend {
             own_subnet: own.ipv4.trunc(),
             public_ip: self.public_ip,
             ext_index: self.ext.index,
+            nexthops: self.nexthops,
         }
     }
 
@@ -135,7 +142,7 @@ impl HostGwBackend {
                 Some(route) => self.installed.insert(subnet, route),
                 None => self.installed.remove(&subnet),
             };
-            actions.extend(plan_route(old, new));
+            actions.extend(plan_route(old, new, &topo));
         }
         report.peers = self.installed.len();
         let applied = self.run(actions).await;
@@ -147,25 +154,64 @@ impl HostGwBackend {
     /// Puts back a route weft installed that someone deleted or replaced, from one kernel
     /// notification. Notifications of weft's own changes match the cache and cost nothing.
     pub async fn repair(&mut self, event: &KernelEvent) -> Result<Report, HostGwError> {
-        let (KernelEvent::RouteGone(route) | KernelEvent::RouteAdded(route)) = event else {
+        let Some(own) = self.own else {
             return Ok(Report::default());
         };
-        let Some(spec) = self.installed.get(&route.dst).copied() else {
+        let topo = self.topology(&own);
+        let mut actions = Vec::new();
+        match event {
+            KernelEvent::RouteGone(route) | KernelEvent::RouteAdded(route) => {
+                let Some(spec) = self.installed.get(&route.dst).copied() else {
+                    return Ok(Report::default());
+                };
+                let nexthop = topo.nexthop_for(spec.dst);
+                let same = route_matches(route, &spec, nexthop);
+                match event {
+                    KernelEvent::RouteGone(_) if same => actions.push(Action::SetRoute {
+                        spec,
+                        change: Change::Add,
+                        nexthop,
+                    }),
+                    KernelEvent::RouteAdded(_) if !same && route.priority == 0 => actions.push(Action::SetRoute {
+                        spec,
+                        change: Change::Replace,
+                        nexthop,
+                    }),
+                    _ => {}
+                }
+            }
+            // A deleted nexthop took its route along (IPv4 says nothing of the route).
+            KernelEvent::NexthopGone(nh) | KernelEvent::NexthopChanged(nh) => {
+                let subnet = subnet_of_nexthop(self.network.into(), own.ipv4.prefix_len(), nh.id);
+                let Some(spec) = subnet.and_then(|s| self.installed.get(&s).copied()) else {
+                    return Ok(Report::default());
+                };
+                let Some(want) = topo.nexthop_for(spec.dst).and_then(|id| nexthop_of(&spec, id)) else {
+                    return Ok(Report::default());
+                };
+                if matches!(event, KernelEvent::NexthopGone(_)) {
+                    actions.push(Action::SetNexthop {
+                        spec: want,
+                        change: Change::Add,
+                    });
+                    actions.push(Action::SetRoute {
+                        spec,
+                        change: Change::Add,
+                        nexthop: Some(want.id),
+                    });
+                } else if nh.spec() != Some(want) {
+                    actions.push(Action::SetNexthop {
+                        spec: want,
+                        change: Change::Replace,
+                    });
+                }
+            }
+            _ => {}
+        }
+        if actions.is_empty() {
             return Ok(Report::default());
-        };
-        let same = route.spec() == Some(spec) && route.priority == 0;
-        let action = match event {
-            KernelEvent::RouteGone(_) if same => Action::SetRoute {
-                spec,
-                change: Change::Add,
-            },
-            KernelEvent::RouteAdded(_) if !same && route.priority == 0 => Action::SetRoute {
-                spec,
-                change: Change::Replace,
-            },
-            _ => return Ok(Report::default()),
-        };
-        let applied = self.run(vec![action]).await;
+        }
+        let applied = self.run(actions).await;
         let report = Report {
             added: applied.added,
             replaced: applied.replaced,
@@ -179,25 +225,46 @@ impl HostGwBackend {
         Ok(report)
     }
 
-    /// Runs independent route changes, several requests in flight.
+    /// Runs the actions phase by phase ([`phase_of`]: a route is only sent once its nexthop
+    /// exists, and the two go on different sockets); the actions of one phase are independent
+    /// and sent together, several requests in flight.
     async fn run(&self, actions: Vec<Action>) -> Applied {
-        for action in &actions {
+        let mut phases: [Vec<Action>; 4] = Default::default();
+        for action in actions {
             tracing::debug!(iface = %self.ext.name, "{action}");
+            phases[phase_of(&action)].push(action);
         }
-        let failed = |action: &Action, e: &NetlinkError| tracing::warn!(iface = %self.ext.name, "{action} failed: {e}");
-        let requests = actions.into_iter().map(|action| async move {
-            let result = self.apply(&action).await;
-            (action, result)
-        });
         let mut applied = Applied::default();
-        run_together(requests, Action::effect, failed, &mut applied).await;
+        for phase in phases {
+            let failed =
+                |action: &Action, e: &NetlinkError| tracing::warn!(iface = %self.ext.name, "{action} failed: {e}");
+            let requests = phase.into_iter().map(|action| async move {
+                let result = self.apply(&action).await;
+                (action, result)
+            });
+            run_together(requests, Action::effect, failed, &mut applied).await;
+        }
         applied
     }
 
     async fn apply(&self, action: &Action) -> Result<(), NetlinkError> {
         match action {
-            Action::SetRoute { spec, .. } => self.nl.replace_route(spec).await,
-            Action::DeleteRoute { spec, metric } => self.nl.delete_route_at_metric(spec, *metric).await,
+            Action::SetRoute {
+                spec,
+                nexthop: Some(id),
+                ..
+            } => self.nl.replace_route_via_nexthop(spec.dst, *id).await,
+            Action::SetRoute {
+                spec, nexthop: None, ..
+            } => self.nl.replace_route(spec).await,
+            Action::DeleteRoute {
+                spec,
+                metric,
+                nexthop: Some(id),
+            } => self.nl.delete_route_via_nexthop(spec.dst, *id, *metric).await,
+            Action::DeleteRoute { spec, metric, .. } => self.nl.delete_route_at_metric(spec, *metric).await,
+            Action::SetNexthop { spec, .. } => self.nl.replace_nexthop(spec).await,
+            Action::DeleteNexthop { id } => self.nl.delete_nexthop(*id).await,
         }
     }
 
@@ -223,14 +290,14 @@ impl HostGwBackend {
         report.peers = peers.len();
         let desired = desired_routes(&peers, &topo);
         let actual = self.nl.list_routes(Some(AddrFamily::Ipv4)).await?;
-        let actions = plan(&desired, &actual, &topo);
+        let nexthops = if self.nexthops {
+            self.nl.list_nexthops(Some(AddrFamily::Ipv4)).await?
+        } else {
+            Vec::new()
+        };
+        let actions = plan_with_nexthops(&desired, &actual, &nexthops, &topo);
         self.installed = desired;
-        // Stale routes out before the new ones go in (a moved subnet never has two paths).
-        let (deletes, sets): (Vec<Action>, Vec<Action>) = actions
-            .into_iter()
-            .partition(|a| matches!(a, Action::DeleteRoute { .. }));
-        let mut applied = self.run(deletes).await;
-        applied.merge(self.run(sets).await);
+        let applied = self.run(actions).await;
         (report.added, report.replaced, report.removed) = (applied.added, applied.replaced, applied.removed);
         if report.changed() {
             tracing::info!(

@@ -1,6 +1,6 @@
 //! The pure half of the host-gw backend: which remote subnets the leases describe, which routes
-//! they call for (`subnet via PublicIP dev <ext>`), and which kernel changes turn the actual
-//! routes into those. No I/O here; everything is tested without root.
+//! they call for (`subnet via PublicIP dev <ext>`, through a nexthop object per peer when the
+//! kernel has them), and which kernel changes turn the actual routes into those. No I/O here; everything is tested without root.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -9,7 +9,8 @@ use ipnet::{IpNet, Ipv4Net};
 use weft_core::{Lease, SubnetKey};
 
 use crate::leases;
-use weft_kernel::netlink::{RouteInfo, RouteSpec};
+use crate::peer_routes::{nexthop_id, nexthop_of, plan_nexthops, route_matches};
+use weft_kernel::netlink::{NexthopInfo, NexthopSpec, RouteInfo, RouteSpec};
 
 /// `rtm_protocol` of routes the kernel adds for connected subnets; never ours.
 const RTPROT_KERNEL: u8 = 2;
@@ -34,6 +35,15 @@ pub struct Topology {
     pub public_ip: Ipv4Addr,
     /// The external interface the routes leave through.
     pub ext_index: u32,
+    /// Routes point at per-peer nexthop objects (the kernel has them).
+    pub nexthops: bool,
+}
+
+impl Topology {
+    /// The id of the nexthop the route to peer subnet `dst` points at; None: a plain route.
+    pub fn nexthop_for(&self, dst: IpNet) -> Option<u32> {
+        self.nexthops.then(|| nexthop_id(self.network.into(), dst)).flatten()
+    }
 }
 
 /// Turns the full lease set into peers, saying why each left-out lease was left out.
@@ -84,16 +94,44 @@ pub fn desired_routes(peers: &[Peer], topo: &Topology) -> BTreeMap<IpNet, RouteS
     peers.iter().map(|p| (p.subnet.into(), route_of(p, topo))).collect()
 }
 
-/// The change that turns one peer's installed route `old` into `new` (None: no such peer),
-/// without reading the kernel.
-pub fn plan_route(old: Option<RouteSpec>, new: Option<RouteSpec>) -> Option<Action> {
+/// The changes that turn one peer's installed route `old` into `new` (None: no such peer),
+/// without reading the kernel, in the order they must run. A route through a nexthop follows
+/// it: a new gateway is a nexthop replace alone.
+pub fn plan_route(old: Option<RouteSpec>, new: Option<RouteSpec>, topo: &Topology) -> Vec<Action> {
+    let Some(dst) = new.or(old).map(|r| r.dst) else {
+        return Vec::new();
+    };
+    let nexthop = topo.nexthop_for(dst);
+    let set = |had: bool| if had { Change::Replace } else { Change::Add };
     match (old, new) {
-        (Some(old), None) => Some(Action::DeleteRoute { spec: old, metric: 0 }),
-        (old, Some(new)) if old != Some(new) => Some(Action::SetRoute {
-            spec: new,
-            change: if old.is_some() { Change::Replace } else { Change::Add },
-        }),
-        _ => None,
+        (Some(old), None) => {
+            let mut actions = vec![Action::DeleteRoute {
+                spec: old,
+                metric: 0,
+                nexthop,
+            }];
+            actions.extend(nexthop.map(|id| Action::DeleteNexthop { id }));
+            actions
+        }
+        (old, Some(new)) if old != Some(new) => {
+            let mut actions = Vec::new();
+            if let Some(spec) = nexthop.and_then(|id| nexthop_of(&new, id)) {
+                actions.push(Action::SetNexthop {
+                    spec,
+                    change: set(old.is_some()),
+                });
+                if old.is_some() {
+                    return actions;
+                }
+            }
+            actions.push(Action::SetRoute {
+                spec: new,
+                change: set(old.is_some()),
+                nexthop,
+            });
+            actions
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -103,17 +141,47 @@ use crate::apply::Effect;
 /// One kernel change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Add the route, or replace the main table's route to the same destination.
-    SetRoute { spec: RouteSpec, change: Change },
-    /// Delete the route at this metric.
-    DeleteRoute { spec: RouteSpec, metric: u32 },
+    /// Add the route, or replace the main table's route to the same destination; with
+    /// `nexthop`, a route that points at that nexthop.
+    SetRoute {
+        spec: RouteSpec,
+        change: Change,
+        nexthop: Option<u32>,
+    },
+    /// Delete the route at this metric (one that points at a nexthop is matched by its id).
+    DeleteRoute {
+        spec: RouteSpec,
+        metric: u32,
+        nexthop: Option<u32>,
+    },
+    /// Add a nexthop object or replace the one with its id (its routes follow).
+    SetNexthop { spec: NexthopSpec, change: Change },
+    /// Delete a nexthop object, and with it the routes that still point at it.
+    DeleteNexthop { id: u32 },
+}
+
+/// The order actions run in, one phase after the other: stale routes out (a moved subnet never
+/// has two paths), nexthops in, routes in (pointing at nexthops that exist), stale nexthops out.
+pub fn phase_of(action: &Action) -> usize {
+    match action {
+        Action::DeleteRoute { .. } => 0,
+        Action::SetNexthop { .. } => 1,
+        Action::SetRoute { .. } => 2,
+        Action::DeleteNexthop { .. } => 3,
+    }
 }
 
 impl Action {
     /// What the action does to the routing table when it succeeds.
     pub fn effect(&self) -> Effect {
         match self {
-            Action::SetRoute { change, .. } => Effect::Set(*change),
+            // A nexthop comes and goes with its route, which is what is counted; replaced
+            // alone, it is the route's change.
+            Action::SetNexthop {
+                change: Change::Add, ..
+            }
+            | Action::DeleteNexthop { .. } => Effect::PartOfRoute,
+            Action::SetRoute { change, .. } | Action::SetNexthop { change, .. } => Effect::Set(*change),
             Action::DeleteRoute { .. } => Effect::Removed,
         }
     }
@@ -125,15 +193,27 @@ impl std::fmt::Display for Action {
             let gw = spec.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
             format!("{}{gw} dev #{}", spec.dst, spec.oif)
         };
+        let verb = |change: &Change| match change {
+            Change::Add => "add",
+            Change::Replace => "replace",
+        };
         match self {
-            Action::SetRoute { spec, change } => {
-                let verb = match change {
-                    Change::Add => "add",
-                    Change::Replace => "replace",
-                };
-                write!(f, "{verb} route {}", describe(spec))
+            Action::SetRoute {
+                spec,
+                change,
+                nexthop: Some(id),
+            } => write!(f, "{} route {} nhid {id}", verb(change), spec.dst),
+            Action::SetRoute { spec, change, .. } => write!(f, "{} route {}", verb(change), describe(spec)),
+            Action::DeleteRoute {
+                spec,
+                metric,
+                nexthop: Some(id),
+            } => write!(f, "delete route {} nhid {id} metric {metric}", spec.dst),
+            Action::DeleteRoute { spec, metric, .. } => {
+                write!(f, "delete route {} metric {metric}", describe(spec))
             }
-            Action::DeleteRoute { spec, metric } => write!(f, "delete route {} metric {metric}", describe(spec)),
+            Action::SetNexthop { spec, change } => write!(f, "{} {spec}", verb(change)),
+            Action::DeleteNexthop { id } => write!(f, "delete nexthop id {id}"),
         }
     }
 }
@@ -153,46 +233,70 @@ pub fn is_ours(route: &RouteInfo, topo: &Topology) -> bool {
 /// The changes that turn the actual main-table routes into the desired ones: stale routes out
 /// first (so a moved subnet never has two paths), then missing or wrong routes set.
 pub fn plan(desired: &BTreeMap<IpNet, RouteSpec>, actual: &[RouteInfo], topo: &Topology) -> Vec<Action> {
+    plan_with_nexthops(desired, actual, &[], topo)
+}
+
+/// [`plan`], with the kernel's nexthop objects: the desired routes' nexthops set where missing
+/// or wrong, nexthops in weft's range that no route wants deleted; in [`phase_of`] order.
+pub fn plan_with_nexthops(
+    desired: &BTreeMap<IpNet, RouteSpec>,
+    actual: &[RouteInfo],
+    nexthops: &[NexthopInfo],
+    topo: &Topology,
+) -> Vec<Action> {
     let ours: Vec<&RouteInfo> = actual.iter().filter(|r| is_ours(r, topo)).collect();
     let mut by_dst: BTreeMap<IpNet, Vec<&RouteInfo>> = BTreeMap::new();
     for r in actual {
         by_dst.entry(r.dst).or_default().push(r);
     }
-    let mut sets = Vec::new();
+    let mut actions = Vec::new();
     let mut kept = BTreeSet::new();
     for (dst, spec) in desired {
         let at_dst: &[&RouteInfo] = by_dst.get(dst).map_or(&[], |v| v.as_slice());
+        let nexthop = topo.nexthop_for(*dst);
         let exact = at_dst
             .iter()
-            .any(|r| r.spec() == Some(*spec) && r.priority == 0 && is_ours(r, topo));
+            .any(|r| route_matches(r, spec, nexthop) && is_ours(r, topo));
         if exact {
             kept.insert(*dst);
             continue;
         }
         // Any metric-0 route to this destination (ours or not) is overwritten by the replace.
         let exists = at_dst.iter().any(|r| r.priority == 0);
-        sets.push(Action::SetRoute {
+        actions.push(Action::SetRoute {
             spec: *spec,
             change: if exists { Change::Replace } else { Change::Add },
+            nexthop,
         });
     }
-    let mut deletes = Vec::new();
     let mut kept_once = BTreeSet::new();
     for r in &ours {
         let spec = r.spec().expect("is_ours requires an oif");
         let wanted = desired.get(&r.dst);
+        let nexthop = topo.nexthop_for(r.dst);
         let is_the_kept_one =
-            wanted == Some(&spec) && r.priority == 0 && kept.contains(&r.dst) && kept_once.insert(r.dst);
+            wanted.is_some_and(|w| route_matches(r, w, nexthop)) && kept.contains(&r.dst) && kept_once.insert(r.dst);
         let replaced_in_place = wanted.is_some() && r.priority == 0 && !kept.contains(&r.dst);
         if !is_the_kept_one && !replaced_in_place {
-            deletes.push(Action::DeleteRoute {
+            actions.push(Action::DeleteRoute {
                 spec,
                 metric: r.priority,
+                nexthop: r.nexthop_id,
             });
         }
     }
-    deletes.extend(sets);
-    deletes
+    let desired_nexthops: Vec<NexthopSpec> = desired
+        .iter()
+        .filter_map(|(dst, spec)| nexthop_of(spec, topo.nexthop_for(*dst)?))
+        .collect();
+    let (sets, deletes) = plan_nexthops(&desired_nexthops, nexthops);
+    actions.extend(
+        sets.into_iter()
+            .map(|(spec, change)| Action::SetNexthop { spec, change }),
+    );
+    actions.extend(deletes.into_iter().map(|id| Action::DeleteNexthop { id }));
+    actions.sort_by_key(phase_of);
+    actions
 }
 
 #[cfg(test)]
@@ -218,6 +322,7 @@ mod tests {
             own_subnet: net("10.5.1.0/24"),
             public_ip: ip("198.51.100.1"),
             ext_index: EXT,
+            nexthops: false,
         }
     }
 
@@ -236,6 +341,7 @@ mod tests {
             gateway: gw.map(ip),
             oif: Some(oif),
             onlink: false,
+            nexthop_id: None,
             protocol: 3,
             scope: 0,
             priority: 0,
@@ -302,10 +408,12 @@ mod tests {
             plan(&desired, &[], &topo()),
             vec![
                 Action::SetRoute {
+                    nexthop: None,
                     spec: gw_route("10.5.2.0/24", "198.51.100.2"),
                     change: Change::Add
                 },
                 Action::SetRoute {
+                    nexthop: None,
                     spec: gw_route("10.5.3.0/24", "198.51.100.3"),
                     change: Change::Add
                 },
@@ -331,6 +439,7 @@ mod tests {
         assert_eq!(
             plan(&desired, &actual, &topo()),
             vec![Action::SetRoute {
+                nexthop: None,
                 spec: gw_route("10.5.2.0/24", "198.51.100.9"),
                 change: Change::Replace
             }]
@@ -346,6 +455,7 @@ mod tests {
         assert_eq!(
             plan(&desired, &[old], &topo()),
             vec![Action::SetRoute {
+                nexthop: None,
                 spec: gw_route("10.5.2.0/24", "198.51.100.2"),
                 change: Change::Replace
             }]
@@ -366,10 +476,12 @@ mod tests {
             plan(&desired, &actual, &topo()),
             vec![
                 Action::DeleteRoute {
+                    nexthop: None,
                     spec: gw_route("10.5.2.0/24", "198.51.100.2"),
                     metric: 100
                 },
                 Action::DeleteRoute {
+                    nexthop: None,
                     spec: gw_route("10.5.3.0/24", "198.51.100.3"),
                     metric: 0
                 },
@@ -410,5 +522,73 @@ mod tests {
             })
             .collect();
         assert_eq!(deleted, ["10.5.0.0/16", "10.5.0.0/23"]);
+    }
+
+    #[test]
+    fn with_nexthops_a_plain_route_is_replaced_by_one_through_the_peers_nexthop() {
+        let t = Topology {
+            nexthops: true,
+            ..topo()
+        };
+        let desired: BTreeMap<IpNet, RouteSpec> = [(
+            net("10.5.2.0/24"),
+            RouteSpec {
+                dst: net("10.5.2.0/24"),
+                gateway: Some(ip("198.51.100.2")),
+                oif: EXT,
+                onlink: false,
+            },
+        )]
+        .into();
+        let spec = desired[&net::<IpNet>("10.5.2.0/24")];
+        let nexthop = NexthopSpec {
+            id: 0x7700_0002,
+            gateway: ip("198.51.100.2"),
+            oif: EXT,
+            onlink: false,
+        };
+        let flanneld = [route("10.5.2.0/24", Some("198.51.100.2"), EXT)];
+        assert_eq!(
+            plan_with_nexthops(&desired, &flanneld, &[], &t),
+            vec![
+                Action::SetNexthop {
+                    spec: nexthop,
+                    change: Change::Add
+                },
+                Action::SetRoute {
+                    spec,
+                    change: Change::Replace,
+                    nexthop: Some(0x7700_0002)
+                },
+            ]
+        );
+        let weft = [RouteInfo {
+            nexthop_id: Some(0x7700_0002),
+            ..flanneld[0].clone()
+        }];
+        let installed = [NexthopInfo {
+            id: 0x7700_0002,
+            gateway: Some(ip("198.51.100.2")),
+            oif: Some(EXT),
+            onlink: false,
+            protocol: 3,
+            special: false,
+        }];
+        assert_eq!(plan_with_nexthops(&desired, &weft, &installed, &t), vec![]);
+        // A moved peer: the nexthop is replaced, the route stays.
+        let moved = RouteSpec {
+            gateway: Some(ip("198.51.100.7")),
+            ..spec
+        };
+        assert_eq!(
+            plan_route(Some(spec), Some(moved), &t),
+            vec![Action::SetNexthop {
+                spec: NexthopSpec {
+                    gateway: ip("198.51.100.7"),
+                    ..nexthop
+                },
+                change: Change::Replace
+            }]
+        );
     }
 }

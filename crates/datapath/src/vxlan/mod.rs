@@ -1,9 +1,10 @@
 //! The vxlan backend (flannel's `vxlan` type): device `flannel.<VNI>`, and per remote lease a
-//! permanent neighbour, a permanent FDB entry and an onlink route, kept in shape by reconcile.
+//! permanent neighbour, a permanent FDB entry and an onlink route (through a nexthop object of
+//! its own when the kernel has them), kept in shape by reconcile.
 //!
 //! It owns the device and, on it, every neighbour and FDB entry; in the main table it owns the
 //! routes into the cluster network through the device (and, for DirectRouting, through the
-//! external interface via a gateway). It never touches the route to our own subnet, anything
+//! external interface via a gateway), and the nexthops in weft's id range. It never touches the route to our own subnet, anything
 //! outside the cluster network, or other devices' neighbour tables, and it never flushes:
 //! a restart adopts what is there and fixes only what is wrong.
 
@@ -26,6 +27,7 @@ use self::plan::{
 use crate::apply::{run_together, Applied, ApplyFailure};
 use crate::backend::LeaseChange;
 use crate::backend::{to_leases, Backend, BackendError, LeaseSet, Report};
+use crate::peer_routes::{is_weft_nexthop, nexthops_usable, route_matches, subnet_of_nexthop};
 
 /// VXLAN over IPv4 adds 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -63,6 +65,8 @@ pub struct VxlanBackend {
     by_mac: HashMap<[u8; 6], IpNet>,
     /// The external interface's connected subnets at the last full reconcile (DirectRouting).
     ext_nets: Vec<Ipv4Net>,
+    /// Routes point at per-peer nexthop objects: the kernel has them (probed at start).
+    nexthops: bool,
 }
 
 impl VxlanBackend {
@@ -94,7 +98,9 @@ impl VxlanBackend {
             installed: BTreeMap::new(),
             by_mac: HashMap::new(),
             ext_nets: Vec::new(),
+            nexthops: false,
         };
+        backend.nexthops = nexthops_usable(&backend.nl, "vxlan").await;
         backend.ensure_device().await?;
         tracing::info!(
             device = %backend.device_name(),
@@ -174,6 +180,7 @@ impl VxlanBackend {
             ext_index: self.ext.index,
             ext_nets,
             direct_routing: self.opts.direct_routing,
+            nexthops: self.nexthops,
         }
     }
 
@@ -218,6 +225,11 @@ impl VxlanBackend {
             neighbours: self.nl.list_neighbours(index, Some(AddrFamily::Ipv4)).await?,
             fdb: self.nl.list_fdb(index).await?,
             routes: self.nl.list_routes(Some(AddrFamily::Ipv4)).await?,
+            nexthops: if self.nexthops {
+                self.nl.list_nexthops(Some(AddrFamily::Ipv4)).await?
+            } else {
+                Vec::new()
+            },
         };
         let phases = plan_phases(&desired, &actual, &topo);
         self.set_installed(entries);
@@ -313,17 +325,45 @@ impl VxlanBackend {
                 }
             }
             KernelEvent::RouteGone(route) | KernelEvent::RouteAdded(route) => {
-                let ours = self.installed.get(&route.dst).map(|e| e.route);
                 let gone = matches!(event, KernelEvent::RouteGone(_));
-                if let Some(spec) = ours {
-                    let same = route.spec() == Some(spec) && route.priority == 0;
+                if let Some(ours) = self.installed.get(&route.dst) {
+                    let (spec, nexthop) = (ours.route, ours.nexthop);
+                    let same = route_matches(route, &spec, nexthop);
                     if gone && same {
                         phases.route_sets.push(Action::SetRoute {
                             spec,
                             change: Change::Add,
+                            nexthop,
                         });
                     } else if !gone && !same && route.priority == 0 {
                         phases.route_sets.push(Action::SetRoute {
+                            spec,
+                            change: Change::Replace,
+                            nexthop,
+                        });
+                    }
+                }
+            }
+            // A deleted nexthop took its route along (IPv4 says nothing of the route).
+            KernelEvent::NexthopGone(nh) => {
+                if let Some(entries) = self.installed_nexthop(nh.id) {
+                    if let Some(spec) = entries.nexthop_spec() {
+                        phases.sets.push(Action::SetNexthop {
+                            spec,
+                            change: Change::Add,
+                        });
+                        phases.route_sets.push(Action::SetRoute {
+                            spec: entries.route,
+                            change: Change::Add,
+                            nexthop: entries.nexthop,
+                        });
+                    }
+                }
+            }
+            KernelEvent::NexthopChanged(nh) => {
+                if let Some(spec) = self.installed_nexthop(nh.id).and_then(|e| e.nexthop_spec()) {
+                    if nh.spec() != Some(spec) {
+                        phases.sets.push(Action::SetNexthop {
                             spec,
                             change: Change::Replace,
                         });
@@ -363,6 +403,16 @@ impl VxlanBackend {
             KernelEvent::LinkChanged(link) => link.name == name,
             _ => false,
         }
+    }
+
+    /// The installed peer whose route points at nexthop `id`.
+    fn installed_nexthop(&self, id: u32) -> Option<&PeerEntries> {
+        let own = self.own?;
+        if !is_weft_nexthop(id) {
+            return None;
+        }
+        let subnet = subnet_of_nexthop(self.network.into(), own.ipv4.prefix_len(), id)?;
+        self.installed.get(&subnet).filter(|e| e.nexthop == Some(id))
     }
 
     fn installed_neighbour(&self, ip: IpAddr) -> Option<[u8; 6]> {
@@ -422,10 +472,24 @@ impl VxlanBackend {
     async fn apply(&self, action: &Action) -> Result<(), NetlinkError> {
         let index = self.device.index;
         match action {
-            Action::DeleteRoute { spec, metric } => self.nl.delete_route_at_metric(spec, *metric).await,
+            Action::DeleteRoute {
+                spec,
+                metric,
+                nexthop: Some(id),
+            } => self.nl.delete_route_via_nexthop(spec.dst, *id, *metric).await,
+            Action::DeleteRoute { spec, metric, .. } => self.nl.delete_route_at_metric(spec, *metric).await,
+            Action::SetRoute {
+                spec,
+                nexthop: Some(id),
+                ..
+            } => self.nl.replace_route_via_nexthop(spec.dst, *id).await,
+            Action::SetNexthop { spec, .. } => self.nl.replace_nexthop(spec).await,
+            Action::DeleteNexthop { id } => self.nl.delete_nexthop(*id).await,
             Action::SetNeighbour { ip, mac, .. } => self.nl.replace_neighbour(index, *ip, *mac).await,
             Action::SetFdb { mac, dst, .. } => self.nl.replace_fdb(index, *mac, *dst).await,
-            Action::SetRoute { spec, .. } => self.nl.replace_route(spec).await,
+            Action::SetRoute {
+                spec, nexthop: None, ..
+            } => self.nl.replace_route(spec).await,
             Action::DeleteNeighbour { ip } => self.nl.delete_neighbour(index, *ip).await,
             Action::DeleteFdb { mac, dst } => self.nl.delete_fdb(index, *mac, *dst).await,
         }

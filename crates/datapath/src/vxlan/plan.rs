@@ -9,8 +9,9 @@ use ipnet::{IpNet, Ipv4Net};
 use weft_core::{Lease, SubnetKey};
 
 use crate::leases;
+use crate::peer_routes::{nexthop_id, nexthop_of, plan_nexthops, route_matches};
 use weft_core::mac::is_unicast_mac;
-use weft_kernel::netlink::{format_mac, FdbEntry, Neighbour, RouteInfo, RouteSpec};
+use weft_kernel::netlink::{format_mac, FdbEntry, Neighbour, NexthopInfo, NexthopSpec, RouteInfo, RouteSpec};
 
 /// `rtm_protocol` of routes the kernel adds for connected subnets; never ours.
 const RTPROT_KERNEL: u8 = 2;
@@ -36,6 +37,8 @@ pub struct Topology {
     /// The external interface's connected subnets, for DirectRouting.
     pub ext_nets: Vec<Ipv4Net>,
     pub direct_routing: bool,
+    /// Routes point at per-peer nexthop objects (the kernel has them).
+    pub nexthops: bool,
 }
 
 /// Turns the full lease set into peers, saying why each left-out lease was left out.
@@ -84,6 +87,8 @@ pub struct DesiredState {
     pub fdb: BTreeMap<[u8; 6], IpAddr>,
     /// Main table, keyed by destination.
     pub routes: BTreeMap<IpNet, RouteSpec>,
+    /// The nexthop each route points at, keyed by the route's destination (none: plain routes).
+    pub nexthops: BTreeMap<IpNet, NexthopSpec>,
 }
 
 /// The kernel entries of one peer.
@@ -94,15 +99,30 @@ pub struct PeerEntries {
     pub neighbour: Option<(IpAddr, [u8; 6])>,
     /// On the VXLAN device: VtepMAC -> public IP (none when routed directly).
     pub fdb: Option<([u8; 6], IpAddr)>,
+    /// The route's gateway, device and onlink flag (in the nexthop when there is one).
     pub route: RouteSpec,
+    /// The id of the nexthop object the route points at; None: a plain gateway route.
+    pub nexthop: Option<u32>,
+}
+
+impl PeerEntries {
+    /// The nexthop object the route points at.
+    pub fn nexthop_spec(&self) -> Option<NexthopSpec> {
+        nexthop_of(&self.route, self.nexthop?)
+    }
 }
 
 /// A neighbour, an FDB entry and an onlink route through the VXLAN device; or, with
 /// DirectRouting and a peer on our L2 segment, only a route via its public IP.
 pub fn peer_entries(peer: &Peer, topo: &Topology) -> PeerEntries {
     let direct = topo.direct_routing && topo.ext_nets.iter().any(|n| n.contains(&peer.public_ip));
+    let nexthop = topo
+        .nexthops
+        .then(|| nexthop_id(topo.network.into(), peer.subnet.into()))
+        .flatten();
     if direct {
         return PeerEntries {
+            nexthop,
             neighbour: None,
             fdb: None,
             route: RouteSpec {
@@ -115,6 +135,7 @@ pub fn peer_entries(peer: &Peer, topo: &Topology) -> PeerEntries {
     }
     let vtep_ip = IpAddr::V4(peer.subnet.network());
     PeerEntries {
+        nexthop,
         neighbour: Some((vtep_ip, peer.vtep_mac)),
         fdb: Some((peer.vtep_mac, peer.public_ip.into())),
         route: RouteSpec {
@@ -142,6 +163,9 @@ pub fn desired_state<'a>(entries: impl IntoIterator<Item = &'a PeerEntries>) -> 
             desired.fdb.insert(mac, dst);
         }
         desired.routes.insert(e.route.dst, e.route);
+        if let Some(nh) = e.nexthop_spec() {
+            desired.nexthops.insert(e.route.dst, nh);
+        }
     }
     desired
 }
@@ -156,12 +180,16 @@ pub fn plan_peer(old: Option<&PeerEntries>, new: Option<&PeerEntries>, phases: &
             phases.route_deletes.push(Action::DeleteRoute {
                 spec: old.route,
                 metric: 0,
+                nexthop: old.nexthop,
             });
             if let Some((ip, _)) = old.neighbour {
                 phases.deletes.push(Action::DeleteNeighbour { ip });
             }
             if let Some((mac, dst)) = old.fdb {
                 phases.deletes.push(Action::DeleteFdb { mac, dst });
+            }
+            if let Some(id) = old.nexthop {
+                phases.deletes.push(Action::DeleteNexthop { id });
             }
         }
         (old, Some(new)) => {
@@ -178,11 +206,25 @@ pub fn plan_peer(old: Option<&PeerEntries>, new: Option<&PeerEntries>, phases: &
                     phases.sets.push(Action::SetFdb { mac, dst, change });
                 }
             }
-            if old.map(|o| o.route) != Some(new.route) {
+            if let Some(spec) = new.nexthop_spec() {
+                let before = old.and_then(|o| o.nexthop_spec());
+                if before != Some(spec) {
+                    let change = set(before.is_some_and(|b| b.id == spec.id));
+                    phases.sets.push(Action::SetNexthop { spec, change });
+                }
+            }
+            // A route through a nexthop follows its nexthop: it changes only when the id does.
+            let route_changed = match (old, new.nexthop) {
+                (Some(o), Some(id)) => o.nexthop != Some(id),
+                (Some(o), None) => o.nexthop.is_some() || o.route != new.route,
+                (None, _) => true,
+            };
+            if route_changed {
                 let change = set(old.is_some());
                 phases.route_sets.push(Action::SetRoute {
                     spec: new.route,
                     change,
+                    nexthop: new.nexthop,
                 });
             }
             if let Some(old) = old {
@@ -199,14 +241,18 @@ pub fn plan_peer(old: Option<&PeerEntries>, new: Option<&PeerEntries>, phases: &
                     }),
                     _ => {}
                 }
+                match old.nexthop {
+                    Some(id) if new.nexthop != Some(id) => phases.deletes.push(Action::DeleteNexthop { id }),
+                    _ => {}
+                }
             }
         }
     }
 }
 
-/// Actions grouped in the order they must run: stale routes out, then neighbour and FDB entries
-/// (so a new route never resolves through a missing entry), then routes, then stale neighbour
-/// and FDB entries. Actions within one phase are independent of each other.
+/// Actions grouped in the order they must run: stale routes out, then neighbour, FDB entries and
+/// nexthops (so a new route never resolves through a missing entry), then routes, then stale
+/// neighbour and FDB entries and nexthops. Actions within one phase are independent of each other.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Phases {
     pub route_deletes: Vec<Action>,
@@ -243,6 +289,8 @@ pub struct ActualState {
     pub fdb: Vec<FdbEntry>,
     /// The main table's routes (all of them; [`plan`] picks ours).
     pub routes: Vec<RouteInfo>,
+    /// The nexthop objects (all of them; only ids in weft's range are ours).
+    pub nexthops: Vec<NexthopInfo>,
 }
 
 pub use crate::apply::Change;
@@ -251,10 +299,12 @@ use crate::apply::Effect;
 /// One kernel change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// `metric` 0 matches a route at any metric.
+    /// `metric` 0 matches a route at any metric. A route that points at a nexthop is matched
+    /// by its `nexthop` id only.
     DeleteRoute {
         spec: RouteSpec,
         metric: u32,
+        nexthop: Option<u32>,
     },
     SetNeighbour {
         ip: IpAddr,
@@ -266,9 +316,20 @@ pub enum Action {
         dst: IpAddr,
         change: Change,
     },
+    /// A plain route, or (`nexthop`) one that points at that nexthop.
     SetRoute {
         spec: RouteSpec,
         change: Change,
+        nexthop: Option<u32>,
+    },
+    /// Add a nexthop object or replace the one with its id (its routes follow).
+    SetNexthop {
+        spec: NexthopSpec,
+        change: Change,
+    },
+    /// Delete a nexthop object, and with it the routes that still point at it.
+    DeleteNexthop {
+        id: u32,
     },
     DeleteNeighbour {
         ip: IpAddr,
@@ -283,9 +344,16 @@ impl Action {
     /// What the action does to a kernel table when it succeeds.
     pub fn effect(&self) -> Effect {
         match self {
-            Action::SetNeighbour { change, .. } | Action::SetFdb { change, .. } | Action::SetRoute { change, .. } => {
-                Effect::Set(*change)
+            // A nexthop comes and goes with its route, which is what is counted; replaced
+            // alone, it is the route's change.
+            Action::SetNexthop {
+                change: Change::Add, ..
             }
+            | Action::DeleteNexthop { .. } => Effect::PartOfRoute,
+            Action::SetNeighbour { change, .. }
+            | Action::SetFdb { change, .. }
+            | Action::SetRoute { change, .. }
+            | Action::SetNexthop { change, .. } => Effect::Set(*change),
             Action::DeleteRoute { .. } | Action::DeleteNeighbour { .. } | Action::DeleteFdb { .. } => Effect::Removed,
         }
     }
@@ -298,7 +366,12 @@ impl std::fmt::Display for Action {
             Change::Replace => "replace",
         };
         match self {
-            Action::DeleteRoute { spec, metric } => write!(
+            Action::DeleteRoute {
+                spec,
+                metric,
+                nexthop: Some(id),
+            } => write!(f, "delete route {} nhid {id} metric {metric}", spec.dst),
+            Action::DeleteRoute { spec, metric, .. } => write!(
                 f,
                 "delete route {} via {:?} dev #{} metric {metric}",
                 spec.dst, spec.gateway, spec.oif
@@ -307,7 +380,14 @@ impl std::fmt::Display for Action {
                 write!(f, "{} neighbour {ip} -> {}", verb(change), format_mac(mac))
             }
             Action::SetFdb { mac, dst, change } => write!(f, "{} FDB {} -> {dst}", verb(change), format_mac(mac)),
-            Action::SetRoute { spec, change } => write!(
+            Action::SetRoute {
+                spec,
+                change,
+                nexthop: Some(id),
+            } => write!(f, "{} route {} nhid {id}", verb(change), spec.dst),
+            Action::SetNexthop { spec, change } => write!(f, "{} {spec}", verb(change)),
+            Action::DeleteNexthop { id } => write!(f, "delete nexthop id {id}"),
+            Action::SetRoute { spec, change, .. } => write!(
                 f,
                 "{} route {} via {:?} dev #{}{}",
                 verb(change),
@@ -349,6 +429,15 @@ pub fn plan_phases(desired: &DesiredState, actual: &ActualState, topo: &Topology
     plan_neighbours(desired, actual, &mut phases);
     plan_fdb(desired, actual, &mut phases);
     plan_routes(desired, actual, topo, &mut phases);
+    let (sets, deletes) = plan_nexthops(desired.nexthops.values(), &actual.nexthops);
+    // Nexthops before the neighbour and FDB entries' deletes; new ones before the routes.
+    phases.sets.extend(
+        sets.into_iter()
+            .map(|(spec, change)| Action::SetNexthop { spec, change }),
+    );
+    phases
+        .deletes
+        .extend(deletes.into_iter().map(|id| Action::DeleteNexthop { id }));
     phases
 }
 
@@ -422,7 +511,8 @@ fn plan_routes(desired: &DesiredState, actual: &ActualState, topo: &Topology, ph
     let mut kept = BTreeSet::new();
     for (dst, spec) in &desired.routes {
         let at_dst: &[&RouteInfo] = by_dst.get(dst).map_or(&[], |v| v.as_slice());
-        let matches = |r: &&RouteInfo| r.spec() == Some(*spec) && r.priority == 0 && is_ours(r, topo);
+        let nexthop = desired.nexthops.get(dst).map(|n| n.id);
+        let matches = |r: &&RouteInfo| route_matches(r, spec, nexthop) && is_ours(r, topo);
         if at_dst.iter().any(matches) {
             kept.insert(*dst);
             continue;
@@ -431,20 +521,23 @@ fn plan_routes(desired: &DesiredState, actual: &ActualState, topo: &Topology, ph
         phases.route_sets.push(Action::SetRoute {
             spec: *spec,
             change: if exists { Change::Replace } else { Change::Add },
+            nexthop,
         });
     }
     let mut kept_once = BTreeSet::new();
     for r in actual.routes.iter().filter(|r| is_ours(r, topo)) {
         let spec = r.spec().expect("is_ours requires an oif");
         let wanted = desired.routes.get(&r.dst);
+        let nexthop = desired.nexthops.get(&r.dst).map(|n| n.id);
         let is_the_kept_one =
-            wanted == Some(&spec) && r.priority == 0 && kept.contains(&r.dst) && kept_once.insert(r.dst);
+            wanted.is_some_and(|w| route_matches(r, w, nexthop)) && kept.contains(&r.dst) && kept_once.insert(r.dst);
         // A route at metric 0 to a desired destination is overwritten by the replace instead.
         let replaced_in_place = wanted.is_some() && r.priority == 0 && !kept.contains(&r.dst);
         if !is_the_kept_one && !replaced_in_place {
             phases.route_deletes.push(Action::DeleteRoute {
                 spec,
                 metric: r.priority,
+                nexthop: r.nexthop_id,
             });
         }
     }
@@ -479,6 +572,7 @@ mod tests {
             ext_index: EXT,
             ext_nets: vec![net("198.51.100.0/24")],
             direct_routing: false,
+            nexthops: false,
         }
     }
 
@@ -513,6 +607,7 @@ mod tests {
             gateway: gw.map(ip),
             oif: Some(oif),
             onlink,
+            nexthop_id: None,
             protocol: 3,
             scope: 0,
             priority: 0,
@@ -591,6 +686,7 @@ mod tests {
                     change: Change::Add
                 },
                 Action::SetRoute {
+                    nexthop: None,
                     spec: vx_route("10.5.2.0/24", "10.5.2.0"),
                     change: Change::Add
                 },
@@ -603,6 +699,7 @@ mod tests {
         let t = topo();
         let desired = desired_for(&[vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b")], &t);
         let actual = ActualState {
+            nexthops: Vec::new(),
             neighbours: vec![perm_neigh("10.5.2.0", MAC_B)],
             fdb: vec![perm_fdb(MAC_B, "198.51.100.2")],
             routes: vec![
@@ -619,6 +716,7 @@ mod tests {
         // The peer restarted with a new VTEP MAC and moved to a new public IP.
         let desired = desired_for(&[vx_lease("10.5.2.0/24", "198.51.100.9", "02:00:00:00:00:0c")], &t);
         let actual = ActualState {
+            nexthops: Vec::new(),
             neighbours: vec![perm_neigh("10.5.2.0", MAC_B)],
             fdb: vec![perm_fdb(MAC_B, "198.51.100.2")],
             routes: vec![route("10.5.2.0/24", Some("10.5.2.0"), VX, true)],
@@ -649,6 +747,7 @@ mod tests {
         let t = topo();
         let desired = desired_for(&[vx_lease("10.5.2.0/24", "198.51.100.9", "02:00:00:00:00:0b")], &t);
         let actual = ActualState {
+            nexthops: Vec::new(),
             neighbours: vec![perm_neigh("10.5.2.0", MAC_B)],
             fdb: vec![perm_fdb(MAC_B, "198.51.100.2")],
             routes: vec![route("10.5.2.0/24", Some("10.5.2.0"), VX, true)],
@@ -674,6 +773,7 @@ mod tests {
         let t = topo();
         let desired = desired_for(&[], &t);
         let actual = ActualState {
+            nexthops: Vec::new(),
             neighbours: vec![perm_neigh("10.5.2.0", MAC_B)],
             fdb: vec![perm_fdb(MAC_B, "198.51.100.2")],
             routes: vec![route("10.5.2.0/24", Some("10.5.2.0"), VX, true)],
@@ -682,6 +782,7 @@ mod tests {
             plan(&desired, &actual, &t),
             vec![
                 Action::DeleteRoute {
+                    nexthop: None,
                     spec: vx_route("10.5.2.0/24", "10.5.2.0"),
                     metric: 0
                 },
@@ -701,6 +802,7 @@ mod tests {
         let mut connected = route("10.5.9.0/24", None, VX, false);
         connected.protocol = RTPROT_KERNEL;
         let actual = ActualState {
+            nexthops: Vec::new(),
             // A learned (reachable) neighbour and a learned FDB entry belong to the kernel.
             neighbours: vec![Neighbour {
                 ip: ip("10.5.3.0"),
@@ -736,6 +838,7 @@ mod tests {
         let mut dup = route("10.5.2.0/24", Some("10.5.2.0"), VX, true);
         dup.priority = 100;
         let actual = ActualState {
+            nexthops: Vec::new(),
             neighbours: vec![perm_neigh("10.5.2.0", MAC_B)],
             fdb: vec![perm_fdb(MAC_B, "198.51.100.2")],
             // Missing onlink; plus a second copy at metric 100.
@@ -745,10 +848,12 @@ mod tests {
             plan(&desired, &actual, &t),
             vec![
                 Action::DeleteRoute {
+                    nexthop: None,
                     spec: vx_route("10.5.2.0/24", "10.5.2.0"),
                     metric: 100
                 },
                 Action::SetRoute {
+                    nexthop: None,
                     spec: vx_route("10.5.2.0/24", "10.5.2.0"),
                     change: Change::Replace
                 },
@@ -787,6 +892,7 @@ mod tests {
         // The peer on our segment used to go through the tunnel: the replace switches it over,
         // and its neighbour/FDB entries go.
         let actual = ActualState {
+            nexthops: Vec::new(),
             neighbours: vec![perm_neigh("10.5.2.0", MAC_B), perm_neigh("10.5.3.0", MAC_C)],
             fdb: vec![perm_fdb(MAC_B, "198.51.100.2"), perm_fdb(MAC_C, "203.0.113.3")],
             routes: vec![
@@ -798,6 +904,7 @@ mod tests {
             plan(&desired, &actual, &t),
             vec![
                 Action::SetRoute {
+                    nexthop: None,
                     spec: desired.routes[&net::<IpNet>("10.5.2.0/24")],
                     change: Change::Replace
                 },
@@ -814,13 +921,18 @@ mod tests {
     fn stale_direct_route_is_deleted() {
         let t = topo();
         let actual = ActualState {
+            nexthops: Vec::new(),
             routes: vec![route("10.5.2.0/24", Some("198.51.100.2"), EXT, false)],
             ..ActualState::default()
         };
         let spec = actual.routes[0].spec().unwrap();
         assert_eq!(
             plan(&DesiredState::default(), &actual, &t),
-            vec![Action::DeleteRoute { spec, metric: 0 }]
+            vec![Action::DeleteRoute {
+                nexthop: None,
+                spec,
+                metric: 0
+            }]
         );
     }
 
@@ -828,6 +940,7 @@ mod tests {
     fn routes_a_bad_lease_left_through_the_device_are_deleted() {
         let t = topo();
         let actual = ActualState {
+            nexthops: Vec::new(),
             routes: vec![
                 // The whole network, a supernet of our subnet, part of a peer's subnet, beyond the network.
                 route("10.5.0.0/16", Some("10.5.0.0"), VX, true),
@@ -871,6 +984,7 @@ mod tests {
                     change: Change::Add
                 },
                 Action::SetRoute {
+                    nexthop: None,
                     spec: vx_route("10.5.2.0/24", "10.5.2.0"),
                     change: Change::Add
                 },
@@ -913,6 +1027,7 @@ mod tests {
             p.into_vec(),
             vec![
                 Action::DeleteRoute {
+                    nexthop: None,
                     spec: vx_route("10.5.2.0/24", "10.5.2.0"),
                     metric: 0
                 },
@@ -961,5 +1076,190 @@ mod tests {
             ));
         }
         actual
+    }
+
+    const NH_B: u32 = 0x7700_0002;
+
+    fn nh_topo() -> Topology {
+        Topology {
+            nexthops: true,
+            ..topo()
+        }
+    }
+
+    fn nh_info(id: u32, gw: &str) -> NexthopInfo {
+        NexthopInfo {
+            id,
+            gateway: Some(ip(gw)),
+            oif: Some(VX),
+            onlink: true,
+            protocol: 3,
+            special: false,
+        }
+    }
+
+    fn nh_route(dst: &str, gw: &str, id: u32) -> RouteInfo {
+        RouteInfo {
+            nexthop_id: Some(id),
+            ..route(dst, Some(gw), VX, true)
+        }
+    }
+
+    fn nh_spec(id: u32, gw: &str) -> NexthopSpec {
+        NexthopSpec {
+            id,
+            gateway: ip(gw),
+            oif: VX,
+            onlink: true,
+        }
+    }
+
+    #[test]
+    fn with_nexthops_each_peer_gets_its_nexthop_before_a_route_that_points_at_it() {
+        let t = nh_topo();
+        let desired = desired_for(&[vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b")], &t);
+        let phases = plan_phases(&desired, &ActualState::default(), &t);
+        assert_eq!(
+            phases.sets.last(),
+            Some(&Action::SetNexthop {
+                spec: nh_spec(NH_B, "10.5.2.0"),
+                change: Change::Add
+            })
+        );
+        assert_eq!(
+            phases.route_sets,
+            vec![Action::SetRoute {
+                spec: vx_route("10.5.2.0/24", "10.5.2.0"),
+                change: Change::Add,
+                nexthop: Some(NH_B)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_plain_route_flanneld_left_is_replaced_by_the_nexthop_route_and_a_restart_changes_nothing() {
+        let t = nh_topo();
+        let desired = desired_for(&[vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b")], &t);
+        let flanneld = ActualState {
+            neighbours: vec![perm_neigh("10.5.2.0", MAC_B)],
+            fdb: vec![perm_fdb(MAC_B, "198.51.100.2")],
+            routes: vec![route("10.5.2.0/24", Some("10.5.2.0"), VX, true)],
+            nexthops: Vec::new(),
+        };
+        assert_eq!(
+            plan(&desired, &flanneld, &t),
+            vec![
+                Action::SetNexthop {
+                    spec: nh_spec(NH_B, "10.5.2.0"),
+                    change: Change::Add
+                },
+                Action::SetRoute {
+                    spec: vx_route("10.5.2.0/24", "10.5.2.0"),
+                    change: Change::Replace,
+                    nexthop: Some(NH_B)
+                },
+            ]
+        );
+        let weft = ActualState {
+            routes: vec![nh_route("10.5.2.0/24", "10.5.2.0", NH_B)],
+            nexthops: vec![nh_info(NH_B, "10.5.2.0")],
+            ..flanneld
+        };
+        assert_eq!(plan(&desired, &weft, &t), vec![]);
+    }
+
+    #[test]
+    fn a_wrong_nexthop_is_replaced_in_place_and_stale_weft_nexthops_go_but_not_others() {
+        let t = nh_topo();
+        let desired = desired_for(&[vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b")], &t);
+        let actual = ActualState {
+            neighbours: vec![perm_neigh("10.5.2.0", MAC_B)],
+            fdb: vec![perm_fdb(MAC_B, "198.51.100.2")],
+            routes: vec![
+                nh_route("10.5.2.0/24", "10.5.2.9", NH_B),
+                nh_route("10.5.3.0/24", "10.5.3.0", 0x7700_0003),
+            ],
+            nexthops: vec![
+                nh_info(NH_B, "10.5.2.9"),
+                nh_info(0x7700_0003, "10.5.3.0"),
+                nh_info(12, "192.0.2.1"),
+            ],
+        };
+        assert_eq!(
+            plan(&desired, &actual, &t),
+            vec![
+                Action::DeleteRoute {
+                    spec: vx_route("10.5.3.0/24", "10.5.3.0"),
+                    metric: 0,
+                    nexthop: Some(0x7700_0003)
+                },
+                Action::SetNexthop {
+                    spec: nh_spec(NH_B, "10.5.2.0"),
+                    change: Change::Replace
+                },
+                Action::DeleteNexthop { id: 0x7700_0003 },
+            ]
+        );
+    }
+
+    #[test]
+    fn with_nexthops_a_lease_change_touches_its_nexthop_and_the_route_only_when_new() {
+        let t = nh_topo();
+        let own = SubnetKey::v4(t.own_subnet);
+        let entries = |l: &Lease| peer_entries(&peer_of(l, &own, &t).unwrap(), &t);
+        let b = entries(&vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b"));
+        assert_eq!(b.nexthop, Some(NH_B));
+        let mut p = Phases::default();
+        plan_peer(None, Some(&b), &mut p);
+        assert!(p.sets.contains(&Action::SetNexthop {
+            spec: nh_spec(NH_B, "10.5.2.0"),
+            change: Change::Add
+        }));
+        assert_eq!(p.route_sets.len(), 1);
+
+        // A new VtepMAC: neighbour and FDB change, the nexthop and route do not.
+        let b2 = entries(&vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0c"));
+        let mut p = Phases::default();
+        plan_peer(Some(&b), Some(&b2), &mut p);
+        assert!(p.route_sets.is_empty() && !p.sets.iter().any(|a| matches!(a, Action::SetNexthop { .. })));
+
+        // Gone: its route, then its entries and nexthop.
+        let mut p = Phases::default();
+        plan_peer(Some(&b), None, &mut p);
+        assert_eq!(
+            p.route_deletes,
+            vec![Action::DeleteRoute {
+                spec: vx_route("10.5.2.0/24", "10.5.2.0"),
+                metric: 0,
+                nexthop: Some(NH_B)
+            }]
+        );
+        assert_eq!(p.deletes.last(), Some(&Action::DeleteNexthop { id: NH_B }));
+    }
+
+    #[test]
+    fn with_direct_routing_the_nexthop_switches_device_and_the_route_stays() {
+        let mut t = nh_topo();
+        t.direct_routing = true;
+        let own = SubnetKey::v4(t.own_subnet);
+        let tunnel = Topology {
+            ext_nets: Vec::new(),
+            ..t.clone()
+        };
+        let lease = vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b");
+        let before = peer_entries(&peer_of(&lease, &own, &tunnel).unwrap(), &tunnel);
+        let after = peer_entries(&peer_of(&lease, &own, &t).unwrap(), &t);
+        let mut p = Phases::default();
+        plan_peer(Some(&before), Some(&after), &mut p);
+        assert!(p.route_sets.is_empty());
+        assert!(p.sets.contains(&Action::SetNexthop {
+            spec: NexthopSpec {
+                id: NH_B,
+                gateway: ip("198.51.100.2"),
+                oif: EXT,
+                onlink: false
+            },
+            change: Change::Replace
+        }));
     }
 }
