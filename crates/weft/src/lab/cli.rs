@@ -133,6 +133,10 @@ pub struct UpArgs {
     /// busybox container each, instead of the lab's cni0 pod.
     #[arg(long, conflicts_with = "no_weftd")]
     pub docker: bool,
+    /// Dual stack: IPv6 underlay addresses from 2001:db8::/64, EnableIPv6 with IPv6Network
+    /// fc00::/48, and pods with an IPv4 and an IPv6 address (vxlan and host-gw).
+    #[arg(long)]
+    pub dual_stack: bool,
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +179,7 @@ impl LabCommand {
                 spec.subnet_timeout = std::time::Duration::from_secs(args.subnet_timeout);
                 spec.keep = true;
                 spec.docker = args.docker;
+                spec.dual_stack = args.dual_stack;
                 spec.weftd = match (args.no_weftd, args.weftd) {
                     (true, _) => WeftdBinary::Skip,
                     (false, Some(path)) => WeftdBinary::At(path),

@@ -155,10 +155,15 @@ pub fn set_master(ns: &str, port: &str, bridge: &str) -> Result<()> {
     })
 }
 
+/// Adds an address; an IPv6 one without duplicate address detection (every lab address is
+/// unique by construction, and a tentative address would delay the lab's first packets).
 pub fn add_address(ns: &str, dev: &str, address: IpNet) -> Result<()> {
     with_netlink(ns, |nl| async move {
         let link = nl.require_link_named(&format!("add address {address}"), dev).await?;
-        nl.add_addr(link.index, address).await
+        match address {
+            IpNet::V4(_) => nl.add_addr(link.index, address).await,
+            IpNet::V6(_) => nl.add_addr_nodad(link.index, address).await,
+        }
     })
 }
 

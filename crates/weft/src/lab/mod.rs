@@ -36,12 +36,12 @@ mod process;
 mod status;
 pub mod topology;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use weft_core::{BackendKind, SubnetEnv};
 
@@ -96,7 +96,13 @@ pub struct LabSpec {
     /// Hosts run dockerd on weft's subnet with one container each instead of the cni0 pod
     /// (see [`docker`]).
     pub docker: bool,
+    /// Dual stack: IPv6 underlay addresses (2001:db8::/64), `EnableIPv6` with [`LAB_IPV6_NETWORK`]
+    /// in the config, and pods with an address of each family.
+    pub dual_stack: bool,
 }
+
+/// The IPv6 pod network of a dual-stack lab.
+pub const LAB_IPV6_NETWORK: &str = "fc00::/48";
 
 impl LabSpec {
     /// A spec with the defaults: network 10.5.0.0/16, no masquerade, iptables, weftd found
@@ -115,6 +121,7 @@ impl LabSpec {
             subnet_timeout: Duration::from_secs(30),
             keep: false,
             docker: false,
+            dual_stack: false,
         }
     }
 
@@ -127,6 +134,10 @@ impl LabSpec {
             "Network": self.network.to_string(),
             "Backend": backend,
         });
+        if self.dual_stack {
+            config["EnableIPv6"] = true.into();
+            config["IPv6Network"] = LAB_IPV6_NETWORK.into();
+        }
         if self.nftables {
             config["EnableNFTables"] = true.into();
         }
@@ -179,6 +190,9 @@ pub struct PodState {
     pub ip: Ipv4Net,
     pub gateway: Ipv4Net,
     pub mtu: u32,
+    /// The pod's IPv6 address in a dual-stack lab.
+    #[serde(default)]
+    pub ip6: Option<Ipv6Net>,
 }
 
 /// Everything a fresh process needs to work on a running lab: `<labdir>/lab.json`.
@@ -202,6 +216,8 @@ pub struct LabState {
     /// Each host's pod is a Docker container (see [`docker`]).
     #[serde(default)]
     pub docker: bool,
+    #[serde(default)]
+    pub dual_stack: bool,
 }
 
 /// A running lab. Dropping it tears the lab down unless [`Lab::keep`] was called (or the spec
@@ -272,10 +288,11 @@ impl Lab {
                 subnet_timeout_secs: spec.subnet_timeout.as_secs().max(1),
                 hosts: Vec::new(),
                 docker: spec.docker,
+                dual_stack: spec.dual_stack,
             },
             keep: false,
         };
-        topology::create_switch(&switch)?;
+        topology::create_switch(&switch, spec.dual_stack)?;
         lab.state.etcd.certs = certs::generate(&dir, &[&SWITCH_IP.to_string(), "127.0.0.1"])?;
         lab.state.etcd_pid = etcd::start(&switch, &dir, &lab.state.etcd.certs)?;
         lab.save()?;
@@ -449,12 +466,14 @@ impl Lab {
     }
 
     /// One `ping -c1 -W1` from the pod of host `from_pod` to `to`: true if a reply came back.
-    pub fn ping(&self, from_pod: usize, to: Ipv4Addr) -> bool {
+    pub fn ping(&self, from_pod: usize, to: impl Into<IpAddr>) -> bool {
+        let to = to.into();
         self.pod_ns(from_pod).is_ok_and(|ns| ping_once(ns, to))
     }
 
     /// Pings from the pod of `from_pod` until one succeeds or `within` passes.
-    pub fn wait_ping(&self, from_pod: usize, to: Ipv4Addr, within: Duration) -> bool {
+    pub fn wait_ping(&self, from_pod: usize, to: impl Into<IpAddr>, within: Duration) -> bool {
+        let to = to.into();
         let deadline = Instant::now() + within;
         loop {
             if self.ping(from_pod, to) {
@@ -470,7 +489,18 @@ impl Lab {
     /// Pod-to-pod reachability: `matrix[a][b]` is whether pod a reaches pod b (None on the
     /// diagonal), indexed like [`Lab::pods`]. Pings run in parallel.
     pub fn reachability(&self) -> Vec<Vec<Option<bool>>> {
-        status::reachability(&self.pods())
+        status::reachability(&self.pods(), |p| Some(p.ip.addr().into()))
+    }
+
+    /// [`Lab::reachability`] over IPv6 (dual-stack labs): pods without an IPv6 address count as
+    /// unreachable.
+    pub fn reachability_v6(&self) -> Vec<Vec<Option<bool>>> {
+        status::reachability(&self.pods(), |p| p.ip6.map(|n| n.addr().into()))
+    }
+
+    /// The IPv6 address of the pod of host `node` (dual-stack labs).
+    pub fn pod_ip6(&self, node: usize) -> Result<std::net::Ipv6Addr> {
+        self.pod(node)?.ip6.map(|n| n.addr()).ok_or(LabError::NoPod { node })
     }
 
     /// weftd's pid on host `node`, if it was started.
@@ -639,7 +669,7 @@ impl Lab {
             weftd_log: host_dir.join("weftd.log"),
             pod: None,
         });
-        topology::create_host(&self.state.switch_ns, &ns, node)
+        topology::create_host(&self.state.switch_ns, &ns, node, self.state.dual_stack)
     }
 
     fn weftd_args(&self, host: &HostState) -> Vec<String> {
@@ -694,6 +724,7 @@ impl Lab {
                             ip: addressing.ip,
                             gateway: addressing.gateway,
                             mtu: addressing.mtu,
+                            ip6: addressing.ip6,
                         });
                         topology::create_pod(&host.ns, &ns, &addressing)?;
                     }
@@ -766,7 +797,7 @@ pub fn exec_in(ns: &str, cmd: &[&str]) -> Result<Output> {
     iproute::output("ip", &args)
 }
 
-fn ping_once(ns: &str, to: Ipv4Addr) -> bool {
+fn ping_once(ns: &str, to: IpAddr) -> bool {
     let to = to.to_string();
     exec_in(ns, &["ping", "-n", "-q", "-c1", "-W1", &to]).is_ok_and(|o| o.status.success())
 }

@@ -1,7 +1,7 @@
 //! `weft lab status`: the hosts, the leases in etcd, and which pod reaches which.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
@@ -19,6 +19,8 @@ pub struct HostStatus {
     /// FLANNEL_SUBNET from the host's subnet.env, if it exists.
     pub subnet: Option<String>,
     pub pod_ip: Option<Ipv4Addr>,
+    /// The pod's IPv6 address (dual-stack labs).
+    pub pod_ip6: Option<Ipv6Addr>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -45,6 +47,8 @@ pub struct LabStatus {
     /// `reachability[a][b]`: the pod of `pod_nodes[a]` reaches the pod of `pod_nodes[b]` (null on the
     /// diagonal).
     pub reachability: Vec<Vec<Option<bool>>>,
+    /// The same over IPv6, in a dual-stack lab.
+    pub reachability_v6: Option<Vec<Vec<Option<bool>>>>,
 }
 
 pub fn read_leases(etcd: &EtcdAccess) -> Result<Vec<LeaseEntry>> {
@@ -60,8 +64,9 @@ pub fn read_leases(etcd: &EtcdAccess) -> Result<Vec<LeaseEntry>> {
         .collect())
 }
 
-/// Pings every other pod from every pod, all at once on scoped threads.
-pub fn reachability(pods: &[&PodState]) -> Vec<Vec<Option<bool>>> {
+/// Pings every other pod from every pod at the address `addr` gives (a pod with none counts as
+/// unreachable), all at once on scoped threads.
+pub fn reachability(pods: &[&PodState], addr: impl Fn(&PodState) -> Option<IpAddr>) -> Vec<Vec<Option<bool>>> {
     std::thread::scope(|scope| {
         let handles: Vec<Vec<Option<_>>> = pods
             .iter()
@@ -70,8 +75,8 @@ pub fn reachability(pods: &[&PodState]) -> Vec<Vec<Option<bool>>> {
                 pods.iter()
                     .enumerate()
                     .map(|(b, to)| {
-                        let (ns, ip) = (from.ns.clone(), to.ip.addr());
-                        (a != b).then(|| scope.spawn(move || ping_once(&ns, ip)))
+                        let (ns, ip) = (from.ns.clone(), addr(to));
+                        (a != b).then(|| scope.spawn(move || ip.is_some_and(|ip| ping_once(&ns, ip))))
                     })
                     .collect()
             })
@@ -96,6 +101,7 @@ pub fn collect(lab: &Lab) -> LabStatus {
             weftd_alive: h.weftd_pid.is_some_and(process::alive),
             subnet: read_subnet_env(&h.subnet_file).ok().map(|env| env.subnet.to_string()),
             pod_ip: h.pod.as_ref().map(|p| p.ip.addr()),
+            pod_ip6: h.pod.as_ref().and_then(|p| p.ip6).map(|n| n.addr()),
         })
         .collect();
     let (leases, leases_error) = match read_leases(&state.etcd) {
@@ -112,7 +118,10 @@ pub fn collect(lab: &Lab) -> LabStatus {
         leases,
         leases_error,
         pod_nodes: pods.iter().map(|p| p.node).collect(),
-        reachability: reachability(&pods),
+        reachability: reachability(&pods, |p| Some(p.ip.addr().into())),
+        reachability_v6: state
+            .dual_stack
+            .then(|| reachability(&pods, |p| p.ip6.map(|n| IpAddr::from(n.addr())))),
     }
 }
 
@@ -139,7 +148,10 @@ impl fmt::Display for LabStatus {
                 None => "stopped".to_string(),
             };
             let subnet = h.subnet.as_deref().unwrap_or("-");
-            let pod = h.pod_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into());
+            let mut pod = h.pod_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into());
+            if let Some(ip6) = h.pod_ip6 {
+                pod.push_str(&format!(" {ip6}"));
+            }
             writeln!(
                 f,
                 "h{:<4} {:<20} {:<15} {:<16} {:<18} {pod}",
@@ -163,24 +175,37 @@ impl fmt::Display for LabStatus {
         if self.pod_nodes.is_empty() {
             return writeln!(f, "\nno pods");
         }
-        writeln!(f)?;
-        write!(f, "reachability (row pings column):\n{:<6}", "")?;
-        for node in &self.pod_nodes {
-            write!(f, "{:<6}", format!("p{node}"))?;
-        }
-        writeln!(f)?;
-        for (row, node) in self.reachability.iter().zip(&self.pod_nodes) {
-            write!(f, "{:<6}", format!("p{node}"))?;
-            for cell in row {
-                let mark = match cell {
-                    None => "-",
-                    Some(true) => "ok",
-                    Some(false) => "FAIL",
-                };
-                write!(f, "{mark:<6}")?;
-            }
-            writeln!(f)?;
+        write_matrix(
+            f,
+            "reachability (row pings column)",
+            &self.pod_nodes,
+            &self.reachability,
+        )?;
+        if let Some(v6) = &self.reachability_v6 {
+            write_matrix(f, "IPv6 reachability (row pings column)", &self.pod_nodes, v6)?;
         }
         Ok(())
     }
+}
+
+fn write_matrix(f: &mut fmt::Formatter<'_>, title: &str, nodes: &[usize], matrix: &[Vec<Option<bool>>]) -> fmt::Result {
+    writeln!(f)?;
+    write!(f, "{title}:\n{:<6}", "")?;
+    for node in nodes {
+        write!(f, "{:<6}", format!("p{node}"))?;
+    }
+    writeln!(f)?;
+    for (row, node) in matrix.iter().zip(nodes) {
+        write!(f, "{:<6}", format!("p{node}"))?;
+        for cell in row {
+            let mark = match cell {
+                None => "-",
+                Some(true) => "ok",
+                Some(false) => "FAIL",
+            };
+            write!(f, "{mark:<6}")?;
+        }
+        writeln!(f)?;
+    }
+    Ok(())
 }

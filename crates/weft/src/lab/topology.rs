@@ -10,10 +10,14 @@
 //!   hosts' network work: the receiving host's decapsulation and forwarding would be charged
 //!   to the sender, which no pair of real machines does.
 //! - pod namespace `wl-<name>-h<i>-p1`: `eth0` on the host's bridge `cni0` (docker0's picture).
+//!
+//! A dual-stack lab adds IPv6 from the documentation range: `br0` 2001:db8::fe/64, host `eth0`
+//! 2001:db8::<i>/64 with a default route via the switch, `inet0` 2001:db8:ffff::1/64, and each
+//! pod an address of its host's FLANNEL_IPV6_SUBNET beside the IPv4 one.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weft_core::SubnetEnv;
 
 use super::error::{LabError, Result};
@@ -25,6 +29,11 @@ pub const UNDERLAY_PREFIX_LEN: u8 = 24;
 /// The address that stands for "the internet" outside the cluster, held by the switch.
 pub const INTERNET_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const UNDERLAY_MTU: u32 = 1500;
+/// The switch's IPv6 underlay address in a dual-stack lab.
+pub const SWITCH_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+pub const UNDERLAY_V6_PREFIX_LEN: u8 = 64;
+/// "The internet" over IPv6, held by the switch in a dual-stack lab.
+pub const INTERNET_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
 pub const MAX_NODES: usize = 250;
 /// The pod's interface on the host's bridge, in the host namespace.
 pub const POD_HOST_VETH: &str = "veth-p1";
@@ -32,6 +41,11 @@ pub const POD_BRIDGE: &str = "cni0";
 
 pub fn underlay_ip(node: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 51, 100, node as u8)
+}
+
+/// Host `node`'s IPv6 underlay address in a dual-stack lab: `2001:db8::<node>`.
+pub fn underlay_ipv6(node: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, node as u16)
 }
 
 pub fn switch_ns(lab: &str) -> String {
@@ -76,7 +90,11 @@ fn net(ip: Ipv4Addr, len: u8) -> IpNet {
     IpNet::V4(Ipv4Net::new(ip, len).expect("the lab's prefix lengths are valid"))
 }
 
-pub fn create_switch(ns: &str) -> Result<()> {
+fn net6(ip: Ipv6Addr, len: u8) -> IpNet {
+    IpNet::V6(Ipv6Net::new(ip, len).expect("the lab's prefix lengths are valid"))
+}
+
+pub fn create_switch(ns: &str, dual_stack: bool) -> Result<()> {
     netns_add(ns)?;
     bridge(ns, "br0", net(SWITCH_IP, UNDERLAY_PREFIX_LEN), None)?;
     // A dummy device when the kernel has the module, else a veth pair whose far end idles.
@@ -85,16 +103,26 @@ pub fn create_switch(ns: &str) -> Result<()> {
     }
     add_address(ns, "inet0", net(INTERNET_IP, 24))?;
     link_up(ns, "inet0")?;
+    if dual_stack {
+        add_address(ns, "br0", net6(SWITCH_IPV6, UNDERLAY_V6_PREFIX_LEN))?;
+        add_address(ns, "inet0", net6(INTERNET_IPV6, 64))?;
+        sysctl(ns, "net/ipv6/conf/all/forwarding", "1")?;
+    }
     sysctl(ns, "net/ipv4/ip_forward", "1")
 }
 
-pub fn create_host(switch: &str, ns: &str, node: usize) -> Result<()> {
+pub fn create_host(switch: &str, ns: &str, node: usize, dual_stack: bool) -> Result<()> {
     netns_add(ns)?;
     let port = format!("h{node}");
     veth_pair(switch, &port, ns, "eth0", UNDERLAY_MTU)?;
     set_master(switch, &port, "br0")?;
     add_address(ns, "eth0", net(underlay_ip(node), UNDERLAY_PREFIX_LEN))?;
     default_route(ns, SWITCH_IP.into())?;
+    if dual_stack {
+        add_address(ns, "eth0", net6(underlay_ipv6(node), UNDERLAY_V6_PREFIX_LEN))?;
+        default_route(ns, SWITCH_IPV6.into())?;
+        sysctl(ns, "net/ipv6/conf/all/forwarding", "1")?;
+    }
     receive_on_own_cpu(ns, node)?;
     sysctl(ns, "net/ipv4/ip_forward", "1")
 }
@@ -133,11 +161,14 @@ fn receive_on_own_cpu(ns: &str, node: usize) -> Result<()> {
     run("ip", &["netns", "exec", ns, "sh", "-c", &write]).map(drop)
 }
 
-/// What a pod gets from its host's subnet.env: the gateway (FLANNEL_SUBNET) and the next address.
+/// What a pod gets from its host's subnet.env: the gateway (FLANNEL_SUBNET) and the next address,
+/// and the same of FLANNEL_IPV6_SUBNET when the cluster is dual stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PodAddressing {
     pub gateway: Ipv4Net,
     pub ip: Ipv4Net,
+    pub gateway6: Option<Ipv6Net>,
+    pub ip6: Option<Ipv6Net>,
     pub mtu: u32,
 }
 
@@ -153,9 +184,25 @@ impl PodAddressing {
                 detail: format!("FLANNEL_SUBNET={gateway} leaves no room for a pod address"),
             });
         }
+        let (gateway6, ip6) = match env.ipv6_subnet {
+            None => (None, None),
+            Some(gateway6) => {
+                let next = Ipv6Addr::from(u128::from(gateway6.addr()) + 1);
+                let ip6 = Ipv6Net::new(next, gateway6.prefix_len()).expect("prefix length taken from a valid net");
+                if !gateway6.contains(&next) {
+                    return Err(LabError::Parse {
+                        what: "subnet.env".into(),
+                        detail: format!("FLANNEL_IPV6_SUBNET={gateway6} leaves no room for a pod address"),
+                    });
+                }
+                (Some(gateway6), Some(ip6))
+            }
+        };
         Ok(PodAddressing {
             gateway,
             ip,
+            gateway6,
+            ip6,
             mtu: env.mtu,
         })
     }
@@ -167,7 +214,15 @@ pub fn create_pod(host: &str, pod: &str, addressing: &PodAddressing) -> Result<(
     veth_pair(host, POD_HOST_VETH, pod, "eth0", addressing.mtu)?;
     set_master(host, POD_HOST_VETH, POD_BRIDGE)?;
     add_address(pod, "eth0", addressing.ip.into())?;
-    default_route(pod, addressing.gateway.addr().into())
+    default_route(pod, addressing.gateway.addr().into())?;
+    if let (Some(gateway6), Some(ip6)) = (addressing.gateway6, addressing.ip6) {
+        // The pod's IPv6 default route goes via the bridge's address; the host forwards it.
+        sysctl(host, "net/ipv6/conf/all/forwarding", "1")?;
+        add_address(host, POD_BRIDGE, gateway6.into())?;
+        add_address(pod, "eth0", ip6.into())?;
+        default_route(pod, gateway6.addr().into())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -212,5 +267,13 @@ mod tests {
         assert_eq!(a.gateway.to_string(), "10.5.72.1/24");
         assert_eq!(a.ip.to_string(), "10.5.72.2/24");
         assert_eq!(a.mtu, 1450);
+        assert_eq!((a.gateway6, a.ip6), (None, None));
+        let dual = SubnetEnv::parse(
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:48::1/64\nFLANNEL_MTU=1430\n",
+        )
+        .unwrap();
+        let a = PodAddressing::from_subnet_env(&dual).unwrap();
+        assert_eq!(a.gateway6.unwrap().to_string(), "fc00:0:0:48::1/64");
+        assert_eq!(a.ip6.unwrap().to_string(), "fc00:0:0:48::2/64");
     }
 }
