@@ -64,6 +64,29 @@ fn missing_config_is_waited_for_and_bad_configs_are_refused_without_changes() {
         "weftd names the unknown backend:\n{}",
         weftd_log(&lab, 1)
     );
+    // Dual-stack keys: an IPv6SubnetLen the IPv6Network cannot hold four times, EnableIPv6
+    // without IPv6Network, and the udp backend (IPv4 only, as flannel's) with EnableIPv6.
+    for (config, says) in [
+        (
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":49,"Backend":{"Type":"vxlan"}}"#,
+            "IPv6SubnetLen 49 leaves fewer than four subnets in IPv6Network fc00::/48",
+        ),
+        (
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#,
+            "EnableIPv6 is true but IPv6Network is missing",
+        ),
+        (
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"udp"}}"#,
+            r#"EnableIPv6 is true but Backend.Type "udp" carries IPv4 only"#,
+        ),
+    ] {
+        lab.etcd_put(CONFIG, config).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || weftd_log(&lab, 1).contains(says)),
+            "weftd says {says:?}:\n{}",
+            weftd_log(&lab, 1)
+        );
+    }
     assert!(lab.weftd_alive(1), "weftd keeps waiting for a good config");
     assert_eq!(lease_count(&lab), 0, "no lease taken on a bad config");
     assert!(!subnet_file(&lab, 1).exists(), "no subnet.env written on a bad config");
@@ -148,4 +171,32 @@ fn no_free_subnet_is_a_clear_error() {
     assert!(log.contains("out of subnets: all 1 /24 subnets"), "{log}");
     assert!(!subnet_file(&lab, 2).exists());
     assert_eq!(lease_count(&lab), 1, "node 1 keeps its lease, node 2 took none");
+}
+
+/// A dual-stack config on a node whose interface has no global IPv6 address: weftd stops with
+/// an error naming the interface and what to do, and takes no lease (a flanneld v0.20.0 peer
+/// would crash on an IPv4-only key in a dual-stack cluster).
+#[test]
+fn dual_stack_on_a_node_without_ipv6_is_a_clear_error_and_takes_no_lease() {
+    let mut lab = up(spec(&lab_name("cb6"), 1, BackendKind::Vxlan));
+    reset_node(&mut lab, 1);
+    lab.etcd_put(
+        CONFIG,
+        r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    lab.start_node(1).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || !lab.weftd_alive(1)),
+        "weftd stops:\n{}",
+        weftd_log(&lab, 1)
+    );
+    let log = weftd_log(&lab, 1);
+    assert!(
+        log.contains("interface eth0 has no global IPv6 address and the network config enables IPv6"),
+        "{log}"
+    );
+    assert!(log.contains("--public-ipv6"), "the message says what to do: {log}");
+    assert_eq!(lease_count(&lab), 0, "no lease taken");
+    assert!(!subnet_file(&lab, 1).exists(), "no subnet.env written");
 }
