@@ -120,6 +120,20 @@ pub fn plan_nexthops<'a>(
     (sets, deletes)
 }
 
+/// The ids in weft's range among `actual` that no desired nexthop has: what [`plan_nexthops`]
+/// deletes, and with them the routes that point at them.
+pub fn stale_nexthops<'a>(
+    desired: impl IntoIterator<Item = &'a NexthopSpec>,
+    actual: &[NexthopInfo],
+) -> std::collections::HashSet<u32> {
+    let wanted: std::collections::HashSet<u32> = desired.into_iter().map(|n| n.id).collect();
+    actual
+        .iter()
+        .map(|n| n.id)
+        .filter(|id| is_weft_nexthop(*id) && !wanted.contains(id))
+        .collect()
+}
+
 /// Whether this kernel has nexthop objects: decided once when a backend starts (a nexthop dump
 /// answers EOPNOTSUPP or EINVAL on kernels without them), and logged.
 pub async fn nexthops_usable(nl: &Netlink, backend: &str) -> bool {

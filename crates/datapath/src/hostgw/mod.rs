@@ -264,7 +264,7 @@ impl HostGwBackend {
             } => self.nl.delete_route_via_nexthop(spec.dst, *id, *metric).await,
             Action::DeleteRoute { spec, metric, .. } => self.nl.delete_route_at_metric(spec, *metric).await,
             Action::SetNexthop { spec, .. } => self.nl.replace_nexthop(spec).await,
-            Action::DeleteNexthop { id } => self.nl.delete_nexthop(*id).await,
+            Action::DeleteNexthop { id, .. } => self.nl.delete_nexthop(*id).await,
         }
     }
 

@@ -9,7 +9,7 @@ use ipnet::{IpNet, Ipv4Net};
 use weft_core::{Lease, SubnetKey};
 
 use crate::leases;
-use crate::peer_routes::{nexthop_id, nexthop_of, plan_nexthops, route_matches};
+use crate::peer_routes::{nexthop_id, nexthop_of, plan_nexthops, route_matches, stale_nexthops};
 use weft_kernel::netlink::{NexthopInfo, NexthopSpec, RouteInfo, RouteSpec};
 
 /// `rtm_protocol` of routes the kernel adds for connected subnets; never ours.
@@ -110,7 +110,7 @@ pub fn plan_route(old: Option<RouteSpec>, new: Option<RouteSpec>, topo: &Topolog
                 metric: 0,
                 nexthop,
             }];
-            actions.extend(nexthop.map(|id| Action::DeleteNexthop { id }));
+            actions.extend(nexthop.map(|id| Action::DeleteNexthop { id, alone: false }));
             actions
         }
         (old, Some(new)) if old != Some(new) => {
@@ -156,8 +156,9 @@ pub enum Action {
     },
     /// Add a nexthop object or replace the one with its id (its routes follow).
     SetNexthop { spec: NexthopSpec, change: Change },
-    /// Delete a nexthop object, and with it the routes that still point at it.
-    DeleteNexthop { id: u32 },
+    /// Delete a nexthop object, and with it the routes that still point at it. `alone`: no
+    /// route change of the same peer goes with it, so it counts as the removal.
+    DeleteNexthop { id: u32, alone: bool },
 }
 
 /// The order actions run in, one phase after the other: stale routes out (a moved subnet never
@@ -180,9 +181,9 @@ impl Action {
             Action::SetNexthop {
                 change: Change::Add, ..
             }
-            | Action::DeleteNexthop { .. } => Effect::PartOfRoute,
+            | Action::DeleteNexthop { alone: false, .. } => Effect::PartOfRoute,
             Action::SetRoute { change, .. } | Action::SetNexthop { change, .. } => Effect::Set(*change),
-            Action::DeleteRoute { .. } => Effect::Removed,
+            Action::DeleteRoute { .. } | Action::DeleteNexthop { alone: true, .. } => Effect::Removed,
         }
     }
 }
@@ -213,7 +214,7 @@ impl std::fmt::Display for Action {
                 write!(f, "delete route {} metric {metric}", describe(spec))
             }
             Action::SetNexthop { spec, change } => write!(f, "{} {spec}", verb(change)),
-            Action::DeleteNexthop { id } => write!(f, "delete nexthop id {id}"),
+            Action::DeleteNexthop { id, .. } => write!(f, "delete nexthop id {id}"),
         }
     }
 }
@@ -269,6 +270,13 @@ pub fn plan_with_nexthops(
             nexthop,
         });
     }
+    let desired_nexthops: Vec<NexthopSpec> = desired
+        .iter()
+        .filter_map(|(dst, spec)| nexthop_of(spec, topo.nexthop_for(*dst)?))
+        .collect();
+    // A route through a stale nexthop of weft's goes when the nexthop is deleted.
+    let stale = stale_nexthops(&desired_nexthops, nexthops);
+    let goes_with_its_nexthop = |r: &RouteInfo| r.nexthop_id.is_some_and(|id| stale.contains(&id));
     let mut kept_once = BTreeSet::new();
     for r in &ours {
         let spec = r.spec().expect("is_ours requires an oif");
@@ -277,7 +285,7 @@ pub fn plan_with_nexthops(
         let is_the_kept_one =
             wanted.is_some_and(|w| route_matches(r, w, nexthop)) && kept.contains(&r.dst) && kept_once.insert(r.dst);
         let replaced_in_place = wanted.is_some() && r.priority == 0 && !kept.contains(&r.dst);
-        if !is_the_kept_one && !replaced_in_place {
+        if !is_the_kept_one && !replaced_in_place && !goes_with_its_nexthop(r) {
             actions.push(Action::DeleteRoute {
                 spec,
                 metric: r.priority,
@@ -285,16 +293,12 @@ pub fn plan_with_nexthops(
             });
         }
     }
-    let desired_nexthops: Vec<NexthopSpec> = desired
-        .iter()
-        .filter_map(|(dst, spec)| nexthop_of(spec, topo.nexthop_for(*dst)?))
-        .collect();
     let (sets, deletes) = plan_nexthops(&desired_nexthops, nexthops);
     actions.extend(
         sets.into_iter()
             .map(|(spec, change)| Action::SetNexthop { spec, change }),
     );
-    actions.extend(deletes.into_iter().map(|id| Action::DeleteNexthop { id }));
+    actions.extend(deletes.into_iter().map(|id| Action::DeleteNexthop { id, alone: true }));
     actions.sort_by_key(phase_of);
     actions
 }

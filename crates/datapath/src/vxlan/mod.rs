@@ -484,7 +484,7 @@ impl VxlanBackend {
                 ..
             } => self.nl.replace_route_via_nexthop(spec.dst, *id).await,
             Action::SetNexthop { spec, .. } => self.nl.replace_nexthop(spec).await,
-            Action::DeleteNexthop { id } => self.nl.delete_nexthop(*id).await,
+            Action::DeleteNexthop { id, .. } => self.nl.delete_nexthop(*id).await,
             Action::SetNeighbour { ip, mac, .. } => self.nl.replace_neighbour(index, *ip, *mac).await,
             Action::SetFdb { mac, dst, .. } => self.nl.replace_fdb(index, *mac, *dst).await,
             Action::SetRoute {

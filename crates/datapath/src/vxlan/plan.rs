@@ -9,7 +9,7 @@ use ipnet::{IpNet, Ipv4Net};
 use weft_core::{Lease, SubnetKey};
 
 use crate::leases;
-use crate::peer_routes::{nexthop_id, nexthop_of, plan_nexthops, route_matches};
+use crate::peer_routes::{nexthop_id, nexthop_of, plan_nexthops, route_matches, stale_nexthops};
 use weft_core::mac::is_unicast_mac;
 use weft_kernel::netlink::{format_mac, FdbEntry, Neighbour, NexthopInfo, NexthopSpec, RouteInfo, RouteSpec};
 
@@ -189,7 +189,7 @@ pub fn plan_peer(old: Option<&PeerEntries>, new: Option<&PeerEntries>, phases: &
                 phases.deletes.push(Action::DeleteFdb { mac, dst });
             }
             if let Some(id) = old.nexthop {
-                phases.deletes.push(Action::DeleteNexthop { id });
+                phases.deletes.push(Action::DeleteNexthop { id, alone: false });
             }
         }
         (old, Some(new)) => {
@@ -242,7 +242,9 @@ pub fn plan_peer(old: Option<&PeerEntries>, new: Option<&PeerEntries>, phases: &
                     _ => {}
                 }
                 match old.nexthop {
-                    Some(id) if new.nexthop != Some(id) => phases.deletes.push(Action::DeleteNexthop { id }),
+                    Some(id) if new.nexthop != Some(id) => {
+                        phases.deletes.push(Action::DeleteNexthop { id, alone: false })
+                    }
                     _ => {}
                 }
             }
@@ -327,9 +329,11 @@ pub enum Action {
         spec: NexthopSpec,
         change: Change,
     },
-    /// Delete a nexthop object, and with it the routes that still point at it.
+    /// Delete a nexthop object, and with it the routes that still point at it. `alone`: no
+    /// route change of the same peer goes with it, so it counts as the removal.
     DeleteNexthop {
         id: u32,
+        alone: bool,
     },
     DeleteNeighbour {
         ip: IpAddr,
@@ -349,12 +353,15 @@ impl Action {
             Action::SetNexthop {
                 change: Change::Add, ..
             }
-            | Action::DeleteNexthop { .. } => Effect::PartOfRoute,
+            | Action::DeleteNexthop { alone: false, .. } => Effect::PartOfRoute,
             Action::SetNeighbour { change, .. }
             | Action::SetFdb { change, .. }
             | Action::SetRoute { change, .. }
             | Action::SetNexthop { change, .. } => Effect::Set(*change),
-            Action::DeleteRoute { .. } | Action::DeleteNeighbour { .. } | Action::DeleteFdb { .. } => Effect::Removed,
+            Action::DeleteRoute { .. }
+            | Action::DeleteNeighbour { .. }
+            | Action::DeleteFdb { .. }
+            | Action::DeleteNexthop { alone: true, .. } => Effect::Removed,
         }
     }
 }
@@ -386,7 +393,7 @@ impl std::fmt::Display for Action {
                 nexthop: Some(id),
             } => write!(f, "{} route {} nhid {id}", verb(change), spec.dst),
             Action::SetNexthop { spec, change } => write!(f, "{} {spec}", verb(change)),
-            Action::DeleteNexthop { id } => write!(f, "delete nexthop id {id}"),
+            Action::DeleteNexthop { id, .. } => write!(f, "delete nexthop id {id}"),
             Action::SetRoute { spec, change, .. } => write!(
                 f,
                 "{} route {} via {:?} dev #{}{}",
@@ -437,7 +444,7 @@ pub fn plan_phases(desired: &DesiredState, actual: &ActualState, topo: &Topology
     );
     phases
         .deletes
-        .extend(deletes.into_iter().map(|id| Action::DeleteNexthop { id }));
+        .extend(deletes.into_iter().map(|id| Action::DeleteNexthop { id, alone: true }));
     phases
 }
 
@@ -524,6 +531,9 @@ fn plan_routes(desired: &DesiredState, actual: &ActualState, topo: &Topology, ph
             nexthop,
         });
     }
+    // A route through a stale nexthop of weft's goes when the nexthop is deleted.
+    let stale = stale_nexthops(desired.nexthops.values(), &actual.nexthops);
+    let goes_with_its_nexthop = |r: &RouteInfo| r.nexthop_id.is_some_and(|id| stale.contains(&id));
     let mut kept_once = BTreeSet::new();
     for r in actual.routes.iter().filter(|r| is_ours(r, topo)) {
         let spec = r.spec().expect("is_ours requires an oif");
@@ -533,7 +543,7 @@ fn plan_routes(desired: &DesiredState, actual: &ActualState, topo: &Topology, ph
             wanted.is_some_and(|w| route_matches(r, w, nexthop)) && kept.contains(&r.dst) && kept_once.insert(r.dst);
         // A route at metric 0 to a desired destination is overwritten by the replace instead.
         let replaced_in_place = wanted.is_some() && r.priority == 0 && !kept.contains(&r.dst);
-        if !is_the_kept_one && !replaced_in_place {
+        if !is_the_kept_one && !replaced_in_place && !goes_with_its_nexthop(r) {
             phases.route_deletes.push(Action::DeleteRoute {
                 spec,
                 metric: r.priority,
@@ -1187,17 +1197,16 @@ mod tests {
         };
         assert_eq!(
             plan(&desired, &actual, &t),
+            // The stale nexthop's route goes with it.
             vec![
-                Action::DeleteRoute {
-                    spec: vx_route("10.5.3.0/24", "10.5.3.0"),
-                    metric: 0,
-                    nexthop: Some(0x7700_0003)
-                },
                 Action::SetNexthop {
                     spec: nh_spec(NH_B, "10.5.2.0"),
                     change: Change::Replace
                 },
-                Action::DeleteNexthop { id: 0x7700_0003 },
+                Action::DeleteNexthop {
+                    id: 0x7700_0003,
+                    alone: true
+                },
             ]
         );
     }
@@ -1234,7 +1243,10 @@ mod tests {
                 nexthop: Some(NH_B)
             }]
         );
-        assert_eq!(p.deletes.last(), Some(&Action::DeleteNexthop { id: NH_B }));
+        assert_eq!(
+            p.deletes.last(),
+            Some(&Action::DeleteNexthop { id: NH_B, alone: false })
+        );
     }
 
     #[test]

@@ -114,6 +114,8 @@ pub struct WireguardBackend {
     next_index: u32,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// A socket on ListenPort for the handshakes a reconcile starts.
+    kick_sock: Option<std::os::fd::OwnedFd>,
 }
 
 impl std::fmt::Debug for WireguardBackend {
@@ -186,6 +188,7 @@ impl WireguardBackend {
             next_index: random_u32() & 0x00ff_ffff,
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
+            kick_sock: None,
             opts,
         };
         backend.start_threads()?;
@@ -221,6 +224,7 @@ impl WireguardBackend {
         }
         self.stop = Arc::new(AtomicBool::new(false));
         let timer_sock = sockets[0].try_clone().map_err(WireguardError::Thread)?;
+        self.kick_sock = Some(sockets[0].try_clone().map_err(WireguardError::Thread)?);
         for (id, (tun, sock)) in queues.into_iter().zip(sockets).enumerate() {
             let worker = Worker::new(tun, sock, self.shared.clone(), self.stop.clone());
             self.threads.push(worker.spawn(id).map_err(WireguardError::Thread)?);
@@ -384,8 +388,20 @@ impl WireguardBackend {
                 .iter()
                 .filter(|o| !specs.iter().any(|s| s.subnet == o.subnet))
                 .count();
-            let table = PeerTable::build(&specs, &current, &self.shared.identity, &mut self.next_index);
-            self.shared.table.store(Arc::new(table));
+            let table = Arc::new(PeerTable::build(
+                &specs,
+                &current,
+                &self.shared.identity,
+                &mut self.next_index,
+            ));
+            self.shared.table.store(table.clone());
+            if let Some(sock) = &self.kick_sock {
+                for peer in table.peers() {
+                    if current.by_key(&peer.spec.public_key).is_none() {
+                        worker::initiate(std::os::fd::AsRawFd::as_raw_fd(sock), peer);
+                    }
+                }
+            }
         }
         if report.changed() {
             tracing::info!(

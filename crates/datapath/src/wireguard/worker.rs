@@ -348,6 +348,17 @@ fn wait2(a: RawFd, b: RawFd, timeout_ms: libc::c_int) -> (bool, bool) {
     (fds[0].revents != 0, fds[1].revents != 0)
 }
 
+/// Starts a handshake with `peer` now (a peer just created from a lease), so a restarted node
+/// does not wait for the other side's timers: a peer still holding the old sessions answers
+/// and switches to the new one at once.
+pub(crate) fn initiate(fd: RawFd, peer: &Peer) {
+    let mut buf = [0u8; 256];
+    let mut tunn = peer.state.tunn.lock().unwrap_or_else(|e| e.into_inner());
+    if let TunnResult::WriteToNetwork(msg) = tunn.format_handshake_initiation(&mut buf, false) {
+        let _ = send_to(fd, msg, peer.spec.endpoint);
+    }
+}
+
 /// The timer thread: runs every peer's timers (handshake retry, rekey, keepalive, expiry) and
 /// sends what they ask for from `sock` (a socket on ListenPort); resets the handshake rate
 /// limiter every second.
