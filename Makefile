@@ -1,7 +1,7 @@
 # weft: the two commands a newcomer needs are `make demo` and `make test` (both as root).
 
 CARGO ?= cargo
-APT_PACKAGES := etcd-server etcd-client iproute2 nftables iptables protobuf-compiler iperf3 containernetworking-plugins iputils-ping
+APT_PACKAGES := etcd-server etcd-client iproute2 nftables iptables protobuf-compiler iperf3 containernetworking-plugins iputils-ping wireguard-go wireguard-tools
 # make demo-docker and the Docker cluster test: Debian's dockerd (with containerd, runc), an image of busybox-static
 APT_PACKAGES += docker.io busybox-static
 # make deb (dpkg-shlibdeps, strip) and the packaging test (systemd-analyze)

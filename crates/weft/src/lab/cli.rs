@@ -86,6 +86,7 @@ pub enum Backend {
     Vxlan,
     Udp,
     HostGw,
+    Wireguard,
 }
 
 impl From<Backend> for BackendKind {
@@ -94,6 +95,7 @@ impl From<Backend> for BackendKind {
             Backend::Vxlan => BackendKind::Vxlan,
             Backend::Udp => BackendKind::Udp,
             Backend::HostGw => BackendKind::HostGw,
+            Backend::Wireguard => BackendKind::Wireguard,
         }
     }
 }
@@ -268,6 +270,14 @@ impl LabCommand {
             } => {
                 let lab = Lab::open(&name)?;
                 let ns = if pod { lab.pod_ns(node)? } else { lab.host_ns(node)? };
+                // A wireguard host's own /run/flannel and /var/run/wireguard (`wg show`).
+                let cmd = match (pod, lab.is_wireguard(), cmd.split_first()) {
+                    (false, true, Some((program, args))) => {
+                        let (program, args) = super::wireguard::wrap(lab.dir(), node, program, args)?;
+                        std::iter::once(program).chain(args).collect()
+                    }
+                    _ => cmd,
+                };
                 let status = Command::new("ip")
                     .args(["netns", "exec", ns])
                     .args(&cmd)

@@ -35,6 +35,7 @@ pub mod netns;
 mod process;
 mod status;
 pub mod topology;
+pub mod wireguard;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -695,7 +696,11 @@ impl Lab {
         };
         let host = self.host(node)?.clone();
         let args = self.weftd_args(&host);
-        let pid = process::spawn_detached(&host.ns, &weftd.display().to_string(), &args, &host.weftd_log)?;
+        let (program, args) = match self.is_wireguard() {
+            true => wireguard::wrap(&self.state.dir, node, &weftd.display().to_string(), &args)?,
+            false => (weftd.display().to_string(), args),
+        };
+        let pid = process::spawn_detached(&host.ns, &program, &args, &host.weftd_log)?;
         self.host_mut(node)?.weftd_pid = Some(pid);
         Ok(())
     }

@@ -1,0 +1,445 @@
+//! The wireguard backend (flannel-wg, in user space) on the lab: a weft mesh whose underlay
+//! carries only WireGuard messages, `wg show` on weft's device, restarts that keep the key,
+//! interop with Debian's wireguard-go configured from the leases as flannel's kernel backend
+//! would configure a device (with and without PSK, and with a wrong PSK), and bad input.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use weft::lab::Lab;
+use weft_core::BackendKind;
+
+const NETWORK: &str = "10.5.0.0/16";
+const PSK: &str = "6Xn0dm0Tq8d1K6ERLtq9w1J0i8aXlEOhGfHDTKvNH5k=";
+const WRONG_PSK: &str = "p2WzmBe2UyM6J1C2hS0D0lKGxX8qIt2rT+dDOZ3C3yA=";
+/// An ICMP payload pattern to look for on the underlay (it must never be seen in clear).
+const MARKER: &str = "c0ffee15deadbeef";
+
+fn wireguard_spec(name: &str, nodes: usize, options: serde_json::Value) -> weft::lab::LabSpec {
+    let mut spec = spec(&lab_name(name), nodes, BackendKind::Wireguard);
+    spec.weftd_args = vec!["--reconcile-interval=600".into(), "--healthz-port=8471".into()];
+    if let serde_json::Value::Object(map) = options {
+        spec.backend_options = map;
+    }
+    spec
+}
+
+/// Runs `cmd` on host `node` with the host's own /run/flannel and /var/run/wireguard.
+fn run(lab: &Lab, node: usize, cmd: &[&str]) -> String {
+    let out = lab.exec_in_host_run(node, cmd).expect("exec in host");
+    assert!(
+        out.status.success(),
+        "{cmd:?} on h{node}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `wg pubkey` of a private key.
+fn pubkey(private: &str) -> String {
+    let mut child = Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wg (wireguard-tools) installed: make deps");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(private.trim().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn lease_key(lab: &Lab, node: usize) -> String {
+    let subnet = lab.subnet_env(node).unwrap().subnet.trunc();
+    format!(
+        "/coreos.com/network/subnets/{}-{}",
+        subnet.network(),
+        subnet.prefix_len()
+    )
+}
+
+fn lease_value(lab: &Lab, node: usize) -> serde_json::Value {
+    let raw = lab.etcd_get(&lease_key(lab, node)).unwrap().expect("lease exists");
+    serde_json::from_slice(&raw).unwrap()
+}
+
+/// Value of `name` (with labels) on host node's /metrics, 0 when absent.
+fn metric_of(lab: &Lab, node: usize, name: &str) -> u64 {
+    metric(&http_get(lab, node, "/metrics"), name).unwrap_or(0)
+}
+
+fn dropped(lab: &Lab, node: usize, reason: &str) -> u64 {
+    metric_of(
+        lab,
+        node,
+        &format!("weft_wireguard_dropped_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// A capture of the underlay (every frame on the switch's ports) in the switch namespace, with
+/// a raw socket: after `stop`, the IPv4 frames that were not WireGuard messages on port 51820
+/// (etcd's TLS on 2379 is the control plane and left out) and whether the marker appeared.
+struct Capture(Child);
+
+const SNIFFER: &str = r#"
+import socket, struct, sys, time
+marker, seconds = bytes.fromhex(sys.argv[1]), float(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+s.settimeout(0.2)  # every port of the switch (each frame seen on the way in and out)
+wg = other = seen = 0; kinds = {}
+end = time.time() + seconds
+while time.time() < end:
+    try: f = s.recv(65535)
+    except socket.timeout: continue
+    if marker in f: seen += 1
+    if len(f) < 34 or f[12:14] != b'\x08\x00': continue
+    ip = f[14:]; ihl = (ip[0] & 15) * 4; proto = ip[9]; l4 = ip[ihl:]
+    if proto == 6 and 2379 in struct.unpack('!HH', l4[:4]): continue
+    if proto == 17:
+        sport, dport = struct.unpack('!HH', l4[:4]); p = l4[8:]
+        if 51820 in (sport, dport) and len(p) >= 4 and p[0] in (1, 2, 3, 4) and p[1:4] == b'\0\0\0':
+            wg += 1; kinds[p[0]] = kinds.get(p[0], 0) + 1; continue
+    other += 1
+    print("other: proto %d %s -> %s" % (proto, socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])))
+print("wireguard %d other %d marker %d kinds %s" % (wg, other, seen, kinds))
+"#;
+
+impl Capture {
+    fn start(lab: &Lab, seconds: u32) -> Capture {
+        let child = Command::new("ip")
+            .args(["netns", "exec", lab.switch_ns(), "python3", "-c", SNIFFER, MARKER])
+            .arg(seconds.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        Capture(child)
+    }
+
+    fn finish(self) -> String {
+        let out = self.0.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Pings `to` from node's pod every 50 ms for `seconds`; returns the longest gap between two
+/// replies (the outage) and how many replies came.
+fn ping_gaps(lab: &Lab, node: usize, to: Ipv4Addr, seconds: f64) -> std::thread::JoinHandle<(Duration, usize)> {
+    let ns = lab.pod_ns(node).unwrap().to_string();
+    let count = (seconds / 0.05) as usize;
+    std::thread::spawn(move || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, "ping", "-n", "-D", "-i", "0.05", "-W", "1"])
+            .args(["-c", &count.to_string(), &to.to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let times: Vec<f64> = text
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+            .collect();
+        let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+        (Duration::from_secs_f64(gap), times.len())
+    })
+}
+
+#[test]
+fn wireguard_mesh_sends_only_wireguard_shows_in_wg_and_survives_restart() {
+    let mut lab = up(wireguard_spec("cwg", 3, serde_json::json!({})));
+
+    // flannel-wg as flannel's contract: MTU 1500 - 80, lease address /32, scope-link network
+    // route; the lease carries the public key of the key file.
+    let link = run(&lab, 1, &["ip", "-d", "link", "show", "flannel-wg"]);
+    assert!(link.contains("mtu 1420") && link.contains("tun"), "{link}");
+    let routes = run(&lab, 1, &["ip", "route"]);
+    assert!(
+        routes.contains(&format!("{NETWORK} dev flannel-wg scope link")),
+        "{routes}"
+    );
+    let subnet1 = lab.subnet_env(1).unwrap().subnet.trunc();
+    let addrs = run(&lab, 1, &["ip", "-4", "addr", "show", "flannel-wg"]);
+    assert!(addrs.contains(&format!("inet {}/32", subnet1.network())), "{addrs}");
+    assert!(std::fs::read_to_string(subnet_file(&lab, 1))
+        .unwrap()
+        .contains("FLANNEL_MTU=1420\n"));
+    let keys: Vec<String> = (1..=3)
+        .map(|n| pubkey(&std::fs::read_to_string(lab.wireguard_key_file(n)).unwrap()))
+        .collect();
+    for (n, key) in keys.iter().enumerate() {
+        let lease = lease_value(&lab, n + 1);
+        assert_eq!(lease["BackendType"], "wireguard");
+        assert_eq!(
+            lease["BackendData"],
+            serde_json::json!({ "PublicKey": key }),
+            "h{}",
+            n + 1
+        );
+    }
+    assert_ne!(keys[0], keys[1], "every host has its own key");
+
+    // Every pod reaches every pod, and the underlay carries WireGuard messages only: no
+    // plaintext packet, and the ICMP payload marker never in clear.
+    let capture = Capture::start(&lab, 4);
+    assert!(all_pods_reach_each_other(&lab), "wireguard mesh:\n{}", lab.status());
+    let pod2 = lab.pod_ip(2).unwrap();
+    let ping = lab
+        .exec_in_pod(
+            1,
+            &["ping", "-n", "-c", "3", "-i", "0.2", "-p", MARKER, &pod2.to_string()],
+        )
+        .unwrap();
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
+    let seen = capture.finish();
+    let summary = seen.lines().last().unwrap_or_default().to_string();
+    eprintln!("underlay capture: {summary}");
+    assert!(summary.contains(" other 0 marker 0 "), "underlay capture:\n{seen}");
+    let wg_messages: u64 = summary.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(wg_messages >= 6, "{seen}");
+
+    // `wg show` from wireguard-tools reads weft's device through the userspace API.
+    let show = run(&lab, 1, &["wg", "show", "flannel-wg"]);
+    assert!(show.contains(&format!("public key: {}", keys[0])), "{show}");
+    let subnet2 = lab.subnet_env(2).unwrap().subnet.trunc();
+    assert!(show.contains(&format!("peer: {}", keys[1])), "{show}");
+    assert!(show.contains("endpoint: 198.51.100.2:51820"), "{show}");
+    assert!(show.contains(&format!("allowed ips: {subnet2}")), "{show}");
+    assert!(show.contains("latest handshake:"), "{show}");
+    let page = http_get(&lab, 1, "/metrics");
+    assert!(
+        metric(&page, "weft_wireguard_handshakes_total").unwrap_or(0) >= 1,
+        "{page}"
+    );
+    assert_eq!(metric(&page, "weft_wireguard_peers"), Some(2), "{page}");
+
+    // Restart of node 2's weftd: same key, and traffic resumes at once.
+    let pinger = ping_gaps(&lab, 1, pod2, 6.0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    lab.restart_node(2).unwrap();
+    let restart_took = started.elapsed();
+    let (gap, replies) = pinger.join().unwrap();
+    eprintln!(
+        "restart: weftd stop+start {restart_took:?}, longest gap between ping replies {gap:?} ({replies} replies)"
+    );
+    assert_eq!(
+        pubkey(&std::fs::read_to_string(lab.wireguard_key_file(2)).unwrap()),
+        keys[1]
+    );
+    assert_eq!(lease_value(&lab, 2)["BackendData"]["PublicKey"], keys[1].as_str());
+    assert!(gap < Duration::from_secs(1), "traffic resumed after {gap:?}");
+    assert!(all_pods_reach_each_other(&lab));
+
+    // Garbage at ListenPort: dropped and counted, and the daemon keeps forwarding.
+    let malformed = dropped(&lab, 1, "malformed");
+    let bad_mac = dropped(&lab, 1, "bad_mac");
+    let unknown_index = dropped(&lab, 1, "unknown_index");
+    let script = r#"
+import socket, struct, os
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+to = ("198.51.100.1", 51820)
+s.sendto(b"", to); s.sendto(b"hello", to); s.sendto(os.urandom(300), to)
+s.sendto(struct.pack('<I', 1) + os.urandom(144), to)             # an initiation with a wrong MAC1
+s.sendto(struct.pack('<II', 4, 0x7fffff00) + os.urandom(40), to) # data for an index never given
+"#;
+    let out = Command::new("ip")
+        .args(["netns", "exec", lab.switch_ns(), "python3", "-c", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_until(Duration::from_secs(3), || dropped(&lab, 1, "malformed")
+            >= malformed + 3
+            && dropped(&lab, 1, "bad_mac") > bad_mac
+            && dropped(&lab, 1, "unknown_index") > unknown_index),
+        "{}",
+        http_get(&lab, 1, "/metrics")
+    );
+    assert!(lab.weftd_alive(1));
+    assert!(lab.wait_ping(2, lab.pod_ip(1).unwrap(), Duration::from_secs(3)));
+
+    // A lease with a malformed PublicKey: refused by admission, logged, no peer installed.
+    lab.etcd_put(
+        "/coreos.com/network/subnets/10.5.250.0-24",
+        r#"{"PublicIP":"198.51.100.99","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":"not-a-key"}}"#,
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || metric_of(
+            &lab,
+            1,
+            "weft_leases_refused{reason=\"bad_backend_data\"}"
+        ) == 1),
+        "{}",
+        http_get(&lab, 1, "/metrics")
+    );
+    assert!(wait_until(Duration::from_secs(3), || weftd_log(&lab, 1).contains("10.5.250.0-24")));
+    let show = run(&lab, 1, &["wg", "show", "flannel-wg", "allowed-ips"]);
+    assert!(!show.contains("10.5.250.0"), "{show}");
+    assert_eq!(metric_of(&lab, 1, "weft_wireguard_peers"), 2);
+
+    // An unreadable key file: weftd refuses to start and says which file and what to do.
+    lab.stop_node(3).unwrap();
+    let key3 = lab.wireguard_key_file(3);
+    let saved = std::fs::read_to_string(&key3).unwrap();
+    std::fs::remove_file(&key3).unwrap();
+    std::fs::create_dir(&key3).unwrap();
+    lab.start_node(3).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !lab.weftd_alive(3)),
+        "weftd must exit"
+    );
+    let log = weftd_log(&lab, 3);
+    assert!(
+        log.contains("cannot read the private key file") && log.contains("/run/flannel/wgkey"),
+        "{log}"
+    );
+    std::fs::remove_dir(&key3).unwrap();
+    std::fs::write(&key3, saved).unwrap();
+    lab.start_node(3).unwrap();
+    assert!(lab.wait_ping(1, lab.pod_ip(3).unwrap(), Duration::from_secs(10)));
+}
+
+/// Turns host `node` into a node that runs no weftd but Debian's wireguard-go, configured with
+/// `wg` from the leases in etcd as flannel's kernel backend configures its device: a new key
+/// written to the node's lease, one peer per other lease (endpoint PublicIP:51820, allowed IPs
+/// the lease's subnet, the PSK when given). Returns its public key.
+fn become_wireguard_go(lab: &mut Lab, node: usize, psk: Option<&str>) -> String {
+    lab.stop_node(node).unwrap();
+    run(lab, node, &["ip", "link", "del", "flannel-wg"]);
+    let dir = lab.dir().join(format!("h{node}"));
+    let private = String::from_utf8(Command::new("wg").arg("genkey").output().unwrap().stdout).unwrap();
+    let key_file = dir.join("wg-go.key");
+    std::fs::write(&key_file, &private).unwrap();
+    let public = pubkey(&private);
+    run(lab, node, &["wireguard-go", "flannel-wg"]);
+
+    // Our lease, as flannel writes it, and a peer per other lease.
+    let mine = lease_key(lab, node);
+    let mut value = lease_value(lab, node);
+    value["BackendData"] = serde_json::json!({ "PublicKey": public });
+    lab.etcd_put(&mine, value.to_string()).unwrap();
+    let mut set = vec![
+        "wg".to_string(),
+        "set".into(),
+        "flannel-wg".into(),
+        "private-key".into(),
+        key_file.display().to_string(),
+        "listen-port".into(),
+        "51820".into(),
+    ];
+    let psk_file = dir.join("wg-go.psk");
+    if let Some(psk) = psk {
+        std::fs::write(&psk_file, psk).unwrap();
+    }
+    for (key, raw) in lab.etcd_get_prefix("/coreos.com/network/subnets/").unwrap() {
+        if key == mine {
+            continue;
+        }
+        let lease: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        let Some(peer) = lease["BackendData"]["PublicKey"].as_str() else {
+            continue;
+        };
+        let subnet = key.rsplit('/').next().unwrap().replace('-', "/");
+        set.extend([
+            "peer".to_string(),
+            peer.to_string(),
+            "endpoint".into(),
+            format!("{}:51820", lease["PublicIP"].as_str().unwrap()),
+            "allowed-ips".into(),
+            subnet,
+        ]);
+        if psk.is_some() {
+            set.extend(["preshared-key".to_string(), psk_file.display().to_string()]);
+        }
+    }
+    let set: Vec<&str> = set.iter().map(String::as_str).collect();
+    run(lab, node, &set);
+    let own = lab.subnet_env(node).unwrap().subnet.trunc();
+    run(
+        lab,
+        node,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/32", own.network()),
+            "dev",
+            "flannel-wg",
+        ],
+    );
+    run(lab, node, &["ip", "link", "set", "flannel-wg", "mtu", "1420", "up"]);
+    run(
+        lab,
+        node,
+        &["ip", "route", "add", NETWORK, "dev", "flannel-wg", "scope", "link"],
+    );
+    public
+}
+
+fn interop(name: &str, psk: Option<&str>) {
+    let options = match psk {
+        Some(psk) => serde_json::json!({ "PSK": psk }),
+        None => serde_json::json!({}),
+    };
+    let mut lab = up(wireguard_spec(name, 3, options));
+    assert!(all_pods_reach_each_other(&lab), "weft mesh first:\n{}", lab.status());
+    let public = become_wireguard_go(&mut lab, 3, psk);
+    // The weft nodes replace node 3's peer (its key changed) and reach the pods behind it.
+    assert!(
+        wait_until(Duration::from_secs(5), || run(
+            &lab,
+            1,
+            &["wg", "show", "flannel-wg", "peers"]
+        )
+        .contains(&public)),
+        "weft node 1 has wireguard-go's key as a peer"
+    );
+    assert!(
+        all_pods_reach_each_other(&lab),
+        "with wireguard-go on h3:\n{}",
+        lab.status()
+    );
+    let show = run(&lab, 3, &["wg", "show", "flannel-wg"]);
+    assert!(show.contains("latest handshake:"), "wireguard-go's view:\n{show}");
+}
+
+#[test]
+fn wireguard_interop_with_wireguard_go_without_psk() {
+    interop("cwgi", None);
+}
+
+#[test]
+fn wireguard_interop_with_wireguard_go_with_psk_and_a_wrong_psk() {
+    interop("cwgp", Some(PSK));
+    // A wrong PSK on one side: no traffic, the failed handshakes counted, nothing crashes.
+    let mut lab = up(wireguard_spec("cwgw", 3, serde_json::json!({ "PSK": PSK })));
+    assert!(all_pods_reach_each_other(&lab));
+    let _ = become_wireguard_go(&mut lab, 3, Some(WRONG_PSK));
+    let pod3 = lab.pod_ip(3).unwrap();
+    let failed_before = dropped(&lab, 1, "auth_failed");
+    assert!(
+        !lab.wait_ping(1, pod3, Duration::from_secs(3)),
+        "a wrong PSK must carry nothing"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let _ = lab.ping(1, pod3);
+            dropped(&lab, 1, "auth_failed") > failed_before
+        }),
+        "failed handshakes counted:\n{}",
+        http_get(&lab, 1, "/metrics")
+    );
+    assert!(lab.weftd_alive(1) && lab.weftd_alive(2));
+    assert!(lab.wait_ping(1, lab.pod_ip(2).unwrap(), Duration::from_secs(3)));
+}
