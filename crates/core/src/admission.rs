@@ -73,6 +73,9 @@ pub enum Refusal {
     OtherBackend { theirs: String, ours: &'static str },
     #[error("BackendData {0}")]
     BadBackendData(String),
+    /// The IPv6 side of a dual-stack lease (BackendV6Data, PublicIPv6) is unusable.
+    #[error("{0}")]
+    BadBackendV6Data(String),
     #[error("its {what} {value} is already held by the older lease {holder}")]
     Conflict {
         what: &'static str,
@@ -105,7 +108,7 @@ impl Refusal {
             Refusal::WrongLength { .. } => 4,
             Refusal::BadPublicIp { .. } => 5,
             Refusal::OtherBackend { .. } => 6,
-            Refusal::BadBackendData(_) => 7,
+            Refusal::BadBackendData(_) | Refusal::BadBackendV6Data(_) => 7,
             Refusal::Conflict { .. } => 8,
         };
         Self::LABELS[i]
@@ -408,16 +411,17 @@ impl fmt::Display for Claim {
     }
 }
 
-fn claims(lease: &Lease, vtep_mac: Option<[u8; 6]>) -> Vec<Claim> {
+fn claims(lease: &Lease, vtep_macs: Vec<[u8; 6]>) -> Vec<Claim> {
     let mut claims = vec![Claim::Subnet(lease.subnet.ipv4), Claim::PublicIp(lease.attrs.public_ip)];
     claims.extend(lease.subnet.ipv6.map(Claim::Ipv6Subnet));
     claims.extend(lease.attrs.public_ipv6.map(Claim::PublicIpv6));
-    claims.extend(vtep_mac.map(Claim::VtepMac));
+    claims.extend(vtep_macs.into_iter().map(Claim::VtepMac));
     claims
 }
 
-/// The checks of one lease against the network config; returns its VtepMAC for vxlan.
-fn check(cfg: &NetworkConfig, lease: &Lease) -> Result<Option<[u8; 6]>, Refusal> {
+/// The checks of one lease against the network config; returns its VtepMACs for vxlan (the
+/// IPv6 VTEP's too when the lease is dual stack).
+fn check(cfg: &NetworkConfig, lease: &Lease) -> Result<Vec<[u8; 6]>, Refusal> {
     let subnet = lease.subnet.ipv4;
     if !cfg.network.contains(&subnet) || subnet.prefix_len() <= cfg.network.prefix_len() {
         return Err(Refusal::OutsideNetwork {
@@ -470,11 +474,30 @@ fn check(cfg: &NetworkConfig, lease: &Lease) -> Result<Option<[u8; 6]>, Refusal>
             ours,
         });
     }
+    // The IPv6 side of a dual-stack lease is used only when this network is dual stack too.
+    let dual = cfg.ipv6.is_some() && lease.subnet.ipv6.is_some();
+    if dual && lease.attrs.public_ipv6.is_none() {
+        return Err(Refusal::BadBackendV6Data(
+            "it has an IPv6 subnet but no PublicIPv6 to reach it at".into(),
+        ));
+    }
     match cfg.backend {
-        BackendKind::Vxlan => vxlan_data(&lease.attrs.backend_data, cfg.vxlan.vni).map(Some),
-        BackendKind::HostGw | BackendKind::Udp => Ok(None),
+        BackendKind::Vxlan => {
+            let mut macs = vec![vxlan_data(&lease.attrs.backend_data, cfg.vxlan.vni)?];
+            if dual {
+                let v6 = vxlan_data(&lease.attrs.backend_v6_data, cfg.vxlan.vni).map_err(|e| match e {
+                    Refusal::BadBackendData(what) => Refusal::BadBackendV6Data(format!("BackendV6Data {what}")),
+                    other => other,
+                })?;
+                if v6 != macs[0] {
+                    macs.push(v6);
+                }
+            }
+            Ok(macs)
+        }
+        BackendKind::HostGw | BackendKind::Udp => Ok(Vec::new()),
         BackendKind::Wireguard => crate::wireguard::WireguardLeaseData::parse(&lease.attrs.backend_data)
-            .map(|_| None)
+            .map(|_| Vec::new())
             .map_err(Refusal::BadBackendData),
     }
 }
@@ -572,6 +595,67 @@ mod tests {
             .find(|r| r.name == name)
             .unwrap_or_else(|| panic!("{name} not refused: {a:?}"))
             .reason
+    }
+
+    fn dual(ip: &str, ip6: &str, mac: &str, mac6: &str) -> String {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#
+        )
+    }
+
+    #[test]
+    fn dual_stack_leases_need_a_usable_ipv6_side_and_claim_its_mac() {
+        let c =
+            cfg(r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#);
+        let records = vec![
+            rec(
+                "10.42.1.0-24&fc00:0:0:1::-64",
+                10,
+                &dual("198.51.100.1", "2001:db8::1", "02:00:00:00:00:01", "02:00:00:00:06:01"),
+            ),
+            // IPv4 only in a dual-stack cluster (e.g. a node that has not switched yet): admitted,
+            // it is reached over IPv4.
+            rec("10.42.2.0-24", 11, &vx("198.51.100.2", "02:00:00:00:00:02")),
+            // The IPv6 VTEP's MAC of node 1 again.
+            rec(
+                "10.42.3.0-24&fc00:0:0:3::-64",
+                12,
+                &dual("198.51.100.3", "2001:db8::3", "02:00:00:00:00:03", "02:00:00:00:06:01"),
+            ),
+            // No BackendV6Data.
+            rec(
+                "10.42.4.0-24&fc00:0:0:4::-64",
+                13,
+                &vx("198.51.100.4", "02:00:00:00:00:04").replace("null", "\"2001:db8::4\""),
+            ),
+            // An IPv6 subnet and no PublicIPv6.
+            rec(
+                "10.42.5.0-24&fc00:0:0:5::-64",
+                14,
+                &vx("198.51.100.5", "02:00:00:00:00:05"),
+            ),
+        ];
+        let a = admit(&c, &records);
+        assert_eq!(names(&a), ["10.42.1.0-24&fc00:0:0:1::-64", "10.42.2.0-24"]);
+        assert_eq!(
+            refusal_of(&a, "10.42.3.0-24&fc00:0:0:3::-64").to_string(),
+            "its VtepMAC 02:00:00:00:06:01 is already held by the older lease 10.42.1.0-24&fc00:0:0:1::-64"
+        );
+        assert_eq!(
+            refusal_of(&a, "10.42.4.0-24&fc00:0:0:4::-64").to_string(),
+            "BackendV6Data has no VtepMAC"
+        );
+        assert_eq!(
+            refusal_of(&a, "10.42.5.0-24&fc00:0:0:5::-64").to_string(),
+            "it has an IPv6 subnet but no PublicIPv6 to reach it at"
+        );
+        assert_eq!(
+            refusal_of(&a, "10.42.5.0-24&fc00:0:0:5::-64").label(),
+            "bad_backend_data"
+        );
+        // The same records in an IPv4-only network: the IPv6 side is not looked at.
+        let a = admit(&vxlan(), &records);
+        assert_eq!(a.leases.len(), 5, "{a:?}");
     }
 
     #[test]
@@ -771,8 +855,16 @@ mod tests {
         };
         let key = "YFd2oJ3FwJb9/0wIxwd1o4pq6Yb9KZpLD1TB/eVrKFY=";
         let records = vec![
-            rec("10.42.1.0-24", 1, &wg("198.51.100.1", &format!(r#"{{"PublicKey":"{key}"}}"#))),
-            rec("10.42.2.0-24", 2, &wg("198.51.100.2", &format!(r#"{{"PublicKey":"{key}","Port":51830}}"#))),
+            rec(
+                "10.42.1.0-24",
+                1,
+                &wg("198.51.100.1", &format!(r#"{{"PublicKey":"{key}"}}"#)),
+            ),
+            rec(
+                "10.42.2.0-24",
+                2,
+                &wg("198.51.100.2", &format!(r#"{{"PublicKey":"{key}","Port":51830}}"#)),
+            ),
             rec("10.42.3.0-24", 3, &wg("198.51.100.3", r#"{"PublicKey":"not-a-key"}"#)),
             rec("10.42.4.0-24", 4, &wg("198.51.100.4", "{}")),
         ];
