@@ -99,7 +99,10 @@ impl RecvBatch {
     /// The sender (address and port) of message `i` of the last [`recv`](Self::recv).
     pub fn source(&self, i: usize) -> std::net::SocketAddrV4 {
         let sa = &self.names[i];
-        std::net::SocketAddrV4::new(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)), u16::from_be(sa.sin_port))
+        std::net::SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+            u16::from_be(sa.sin_port),
+        )
     }
 
     /// Message `i` of the last [`recv`](Self::recv).
