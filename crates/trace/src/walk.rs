@@ -82,6 +82,9 @@ fn describe_route(r: &RouteInfo, f: &Facts) -> String {
         s.push(' ');
     }
     s.push_str(&r.dst.to_string());
+    if let Some(id) = r.nexthop_id {
+        s.push_str(&format!(" nhid {id}"));
+    }
     if let Some(gw) = r.gateway {
         s.push_str(&format!(" via {gw}"));
     }
@@ -994,6 +997,7 @@ mod tests {
             gateway: gw.map(ip),
             oif: Some(oif),
             onlink,
+            nexthop_id: None,
             protocol: 3,
             scope: 0,
             priority: 0,
