@@ -586,7 +586,11 @@ fn names_lab_docker_dir(word: &str, lab_dir: &str) -> bool {
     })
 }
 
-/// Processes whose command line names the lab's Docker directories.
+/// What `/proc/<pid>/comm` says (15 characters at most) for the programs a lab host's Docker
+/// runs outside its containers; a user's `tail -f` of a lab log is not one of them.
+const DAEMON_COMMS: &[&str] = &["dockerd", "containerd", "containerd-shim", "docker-proxy", "runc"];
+
+/// Docker's daemons whose command line names the lab's Docker directories.
 fn daemon_pids(lab: &str) -> Vec<u32> {
     let dir = lab_dir(lab).display().to_string();
     let me = std::process::id();
@@ -597,6 +601,9 @@ fn daemon_pids(lab: &str) -> Vec<u32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| DAEMON_COMMS.contains(&c.trim()))
+        })
         .filter(|&pid| {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
                 cmd.split(|&b| b == 0)
