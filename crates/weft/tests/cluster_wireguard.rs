@@ -89,13 +89,14 @@ fn dropped(lab: &Lab, node: usize, reason: &str) -> u64 {
 /// A capture of the underlay (every frame on the switch's ports) in the switch namespace, with
 /// a raw socket: after `stop`, the IPv4 frames that were not WireGuard messages on port 51820
 /// (etcd's TLS on 2379 is the control plane and left out) and whether the marker appeared.
-struct Capture(Child);
+struct Capture(Child, std::io::BufReader<std::process::ChildStdout>);
 
 const SNIFFER: &str = r#"
 import socket, struct, sys, time
 marker, seconds = bytes.fromhex(sys.argv[1]), float(sys.argv[2])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
 s.settimeout(0.2)  # every port of the switch (each frame seen on the way in and out)
+print("ready", flush=True)
 wg = other = seen = 0; kinds = {}
 end = time.time() + seconds
 while time.time() < end:
@@ -116,19 +117,24 @@ print("wireguard %d other %d marker %d kinds %s" % (wg, other, seen, kinds))
 
 impl Capture {
     fn start(lab: &Lab, seconds: u32) -> Capture {
-        let child = Command::new("ip")
+        let mut child = Command::new("ip")
             .args(["netns", "exec", lab.switch_ns(), "python3", "-c", SNIFFER, MARKER])
             .arg(seconds.to_string())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        Capture(child)
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the capture starts");
+        Capture(child, out)
     }
 
-    fn finish(self) -> String {
-        let out = self.0.wait_with_output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    fn finish(mut self) -> String {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut self.1, &mut text).unwrap();
+        self.0.wait().unwrap();
+        text
     }
 }
 
@@ -308,6 +314,31 @@ s.sendto(struct.pack('<II', 4, 0x7fffff00) + os.urandom(40), to) # data for an i
     std::fs::write(&key3, saved).unwrap();
     lab.start_node(3).unwrap();
     assert!(lab.wait_ping(1, lab.pod_ip(3).unwrap(), Duration::from_secs(10)));
+
+    // A peer that leaves is removed from the table; one that joins is added and reachable.
+    let pod3 = lab.pod_ip(3).unwrap();
+    lab.stop_node(3).unwrap();
+    assert!(lab.etcd_delete(&lease_key(&lab, 3)).unwrap());
+    assert!(
+        wait_until(Duration::from_secs(5), || !run(
+            &lab,
+            1,
+            &["wg", "show", "flannel-wg", "peers"]
+        )
+        .contains(&keys[2])),
+        "the departed node's peer is removed"
+    );
+    assert!(!lab.ping(1, pod3), "nothing is sent to a departed node");
+    let n4 = lab.add_node().unwrap();
+    let key4 = pubkey(&std::fs::read_to_string(lab.wireguard_key_file(n4)).unwrap());
+    assert!(wait_until(Duration::from_secs(5), || run(
+        &lab,
+        1,
+        &["wg", "show", "flannel-wg", "peers"]
+    )
+    .contains(&key4)));
+    assert!(lab.wait_ping(1, lab.pod_ip(n4).unwrap(), Duration::from_secs(10)));
+    assert!(lab.wait_ping(n4, lab.pod_ip(2).unwrap(), Duration::from_secs(5)));
 }
 
 /// Turns host `node` into a node that runs no weftd but Debian's wireguard-go, configured with
