@@ -17,8 +17,24 @@ use crate::netlink::{
     NexthopInfo, NexthopMessage, RouteInfo, RouteType, MAIN_TABLE,
 };
 
-/// The receive buffer asked for, so a burst (weft programming thousands of entries) is not lost.
-const RECEIVE_BUFFER: usize = 8 << 20;
+/// The receive buffer asked for, so a burst (weft programming tens of thousands of entries, or
+/// a device deleted with them) is not lost: forced past net.core.rmem_max when the process may
+/// (CAP_NET_ADMIN), else as large as rmem_max allows. A limit, not an allocation.
+const RECEIVE_BUFFER: usize = 64 << 20;
+
+/// Asks for [`RECEIVE_BUFFER`] on a notification socket.
+fn enlarge_receive_buffer(socket: &rtnetlink::sys::Socket, what: &str) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the socket outlives this call, and the fd is only borrowed for it.
+    let fd = unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) };
+    let size = RECEIVE_BUFFER;
+    if nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBufForce, &size).is_ok() {
+        return;
+    }
+    if let Err(e) = socket.set_rx_buf_sz(RECEIVE_BUFFER) {
+        tracing::debug!("kernel notifications: cannot enlarge the {what} receive buffer: {e}");
+    }
+}
 
 /// One change in a kernel table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,9 +81,7 @@ pub fn subscribe() -> Result<mpsc::UnboundedReceiver<KernelEvent>, NetlinkError>
     let (mut connection, _handle, mut messages) =
         rtnetlink::new_multicast_connection(&groups).map_err(NetlinkError::Socket)?;
     use rtnetlink::sys::AsyncSocket;
-    if let Err(e) = connection.socket_mut().socket_mut().set_rx_buf_sz(RECEIVE_BUFFER) {
-        tracing::debug!("kernel notifications: cannot enlarge the receive buffer: {e}");
-    }
+    enlarge_receive_buffer(connection.socket_mut().socket_mut(), "link, route and neighbour");
     tokio::spawn(connection);
     let (tx, rx) = mpsc::unbounded_channel();
     subscribe_nexthops(tx.clone())?;
@@ -104,9 +118,7 @@ fn subscribe_nexthops(tx: mpsc::UnboundedSender<KernelEvent>) -> Result<(), Netl
         tracing::debug!("kernel notifications: cannot join the nexthop group: {e}");
         return Ok(());
     }
-    if let Err(e) = socket.set_rx_buf_sz(RECEIVE_BUFFER) {
-        tracing::debug!("kernel notifications: cannot enlarge the nexthop receive buffer: {e}");
-    }
+    enlarge_receive_buffer(socket, "nexthop");
     tokio::spawn(connection);
     tokio::spawn(async move {
         while let Some((msg, _)) = messages.next().await {

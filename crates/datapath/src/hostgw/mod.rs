@@ -190,6 +190,10 @@ impl HostGwBackend {
                     return Ok(Report::default());
                 };
                 if matches!(event, KernelEvent::NexthopGone(_)) {
+                    if nh.spec() != Some(want) {
+                        // Not the one weft installed (e.g. of a link that went away since).
+                        return Ok(Report::default());
+                    }
                     actions.push(Action::SetNexthop {
                         spec: want,
                         change: Change::Add,

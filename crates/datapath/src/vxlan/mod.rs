@@ -345,9 +345,11 @@ impl VxlanBackend {
                 }
             }
             // A deleted nexthop took its route along (IPv4 says nothing of the route).
+            // One of an older device (deleted with it) is not ours any more: the device's own
+            // notification brings the full reconcile.
             KernelEvent::NexthopGone(nh) => {
                 if let Some(entries) = self.installed_nexthop(nh.id) {
-                    if let Some(spec) = entries.nexthop_spec() {
+                    if let Some(spec) = entries.nexthop_spec().filter(|s| nh.spec() == Some(*s)) {
                         phases.sets.push(Action::SetNexthop {
                             spec,
                             change: Change::Add,

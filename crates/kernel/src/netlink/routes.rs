@@ -261,7 +261,23 @@ impl Netlink {
         .await
     }
 
-    /// Deletes the route (at any metric); one that is already gone is not an error.
+    /// Deletes the main table's first route to `dst`, whatever it points at (`ip route del
+    /// <dst>`); one that is already gone is not an error.
+    pub async fn delete_route_to(&self, dst: IpNet) -> Result<(), NetlinkError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family_of(&dst.addr());
+        msg.header.destination_prefix_length = dst.prefix_len();
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.scope = RouteScope::NoWhere;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(dst.network())));
+        self.delete(&format!("delete route {dst}"), RouteNetlinkMessage::DelRoute(msg))
+            .await
+    }
+
+    /// Deletes the route (at any metric); one that is already gone is not an error. A route
+    /// that points at a nexthop object is not matched by a gateway and device: use
+    /// [`Netlink::delete_route_via_nexthop`] or [`Netlink::delete_route_to`].
     pub async fn delete_route(&self, spec: &RouteSpec) -> Result<(), NetlinkError> {
         self.delete_route_at_metric(spec, 0).await
     }

@@ -23,7 +23,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::Serialize;
 use weft_core::{BackendKind, LeaseAttrs, SubnetKey};
 use weft_kernel::monitor::{self, KernelEvent};
-use weft_kernel::netlink::{AddrFamily, Netlink, NetlinkError, RouteSpec};
+use weft_kernel::netlink::{AddrFamily, Netlink, NetlinkError};
 
 use super::error::{LabError, Result};
 use super::netns::{in_netns, with_netlink};
@@ -784,14 +784,9 @@ impl Heal<'_> {
 
     fn route(&self, peer: &FakePeer) -> Result<Option<f64>> {
         let (dst, index) = (IpNet::from(peer.subnet), self.index);
-        let spec = RouteSpec {
-            dst,
-            gateway: Some(peer.subnet.network().into()),
-            oif: index,
-            onlink: true,
-        };
+        // As `ip route del <subnet>`: whatever the route points at (a nexthop or a gateway).
         self.time(
-            move |nl| async move { nl.delete_route(&spec).await },
+            move |nl| async move { nl.delete_route_to(dst).await },
             move |e| matches!(e, KernelEvent::RouteGone(r) if r.dst == dst),
             move |e| matches!(e, KernelEvent::RouteAdded(r) if r.dst == dst && r.oif == Some(index)),
         )
@@ -1471,6 +1466,7 @@ mod tests {
                 gateway: Some(peer.subnet.network().into()),
                 oif: Some(index),
                 onlink: true,
+                nexthop_id: Some(0x7700_0002),
                 protocol: 3,
                 scope: 0,
                 priority: 0,
