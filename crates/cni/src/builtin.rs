@@ -10,7 +10,7 @@ use std::path::Path;
 
 use ipnet::IpNet;
 use serde_json::{Map, Value};
-use weft_kernel::netlink::{format_mac, Netlink, RouteSpec};
+use weft_kernel::netlink::{format_mac, AddrFamily, Netlink, RouteSpec};
 
 use crate::bridge;
 use crate::error::{CniError, ErrorCode};
@@ -177,8 +177,10 @@ async fn add_steps(
     let bridge = host.ensure_bridge(&plan.bridge, plan.mtu).await?;
     // Before the first port is attached, so that the gateway MAC never follows the ports.
     bridge::pin_mac(host, &bridge).await?;
-    let on_bridge = host.list_link_addrs(bridge.index, None).await?;
     for family in &plan.families {
+        let on_bridge = host
+            .list_link_addrs(bridge.index, Some(AddrFamily::of(&family.gateway)))
+            .await?;
         if !on_bridge.contains(&family.gateway) {
             add_unique_addr(host, bridge.index, family.gateway, &plan.bridge, "on the node").await?;
         }
