@@ -166,6 +166,12 @@ fn ipv6_only_pods_get_ipv6_alone() {
         address_of(&rb["ips"][0])
     );
     node.cni(WEFT_CNI, "CHECK", "a", &a.path(), &with_prev(&conf, &ra)).ok();
+    // GC gives back the IPv6 address of an attachment the runtime no longer knows.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "a", "ifname": "eth0"}]);
+    node.cni(WEFT_CNI, "GC", "", "", &gc).ok();
+    assert_eq!(node.address_files(), vec![address_of(&ra["ips"][0])]);
+    assert_eq!(node.ns.veth_names().len(), 1);
     node.cni(WEFT_CNI, "DEL", "a", &a.path(), &conf).ok();
     node.cni(WEFT_CNI, "DEL", "b", &b.path(), &conf).ok();
     assert!(node.address_files().is_empty());
