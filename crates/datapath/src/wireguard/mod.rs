@@ -82,6 +82,8 @@ pub enum WireguardError {
 pub struct WireguardTuning {
     /// Worker threads, each with one flannel-wg queue and one UDP socket.
     pub workers: usize,
+    /// TUN offloads (TSO in, GRO out) and UDP GSO/GRO. Off: one packet per read/write.
+    pub offload: bool,
     /// Key file; default `$WIREGUARD_KEY_FILE`, else `/run/flannel/wgkey`.
     pub key_file: PathBuf,
     /// Directory of the userspace API socket; default `/var/run/wireguard`.
@@ -93,6 +95,7 @@ impl Default for WireguardTuning {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         WireguardTuning {
             workers: cpus.clamp(1, 8),
+            offload: true,
             key_file: key::key_file_path(),
             socket_dir: PathBuf::from(uapi::DEFAULT_SOCKET_DIR),
         }
@@ -210,7 +213,7 @@ impl WireguardBackend {
             DEVICE,
             &TunOptions {
                 queues: n,
-                vnet_hdr: false,
+                vnet_hdr: self.tuning.offload,
             },
         )?;
         let port = self.opts.listen_port;

@@ -25,7 +25,8 @@ use weft_kernel::tun::TunQueue;
 use super::counters::{Counters, Tally, WgDrop};
 use super::peers::{Identity, Peer, PeerTable};
 use crate::udp::batch::{RecvBatch, SendBatch, BATCH};
-use crate::udp::socket::sockaddr;
+use crate::udp::offload::{finish_checksum, split_tcp, Coalescer, Offer, VnetHdr, MAX_PACKET, VNET_HDR_LEN};
+use crate::udp::socket::{enable_udp_gro, sockaddr};
 
 /// Room for the largest packet flannel-wg can hand us, plus WireGuard's 32 bytes and padding.
 const BUF_LEN: usize = 65536 + 64;
@@ -33,6 +34,16 @@ const BUF_LEN: usize = 65536 + 64;
 const POLL_MS: libc::c_int = 100;
 /// How often the timer thread runs every peer's timers (boringtun wants at least every 250 ms).
 const TIMER_TICK: Duration = Duration::from_millis(100);
+
+/// Room in the output area for this many encrypted super-segments per batch.
+const OUT_SUPER_SEGMENTS: usize = 24;
+/// Largest UDP payload of one GSO send, and most datagrams in it.
+const GSO_MAX_BYTES: usize = 65000;
+const GSO_MAX_SEGMENTS: usize = 64;
+/// The vnet header of a packet written as it is (no offload asked for).
+const ZERO_VNET: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+const GSO_NONE: u8 = 0;
+const F_NEEDS_CSUM: u8 = 1;
 
 const MSG_HANDSHAKE_INIT: u8 = 1;
 const MSG_HANDSHAKE_RESP: u8 = 2;
@@ -51,29 +62,65 @@ pub(crate) struct Worker {
     sock: OwnedFd,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
+    /// One read from the queue (with its vnet header on an offload device).
     read_buf: Box<[u8]>,
-    /// Encrypted messages waiting for sendmmsg, one per buffer, and where each goes.
-    out_bufs: Vec<Box<[u8]>>,
-    outgoing: Vec<(libc::sockaddr_in, usize)>,
+    /// A TSO super-segment cut into wire-sized plaintext packets.
+    seg_buf: Box<[u8]>,
+    /// Encrypted messages waiting for sendmmsg, back to back, and where each goes.
+    out: Box<[u8]>,
+    pending: Vec<Pending>,
+    groups: Vec<Group>,
+    /// Whether the kernel takes UDP_SEGMENT (cleared on its first refusal).
+    gso: bool,
     tx: SendBatch,
     rx: RecvBatch,
     dec_buf: Box<[u8]>,
+    coalescer: Option<Box<Coalescer>>,
     tally: Tally,
+}
+
+/// One encrypted message in the output area.
+#[derive(Clone, Copy)]
+struct Pending {
+    to: libc::sockaddr_in,
+    offset: usize,
+    len: usize,
+}
+
+/// Consecutive messages to one peer sent as one UDP GSO send: `count` datagrams of `seg_len`
+/// bytes (the last possibly shorter), `total` bytes from `offset`.
+#[derive(Clone, Copy)]
+struct Group {
+    to: libc::sockaddr_in,
+    offset: usize,
+    total: usize,
+    seg_len: usize,
+    count: usize,
+}
+
+fn same_dest(a: &libc::sockaddr_in, b: &libc::sockaddr_in) -> bool {
+    a.sin_addr.s_addr == b.sin_addr.s_addr && a.sin_port == b.sin_port
 }
 
 impl Worker {
     pub fn new(tun: TunQueue, sock: OwnedFd, shared: Arc<Shared>, stop: Arc<AtomicBool>) -> Self {
+        let offload = tun.vnet_hdr();
+        let gro = offload && enable_udp_gro(&sock);
         Worker {
             tun,
             sock,
             shared,
             stop,
-            read_buf: vec![0u8; BUF_LEN].into_boxed_slice(),
-            out_bufs: (0..BATCH).map(|_| vec![0u8; BUF_LEN].into_boxed_slice()).collect(),
-            outgoing: Vec::with_capacity(BATCH),
+            read_buf: vec![0u8; VNET_HDR_LEN + MAX_PACKET].into_boxed_slice(),
+            seg_buf: vec![0u8; 2 * MAX_PACKET].into_boxed_slice(),
+            out: vec![0u8; OUT_SUPER_SEGMENTS * 2 * BUF_LEN].into_boxed_slice(),
+            pending: Vec::with_capacity(OUT_SUPER_SEGMENTS * 64),
+            groups: Vec::with_capacity(OUT_SUPER_SEGMENTS * 64),
+            gso: offload,
             tx: SendBatch::default(),
-            rx: RecvBatch::new(BUF_LEN, false),
+            rx: RecvBatch::new(BUF_LEN, gro),
             dec_buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+            coalescer: offload.then(Box::default),
             tally: Tally::default(),
         }
     }
@@ -99,13 +146,21 @@ impl Worker {
         }
     }
 
-    /// Reads up to a batch from the queue, encrypts each packet for its peer and sends the batch.
+    /// Reads up to a batch from the queue; each packet (a TSO super-segment cut into wire-sized
+    /// packets first) is encrypted for its peer under one lock of the peer's state; the batch
+    /// goes out with one sendmmsg, runs of equal-sized messages to one peer as one UDP GSO send.
     /// Returns whether more may be waiting.
     fn tun_to_net(&mut self) -> bool {
         let table = self.shared.table.load();
-        self.outgoing.clear();
+        self.pending.clear();
+        let offload = self.tun.vnet_hdr();
+        let mut cursor = 0;
         let mut more = true;
         for _ in 0..BATCH {
+            // Room for the largest super-segment, with WireGuard's overhead per packet.
+            if cursor + 2 * BUF_LEN > self.out.len() {
+                break;
+            }
             let n = match self.tun.recv(&mut self.read_buf) {
                 Ok(n) => n,
                 Err(e) => {
@@ -117,8 +172,18 @@ impl Worker {
                     break;
                 }
             };
-            let pkt = &self.read_buf[..n];
-            if n < 20 || pkt[0] >> 4 != 4 {
+            let (vnet, pkt) = if offload {
+                match VnetHdr::parse(&self.read_buf[..n]) {
+                    Some(h) if n > VNET_HDR_LEN => (Some(h), &mut self.read_buf[VNET_HDR_LEN..n]),
+                    _ => {
+                        self.tally.drop(WgDrop::Malformed);
+                        continue;
+                    }
+                }
+            } else {
+                (None, &mut self.read_buf[..n])
+            };
+            if pkt.len() < 20 || pkt[0] >> 4 != 4 {
                 self.tally.drop(WgDrop::NotIpv4);
                 continue;
             }
@@ -127,45 +192,127 @@ impl Worker {
                 self.tally.drop(WgDrop::NoPeer);
                 continue;
             };
-            let slot = self.outgoing.len();
-            let mut tunn = peer.state.tunn.lock().unwrap_or_else(|e| e.into_inner());
-            match tunn.encapsulate(pkt, &mut self.out_bufs[slot]) {
-                TunnResult::WriteToNetwork(msg) => {
-                    let len = msg.len();
-                    self.outgoing.push((endpoint_addr(peer), len));
-                    peer.state.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            // The wire-sized plaintext packets: `count` of `seg_len` bytes in `plain`.
+            let (plain, seg_len, total): (&[u8], usize, usize) = match vnet {
+                Some(h) if h.gso_type != GSO_NONE => match split_tcp(pkt, usize::from(h.gso_size), &mut self.seg_buf) {
+                    Some(s) => (&self.seg_buf[..s.total], s.seg_len, s.total),
+                    None => {
+                        self.tally.drop(WgDrop::Malformed);
+                        continue;
+                    }
+                },
+                Some(h) if h.flags & F_NEEDS_CSUM != 0 => {
+                    if !finish_checksum(pkt, &h) {
+                        self.tally.drop(WgDrop::Malformed);
+                        continue;
+                    }
+                    (&*pkt, pkt.len(), pkt.len())
                 }
-                // Queued until the handshake completes.
-                TunnResult::Done => {}
-                TunnResult::Err(e) => self.tally.drop(classify(&e)),
-                TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
+                _ => (&*pkt, pkt.len(), pkt.len()),
+            };
+            let to = endpoint_addr(peer);
+            let mut tunn = peer.state.tunn.lock().unwrap_or_else(|e| e.into_inner());
+            let mut sent = 0u64;
+            for chunk in plain[..total].chunks(seg_len.max(1)) {
+                match tunn.encapsulate(chunk, &mut self.out[cursor..]) {
+                    TunnResult::WriteToNetwork(msg) => {
+                        let len = msg.len();
+                        self.pending.push(Pending {
+                            to,
+                            offset: cursor,
+                            len,
+                        });
+                        cursor += len;
+                        sent += len as u64;
+                    }
+                    // Queued until the handshake completes.
+                    TunnResult::Done => {}
+                    TunnResult::Err(e) => self.tally.drop(classify(&e)),
+                    TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
+                }
             }
+            drop(tunn);
+            peer.state.tx_bytes.fetch_add(sent, Ordering::Relaxed);
         }
-        self.send_outgoing();
+        self.send_pending();
         more
     }
 
-    fn send_outgoing(&mut self) {
-        if self.outgoing.is_empty() {
-            return;
-        }
-        let mut batch = self.tx.fill();
-        for (i, &(to, len)) in self.outgoing.iter().enumerate() {
-            batch.push(to, &self.out_bufs[i][..len], None);
-        }
-        let (outgoing, out_bufs, tally) = (&self.outgoing, &self.out_bufs, &mut self.tally);
-        batch.send(self.sock.as_raw_fd(), |i, result| match result {
-            Ok(()) if out_bufs[i][0] == MSG_DATA => {
-                tally.tx_packets += 1;
-                tally.tx_bytes += outgoing[i].1 as u64;
+    /// Sends the pending messages: consecutive messages to one peer of one size (the last of a
+    /// run possibly shorter) as one message with UDP_SEGMENT, at most 64 datagrams and 64 KB.
+    fn send_pending(&mut self) {
+        self.groups.clear();
+        let p = &self.pending;
+        let mut i = 0;
+        while i < p.len() {
+            let first = p[i];
+            let mut g = Group {
+                to: first.to,
+                offset: first.offset,
+                total: first.len,
+                seg_len: first.len,
+                count: 1,
+            };
+            i += 1;
+            while self.gso
+                && i < p.len()
+                && g.count < GSO_MAX_SEGMENTS
+                && same_dest(&p[i].to, &g.to)
+                && p[i].offset == g.offset + g.total
+                && p[i].len <= g.seg_len
+                && g.total + p[i].len <= GSO_MAX_BYTES
+            {
+                g.total += p[i].len;
+                g.count += 1;
+                i += 1;
+                if p[i - 1].len < g.seg_len {
+                    break;
+                }
             }
-            Ok(()) => {}
-            Err(_) => tally.send_errors += 1,
-        });
-        self.outgoing.clear();
+            self.groups.push(g);
+        }
+        let fd = self.sock.as_raw_fd();
+        let (out, groups, gso) = (&self.out[..], &self.groups, &mut self.gso);
+        for chunk in groups.chunks(BATCH) {
+            let mut batch = self.tx.fill();
+            for g in chunk {
+                let segment = (g.count > 1).then_some(g.seg_len as u16);
+                batch.push(g.to, &out[g.offset..g.offset + g.total], segment);
+            }
+            let tally = &mut self.tally;
+            batch.send(fd, |i, result| {
+                let g = &chunk[i];
+                let data = out[g.offset] == MSG_DATA;
+                match result {
+                    Ok(()) if data => {
+                        tally.tx_packets += g.count as u64;
+                        tally.tx_bytes += g.total as u64;
+                    }
+                    Ok(()) => {}
+                    Err(err) if g.count > 1 && *gso && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
+                        // No UDP GSO here: one datagram per message from now on.
+                        tracing::warn!("UDP GSO refused ({err}); sending one datagram per message");
+                        *gso = false;
+                        for piece in out[g.offset..g.offset + g.total].chunks(g.seg_len) {
+                            match send_to_raw(fd, piece, &g.to) {
+                                Ok(()) => {
+                                    tally.tx_packets += 1;
+                                    tally.tx_bytes += piece.len() as u64;
+                                }
+                                Err(_) => tally.send_errors += 1,
+                            }
+                        }
+                    }
+                    Err(_) => tally.send_errors += g.count as u64,
+                }
+            });
+        }
+        self.pending.clear();
     }
 
-    /// Receives up to a batch of datagrams and handles each. Returns whether more may be waiting.
+    /// Receives up to a batch of datagrams (with UDP_GRO a message may hold many of one size)
+    /// and handles each; decrypted TCP segments of one flow are written as one super-segment.
+    /// Returns whether more may be waiting.
     fn net_to_tun(&mut self) -> bool {
         let received = self.rx.recv(self.sock.as_raw_fd());
         if received == 0 {
@@ -173,20 +320,25 @@ impl Worker {
         }
         let table = self.shared.table.load();
         let fd = self.sock.as_raw_fd();
+        let mut io = Io {
+            fd,
+            tun: &self.tun,
+            tally: &mut self.tally,
+            coalescer: self.coalescer.as_deref_mut(),
+        };
         for i in 0..received {
             let from = self.rx.source(i);
             let m = self.rx.get(i);
             if m.truncated {
-                self.tally.drop(WgDrop::Malformed);
+                io.tally.drop(WgDrop::Malformed);
                 continue;
             }
-            let mut io = Io {
-                fd,
-                tun: &self.tun,
-                tally: &mut self.tally,
-            };
-            receive(m.data, from, &table, &self.shared, &mut self.dec_buf, &mut io);
+            let seg = m.segment.unwrap_or(m.data.len()).max(1);
+            for datagram in m.data.chunks(seg) {
+                receive(datagram, from, &table, &self.shared, &mut self.dec_buf, &mut io);
+            }
         }
+        io.flush();
         received == BATCH
     }
 }
@@ -196,6 +348,48 @@ struct Io<'a> {
     fd: RawFd,
     tun: &'a TunQueue,
     tally: &'a mut Tally,
+    /// On an offload device: merges decrypted TCP segments of one flow.
+    coalescer: Option<&'a mut Coalescer>,
+}
+
+impl Io<'_> {
+    /// Writes one decrypted packet into the queue, through the coalescer when there is one.
+    fn deliver(&mut self, inner: &[u8]) {
+        let Some(c) = self.coalescer.as_deref_mut() else {
+            return self.written(self.tun.send(inner).is_ok(), 1);
+        };
+        let mut offer = c.offer(inner);
+        if offer == Offer::Refused && !c.is_empty() {
+            self.flush();
+            offer = self.coalescer.as_deref_mut().expect("offload").offer(inner);
+        }
+        match offer {
+            Offer::Taken => {}
+            // The sender's checksum is wrong (the message itself was authenticated).
+            Offer::BadChecksum => self.tally.drop(WgDrop::Malformed),
+            Offer::Refused => self.written(self.tun.send2(&ZERO_VNET, inner).is_ok(), 1),
+        }
+    }
+
+    /// Writes the pending merge, if any.
+    fn flush(&mut self) {
+        let Some(c) = self.coalescer.as_deref_mut() else {
+            return;
+        };
+        if let Some(merged) = c.flush() {
+            let ok = self.tun.send(merged.frame).is_ok();
+            let packets = merged.packets as u64;
+            self.written(ok, packets);
+        }
+    }
+
+    fn written(&mut self, ok: bool, packets: u64) {
+        if ok {
+            self.tally.rx_packets += packets;
+        } else {
+            self.tally.tun_write_errors += packets;
+        }
+    }
 }
 
 /// Handles one datagram from `from`.
@@ -266,13 +460,8 @@ fn receive(data: &[u8], from: SocketAddrV4, table: &PeerTable, shared: &Shared, 
             if !peer.spec.subnet.contains(&src) {
                 return io.tally.drop(WgDrop::SpoofedSource);
             }
-            match io.tun.send(inner) {
-                Ok(_) => {
-                    io.tally.rx_packets += 1;
-                    io.tally.rx_bytes += data.len() as u64;
-                }
-                Err(_) => io.tally.tun_write_errors += 1,
-            }
+            io.tally.rx_bytes += data.len() as u64;
+            io.deliver(inner);
         }
         TunnResult::WriteToTunnelV6(..) => {
             peer.state.rx_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -308,7 +497,10 @@ fn endpoint_addr(peer: &Peer) -> libc::sockaddr_in {
 
 /// One datagram with sendto(2).
 fn send_to(fd: RawFd, data: &[u8], to: SocketAddrV4) -> io::Result<()> {
-    let sa = sockaddr(*to.ip(), to.port());
+    send_to_raw(fd, data, &sockaddr(*to.ip(), to.port()))
+}
+
+fn send_to_raw(fd: RawFd, data: &[u8], sa: &libc::sockaddr_in) -> io::Result<()> {
     // SAFETY: the buffer and address are valid for the call.
     let rc = unsafe {
         libc::sendto(
@@ -316,7 +508,7 @@ fn send_to(fd: RawFd, data: &[u8], to: SocketAddrV4) -> io::Result<()> {
             data.as_ptr().cast(),
             data.len(),
             0,
-            (&sa as *const libc::sockaddr_in).cast(),
+            (sa as *const libc::sockaddr_in).cast(),
             size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
     };
