@@ -26,6 +26,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        // Colours only on a terminal: under systemd the journal would show coloured lines as blobs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     if flags.kube_subnet_mgr {
         tracing::error!("--kube-subnet-mgr is not supported: weft keeps leases in etcd; pass --etcd-endpoints instead");
