@@ -188,13 +188,21 @@ pub async fn start(setup: Setup) -> Result<Box<dyn Backend>, BackendError> {
         nl,
         ext,
         public_ip,
-        ipv6: _,
+        ipv6,
         config,
     } = setup;
+    let vxlan_v6 = match (config.ipv6, ipv6) {
+        (Some(pool), Some(underlay)) => Some(crate::vxlan::Ipv6Side {
+            network: pool.network,
+            local: underlay.local,
+            public: underlay.public,
+        }),
+        _ => None,
+    };
     let network = config.network;
     Ok(match config.backend {
         BackendKind::Vxlan => Box::new(
-            VxlanBackend::start(nl, ext, public_ip, config.vxlan, network)
+            VxlanBackend::start_dual_stack(nl, ext, public_ip, config.vxlan, network, vxlan_v6)
                 .await
                 .map_err(BackendError::new)?,
         ),

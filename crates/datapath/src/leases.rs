@@ -1,10 +1,11 @@
 //! What every backend asks of a lease before it programs anything for it: is it ours, is it of
 //! a backend we can talk to, is it inside the network, does it point at ourselves. And how the
-//! answers are logged, the same way for every backend.
+//! answers are logged, the same way for every backend. The checks look at one address family
+//! of a lease at a time ([`Side`]): a dual-stack backend asks once per family.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use weft_core::{Lease, SubnetKey};
 
 /// Why a lease yields no peer.
@@ -20,6 +21,9 @@ pub enum LeaseSkip {
     OutsideNetwork,
     /// The lease carries our own public IP: sending to it would loop.
     OwnPublicIp,
+    /// The lease has no subnet (or no public address) of the family asked about: an IPv4-only
+    /// lease in a dual-stack cluster, as its IPv6 side.
+    NoSideOfFamily,
 }
 
 /// What the checks need to know about this node.
@@ -30,17 +34,60 @@ pub struct Node<'a> {
     pub public_ip: Ipv4Addr,
 }
 
+/// This node as seen by one address family: our subnet, the network and our public address of
+/// that family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Side {
+    pub own: Option<IpNet>,
+    pub network: IpNet,
+    pub public_ip: IpAddr,
+}
+
+impl From<Node<'_>> for Side {
+    fn from(node: Node<'_>) -> Side {
+        Side {
+            own: node.own.map(|own| own.ipv4.into()),
+            network: node.network.into(),
+            public_ip: node.public_ip.into(),
+        }
+    }
+}
+
+/// A lease's subnet and public address of one family (IPv6: the key's IPv6 subnet and
+/// PublicIPv6); None when the lease has no such side.
+pub fn lease_side(lease: &Lease, ipv6: bool) -> Option<(IpNet, IpAddr)> {
+    if ipv6 {
+        Some((lease.subnet.ipv6?.into(), lease.attrs.public_ipv6?.into()))
+    } else {
+        Some((lease.subnet.ipv4.into(), lease.attrs.public_ip.into()))
+    }
+}
+
 /// The checks every backend makes, in this order; `speaks` says whether a lease's
 /// BackendType is one this backend exchanges packets with. None: a candidate peer.
 pub fn check(lease: &Lease, node: Node<'_>, speaks: impl Fn(&str) -> bool) -> Option<LeaseSkip> {
+    check_side(lease, node.into(), speaks)
+}
+
+/// [`check`] for the family of `side.network`.
+pub fn check_side(lease: &Lease, side: Side, speaks: impl Fn(&str) -> bool) -> Option<LeaseSkip> {
     let kind = lease.attrs.backend_type.as_str();
-    if node.own.is_some_and(|own| own.ipv4 == lease.subnet.ipv4) {
-        Some(LeaseSkip::Own)
-    } else if !speaks(kind) {
-        Some(LeaseSkip::OtherBackend(kind.to_string()))
-    } else if !node.network.contains(&lease.subnet.ipv4) {
+    let own_v4 = side.own.is_some_and(|own| own == IpNet::from(lease.subnet.ipv4));
+    let own_v6 = side
+        .own
+        .is_some_and(|own| lease.subnet.ipv6.map(IpNet::from) == Some(own));
+    if own_v4 || own_v6 {
+        return Some(LeaseSkip::Own);
+    }
+    if !speaks(kind) {
+        return Some(LeaseSkip::OtherBackend(kind.to_string()));
+    }
+    let Some((subnet, public_ip)) = lease_side(lease, side.network.addr().is_ipv6()) else {
+        return Some(LeaseSkip::NoSideOfFamily);
+    };
+    if !side.network.contains(&subnet) {
         Some(LeaseSkip::OutsideNetwork)
-    } else if lease.attrs.public_ip == node.public_ip {
+    } else if public_ip == side.public_ip {
         Some(LeaseSkip::OwnPublicIp)
     } else {
         None
@@ -49,11 +96,16 @@ pub fn check(lease: &Lease, node: Node<'_>, speaks: impl Fn(&str) -> bool) -> Op
 
 /// Logs why each lease was skipped (another backend's at debug, the suspicious ones at warn;
 /// our own not at all) and returns how many were skipped other than our own.
-pub fn log_skipped(backend: &str, skipped: &[(SubnetKey, LeaseSkip)], node: Node<'_>) -> usize {
+pub fn log_skipped(backend: &str, skipped: &[(SubnetKey, LeaseSkip)], node: impl Into<Side>) -> usize {
+    let node: Side = node.into();
     let mut count = 0;
     for (subnet, why) in skipped {
         match why {
             LeaseSkip::Own => continue,
+            LeaseSkip::NoSideOfFamily => {
+                tracing::debug!(lease = %subnet, network = %node.network, "lease has no subnet of this family; reached over the other one");
+                continue;
+            }
             LeaseSkip::OtherBackend(kind) => {
                 tracing::debug!(lease = %subnet, "lease of backend {kind:?} ignored by the {backend} backend")
             }

@@ -81,11 +81,25 @@ pub fn nexthop_of(route: &RouteSpec, id: u32) -> Option<NexthopSpec> {
     })
 }
 
-/// Is the kernel's `actual` route the metric-0 route weft wants, `spec` itself or, with a
+/// The metric a route added without one gets: 0 for IPv4, 1024 for IPv6 (the kernel's
+/// IP6_RT_PRIO_USER). weft's routes are at it; one at another metric is someone else's.
+pub fn default_metric(dst: &IpNet) -> u32 {
+    match dst {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => 1024,
+    }
+}
+
+/// Whether `route` is at its family's default metric (where weft puts its routes).
+pub fn at_default_metric(route: &RouteInfo) -> bool {
+    route.priority == default_metric(&route.dst)
+}
+
+/// Is the kernel's `actual` route the default-metric route weft wants, `spec` itself or, with a
 /// `nexthop` id, a route that points at that nexthop (whose own shape is checked apart)? A route
 /// flanneld wrote (no nexthop id) is not the nexthop route, so it gets replaced.
 pub fn route_matches(actual: &RouteInfo, spec: &RouteSpec, nexthop: Option<u32>) -> bool {
-    actual.priority == 0
+    at_default_metric(actual)
         && actual.dst == spec.dst
         && match nexthop {
             Some(id) => actual.nexthop_id == Some(id),

@@ -9,7 +9,7 @@ use ipnet::{IpNet, Ipv4Net};
 use weft_core::{Lease, SubnetKey};
 
 use crate::leases;
-use crate::peer_routes::{nexthop_id, nexthop_of, plan_nexthops, route_matches, stale_nexthops};
+use crate::peer_routes::{at_default_metric, nexthop_id, nexthop_of, plan_nexthops, route_matches, stale_nexthops};
 use weft_kernel::netlink::{NexthopInfo, NexthopSpec, RouteInfo, RouteSpec};
 
 /// `rtm_protocol` of routes the kernel adds for connected subnets; never ours.
@@ -263,7 +263,7 @@ pub fn plan_with_nexthops(
             continue;
         }
         // Any metric-0 route to this destination (ours or not) is overwritten by the replace.
-        let exists = at_dst.iter().any(|r| r.priority == 0);
+        let exists = at_dst.iter().any(|r| at_default_metric(r));
         actions.push(Action::SetRoute {
             spec: *spec,
             change: if exists { Change::Replace } else { Change::Add },
@@ -284,7 +284,7 @@ pub fn plan_with_nexthops(
         let nexthop = topo.nexthop_for(r.dst);
         let is_the_kept_one =
             wanted.is_some_and(|w| route_matches(r, w, nexthop)) && kept.contains(&r.dst) && kept_once.insert(r.dst);
-        let replaced_in_place = wanted.is_some() && r.priority == 0 && !kept.contains(&r.dst);
+        let replaced_in_place = wanted.is_some() && at_default_metric(r) && !kept.contains(&r.dst);
         if !is_the_kept_one && !replaced_in_place && !goes_with_its_nexthop(r) {
             actions.push(Action::DeleteRoute {
                 spec,

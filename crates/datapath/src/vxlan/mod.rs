@@ -1,6 +1,8 @@
 //! The vxlan backend (flannel's `vxlan` type): device `flannel.<VNI>`, and per remote lease a
 //! permanent neighbour, a permanent FDB entry and an onlink route (through a nexthop object of
-//! its own when the kernel has them), kept in shape by reconcile.
+//! its own when the kernel has them), kept in shape by reconcile. Dual stack adds a second VTEP,
+//! `flannel-v6.<VNI>` over the IPv6 underlay, with the same entries per remote lease's IPv6 side
+//! (as flannel does): each family is one [`Vtep`], and the backend runs every step on each.
 //!
 //! It owns the device and, on it, every neighbour and FDB entry; in the main table it owns the
 //! routes into the cluster network through the device (and, for DirectRouting, through the
@@ -11,9 +13,9 @@
 pub mod plan;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weft_core::config::VxlanOptions;
 use weft_core::{Lease, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
@@ -27,17 +29,19 @@ use self::plan::{
 use crate::apply::{run_together, Applied, ApplyFailure};
 use crate::backend::LeaseChange;
 use crate::backend::{to_leases, Backend, BackendError, LeaseSet, Report};
-use crate::peer_routes::{is_weft_nexthop, nexthops_usable, route_matches, subnet_of_nexthop};
+use crate::peer_routes::{at_default_metric, is_weft_nexthop, nexthops_usable, route_matches, subnet_of_nexthop};
 
 /// VXLAN over IPv4 adds 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// VXLAN over IPv6 adds 70: the outer header is IPv6 (40).
+pub const VXLAN_V6_OVERHEAD: u32 = 70;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VxlanError {
     #[error("vxlan backend: {0}")]
     Netlink(#[from] NetlinkError),
-    #[error("vxlan backend: the underlay MTU {mtu} leaves no room for the 50-byte VXLAN header; set Backend.MTU or fix the interface MTU")]
-    MtuTooSmall { mtu: u32 },
+    #[error("vxlan backend: the underlay MTU {mtu} leaves no room for the {overhead}-byte VXLAN header; set Backend.MTU or fix the interface MTU")]
+    MtuTooSmall { mtu: u32, overhead: u32 },
     #[error("vxlan backend: device {device} has no MAC address; delete it so weftd can create it again")]
     NoMac { device: String },
     #[error("vxlan backend: no lease yet; call set_lease with this node's subnet before reconcile")]
@@ -46,15 +50,37 @@ pub enum VxlanError {
     Apply(ApplyFailure),
 }
 
-/// The vxlan backend of one node.
+/// The IPv6 side of a dual-stack vxlan backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Side {
+    /// IPv6Network.
+    pub network: Ipv6Net,
+    /// The external interface's IPv6 address: the VTEP's source.
+    pub local: Ipv6Addr,
+    /// PublicIPv6 of our lease.
+    pub public: Ipv6Addr,
+}
+
+/// The vxlan backend of one node: the IPv4 VTEP, and the IPv6 one when dual stack.
 #[derive(Debug)]
 pub struct VxlanBackend {
+    v4: Vtep,
+    v6: Option<Vtep>,
+}
+
+/// One VTEP: the device of one address family and the entries on it and in the main table.
+#[derive(Debug)]
+pub struct Vtep {
     nl: Netlink,
     ext: ExternalInterface,
-    public_ip: Ipv4Addr,
+    /// Our lease's public address of this family (PublicIP, PublicIPv6).
+    public_ip: IpAddr,
+    /// The address the device sends from.
+    local: IpAddr,
     opts: VxlanOptions,
     own: Option<SubnetKey>,
-    network: Ipv4Net,
+    /// The cluster network of this family.
+    network: IpNet,
     device: LinkInfo,
     vtep_mac: [u8; 6],
     /// What weft installed, per peer subnet: the cache a lease change or a kernel notification
@@ -63,8 +89,9 @@ pub struct VxlanBackend {
     installed: BTreeMap<IpNet, PeerEntries>,
     /// VtepMAC -> peer subnet, for FDB notifications.
     by_mac: HashMap<[u8; 6], IpNet>,
-    /// The external interface's connected subnets at the last full reconcile (DirectRouting).
-    ext_nets: Vec<Ipv4Net>,
+    /// The external interface's connected subnets of this family at the last full reconcile
+    /// (DirectRouting).
+    ext_nets: Vec<IpNet>,
     /// Routes point at per-peer nexthop objects: the kernel has them (probed at start).
     nexthops: bool,
 }
@@ -80,16 +107,182 @@ impl VxlanBackend {
         opts: VxlanOptions,
         network: Ipv4Net,
     ) -> Result<Self, VxlanError> {
-        let mtu = device_mtu(&opts, &ext)?;
-        let spec = vxlan_spec(&opts, &ext, public_ip, mtu, None);
+        Self::start_dual_stack(nl, ext, public_ip, opts, network, None).await
+    }
+
+    /// [`VxlanBackend::start`], and with `ipv6` also `flannel-v6.<VNI>` over the IPv6 underlay.
+    pub async fn start_dual_stack(
+        nl: Netlink,
+        ext: ExternalInterface,
+        public_ip: Ipv4Addr,
+        opts: VxlanOptions,
+        network: Ipv4Net,
+        ipv6: Option<Ipv6Side>,
+    ) -> Result<Self, VxlanError> {
+        let v4 = Vtep::start(
+            nl.clone(),
+            ext.clone(),
+            public_ip.into(),
+            public_ip.into(),
+            opts.clone(),
+            network.into(),
+        )
+        .await?;
+        let v6 = match ipv6 {
+            None => None,
+            Some(side) => Some(
+                Vtep::start(
+                    nl,
+                    ext,
+                    side.public.into(),
+                    side.local.into(),
+                    opts,
+                    side.network.into(),
+                )
+                .await?,
+            ),
+        };
+        Ok(VxlanBackend { v4, v6 })
+    }
+
+    fn vteps(&self) -> impl Iterator<Item = &Vtep> {
+        std::iter::once(&self.v4).chain(self.v6.as_ref())
+    }
+
+    fn vteps_mut(&mut self) -> impl Iterator<Item = &mut Vtep> {
+        std::iter::once(&mut self.v4).chain(self.v6.as_mut())
+    }
+
+    /// The IPv4 VTEP.
+    pub fn v4(&self) -> &Vtep {
+        &self.v4
+    }
+
+    /// The IPv6 VTEP, when dual stack.
+    pub fn v6(&self) -> Option<&Vtep> {
+        self.v6.as_ref()
+    }
+
+    /// `flannel.<VNI>`.
+    pub fn device_name(&self) -> String {
+        self.v4.device_name()
+    }
+
+    /// The IPv4 device's index (changes when the device had to be created again).
+    pub fn device_index(&self) -> u32 {
+        self.v4.device_index()
+    }
+
+    /// The pod MTU (FLANNEL_MTU): what fits through every VTEP (dual stack: the IPv6 one's,
+    /// 20 bytes less, so an IPv6 pod packet of the full MTU never meets "packet too big").
+    pub fn mtu(&self) -> u32 {
+        self.vteps().map(Vtep::mtu).min().unwrap_or(0)
+    }
+
+    /// The IPv4 device's MAC.
+    pub fn vtep_mac(&self) -> [u8; 6] {
+        self.v4.vtep_mac
+    }
+
+    /// The lease's BackendData: `{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}`.
+    pub fn backend_data(&self) -> serde_json::Value {
+        self.v4.backend_data()
+    }
+
+    /// The lease's BackendV6Data (dual stack): the IPv6 device's VNI and MAC.
+    pub fn backend_v6_data(&self) -> serde_json::Value {
+        self.v6.as_ref().map_or(serde_json::Value::Null, Vtep::backend_data)
+    }
+
+    /// Records this node's lease on every VTEP (see [`Vtep::set_lease`]).
+    pub async fn set_lease(&mut self, own: SubnetKey) -> Result<(), VxlanError> {
+        for vtep in self.vteps_mut() {
+            vtep.set_lease(own).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-ensures every device; whether one had to be created again.
+    pub async fn ensure_device(&mut self) -> Result<bool, VxlanError> {
+        let mut recreated = false;
+        for vtep in self.vteps_mut() {
+            recreated |= vtep.ensure_device().await?;
+        }
+        Ok(recreated)
+    }
+
+    /// A full reconcile of every VTEP (see [`Vtep::reconcile`]); each is attempted even if the
+    /// other fails.
+    pub async fn reconcile(&mut self, leases: &[Lease]) -> Result<Report, VxlanError> {
+        let mut results = Vec::new();
+        for vtep in self.vteps_mut() {
+            results.push(vtep.reconcile(leases).await);
+        }
+        merge(results)
+    }
+
+    /// The delta of `changes` on every VTEP.
+    pub async fn apply_changes(&mut self, changes: &[LeaseChange]) -> Result<Report, VxlanError> {
+        let mut results = Vec::new();
+        for vtep in self.vteps_mut() {
+            results.push(vtep.apply_changes(changes).await);
+        }
+        merge(results)
+    }
+
+    /// Repairs from one kernel notification, on the VTEP it concerns.
+    pub async fn repair(&mut self, event: &KernelEvent) -> Result<Report, VxlanError> {
+        let mut results = Vec::new();
+        for vtep in self.vteps_mut() {
+            results.push(vtep.repair(event).await);
+        }
+        merge(results)
+    }
+
+    /// Whether `event` calls for a full reconcile (see [`Vtep::device_changed`]).
+    pub fn device_changed(&self, event: &KernelEvent) -> bool {
+        self.vteps().any(|v| v.device_changed(event))
+    }
+}
+
+/// The reports of the VTEPs as one; the first error when one failed.
+fn merge(results: Vec<Result<Report, VxlanError>>) -> Result<Report, VxlanError> {
+    let mut total = Report::default();
+    for result in results {
+        let r = result?;
+        total.device_recreated |= r.device_recreated;
+        total.added += r.added;
+        total.replaced += r.replaced;
+        total.removed += r.removed;
+        total.skipped_leases = total.skipped_leases.max(r.skipped_leases);
+        total.peers = total.peers.max(r.peers);
+    }
+    Ok(total)
+}
+
+impl Vtep {
+    /// Creates or adopts the device of `network`'s family (keeping an existing device's MAC and
+    /// every entry on it), sets its MTU and brings it up.
+    async fn start(
+        nl: Netlink,
+        ext: ExternalInterface,
+        public_ip: IpAddr,
+        local: IpAddr,
+        opts: VxlanOptions,
+        network: IpNet,
+    ) -> Result<Self, VxlanError> {
+        let ipv6 = network.addr().is_ipv6();
+        let mtu = device_mtu_of(&opts, &ext, ipv6)?;
+        let spec = vxlan_spec(&opts, &ext, local, mtu, None);
         let device = nl.ensure_vxlan(&spec).await?;
         let vtep_mac = device.mac.ok_or_else(|| VxlanError::NoMac {
             device: spec.name.clone(),
         })?;
-        let mut backend = VxlanBackend {
+        let mut backend = Vtep {
             nl,
             ext,
             public_ip,
+            local,
             opts,
             own: None,
             network: network.trunc(),
@@ -111,9 +304,13 @@ impl VxlanBackend {
         Ok(backend)
     }
 
-    /// `flannel.<VNI>`.
+    fn ipv6(&self) -> bool {
+        self.network.addr().is_ipv6()
+    }
+
+    /// `flannel.<VNI>`, or `flannel-v6.<VNI>` for the IPv6 VTEP.
     pub fn device_name(&self) -> String {
-        device_name(self.opts.vni)
+        device_name_of(self.opts.vni, self.ipv6())
     }
 
     /// The device's index (changes when the device had to be created again).
@@ -121,9 +318,9 @@ impl VxlanBackend {
         self.device.index
     }
 
-    /// The overlay MTU: Backend.MTU (or the interface's) minus 50. Also FLANNEL_MTU.
+    /// The device MTU: Backend.MTU (or the interface's) minus 50 (70 over IPv6).
     pub fn mtu(&self) -> u32 {
-        device_mtu(&self.opts, &self.ext).unwrap_or(0)
+        device_mtu_of(&self.opts, &self.ext, self.ipv6()).unwrap_or(0)
     }
 
     pub fn vtep_mac(&self) -> [u8; 6] {
@@ -136,8 +333,8 @@ impl VxlanBackend {
     }
 
     /// Records this node's lease and gives the device the subnet's network address /32
-    /// (10.5.72.0/24 -> 10.5.72.0/32), removing any other address. Call again if the lease's
-    /// subnet changes.
+    /// (10.5.72.0/24 -> 10.5.72.0/32; the IPv6 VTEP its IPv6 subnet's /128), removing any other
+    /// address. Call again if the lease's subnet changes.
     pub async fn set_lease(&mut self, own: SubnetKey) -> Result<(), VxlanError> {
         self.own = Some(own);
         self.ensure_device().await?;
@@ -148,8 +345,8 @@ impl VxlanBackend {
     /// (once [`VxlanBackend::set_lease`] was called) and is up. Returns whether it had to be
     /// created again. Entries on an existing device are left as they are.
     pub async fn ensure_device(&mut self) -> Result<bool, VxlanError> {
-        let mtu = device_mtu(&self.opts, &self.ext)?;
-        let spec = vxlan_spec(&self.opts, &self.ext, self.public_ip, mtu, Some(self.vtep_mac));
+        let mtu = device_mtu_of(&self.opts, &self.ext, self.ipv6())?;
+        let spec = vxlan_spec(&self.opts, &self.ext, self.local, mtu, Some(self.vtep_mac));
         let link = self.nl.ensure_vxlan(&spec).await?;
         let recreated = link.index != self.device.index;
         if recreated {
@@ -160,9 +357,9 @@ impl VxlanBackend {
             tracing::warn!(device = %spec.name, "device MAC was changed; restoring {}", format_mac(&self.vtep_mac));
             self.nl.set_mac(link.index, self.vtep_mac).await?;
         }
-        if let Some(own) = &self.own {
-            let addr = Ipv4Net::new(own.ipv4.network(), 32).expect("/32 is a valid prefix");
-            self.nl.ensure_addr(link.index, addr.into()).await?;
+        if let Some(own) = self.own_subnet() {
+            let addr = IpNet::new(own.network(), own.max_prefix_len()).expect("a host prefix is valid");
+            self.nl.ensure_addr(link.index, addr).await?;
         }
         if !link.up {
             self.nl.set_link_up(link.index).await?;
@@ -171,10 +368,45 @@ impl VxlanBackend {
         Ok(recreated)
     }
 
-    fn topology(&self, own: &SubnetKey, ext_nets: Vec<Ipv4Net>) -> Topology {
+    /// Our lease's subnet of this VTEP's family.
+    fn own_subnet(&self) -> Option<IpNet> {
+        let own = self.own?;
+        if self.ipv6() {
+            own.ipv6.map(IpNet::from)
+        } else {
+            Some(own.ipv4.into())
+        }
+    }
+
+    /// The subnet of this VTEP's family of a lease key.
+    fn subnet_of(&self, key: &SubnetKey) -> Option<IpNet> {
+        if self.ipv6() {
+            key.ipv6.map(IpNet::from)
+        } else {
+            Some(key.ipv4.into())
+        }
+    }
+
+    fn family(&self) -> AddrFamily {
+        if self.ipv6() {
+            AddrFamily::Ipv6
+        } else {
+            AddrFamily::Ipv4
+        }
+    }
+
+    fn side(&self) -> crate::leases::Side {
+        crate::leases::Side {
+            own: self.own_subnet(),
+            network: self.network,
+            public_ip: self.public_ip,
+        }
+    }
+
+    fn topology(&self, own: IpNet, ext_nets: Vec<IpNet>) -> Topology {
         Topology {
             network: self.network,
-            own_subnet: own.ipv4,
+            own_subnet: own,
             public_ip: self.public_ip,
             vxlan_index: self.device.index,
             ext_index: self.ext.index,
@@ -188,45 +420,40 @@ impl VxlanBackend {
     /// Re-ensures the device first, then adds what is missing, corrects what is wrong and
     /// removes what no lease asks for. Every change is attempted even if one fails.
     pub async fn reconcile(&mut self, leases: &[Lease]) -> Result<Report, VxlanError> {
-        let own = self.own.ok_or(VxlanError::NoLease)?;
+        let own_key = self.own.ok_or(VxlanError::NoLease)?;
+        let own = self.own_subnet().ok_or(VxlanError::NoLease)?;
         let mut report = Report {
             device_recreated: self.ensure_device().await?,
             ..Report::default()
         };
+        let family = self.family();
         let ext_nets = if self.opts.direct_routing {
             self.nl
-                .list_link_addrs(self.ext.index, Some(AddrFamily::Ipv4))
+                .list_link_addrs(self.ext.index, Some(family))
                 .await?
                 .into_iter()
-                .filter_map(|n| match n {
-                    IpNet::V4(n) => Some(n.trunc()),
-                    IpNet::V6(_) => None,
-                })
+                .filter(|n| n.addr().is_ipv6() == self.ipv6())
+                .map(|n| n.trunc())
                 .collect()
         } else {
             Vec::new()
         };
-        let topo = self.topology(&own, ext_nets.clone());
+        let topo = self.topology(own, ext_nets.clone());
         self.ext_nets = ext_nets;
 
-        let (peers, skipped) = peers_from_leases(leases, &own, &topo);
-        let node = crate::leases::Node {
-            own: Some(&own),
-            network: self.network,
-            public_ip: self.public_ip,
-        };
-        report.skipped_leases += crate::leases::log_skipped("vxlan", &skipped, node);
+        let (peers, skipped) = peers_from_leases(leases, &own_key, &topo);
+        report.skipped_leases += crate::leases::log_skipped("vxlan", &skipped, self.side());
         report.peers = peers.len();
         let entries = peers_entries(&peers, &topo);
         let desired = desired_state(entries.values());
 
         let index = self.device.index;
         let actual = ActualState {
-            neighbours: self.nl.list_neighbours(index, Some(AddrFamily::Ipv4)).await?,
+            neighbours: self.nl.list_neighbours(index, Some(family)).await?,
             fdb: self.nl.list_fdb(index).await?,
-            routes: self.nl.list_routes(Some(AddrFamily::Ipv4)).await?,
+            routes: self.nl.list_routes(Some(family)).await?,
             nexthops: if self.nexthops {
-                self.nl.list_nexthops(Some(AddrFamily::Ipv4)).await?
+                self.nl.list_nexthops(Some(family)).await?
             } else {
                 Vec::new()
             },
@@ -252,22 +479,21 @@ impl VxlanBackend {
     /// Applies the changes of `changes` alone, against what weft installed for those peers:
     /// a few netlink requests per changed lease, whatever the size of the cluster.
     pub async fn apply_changes(&mut self, changes: &[LeaseChange]) -> Result<Report, VxlanError> {
-        let own = self.own.ok_or(VxlanError::NoLease)?;
-        let topo = self.topology(&own, self.ext_nets.clone());
+        let own_key = self.own.ok_or(VxlanError::NoLease)?;
+        let own = self.own_subnet().ok_or(VxlanError::NoLease)?;
+        let topo = self.topology(own, self.ext_nets.clone());
         let mut phases = Phases::default();
         let mut report = Report::default();
         for change in changes {
-            let subnet = IpNet::V4(change.subnet.ipv4);
-            let new = match change.lease.as_ref().map(|l| peer_of(l, &own, &topo)) {
+            // A lease with no subnet of this family has nothing on this VTEP.
+            let Some(subnet) = self.subnet_of(&change.subnet) else {
+                continue;
+            };
+            let new = match change.lease.as_ref().map(|l| peer_of(l, &own_key, &topo)) {
                 Some(Ok(peer)) => Some(peer_entries(&peer, &topo)),
                 Some(Err(LeaseSkip::Own)) | None => None,
                 Some(Err(skip)) => {
-                    let node = crate::leases::Node {
-                        own: Some(&own),
-                        network: self.network,
-                        public_ip: self.public_ip,
-                    };
-                    report.skipped_leases += crate::leases::log_skipped("vxlan", &[(change.subnet, skip)], node);
+                    report.skipped_leases += crate::leases::log_skipped("vxlan", &[(change.subnet, skip)], self.side());
                     None
                 }
             };
@@ -335,7 +561,7 @@ impl VxlanBackend {
                             change: Change::Add,
                             nexthop,
                         });
-                    } else if !gone && !same && route.priority == 0 {
+                    } else if !gone && !same && at_default_metric(route) {
                         phases.route_sets.push(Action::SetRoute {
                             spec,
                             change: Change::Replace,
@@ -409,18 +635,20 @@ impl VxlanBackend {
 
     /// The installed peer whose route points at nexthop `id`.
     fn installed_nexthop(&self, id: u32) -> Option<&PeerEntries> {
-        let own = self.own?;
+        let own = self.own_subnet()?;
         if !is_weft_nexthop(id) {
             return None;
         }
-        let subnet = subnet_of_nexthop(self.network.into(), own.ipv4.prefix_len(), id)?;
+        let subnet = subnet_of_nexthop(self.network, own.prefix_len(), id)?;
         self.installed.get(&subnet).filter(|e| e.nexthop == Some(id))
     }
 
     fn installed_neighbour(&self, ip: IpAddr) -> Option<[u8; 6]> {
-        let own = self.own?;
-        let IpAddr::V4(v4) = ip else { return None };
-        let subnet = IpNet::V4(Ipv4Net::new(v4, own.ipv4.prefix_len()).ok()?.trunc());
+        let own = self.own_subnet()?;
+        if ip.is_ipv6() != self.ipv6() {
+            return None;
+        }
+        let subnet = IpNet::new(ip, own.prefix_len()).ok()?.trunc();
         self.installed
             .get(&subnet)?
             .neighbour
@@ -508,6 +736,10 @@ impl Backend for VxlanBackend {
         VxlanBackend::backend_data(self)
     }
 
+    fn backend_v6_data(&self) -> serde_json::Value {
+        VxlanBackend::backend_v6_data(self)
+    }
+
     fn mtu(&self) -> u32 {
         VxlanBackend::mtu(self)
     }
@@ -547,30 +779,53 @@ impl Backend for VxlanBackend {
 
 /// `flannel.<VNI>`.
 pub fn device_name(vni: u32) -> String {
-    format!("flannel.{vni}")
+    device_name_of(vni, false)
 }
 
-/// The overlay MTU for these options on this interface.
+/// `flannel.<VNI>`, or flannel's `flannel-v6.<VNI>` for the IPv6 VTEP.
+pub fn device_name_of(vni: u32, ipv6: bool) -> String {
+    if ipv6 {
+        format!("flannel-v6.{vni}")
+    } else {
+        format!("flannel.{vni}")
+    }
+}
+
+/// The IPv4 VTEP's MTU for these options on this interface.
 pub fn device_mtu(opts: &VxlanOptions, ext: &ExternalInterface) -> Result<u32, VxlanError> {
+    device_mtu_of(opts, ext, false)
+}
+
+/// The VTEP's MTU: the underlay's minus the VXLAN overhead of the family (IPv6 carries 20 more
+/// bytes of outer header, and an IPv6 device needs 1280 at least).
+pub fn device_mtu_of(opts: &VxlanOptions, ext: &ExternalInterface, ipv6: bool) -> Result<u32, VxlanError> {
     let underlay = opts.mtu.unwrap_or(ext.mtu);
-    match underlay.checked_sub(VXLAN_OVERHEAD) {
-        Some(mtu) if mtu >= 68 => Ok(mtu),
-        _ => Err(VxlanError::MtuTooSmall { mtu: underlay }),
+    let (overhead, least) = if ipv6 {
+        (VXLAN_V6_OVERHEAD, 1280)
+    } else {
+        (VXLAN_OVERHEAD, 68)
+    };
+    match underlay.checked_sub(overhead) {
+        Some(mtu) if mtu >= least => Ok(mtu),
+        _ => Err(VxlanError::MtuTooSmall {
+            mtu: underlay,
+            overhead,
+        }),
     }
 }
 
 fn vxlan_spec(
     opts: &VxlanOptions,
     ext: &ExternalInterface,
-    public_ip: Ipv4Addr,
+    local: IpAddr,
     mtu: u32,
     mac: Option<[u8; 6]>,
 ) -> VxlanSpec {
     VxlanSpec {
-        name: device_name(opts.vni),
+        name: device_name_of(opts.vni, local.is_ipv6()),
         vni: opts.vni,
         port: opts.port,
-        local: public_ip.into(),
+        local,
         dev_index: ext.index,
         learning: opts.learning,
         gbp: opts.gbp,
@@ -606,13 +861,26 @@ mod tests {
         assert_eq!(device_mtu(&o, &ext(1500)).unwrap(), 8950);
         assert!(matches!(
             device_mtu(&opts(), &ext(100)),
-            Err(VxlanError::MtuTooSmall { mtu: 100 })
+            Err(VxlanError::MtuTooSmall { mtu: 100, .. })
         ));
+        assert_eq!(
+            device_mtu_of(&opts(), &ext(1500), true).unwrap(),
+            1430,
+            "IPv6 outer header"
+        );
+        assert!(device_mtu_of(&opts(), &ext(1340), true).is_err(), "below IPv6's 1280");
+    }
+
+    #[test]
+    fn the_ipv6_vtep_is_flannels_flannel_v6() {
+        let local: IpAddr = "2001:db8::1".parse().unwrap();
+        let s = vxlan_spec(&opts(), &ext(1500), local, 1430, None);
+        assert_eq!((s.name.as_str(), s.local), ("flannel-v6.1", local));
     }
 
     #[test]
     fn spec_follows_flannel() {
-        let s = vxlan_spec(&opts(), &ext(1500), Ipv4Addr::new(203, 0, 113, 9), 1450, None);
+        let s = vxlan_spec(&opts(), &ext(1500), Ipv4Addr::new(203, 0, 113, 9).into(), 1450, None);
         assert_eq!(s.name, "flannel.1");
         assert_eq!(
             (s.vni, s.port, s.dev_index, s.learning, s.gbp),

@@ -3,39 +3,41 @@
 //! No I/O here; everything is tested without root.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use weft_core::{Lease, SubnetKey};
 
 use crate::leases;
-use crate::peer_routes::{nexthop_id, nexthop_of, plan_nexthops, route_matches, stale_nexthops};
+use crate::peer_routes::{at_default_metric, nexthop_id, nexthop_of, plan_nexthops, route_matches, stale_nexthops};
 use weft_core::mac::is_unicast_mac;
 use weft_kernel::netlink::{format_mac, FdbEntry, Neighbour, NexthopInfo, NexthopSpec, RouteInfo, RouteSpec};
 
 /// `rtm_protocol` of routes the kernel adds for connected subnets; never ours.
 const RTPROT_KERNEL: u8 = 2;
 
-/// A remote node the vxlan backend must reach.
+/// A remote node the vxlan backend must reach over one address family: its subnet, public
+/// address and VtepMAC of that family (IPv6: the key's IPv6 subnet, PublicIPv6, BackendV6Data).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
-    pub subnet: Ipv4Net,
-    pub public_ip: Ipv4Addr,
+    pub subnet: IpNet,
+    pub public_ip: IpAddr,
     pub vtep_mac: [u8; 6],
 }
 
 pub use crate::leases::LeaseSkip;
 
-/// What the reconcile needs to know about this node and its devices.
+/// What the reconcile needs to know about this node and its device, for one address family
+/// (the family of `network`: `flannel.<VNI>` for IPv4, `flannel-v6.<VNI>` for IPv6).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
-    pub network: Ipv4Net,
-    pub own_subnet: Ipv4Net,
-    pub public_ip: Ipv4Addr,
+    pub network: IpNet,
+    pub own_subnet: IpNet,
+    pub public_ip: IpAddr,
     pub vxlan_index: u32,
     pub ext_index: u32,
-    /// The external interface's connected subnets, for DirectRouting.
-    pub ext_nets: Vec<Ipv4Net>,
+    /// The external interface's connected subnets of the family, for DirectRouting.
+    pub ext_nets: Vec<IpNet>,
     pub direct_routing: bool,
     /// Routes point at per-peer nexthop objects (the kernel has them).
     pub nexthops: bool,
@@ -60,18 +62,29 @@ pub fn peers_from_leases(
 
 /// The peer one lease describes, or why it describes none.
 pub fn peer_of(lease: &Lease, own: &SubnetKey, topo: &Topology) -> Result<Peer, LeaseSkip> {
-    let node = leases::Node {
-        own: Some(own),
+    let ipv6 = topo.network.addr().is_ipv6();
+    let side = leases::Side {
+        own: if ipv6 {
+            own.ipv6.map(IpNet::from)
+        } else {
+            Some(own.ipv4.into())
+        },
         network: topo.network,
         public_ip: topo.public_ip,
     };
-    if let Some(skip) = leases::check(lease, node, |kind| kind == "vxlan") {
+    if let Some(skip) = leases::check_side(lease, side, |kind| kind == "vxlan") {
         return Err(skip);
     }
-    match lease.attrs.vtep_mac() {
+    let (subnet, public_ip) = leases::lease_side(lease, ipv6).ok_or(LeaseSkip::NoSideOfFamily)?;
+    let mac = if ipv6 {
+        lease.attrs.vtep_v6_mac()
+    } else {
+        lease.attrs.vtep_mac()
+    };
+    match mac {
         Some(vtep_mac) if is_unicast_mac(&vtep_mac) => Ok(Peer {
-            subnet: lease.subnet.ipv4,
-            public_ip: lease.attrs.public_ip,
+            subnet,
+            public_ip,
             vtep_mac,
         }),
         _ => Err(LeaseSkip::BadVtepMac),
@@ -116,30 +129,27 @@ impl PeerEntries {
 /// DirectRouting and a peer on our L2 segment, only a route via its public IP.
 pub fn peer_entries(peer: &Peer, topo: &Topology) -> PeerEntries {
     let direct = topo.direct_routing && topo.ext_nets.iter().any(|n| n.contains(&peer.public_ip));
-    let nexthop = topo
-        .nexthops
-        .then(|| nexthop_id(topo.network.into(), peer.subnet.into()))
-        .flatten();
+    let nexthop = topo.nexthops.then(|| nexthop_id(topo.network, peer.subnet)).flatten();
     if direct {
         return PeerEntries {
             nexthop,
             neighbour: None,
             fdb: None,
             route: RouteSpec {
-                dst: peer.subnet.into(),
-                gateway: Some(peer.public_ip.into()),
+                dst: peer.subnet,
+                gateway: Some(peer.public_ip),
                 oif: topo.ext_index,
                 onlink: false,
             },
         };
     }
-    let vtep_ip = IpAddr::V4(peer.subnet.network());
+    let vtep_ip = peer.subnet.network();
     PeerEntries {
         nexthop,
         neighbour: Some((vtep_ip, peer.vtep_mac)),
-        fdb: Some((peer.vtep_mac, peer.public_ip.into())),
+        fdb: Some((peer.vtep_mac, peer.public_ip)),
         route: RouteSpec {
-            dst: peer.subnet.into(),
+            dst: peer.subnet,
             gateway: Some(vtep_ip),
             oif: topo.vxlan_index,
             onlink: true,
@@ -149,7 +159,7 @@ pub fn peer_entries(peer: &Peer, topo: &Topology) -> PeerEntries {
 
 /// Every peer's entries, by peer subnet.
 pub fn peers_entries(peers: &[Peer], topo: &Topology) -> BTreeMap<IpNet, PeerEntries> {
-    peers.iter().map(|p| (p.subnet.into(), peer_entries(p, topo))).collect()
+    peers.iter().map(|p| (p.subnet, peer_entries(p, topo))).collect()
 }
 
 /// All the entries, by table.
@@ -415,7 +425,7 @@ impl std::fmt::Display for Action {
 /// (direct routing); never the route to our own subnet or a kernel-made connected route.
 fn is_ours(route: &RouteInfo, topo: &Topology) -> bool {
     let Some(oif) = route.oif else { return false };
-    let (network, own_subnet) = (IpNet::V4(topo.network), IpNet::V4(topo.own_subnet));
+    let (network, own_subnet) = (topo.network, topo.own_subnet);
     if route.protocol == RTPROT_KERNEL || own_subnet.contains(&route.dst) {
         return false;
     }
@@ -524,7 +534,7 @@ fn plan_routes(desired: &DesiredState, actual: &ActualState, topo: &Topology, ph
             kept.insert(*dst);
             continue;
         }
-        let exists = at_dst.iter().any(|r| r.priority == 0);
+        let exists = at_dst.iter().any(|r| at_default_metric(r));
         phases.route_sets.push(Action::SetRoute {
             spec: *spec,
             change: if exists { Change::Replace } else { Change::Add },
@@ -541,8 +551,8 @@ fn plan_routes(desired: &DesiredState, actual: &ActualState, topo: &Topology, ph
         let nexthop = desired.nexthops.get(&r.dst).map(|n| n.id);
         let is_the_kept_one =
             wanted.is_some_and(|w| route_matches(r, w, nexthop)) && kept.contains(&r.dst) && kept_once.insert(r.dst);
-        // A route at metric 0 to a desired destination is overwritten by the replace instead.
-        let replaced_in_place = wanted.is_some() && r.priority == 0 && !kept.contains(&r.dst);
+        // A route at the default metric to a desired destination is overwritten by the replace instead.
+        let replaced_in_place = wanted.is_some() && at_default_metric(r) && !kept.contains(&r.dst);
         if !is_the_kept_one && !replaced_in_place && !goes_with_its_nexthop(r) {
             phases.route_deletes.push(Action::DeleteRoute {
                 spec,
@@ -571,6 +581,14 @@ mod tests {
     /// An Ipv4Addr or an IpAddr, as the context wants.
     fn ip<T: std::str::FromStr<Err = std::net::AddrParseError>>(s: &str) -> T {
         s.parse().unwrap()
+    }
+
+    /// The IPv4 lease key of the topology's own subnet.
+    fn own_key(t: &Topology) -> SubnetKey {
+        match t.own_subnet {
+            IpNet::V4(v4) => SubnetKey::v4(v4),
+            IpNet::V6(_) => panic!("an IPv4 topology"),
+        }
     }
 
     fn topo() -> Topology {
@@ -637,7 +655,7 @@ mod tests {
     }
 
     fn desired_for(leases: &[Lease], topo: &Topology) -> DesiredState {
-        let own = SubnetKey::v4(topo.own_subnet);
+        let own = own_key(topo);
         let (peers, _) = peers_from_leases(leases, &own, topo);
         desired_state(peers_entries(&peers, topo).values())
     }
@@ -654,7 +672,7 @@ mod tests {
             vx_lease("10.9.0.0/24", "198.51.100.6", "02:00:00:00:00:0c"),
             vx_lease("10.5.7.0/24", "198.51.100.1", "02:00:00:00:00:0d"),
         ];
-        let (peers, skipped) = peers_from_leases(&leases, &SubnetKey::v4(t.own_subnet), &t);
+        let (peers, skipped) = peers_from_leases(&leases, &own_key(&t), &t);
         assert_eq!(
             peers,
             vec![Peer {
@@ -973,7 +991,7 @@ mod tests {
     #[test]
     fn a_lease_change_touches_only_its_own_entries() {
         let t = topo();
-        let own = SubnetKey::v4(t.own_subnet);
+        let own = own_key(&t);
         let entries = |l: &Lease| peer_entries(&peer_of(l, &own, &t).unwrap(), &t);
         let b = entries(&vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b"));
 
@@ -1054,7 +1072,7 @@ mod tests {
     fn the_delta_plan_ends_where_the_full_plan_does() {
         // Applying one lease's delta to the entries of the old set gives the entries of the new set.
         let t = topo();
-        let own = SubnetKey::v4(t.own_subnet);
+        let own = own_key(&t);
         let old = [vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b")];
         let new = [
             vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b"),
@@ -1214,7 +1232,7 @@ mod tests {
     #[test]
     fn with_nexthops_a_lease_change_touches_its_nexthop_and_the_route_only_when_new() {
         let t = nh_topo();
-        let own = SubnetKey::v4(t.own_subnet);
+        let own = own_key(&t);
         let entries = |l: &Lease| peer_entries(&peer_of(l, &own, &t).unwrap(), &t);
         let b = entries(&vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b"));
         assert_eq!(b.nexthop, Some(NH_B));
@@ -1253,7 +1271,7 @@ mod tests {
     fn with_direct_routing_the_nexthop_switches_device_and_the_route_stays() {
         let mut t = nh_topo();
         t.direct_routing = true;
-        let own = SubnetKey::v4(t.own_subnet);
+        let own = own_key(&t);
         let tunnel = Topology {
             ext_nets: Vec::new(),
             ..t.clone()
