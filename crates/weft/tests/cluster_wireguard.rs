@@ -341,83 +341,6 @@ s.sendto(struct.pack('<II', 4, 0x7fffff00) + os.urandom(40), to) # data for an i
     assert!(lab.wait_ping(n4, lab.pod_ip(2).unwrap(), Duration::from_secs(5)));
 }
 
-/// Turns host `node` into a node that runs no weftd but Debian's wireguard-go, configured with
-/// `wg` from the leases in etcd as flannel's kernel backend configures its device: a new key
-/// written to the node's lease, one peer per other lease (endpoint PublicIP:51820, allowed IPs
-/// the lease's subnet, the PSK when given). Returns its public key.
-fn become_wireguard_go(lab: &mut Lab, node: usize, psk: Option<&str>) -> String {
-    lab.stop_node(node).unwrap();
-    run(lab, node, &["ip", "link", "del", "flannel-wg"]);
-    let dir = lab.dir().join(format!("h{node}"));
-    let private = String::from_utf8(Command::new("wg").arg("genkey").output().unwrap().stdout).unwrap();
-    let key_file = dir.join("wg-go.key");
-    std::fs::write(&key_file, &private).unwrap();
-    let public = pubkey(&private);
-    run(lab, node, &["wireguard-go", "flannel-wg"]);
-
-    // Our lease, as flannel writes it, and a peer per other lease.
-    let mine = lease_key(lab, node);
-    let mut value = lease_value(lab, node);
-    value["BackendData"] = serde_json::json!({ "PublicKey": public });
-    lab.etcd_put(&mine, value.to_string()).unwrap();
-    let mut set = vec![
-        "wg".to_string(),
-        "set".into(),
-        "flannel-wg".into(),
-        "private-key".into(),
-        key_file.display().to_string(),
-        "listen-port".into(),
-        "51820".into(),
-    ];
-    let psk_file = dir.join("wg-go.psk");
-    if let Some(psk) = psk {
-        std::fs::write(&psk_file, psk).unwrap();
-    }
-    for (key, raw) in lab.etcd_get_prefix("/coreos.com/network/subnets/").unwrap() {
-        if key == mine {
-            continue;
-        }
-        let lease: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-        let Some(peer) = lease["BackendData"]["PublicKey"].as_str() else {
-            continue;
-        };
-        let subnet = key.rsplit('/').next().unwrap().replace('-', "/");
-        set.extend([
-            "peer".to_string(),
-            peer.to_string(),
-            "endpoint".into(),
-            format!("{}:51820", lease["PublicIP"].as_str().unwrap()),
-            "allowed-ips".into(),
-            subnet,
-        ]);
-        if psk.is_some() {
-            set.extend(["preshared-key".to_string(), psk_file.display().to_string()]);
-        }
-    }
-    let set: Vec<&str> = set.iter().map(String::as_str).collect();
-    run(lab, node, &set);
-    let own = lab.subnet_env(node).unwrap().subnet.trunc();
-    run(
-        lab,
-        node,
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/32", own.network()),
-            "dev",
-            "flannel-wg",
-        ],
-    );
-    run(lab, node, &["ip", "link", "set", "flannel-wg", "mtu", "1420", "up"]);
-    run(
-        lab,
-        node,
-        &["ip", "route", "add", NETWORK, "dev", "flannel-wg", "scope", "link"],
-    );
-    public
-}
-
 fn interop(name: &str, psk: Option<&str>) {
     let options = match psk {
         Some(psk) => serde_json::json!({ "PSK": psk }),
@@ -425,7 +348,7 @@ fn interop(name: &str, psk: Option<&str>) {
     };
     let mut lab = up(wireguard_spec(name, 3, options));
     assert!(all_pods_reach_each_other(&lab), "weft mesh first:\n{}", lab.status());
-    let public = become_wireguard_go(&mut lab, 3, psk);
+    let public = lab.wireguard_go(&[3], psk).unwrap().remove(0);
     // The weft nodes replace node 3's peer (its key changed) and reach the pods behind it.
     assert!(
         wait_until(Duration::from_secs(5), || run(
@@ -456,7 +379,7 @@ fn wireguard_interop_with_wireguard_go_with_psk_and_a_wrong_psk() {
     // A wrong PSK on one side: no traffic, the failed handshakes counted, nothing crashes.
     let mut lab = up(wireguard_spec("cwgw", 3, serde_json::json!({ "PSK": PSK })));
     assert!(all_pods_reach_each_other(&lab));
-    let _ = become_wireguard_go(&mut lab, 3, Some(WRONG_PSK));
+    lab.wireguard_go(&[3], Some(WRONG_PSK)).unwrap();
     let pod3 = lab.pod_ip(3).unwrap();
     let failed_before = dropped(&lab, 1, "auth_failed");
     assert!(

@@ -41,6 +41,18 @@ pub enum LabCommand {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Replace weftd on hosts of a wireguard lab by Debian's wireguard-go, configured with `wg`
+    /// from the leases as flannel's kernel backend would configure its device (interop, bench).
+    WireguardGo {
+        #[command(flatten)]
+        name: NameArg,
+        /// The hosts (repeatable).
+        #[arg(long = "node", required = true)]
+        nodes: Vec<usize>,
+        /// A preshared key for every peer (base64, `wg genpsk`).
+        #[arg(long)]
+        psk: Option<String>,
+    },
     /// TCP throughput and ping RTT, pod-to-pod vs host-to-host.
     Bench {
         #[command(flatten)]
@@ -220,6 +232,16 @@ impl LabCommand {
                     }
                 }
                 println!("files in {}", lab.dir().display());
+            }
+            LabCommand::WireguardGo {
+                name: NameArg { name },
+                nodes,
+                psk,
+            } => {
+                let mut lab = Lab::open(&name)?;
+                for (node, key) in nodes.iter().zip(lab.wireguard_go(&nodes, psk.as_deref())?) {
+                    println!("h{node}: wireguard-go, public key {key}");
+                }
             }
             LabCommand::AddNode(NameArg { name }) => {
                 let mut lab = Lab::open(&name)?;

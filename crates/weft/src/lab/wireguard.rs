@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use super::error::{LabError, Result};
+use super::iproute::command_line;
 use super::Lab;
+
+/// The lease prefix the lab's weftds use.
+const SUBNETS: &str = "/coreos.com/network/subnets/";
 
 /// The script that mounts the host's directories and runs the command: `$1` the host's
 /// /run/flannel, `$2` its /run/wireguard, the command after them.
@@ -64,8 +68,136 @@ impl Lab {
         self.exec_in_host(node, &full)
     }
 
+    /// Like [`Lab::exec_in_host_run`], but an error when the command fails; returns stdout.
+    pub fn run_in_host(&self, node: usize, cmd: &[&str]) -> Result<String> {
+        let out = self.exec_in_host_run(node, cmd)?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                command: command_line(cmd[0], &cmd[1..]),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Turns hosts `nodes` into nodes that run no weftd but Debian's wireguard-go, configured
+    /// with `wg` from the leases in etcd as flannel's kernel backend configures its device: each
+    /// gets a new key (`wg genkey`) written into its lease's BackendData, then one peer per other
+    /// lease (endpoint PublicIP:51820, allowed IPs the lease's subnet, `psk` when given), the
+    /// lease address /32, MTU 1420 and the network's scope-link route. The pods stay. Returns
+    /// the new public keys, in the order of `nodes`.
+    pub fn wireguard_go(&mut self, nodes: &[usize], psk: Option<&str>) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        for &node in nodes {
+            self.stop_node(node)?;
+            // Our persistent flannel-wg goes; wireguard-go creates its own.
+            let _ = self.run_in_host(node, &["ip", "link", "del", "flannel-wg"]);
+            let dir = self.state.dir.join(format!("h{node}"));
+            let private = super::iproute::run("wg", &["genkey"])?;
+            let key_file = dir.join("wg-go.key");
+            std::fs::write(&key_file, private.trim()).map_err(|e| LabError::io("writing", &key_file, e))?;
+            let public = pubkey(private.trim())?;
+            if let Some(psk) = psk {
+                let psk_file = dir.join("wg-go.psk");
+                std::fs::write(&psk_file, psk).map_err(|e| LabError::io("writing", &psk_file, e))?;
+            }
+            self.run_in_host(node, &["wireguard-go", "flannel-wg"])?;
+            // Our lease as flannel writes it, with the new key.
+            let key = lease_key(self, node)?;
+            let raw = self
+                .etcd_get(&key)?
+                .ok_or_else(|| LabError::Other(format!("no lease {key}")))?;
+            let mut value: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| LabError::Parse {
+                what: key.clone(),
+                detail: e.to_string(),
+            })?;
+            value["BackendData"] = serde_json::json!({ "PublicKey": public });
+            self.etcd_put(&key, value.to_string())?;
+            keys.push(public);
+        }
+        for &node in nodes {
+            self.configure_wireguard_go(node, psk.is_some())?;
+        }
+        Ok(keys)
+    }
+
+    /// `wg set` and addressing of a wireguard-go host from the leases in etcd.
+    fn configure_wireguard_go(&self, node: usize, psk: bool) -> Result<()> {
+        let dir = self.state.dir.join(format!("h{node}"));
+        let mine = lease_key(self, node)?;
+        let mut set: Vec<String> = ["wg", "set", "flannel-wg", "private-key"]
+            .map(String::from)
+            .into_iter()
+            .chain([
+                dir.join("wg-go.key").display().to_string(),
+                "listen-port".into(),
+                "51820".into(),
+            ])
+            .collect();
+        for (key, raw) in self.etcd_get_prefix(SUBNETS)? {
+            if key == mine {
+                continue;
+            }
+            let Ok(lease) = serde_json::from_slice::<serde_json::Value>(&raw) else {
+                continue;
+            };
+            let (Some(peer), Some(ip)) = (lease["BackendData"]["PublicKey"].as_str(), lease["PublicIP"].as_str())
+            else {
+                continue;
+            };
+            let subnet = key.rsplit('/').next().unwrap_or_default().replace('-', "/");
+            set.extend(["peer".into(), peer.into(), "endpoint".into(), format!("{ip}:51820")]);
+            set.extend(["allowed-ips".into(), subnet]);
+            if psk {
+                set.extend(["preshared-key".into(), dir.join("wg-go.psk").display().to_string()]);
+            }
+        }
+        let set: Vec<&str> = set.iter().map(String::as_str).collect();
+        self.run_in_host(node, &set)?;
+        let own = self.subnet_env(node)?.subnet.trunc();
+        let network = self.state.network.to_string();
+        let addr = format!("{}/32", own.network());
+        self.run_in_host(node, &["ip", "addr", "replace", &addr, "dev", "flannel-wg"])?;
+        self.run_in_host(node, &["ip", "link", "set", "flannel-wg", "mtu", "1420", "up"])?;
+        self.run_in_host(
+            node,
+            &["ip", "route", "replace", &network, "dev", "flannel-wg", "scope", "link"],
+        )?;
+        Ok(())
+    }
+
     /// Host `node`'s private key file.
     pub fn wireguard_key_file(&self, node: usize) -> PathBuf {
         flannel_run_dir(&self.state.dir, node).join("wgkey")
     }
+}
+
+/// `wg pubkey` of a private key.
+pub fn pubkey(private: &str) -> Result<String> {
+    use std::io::Write;
+    let spawn_err = |source| LabError::Spawn {
+        command: "wg pubkey".into(),
+        source,
+    };
+    let mut child = std::process::Command::new("wg")
+        .arg("pubkey")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(private.trim().as_bytes())
+        .map_err(spawn_err)?;
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The etcd key of host `node`'s lease.
+fn lease_key(lab: &Lab, node: usize) -> Result<String> {
+    let subnet = lab.subnet_env(node)?.subnet.trunc();
+    Ok(format!("{SUBNETS}{}-{}", subnet.network(), subnet.prefix_len()))
 }
