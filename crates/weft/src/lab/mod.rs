@@ -167,6 +167,13 @@ impl LabSpec {
                 topology::MAX_NODES
             )));
         }
+        if self.docker && self.dual_stack {
+            return Err(LabError::BadSpec(
+                "--docker builds Docker's IPv4 default network (dockerd without --ipv6): its containers would have \
+                 no IPv6 address; leave out --dual-stack or --docker"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }
