@@ -101,6 +101,19 @@ fn docker_cluster(base: &str, backend: BackendKind) {
         );
     }
 
+    // `weft lab status` lists them: one container per host on its subnet, port 8080 published.
+    let listed: Vec<_> = docker::containers(&lab)
+        .into_iter()
+        .map(|c| (c.node, c.name, c.ip, c.ports, c.docker0_mtu))
+        .collect();
+    let expected: Vec<_> = (1..=2)
+        .map(|n| {
+            let ports = format!("0.0.0.0:{}->{}/tcp", docker::PUBLISHED_PORT, docker::HTTP_PORT);
+            (n, format!("c{n}"), ips[n - 1].to_string(), ports, Some(expected_mtu))
+        })
+        .collect();
+    assert_eq!(listed, expected);
+
     // Containers reach each other across hosts, both ways.
     for (from, to) in [(0, 1), (1, 0)] {
         assert!(
