@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WEFT=${WEFT:-target/debug/weft}
-BACKENDS=${BACKENDS:-vxlan host-gw udp}
+# wireguard-go: a wireguard lab whose two hosts then run Debian's wireguard-go instead of weftd.
+BACKENDS=${BACKENDS:-vxlan host-gw udp wireguard wireguard-go}
 RUNS=${RUNS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 LAB=bench
@@ -14,7 +15,12 @@ OUT=$(mktemp -d)
 trap '$WEFT lab down --name $LAB >/dev/null 2>&1 || true; rm -rf "$OUT"' EXIT
 for backend in $BACKENDS; do
     $WEFT lab down --name $LAB >/dev/null 2>&1 || true
-    $WEFT lab up --name $LAB --nodes 2 --backend "$backend" >/dev/null
+    if [ "$backend" = wireguard-go ]; then
+        $WEFT lab up --name $LAB --nodes 2 --backend wireguard >/dev/null
+        $WEFT lab wireguard-go --name $LAB --node 1 --node 2 >/dev/null
+    else
+        $WEFT lab up --name $LAB --nodes 2 --backend "$backend" >/dev/null
+    fi
     $WEFT lab bench --name $LAB --runs "$RUNS" --seconds "$SECONDS_PER_RUN" --json > "$OUT/$backend.json"
     $WEFT lab down --name $LAB >/dev/null
 done
@@ -29,7 +35,8 @@ under_rtt = mid([r["host_rtt_ms"] for r in reports.values()])
 under_dense = mid([r["host_rtt_dense_ms"] for r in reports.values()])
 vx = reports.get("vxlan")
 r0 = next(iter(reports.values()))
-print(f"single TCP stream, 2-node lab, median of {r0['runs']} x {r0['seconds']} s (iperf3); ratios from the same run")
+cc = open("/proc/sys/net/ipv4/tcp_congestion_control").read().strip()
+print(f"single TCP stream, 2-node lab, median of {r0['runs']} x {r0['seconds']} s (iperf3, {cc}); ratios from the same run")
 print("rtt: ping median, pings 10 ms apart; rtt 1ms: pings 1 ms apart")
 print("added rtt = pod rtt - host rtt of the same lab; +rtt/vxlan compares that with vxlan's")
 print(f"{'path':<26}{'Gbit/s':>8}{'/underlay':>11}{'/vxlan':>8}{'rtt ms':>9}{'rtt/vxlan':>11}{'+rtt/vxlan':>12}"

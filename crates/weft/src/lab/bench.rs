@@ -70,7 +70,8 @@ fn weftd_cpu_seconds(lab: &Lab, nodes: &[usize]) -> Option<f64> {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let mut total = 0.0;
     for &node in nodes {
-        let pid = lab.weftd_pid(node)?;
+        // A host running wireguard-go instead of weftd (`weft lab wireguard-go`): its CPU.
+        let pid = lab.weftd_pid(node).or_else(|| lab.wireguard_go_pid(node))?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
         let rest = stat.rsplit_once(')')?.1;

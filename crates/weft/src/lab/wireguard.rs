@@ -167,6 +167,14 @@ impl Lab {
         Ok(())
     }
 
+    /// The wireguard-go process of host `node`, if it runs one.
+    pub fn wireguard_go_pid(&self, node: usize) -> Option<u32> {
+        let inode = super::netns::netns_inode(self.host_ns(node).ok()?)?;
+        super::process::processes_in(&[inode])
+            .into_iter()
+            .find(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "wireguard-go"))
+    }
+
     /// Host `node`'s private key file.
     pub fn wireguard_key_file(&self, node: usize) -> PathBuf {
         flannel_run_dir(&self.state.dir, node).join("wgkey")
