@@ -243,7 +243,9 @@ fn wireguard_mesh_sends_only_wireguard_shows_in_wg_and_survives_restart() {
         keys[1]
     );
     assert_eq!(lease_value(&lab, 2)["BackendData"]["PublicKey"], keys[1].as_str());
-    assert!(gap < Duration::from_secs(1), "traffic resumed after {gap:?}");
+    // About 0.3 s here (weftd connects to etcd, takes its lease, starts the datapath); the bound
+    // leaves room for a loaded CI machine.
+    assert!(gap < Duration::from_secs(2), "traffic resumed after {gap:?}");
     assert!(all_pods_reach_each_other(&lab));
 
     // Garbage at ListenPort: dropped and counted, and the daemon keeps forwarding.
