@@ -199,6 +199,7 @@ pub async fn start(setup: Setup) -> Result<Box<dyn Backend>, BackendError> {
         }),
         _ => None,
     };
+    let hostgw_v6 = vxlan_v6.map(|side| (side.network, side.public));
     let network = config.network;
     Ok(match config.backend {
         BackendKind::Vxlan => Box::new(
@@ -207,7 +208,7 @@ pub async fn start(setup: Setup) -> Result<Box<dyn Backend>, BackendError> {
                 .map_err(BackendError::new)?,
         ),
         BackendKind::HostGw => Box::new(
-            HostGwBackend::start(nl, ext, public_ip, network)
+            HostGwBackend::start_dual_stack(nl, ext, public_ip, network, hostgw_v6)
                 .await
                 .map_err(BackendError::new)?,
         ),

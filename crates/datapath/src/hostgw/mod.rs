@@ -6,13 +6,16 @@
 //! interface via a gateway. It never touches the route to our own subnet, connected routes,
 //! routes outside the cluster network or through other devices (except to replace one whose
 //! destination a lease now claims), and it never flushes: a restart adopts what is there.
+//!
+//! Dual stack adds the same per remote lease's IPv6 side (`subnet via PublicIPv6 dev <ext>`):
+//! each family is one [`FamilyRoutes`], and the backend runs every step on each.
 
 pub mod plan;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weft_core::{Lease, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
 use weft_kernel::monitor::KernelEvent;
@@ -24,7 +27,7 @@ use self::plan::{
 };
 use crate::apply::{run_together, Applied, ApplyFailure};
 use crate::backend::{to_leases, Backend, BackendError, LeaseChange, LeaseSet, Report};
-use crate::peer_routes::{nexthop_of, nexthops_usable, route_matches, subnet_of_nexthop};
+use crate::peer_routes::{at_default_metric, nexthop_of, nexthops_usable, route_matches, subnet_of_nexthop};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostGwError {
@@ -36,7 +39,7 @@ pub enum HostGwError {
          drop --public-ip, choose the interface that holds it with --iface, or use the vxlan backend"
     )]
     PublicIpNotOnInterface {
-        public_ip: Ipv4Addr,
+        public_ip: IpAddr,
         iface: String,
         have: String,
     },
@@ -46,13 +49,22 @@ pub enum HostGwError {
     Apply(ApplyFailure),
 }
 
-/// The host-gw backend of one node.
+/// The host-gw backend of one node: the IPv4 routes, and the IPv6 ones when dual stack.
 #[derive(Debug)]
 pub struct HostGwBackend {
+    v4: FamilyRoutes,
+    v6: Option<FamilyRoutes>,
+}
+
+/// The routes of one address family.
+#[derive(Debug)]
+pub struct FamilyRoutes {
     nl: Netlink,
     ext: ExternalInterface,
-    public_ip: Ipv4Addr,
-    network: Ipv4Net,
+    /// Our public address of this family.
+    public_ip: IpAddr,
+    /// The cluster network of this family.
+    network: IpNet,
     own: Option<SubnetKey>,
     /// The routes weft installed, by peer subnet: what lease changes and kernel notifications
     /// are compared with. Set by every full reconcile, updated by every delta.
@@ -70,10 +82,105 @@ impl HostGwBackend {
         public_ip: Ipv4Addr,
         network: Ipv4Net,
     ) -> Result<Self, HostGwError> {
-        let addrs = nl.list_link_addrs(ext.index, Some(AddrFamily::Ipv4)).await?;
+        Self::start_dual_stack(nl, ext, public_ip, network, None).await
+    }
+
+    /// [`HostGwBackend::start`], and with `ipv6` (IPv6Network, PublicIPv6) the IPv6 routes too;
+    /// PublicIPv6 must be an address of the interface as well.
+    pub async fn start_dual_stack(
+        nl: Netlink,
+        ext: ExternalInterface,
+        public_ip: Ipv4Addr,
+        network: Ipv4Net,
+        ipv6: Option<(Ipv6Net, Ipv6Addr)>,
+    ) -> Result<Self, HostGwError> {
+        let v4 = FamilyRoutes::start(nl.clone(), ext.clone(), public_ip.into(), network.into()).await?;
+        let v6 = match ipv6 {
+            None => None,
+            Some((network, public)) => Some(FamilyRoutes::start(nl, ext, public.into(), network.into()).await?),
+        };
+        Ok(HostGwBackend { v4, v6 })
+    }
+
+    fn families_mut(&mut self) -> impl Iterator<Item = &mut FamilyRoutes> {
+        std::iter::once(&mut self.v4).chain(self.v6.as_mut())
+    }
+
+    /// The overlay MTU: the interface's (no encapsulation). Also FLANNEL_MTU.
+    pub fn mtu(&self) -> u32 {
+        self.v4.ext.mtu
+    }
+
+    /// The lease's BackendData: none for host-gw.
+    pub fn backend_data(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Records this node's lease (its route is cni0's business, never ours).
+    pub fn set_lease(&mut self, own: SubnetKey) {
+        for family in self.families_mut() {
+            family.own = Some(own);
+        }
+    }
+
+    /// The delta of `changes`, per family.
+    pub async fn apply_changes(&mut self, changes: &[LeaseChange]) -> Result<Report, HostGwError> {
+        let mut results = Vec::new();
+        for family in self.families_mut() {
+            results.push(family.apply_changes(changes).await);
+        }
+        merge(results)
+    }
+
+    /// Repairs from one kernel notification, in the family it concerns.
+    pub async fn repair(&mut self, event: &KernelEvent) -> Result<Report, HostGwError> {
+        let mut results = Vec::new();
+        for family in self.families_mut() {
+            results.push(family.repair(event).await);
+        }
+        merge(results)
+    }
+
+    /// A full reconcile per family; each is attempted even if the other fails.
+    pub async fn reconcile(&mut self, leases: &[Lease]) -> Result<Report, HostGwError> {
+        let mut results = Vec::new();
+        for family in self.families_mut() {
+            results.push(family.reconcile(leases).await);
+        }
+        merge(results)
+    }
+}
+
+/// The reports of the families as one; the first error when one failed.
+fn merge(results: Vec<Result<Report, HostGwError>>) -> Result<Report, HostGwError> {
+    let mut total = Report::default();
+    for result in results {
+        let r = result?;
+        total.added += r.added;
+        total.replaced += r.replaced;
+        total.removed += r.removed;
+        total.skipped_leases = total.skipped_leases.max(r.skipped_leases);
+        total.peers = total.peers.max(r.peers);
+    }
+    Ok(total)
+}
+
+impl FamilyRoutes {
+    async fn start(
+        nl: Netlink,
+        ext: ExternalInterface,
+        public_ip: IpAddr,
+        network: IpNet,
+    ) -> Result<Self, HostGwError> {
+        let family = if public_ip.is_ipv6() {
+            AddrFamily::Ipv6
+        } else {
+            AddrFamily::Ipv4
+        };
+        let addrs = nl.list_link_addrs(ext.index, Some(family)).await?;
         if !addrs.iter().any(|a| a.addr() == public_ip) {
             let have = if addrs.is_empty() {
-                "no IPv4 address".to_string()
+                format!("no {} address", if public_ip.is_ipv6() { "IPv6" } else { "IPv4" })
             } else {
                 addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
             };
@@ -85,7 +192,7 @@ impl HostGwBackend {
         }
         tracing::info!(iface = %ext.name, %public_ip, mtu = ext.mtu, "host-gw backend ready");
         let nexthops = nexthops_usable(&nl, "host-gw").await;
-        Ok(HostGwBackend {
+        Ok(FamilyRoutes {
             nl,
             ext,
             public_ip,
@@ -96,20 +203,31 @@ impl HostGwBackend {
         })
     }
 
-    /// The overlay MTU: the interface's (no encapsulation). Also FLANNEL_MTU.
-    pub fn mtu(&self) -> u32 {
-        self.ext.mtu
+    fn ipv6(&self) -> bool {
+        self.network.addr().is_ipv6()
     }
 
-    /// The lease's BackendData: none for host-gw.
-    pub fn backend_data(&self) -> serde_json::Value {
-        serde_json::Value::Null
+    /// The subnet of this family of a lease key.
+    fn subnet_of(&self, key: &SubnetKey) -> Option<IpNet> {
+        if self.ipv6() {
+            key.ipv6.map(|n| IpNet::from(n.trunc()))
+        } else {
+            Some(key.ipv4.trunc().into())
+        }
     }
 
-    fn topology(&self, own: &SubnetKey) -> Topology {
+    fn side(&self) -> crate::leases::Side {
+        crate::leases::Side {
+            own: self.own.as_ref().and_then(|o| self.subnet_of(o)),
+            network: self.network,
+            public_ip: self.public_ip,
+        }
+    }
+
+    fn topology(&self, own: IpNet) -> Topology {
         Topology {
             network: self.network,
-            own_subnet: own.ipv4.trunc(),
+            own_subnet: own,
             public_ip: self.public_ip,
             ext_index: self.ext.index,
             nexthops: self.nexthops,
@@ -120,21 +238,21 @@ impl HostGwBackend {
     /// netlink request per changed lease, whatever the size of the cluster.
     pub async fn apply_changes(&mut self, changes: &[LeaseChange]) -> Result<Report, HostGwError> {
         let own = self.own.ok_or(HostGwError::NoLease)?;
-        let topo = self.topology(&own);
+        let own_subnet = self.subnet_of(&own).ok_or(HostGwError::NoLease)?;
+        let topo = self.topology(own_subnet);
         let mut report = Report::default();
         let mut actions = Vec::new();
         for change in changes {
-            let subnet = IpNet::V4(change.subnet.ipv4.trunc());
+            // A lease with no subnet of this family has no route of it.
+            let Some(subnet) = self.subnet_of(&change.subnet) else {
+                continue;
+            };
             let new = match change.lease.as_ref().map(|l| peer_of(l, &own, &topo)) {
                 Some(Ok(peer)) => Some(route_of(&peer, &topo)),
                 Some(Err(LeaseSkip::Own)) | None => None,
                 Some(Err(skip)) => {
-                    let node = crate::leases::Node {
-                        own: Some(&own),
-                        network: self.network,
-                        public_ip: self.public_ip,
-                    };
-                    report.skipped_leases += crate::leases::log_skipped("host-gw", &[(change.subnet, skip)], node);
+                    report.skipped_leases +=
+                        crate::leases::log_skipped("host-gw", &[(change.subnet, skip)], self.side());
                     None
                 }
             };
@@ -154,10 +272,10 @@ impl HostGwBackend {
     /// Puts back a route weft installed that someone deleted or replaced, from one kernel
     /// notification. Notifications of weft's own changes match the cache and cost nothing.
     pub async fn repair(&mut self, event: &KernelEvent) -> Result<Report, HostGwError> {
-        let Some(own) = self.own else {
+        let Some(own) = self.own.as_ref().and_then(|o| self.subnet_of(o)) else {
             return Ok(Report::default());
         };
-        let topo = self.topology(&own);
+        let topo = self.topology(own);
         let mut actions = Vec::new();
         match event {
             KernelEvent::RouteGone(route) | KernelEvent::RouteAdded(route) => {
@@ -172,7 +290,7 @@ impl HostGwBackend {
                         change: Change::Add,
                         nexthop,
                     }),
-                    KernelEvent::RouteAdded(_) if !same && route.priority == 0 => actions.push(Action::SetRoute {
+                    KernelEvent::RouteAdded(_) if !same && at_default_metric(route) => actions.push(Action::SetRoute {
                         spec,
                         change: Change::Replace,
                         nexthop,
@@ -182,7 +300,7 @@ impl HostGwBackend {
             }
             // A deleted nexthop took its route along (IPv4 says nothing of the route).
             KernelEvent::NexthopGone(nh) | KernelEvent::NexthopChanged(nh) => {
-                let subnet = subnet_of_nexthop(self.network.into(), own.ipv4.prefix_len(), nh.id);
+                let subnet = subnet_of_nexthop(self.network, own.prefix_len(), nh.id);
                 let Some(spec) = subnet.and_then(|s| self.installed.get(&s).copied()) else {
                     return Ok(Report::default());
                 };
@@ -272,30 +390,26 @@ impl HostGwBackend {
         }
     }
 
-    /// Records this node's lease (its route is cni0's business, never ours).
-    pub fn set_lease(&mut self, own: SubnetKey) {
-        self.own = Some(own);
-    }
-
     /// Brings the main table in line with `leases`, the full current lease set (our own
     /// included): adds missing routes, corrects wrong ones, removes those no lease asks for.
     /// Every change is attempted even if one fails.
     pub async fn reconcile(&mut self, leases: &[Lease]) -> Result<Report, HostGwError> {
         let own = self.own.ok_or(HostGwError::NoLease)?;
-        let topo = self.topology(&own);
+        let own_subnet = self.subnet_of(&own).ok_or(HostGwError::NoLease)?;
+        let topo = self.topology(own_subnet);
         let mut report = Report::default();
         let (peers, skipped) = peers_from_leases(leases, &own, &topo);
-        let node = crate::leases::Node {
-            own: Some(&own),
-            network: self.network,
-            public_ip: self.public_ip,
-        };
-        report.skipped_leases += crate::leases::log_skipped("host-gw", &skipped, node);
+        report.skipped_leases += crate::leases::log_skipped("host-gw", &skipped, self.side());
         report.peers = peers.len();
         let desired = desired_routes(&peers, &topo);
-        let actual = self.nl.list_routes(Some(AddrFamily::Ipv4)).await?;
+        let family = if self.ipv6() {
+            AddrFamily::Ipv6
+        } else {
+            AddrFamily::Ipv4
+        };
+        let actual = self.nl.list_routes(Some(family)).await?;
         let nexthops = if self.nexthops {
-            self.nl.list_nexthops(Some(AddrFamily::Ipv4)).await?
+            self.nl.list_nexthops(Some(family)).await?
         } else {
             Vec::new()
         };

@@ -3,9 +3,9 @@
 //! kernel has them), and which kernel changes turn the actual routes into those. No I/O here; everything is tested without root.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use weft_core::{Lease, SubnetKey};
 
 use crate::leases;
@@ -18,21 +18,22 @@ const RTPROT_KERNEL: u8 = 2;
 /// The lease `BackendType` this backend programs.
 pub const BACKEND_TYPE: &str = "host-gw";
 
-/// A remote node the host-gw backend routes to: its subnet lives behind its public IP.
+/// A remote node the host-gw backend routes to over one address family: its subnet of that
+/// family lives behind its public address of that family (IPv6: PublicIPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
-    pub subnet: Ipv4Net,
-    pub public_ip: Ipv4Addr,
+    pub subnet: IpNet,
+    pub public_ip: IpAddr,
 }
 
 pub use crate::leases::LeaseSkip;
 
-/// What the reconcile needs to know about this node.
+/// What the reconcile needs to know about this node, for the address family of `network`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
-    pub network: Ipv4Net,
-    pub own_subnet: Ipv4Net,
-    pub public_ip: Ipv4Addr,
+    pub network: IpNet,
+    pub own_subnet: IpNet,
+    pub public_ip: IpAddr,
     /// The external interface the routes leave through.
     pub ext_index: u32,
     /// Routes point at per-peer nexthop objects (the kernel has them).
@@ -42,7 +43,7 @@ pub struct Topology {
 impl Topology {
     /// The id of the nexthop the route to peer subnet `dst` points at; None: a plain route.
     pub fn nexthop_for(&self, dst: IpNet) -> Option<u32> {
-        self.nexthops.then(|| nexthop_id(self.network.into(), dst)).flatten()
+        self.nexthops.then(|| nexthop_id(self.network, dst)).flatten()
     }
 }
 
@@ -65,25 +66,31 @@ pub fn peers_from_leases(
 
 /// The peer one lease describes, or why it describes none.
 pub fn peer_of(lease: &Lease, own: &SubnetKey, topo: &Topology) -> Result<Peer, LeaseSkip> {
-    let node = leases::Node {
-        own: Some(own),
+    let ipv6 = topo.network.addr().is_ipv6();
+    let side = leases::Side {
+        own: if ipv6 {
+            own.ipv6.map(IpNet::from)
+        } else {
+            Some(own.ipv4.into())
+        },
         network: topo.network,
         public_ip: topo.public_ip,
     };
-    match leases::check(lease, node, |kind| kind == BACKEND_TYPE) {
-        Some(skip) => Err(skip),
-        None => Ok(Peer {
-            subnet: lease.subnet.ipv4.trunc(),
-            public_ip: lease.attrs.public_ip,
-        }),
+    if let Some(skip) = leases::check_side(lease, side, |kind| kind == BACKEND_TYPE) {
+        return Err(skip);
     }
+    let (subnet, public_ip) = leases::lease_side(lease, ipv6).ok_or(LeaseSkip::NoSideOfFamily)?;
+    Ok(Peer {
+        subnet: subnet.trunc(),
+        public_ip,
+    })
 }
 
 /// A peer's route: `subnet via PublicIP dev <ext>`.
 pub fn route_of(peer: &Peer, topo: &Topology) -> RouteSpec {
     RouteSpec {
-        dst: peer.subnet.into(),
-        gateway: Some(peer.public_ip.into()),
+        dst: peer.subnet,
+        gateway: Some(peer.public_ip),
         oif: topo.ext_index,
         onlink: false,
     }
@@ -91,7 +98,7 @@ pub fn route_of(peer: &Peer, topo: &Topology) -> RouteSpec {
 
 /// One route per peer, keyed by destination.
 pub fn desired_routes(peers: &[Peer], topo: &Topology) -> BTreeMap<IpNet, RouteSpec> {
-    peers.iter().map(|p| (p.subnet.into(), route_of(p, topo))).collect()
+    peers.iter().map(|p| (p.subnet, route_of(p, topo))).collect()
 }
 
 /// The changes that turn one peer's installed route `old` into `new` (None: no such peer),
@@ -227,8 +234,8 @@ pub fn is_ours(route: &RouteInfo, topo: &Topology) -> bool {
     route.oif == Some(topo.ext_index)
         && route.gateway.is_some()
         && route.protocol != RTPROT_KERNEL
-        && IpNet::from(topo.network).contains(&route.dst)
-        && !IpNet::from(topo.own_subnet).contains(&route.dst)
+        && topo.network.contains(&route.dst)
+        && !topo.own_subnet.contains(&route.dst)
 }
 
 /// The changes that turn the actual main-table routes into the desired ones: stale routes out
@@ -320,6 +327,14 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// The IPv4 lease key of the topology's own subnet.
+    fn own_key(t: &Topology) -> SubnetKey {
+        match t.own_subnet {
+            IpNet::V4(v4) => SubnetKey::v4(v4),
+            IpNet::V6(_) => panic!("an IPv4 topology"),
+        }
+    }
+
     fn topo() -> Topology {
         Topology {
             network: net("10.5.0.0/16"),
@@ -366,7 +381,7 @@ mod tests {
 
     fn desired_for(leases: &[Lease]) -> BTreeMap<IpNet, RouteSpec> {
         let t = topo();
-        let (peers, _) = peers_from_leases(leases, &SubnetKey::v4(t.own_subnet), &t);
+        let (peers, _) = peers_from_leases(leases, &own_key(&t), &t);
         desired_routes(&peers, &t)
     }
 
@@ -381,7 +396,7 @@ mod tests {
             lease("10.9.0.0/24", "198.51.100.6", "host-gw"),
             lease("10.5.7.0/24", "198.51.100.1", "host-gw"),
         ];
-        let (peers, skipped) = peers_from_leases(&leases, &SubnetKey::v4(t.own_subnet), &t);
+        let (peers, skipped) = peers_from_leases(&leases, &own_key(&t), &t);
         assert_eq!(
             peers,
             vec![Peer {

@@ -94,8 +94,16 @@ fn net6(ip: Ipv6Addr, len: u8) -> IpNet {
     IpNet::V6(Ipv6Net::new(ip, len).expect("the lab's prefix lengths are valid"))
 }
 
-pub fn create_switch(ns: &str, dual_stack: bool) -> Result<()> {
+/// A lab namespace: new IPv6 addresses there (link-local ones included) skip duplicate address
+/// detection, so IPv6 works the moment a device is up rather than a second or two later.
+fn lab_netns(ns: &str) -> Result<()> {
     netns_add(ns)?;
+    sysctl(ns, "net/ipv6/conf/default/accept_dad", "0")?;
+    sysctl(ns, "net/ipv6/conf/all/accept_dad", "0")
+}
+
+pub fn create_switch(ns: &str, dual_stack: bool) -> Result<()> {
+    lab_netns(ns)?;
     bridge(ns, "br0", net(SWITCH_IP, UNDERLAY_PREFIX_LEN), None)?;
     // A dummy device when the kernel has the module, else a veth pair whose far end idles.
     if dummy(ns, "inet0").is_err() {
@@ -112,7 +120,7 @@ pub fn create_switch(ns: &str, dual_stack: bool) -> Result<()> {
 }
 
 pub fn create_host(switch: &str, ns: &str, node: usize, dual_stack: bool) -> Result<()> {
-    netns_add(ns)?;
+    lab_netns(ns)?;
     let port = format!("h{node}");
     veth_pair(switch, &port, ns, "eth0", UNDERLAY_MTU)?;
     set_master(switch, &port, "br0")?;
@@ -209,7 +217,7 @@ impl PodAddressing {
 }
 
 pub fn create_pod(host: &str, pod: &str, addressing: &PodAddressing) -> Result<()> {
-    netns_add(pod)?;
+    lab_netns(pod)?;
     bridge(host, POD_BRIDGE, addressing.gateway.into(), Some(addressing.mtu))?;
     veth_pair(host, POD_HOST_VETH, pod, "eth0", addressing.mtu)?;
     set_master(host, POD_HOST_VETH, POD_BRIDGE)?;
