@@ -70,6 +70,9 @@ PROFILE ?= release
 BINDIR_SRC ?= $(or $(CARGO_TARGET_DIR),target)/$(PROFILE)
 DEB_OUT ?= $(or $(CARGO_TARGET_DIR),target)/debian
 DEB_COMPRESS ?= xz
+# STRIP=strip: make install strips the binaries (the release profile keeps debug info for
+# profiling; the package is always stripped).
+STRIP ?=
 
 release:
 	$(CARGO) build --release -p weftd -p weft -p weft-cni --bins
@@ -77,7 +80,7 @@ release:
 install: $(if $(filter release,$(PROFILE)),release)
 	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" BINDIR="$(BINDIR)" CNIBINDIR="$(CNIBINDIR)" \
 	SYSCONFDIR="$(SYSCONFDIR)" UNITDIR="$(UNITDIR)" TMPFILESDIR="$(TMPFILESDIR)" DOCDIR="$(DOCDIR)" \
-	BINDIR_SRC="$(BINDIR_SRC)" packaging/install.sh
+	BINDIR_SRC="$(BINDIR_SRC)" STRIP="$(STRIP)" packaging/install.sh
 
 # A Debian package (Debian's places, /etc/default/weftd a conffile) in $(DEB_OUT).
 deb: $(if $(filter release,$(PROFILE)),release)
