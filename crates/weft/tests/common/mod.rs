@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -85,12 +85,20 @@ pub fn all_pods_reach_each_other(lab: &Lab) -> bool {
 /// Connects from the pod namespace `pod_ns` to 203.0.113.1 (outside the cluster, in the switch namespace) and
 /// returns the source address the server saw.
 pub fn egress_source(lab: &Lab, pod_ns: &str, port: u16) -> Ipv4Addr {
+    match egress_source_to(lab, pod_ns, SocketAddr::from((INTERNET_IP, port))) {
+        IpAddr::V4(ip) => ip,
+        other => panic!("unexpected peer {other}"),
+    }
+}
+
+/// Connects from the pod namespace `pod_ns` to `to`, an address of the switch namespace (outside
+/// the cluster), and returns the source address the server saw.
+pub fn egress_source_to(lab: &Lab, pod_ns: &str, to: SocketAddr) -> IpAddr {
     let switch = lab.switch_ns().to_string();
     let (tx, rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
         in_netns(&switch, move || {
-            let listener =
-                TcpListener::bind(SocketAddr::from((INTERNET_IP, port))).expect("bind in the switch namespace");
+            let listener = TcpListener::bind(to).expect("bind in the switch namespace");
             tx.send(()).unwrap();
             let (mut conn, peer) = listener.accept().expect("accept");
             let mut buf = [0u8; 16];
@@ -106,7 +114,7 @@ pub fn egress_source(lab: &Lab, pod_ns: &str, port: u16) -> Ipv4Addr {
             pod_ns,
             "bash",
             "-c",
-            &format!("exec 3<>/dev/tcp/{INTERNET_IP}/{port} && echo hi >&3"),
+            &format!("exec 3<>/dev/tcp/{}/{} && echo hi >&3", to.ip(), to.port()),
         ])
         .output()
         .unwrap();
@@ -115,10 +123,7 @@ pub fn egress_source(lab: &Lab, pod_ns: &str, port: u16) -> Ipv4Addr {
         "pod connects out: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    match server.join().unwrap().expect("server") {
-        SocketAddr::V4(a) => *a.ip(),
-        other => panic!("unexpected peer {other}"),
-    }
+    server.join().unwrap().expect("server").ip()
 }
 
 /// GET `path` from weftd's HTTP port (8471, as the tests start it) on host `node`; returns the
