@@ -4,11 +4,52 @@
 use std::future::Future;
 
 use futures::StreamExt;
-use weft_kernel::netlink::NetlinkError;
+use weft_kernel::netlink::{Batch, Netlink, NetlinkError};
 
 /// Netlink requests sent together when a plan has many independent actions, rather than one
 /// round trip each.
 pub const IN_FLIGHT: usize = 64;
+
+/// Actions per netlink batch (one datagram per socket, answered change by change).
+pub const BATCH_SIZE: usize = 128;
+/// Batches in flight at once: the kernel works on one while weft builds and reads the others.
+pub const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Runs independent actions in netlink batches of [`BATCH_SIZE`], several batches in flight
+/// (`add` puts one action's change into a batch), and tallies each outcome in plan order; a
+/// failure goes to `on_error` (to be logged) and is kept.
+pub async fn run_batched<A>(
+    nl: &Netlink,
+    actions: Vec<A>,
+    add: impl Fn(&A, &mut Batch),
+    effect: impl Fn(&A) -> Effect,
+    on_error: impl Fn(&A, &NetlinkError),
+    applied: &mut Applied,
+) {
+    let mut chunks = Vec::new();
+    let mut actions = actions.into_iter().peekable();
+    while actions.peek().is_some() {
+        chunks.push(actions.by_ref().take(BATCH_SIZE).collect::<Vec<A>>());
+    }
+    let add = &add;
+    let batches = chunks.into_iter().map(|chunk| async move {
+        let mut batch = Batch::default();
+        for action in &chunk {
+            add(action, &mut batch);
+        }
+        let results = nl.send_batch(batch).await;
+        (chunk, results)
+    });
+    let done: Vec<_> = futures::stream::iter(batches)
+        .buffered(BATCHES_IN_FLIGHT)
+        .collect()
+        .await;
+    for (chunk, results) in done {
+        for (action, result) in chunk.into_iter().zip(results) {
+            applied.record(effect(&action), result, |e| on_error(&action, e));
+        }
+    }
+}
 
 /// Runs the requests of independent actions (each yields its action and the kernel's answer)
 /// with several in flight, and tallies each outcome in plan order; a failure goes to `on_error`

@@ -187,3 +187,52 @@ fn a_deleted_nexthop_is_notified_although_its_routes_go_silently() {
     });
     assert_eq!(seen, (true, true, true), "(nexthop added, route added, nexthop gone)");
 }
+
+#[test]
+fn a_batch_answers_each_change_in_order_and_a_failure_stays_with_its_change() {
+    use weft_kernel::netlink::Batch;
+    if !is_root() {
+        return;
+    }
+    let ns = node();
+    let (results, routes, neighbours) = netlink(&ns, |nl| async move {
+        let u0 = nl.require_link_named("veth", "u0").await?.index;
+        let mut first = Batch::default();
+        for i in 0..200u32 {
+            first.replace_nexthop(&NexthopSpec {
+                id: 0x7700_0000 + i,
+                gateway: IpAddr::from([10, 5, i as u8, 0]),
+                oif: u0,
+                onlink: true,
+            });
+            first.replace_neighbour(u0, IpAddr::from([10, 5, i as u8, 0]), [2, 0, 0, 0, 0, i as u8]);
+        }
+        let mut results = nl.send_batch(first).await;
+        let mut second = Batch::default();
+        for i in 0..200u32 {
+            second.replace_route_via_nexthop(format!("10.5.{i}.0/24").parse().unwrap(), 0x7700_0000 + i);
+        }
+        // Points at a nexthop that does not exist: refused, alone.
+        second.replace_route_via_nexthop(net("10.6.0.0/24"), 0x7700_9999);
+        second.delete_neighbour(u0, ip("10.9.9.9"));
+        results.extend(nl.send_batch(second).await);
+        let routes = nl.list_routes(Some(AddrFamily::Ipv4)).await?;
+        let neighbours = nl.list_neighbours(u0, Some(AddrFamily::Ipv4)).await?;
+        Ok((results, routes, neighbours))
+    });
+    assert_eq!(results.len(), 602);
+    let failed: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_err())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        failed,
+        vec![600],
+        "only the route to a missing nexthop fails: {:?}",
+        results[600]
+    );
+    assert_eq!(routes.iter().filter(|r| r.nexthop_id.is_some()).count(), 200);
+    assert_eq!(neighbours.iter().filter(|n| n.is_permanent()).count(), 200);
+}

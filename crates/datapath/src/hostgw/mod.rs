@@ -19,13 +19,13 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use weft_core::{Lease, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
 use weft_kernel::monitor::KernelEvent;
-use weft_kernel::netlink::{AddrFamily, Netlink, NetlinkError, RouteSpec};
+use weft_kernel::netlink::{AddrFamily, Batch, Netlink, NetlinkError, RouteSpec};
 
 use self::plan::{
     desired_routes, peer_of, peers_from_leases, phase_of, plan_route, plan_with_nexthops, route_of, Action, Change,
     LeaseSkip, Topology,
 };
-use crate::apply::{run_together, Applied, ApplyFailure};
+use crate::apply::{run_batched, Applied, ApplyFailure};
 use crate::backend::{to_leases, Backend, BackendError, LeaseChange, LeaseSet, Report};
 use crate::peer_routes::{at_default_metric, nexthop_of, nexthops_usable, route_matches, subnet_of_nexthop};
 
@@ -349,7 +349,7 @@ impl FamilyRoutes {
 
     /// Runs the actions phase by phase ([`phase_of`]: a route is only sent once its nexthop
     /// exists, and the two go on different sockets); the actions of one phase are independent
-    /// and sent together, several requests in flight.
+    /// and sent in netlink batches, several in flight.
     async fn run(&self, actions: Vec<Action>) -> Applied {
         let mut phases: [Vec<Action>; 4] = Default::default();
         for action in actions {
@@ -360,34 +360,9 @@ impl FamilyRoutes {
         for phase in phases {
             let failed =
                 |action: &Action, e: &NetlinkError| tracing::warn!(iface = %self.ext.name, "{action} failed: {e}");
-            let requests = phase.into_iter().map(|action| async move {
-                let result = self.apply(&action).await;
-                (action, result)
-            });
-            run_together(requests, Action::effect, failed, &mut applied).await;
+            run_batched(&self.nl, phase, batch, Action::effect, failed, &mut applied).await;
         }
         applied
-    }
-
-    async fn apply(&self, action: &Action) -> Result<(), NetlinkError> {
-        match action {
-            Action::SetRoute {
-                spec,
-                nexthop: Some(id),
-                ..
-            } => self.nl.replace_route_via_nexthop(spec.dst, *id).await,
-            Action::SetRoute {
-                spec, nexthop: None, ..
-            } => self.nl.replace_route(spec).await,
-            Action::DeleteRoute {
-                spec,
-                metric,
-                nexthop: Some(id),
-            } => self.nl.delete_route_via_nexthop(spec.dst, *id, *metric).await,
-            Action::DeleteRoute { spec, metric, .. } => self.nl.delete_route_at_metric(spec, *metric).await,
-            Action::SetNexthop { spec, .. } => self.nl.replace_nexthop(spec).await,
-            Action::DeleteNexthop { id, .. } => self.nl.delete_nexthop(*id).await,
-        }
     }
 
     /// Brings the main table in line with `leases`, the full current lease set (our own
@@ -428,6 +403,28 @@ impl FamilyRoutes {
         }
         applied.result().map_err(HostGwError::Apply)?;
         Ok(report)
+    }
+}
+
+/// Puts one action's change into a batch.
+fn batch(action: &Action, batch: &mut Batch) {
+    match action {
+        Action::SetRoute {
+            spec,
+            nexthop: Some(id),
+            ..
+        } => batch.replace_route_via_nexthop(spec.dst, *id),
+        Action::SetRoute {
+            spec, nexthop: None, ..
+        } => batch.replace_route(spec),
+        Action::DeleteRoute {
+            spec,
+            metric,
+            nexthop: Some(id),
+        } => batch.delete_route_via_nexthop(spec.dst, *id, *metric),
+        Action::DeleteRoute { spec, metric, .. } => batch.delete_route_at_metric(spec, *metric),
+        Action::SetNexthop { spec, .. } => batch.replace_nexthop(spec),
+        Action::DeleteNexthop { id, .. } => batch.delete_nexthop(*id),
     }
 }
 

@@ -20,13 +20,13 @@ use weft_core::config::VxlanOptions;
 use weft_core::{Lease, SubnetKey};
 use weft_kernel::iface::ExternalInterface;
 use weft_kernel::monitor::KernelEvent;
-use weft_kernel::netlink::{format_mac, AddrFamily, LinkInfo, Netlink, NetlinkError, VxlanSpec};
+use weft_kernel::netlink::{format_mac, AddrFamily, Batch, LinkInfo, Netlink, NetlinkError, VxlanSpec};
 
 use self::plan::{
     desired_state, peer_entries, peer_of, peers_entries, peers_from_leases, plan_peer, plan_phases, Action,
     ActualState, Change, LeaseSkip, PeerEntries, Phases, Topology,
 };
-use crate::apply::{run_together, Applied, ApplyFailure};
+use crate::apply::{run_batched, Applied, ApplyFailure};
 use crate::backend::LeaseChange;
 use crate::backend::{to_leases, Backend, BackendError, LeaseSet, Report};
 use crate::peer_routes::{at_default_metric, is_weft_nexthop, nexthops_usable, route_matches, subnet_of_nexthop};
@@ -681,8 +681,8 @@ impl Vtep {
         }
     }
 
-    /// Runs the phases in order; the actions of one phase are sent together, several requests
-    /// in flight, rather than one round trip each.
+    /// Runs the phases in order; the actions of one phase are sent together, in netlink
+    /// batches with several in flight, rather than one round trip each.
     async fn run(&self, phases: Phases) -> Applied {
         let mut applied = Applied::default();
         for phase in phases.into_phases() {
@@ -690,38 +690,43 @@ impl Vtep {
                 tracing::debug!(device = %self.device_name(), "{action}");
             }
             let failed = |action: &Action, e: &NetlinkError| tracing::warn!(device = %self.device_name(), "{action} failed: {e}");
-            let requests = phase.into_iter().map(|action| async move {
-                let result = self.apply(&action).await;
-                (action, result)
-            });
-            run_together(requests, Action::effect, failed, &mut applied).await;
+            run_batched(
+                &self.nl,
+                phase,
+                |a, b| self.batch(a, b),
+                Action::effect,
+                failed,
+                &mut applied,
+            )
+            .await;
         }
         applied
     }
 
-    async fn apply(&self, action: &Action) -> Result<(), NetlinkError> {
+    /// Puts one action's change into a batch.
+    fn batch(&self, action: &Action, batch: &mut Batch) {
         let index = self.device.index;
         match action {
             Action::DeleteRoute {
                 spec,
                 metric,
                 nexthop: Some(id),
-            } => self.nl.delete_route_via_nexthop(spec.dst, *id, *metric).await,
-            Action::DeleteRoute { spec, metric, .. } => self.nl.delete_route_at_metric(spec, *metric).await,
+            } => batch.delete_route_via_nexthop(spec.dst, *id, *metric),
+            Action::DeleteRoute { spec, metric, .. } => batch.delete_route_at_metric(spec, *metric),
             Action::SetRoute {
                 spec,
                 nexthop: Some(id),
                 ..
-            } => self.nl.replace_route_via_nexthop(spec.dst, *id).await,
-            Action::SetNexthop { spec, .. } => self.nl.replace_nexthop(spec).await,
-            Action::DeleteNexthop { id, .. } => self.nl.delete_nexthop(*id).await,
-            Action::SetNeighbour { ip, mac, .. } => self.nl.replace_neighbour(index, *ip, *mac).await,
-            Action::SetFdb { mac, dst, .. } => self.nl.replace_fdb(index, *mac, *dst).await,
+            } => batch.replace_route_via_nexthop(spec.dst, *id),
             Action::SetRoute {
                 spec, nexthop: None, ..
-            } => self.nl.replace_route(spec).await,
-            Action::DeleteNeighbour { ip } => self.nl.delete_neighbour(index, *ip).await,
-            Action::DeleteFdb { mac, dst } => self.nl.delete_fdb(index, *mac, *dst).await,
+            } => batch.replace_route(spec),
+            Action::SetNexthop { spec, .. } => batch.replace_nexthop(spec),
+            Action::DeleteNexthop { id, .. } => batch.delete_nexthop(*id),
+            Action::SetNeighbour { ip, mac, .. } => batch.replace_neighbour(index, *ip, *mac),
+            Action::SetFdb { mac, dst, .. } => batch.replace_fdb(index, *mac, *dst),
+            Action::DeleteNeighbour { ip } => batch.delete_neighbour(index, *ip),
+            Action::DeleteFdb { mac, dst } => batch.delete_fdb(index, *mac, *dst),
         }
     }
 }

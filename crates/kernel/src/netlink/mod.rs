@@ -9,6 +9,7 @@
 //! plumbing; each object family has its own file.
 
 mod addresses;
+mod batch;
 mod links;
 mod namespaces;
 mod neighbours;
@@ -21,8 +22,10 @@ use futures::StreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+use rtnetlink::sys::SocketAddr;
 
 pub use self::addresses::AddrInfo;
+pub use self::batch::Batch;
 pub use self::links::{random_mac, LinkInfo, VethSpec, VxlanInfo, VxlanSpec};
 pub use self::namespaces::{block_on_in_netns, in_netns, netns_path};
 pub use self::neighbours::{FdbEntry, Neighbour};
@@ -120,10 +123,24 @@ fn mac_from(bytes: &[u8]) -> Option<[u8; 6]> {
     bytes.try_into().ok()
 }
 
+/// The ACKs of a batch of requests wait in the socket's receive buffer until read: room for
+/// several batches in flight (forced past net.core.rmem_max when the process may).
+const REQUEST_RECEIVE_BUFFER: usize = 4 << 20;
+
+fn enlarge_receive_buffer(socket: &rtnetlink::sys::Socket) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the socket outlives this call, and the fd is only borrowed for it.
+    let fd = unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) };
+    let size = REQUEST_RECEIVE_BUFFER;
+    if nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBufForce, &size).is_err() {
+        let _ = socket.set_rx_buf_sz(REQUEST_RECEIVE_BUFFER);
+    }
+}
+
 /// The handle on one namespace's rtnetlink socket. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Netlink {
-    handle: rtnetlink::Handle,
+    handle: rtnetlink::proto::ConnectionHandle<RouteNetlinkMessage>,
     /// Nexthop messages, which netlink-packet-route cannot decode, go on their own socket.
     nexthops: rtnetlink::proto::ConnectionHandle<NexthopMessage>,
 }
@@ -132,9 +149,16 @@ impl Netlink {
     /// Opens a socket in the calling thread's network namespace. Must be called inside a tokio
     /// runtime: the connection task is spawned on it.
     pub fn new() -> Result<Self, NetlinkError> {
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        use rtnetlink::sys::AsyncSocket;
+        let (mut connection, handle, _) =
+            rtnetlink::proto::new_connection(rtnetlink::sys::protocols::NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
+        enlarge_receive_buffer(connection.socket_mut().socket_mut());
+        // A batch matches answers to changes by position: successes must reach it too.
+        connection.set_forward_ack(true);
         tokio::spawn(connection);
-        let (connection, nexthops, _) = new_nexthop_connection()?;
+        let (mut connection, nexthops, _) = new_nexthop_connection()?;
+        enlarge_receive_buffer(connection.socket_mut().socket_mut());
+        connection.set_forward_ack(true);
         tokio::spawn(connection);
         Ok(Netlink { handle, nexthops })
     }
@@ -151,9 +175,9 @@ impl Netlink {
     async fn ack(&self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<(), NetlinkError> {
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        let mut handle = self.handle.clone();
-        let mut replies = handle
-            .request(req)
+        let mut replies = self
+            .handle
+            .request(req, SocketAddr::new(0, 0))
             .map_err(|_| NetlinkError::Closed { op: op.to_string() })?;
         while let Some(reply) = replies.next().await {
             if let NetlinkPayload::Error(e) = reply.payload {
@@ -174,9 +198,9 @@ impl Netlink {
     ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
-        let mut handle = self.handle.clone();
-        let mut replies = handle
-            .request(req)
+        let mut replies = self
+            .handle
+            .request(req, SocketAddr::new(0, 0))
             .map_err(|_| NetlinkError::Closed { op: op.to_string() })?;
         let mut out = Vec::new();
         while let Some(reply) = replies.next().await {

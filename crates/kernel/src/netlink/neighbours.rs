@@ -76,15 +76,23 @@ impl Netlink {
             .await
     }
 
-    /// Adds or replaces a permanent neighbour entry `ip -> mac`.
-    pub async fn replace_neighbour(&self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError> {
+    /// A neighbour message: permanent `ip -> mac` to set, or (no MAC) `ip` to delete.
+    pub(super) fn neighbour_message(index: u32, ip: IpAddr, mac: Option<[u8; 6]>) -> NeighbourMessage {
         let mut msg = NeighbourMessage::default();
         msg.header.family = family_of(&ip);
         msg.header.ifindex = index;
-        msg.header.state = NeighbourState::Permanent;
         msg.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
-        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        if let Some(mac) = mac {
+            msg.header.state = NeighbourState::Permanent;
+            msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        }
+        msg
+    }
+
+    /// Adds or replaces a permanent neighbour entry `ip -> mac`.
+    pub async fn replace_neighbour(&self, index: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        let msg = Self::neighbour_message(index, ip, Some(mac));
         self.ack(
             &format!("replace neighbour {ip} -> {} on link #{index}", format_mac(&mac)),
             RouteNetlinkMessage::NewNeighbour(msg),
@@ -95,11 +103,7 @@ impl Netlink {
 
     /// Deletes a neighbour entry; one that is already gone is not an error.
     pub async fn delete_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), NetlinkError> {
-        let mut msg = NeighbourMessage::default();
-        msg.header.family = family_of(&ip);
-        msg.header.ifindex = index;
-        msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
+        let msg = Self::neighbour_message(index, ip, None);
         self.delete(
             &format!("delete neighbour {ip} on link #{index}"),
             RouteNetlinkMessage::DelNeighbour(msg),
@@ -114,7 +118,7 @@ impl Netlink {
             .await
     }
 
-    fn fdb_message(index: u32, mac: [u8; 6], dst: IpAddr) -> NeighbourMessage {
+    pub(super) fn fdb_message(index: u32, mac: [u8; 6], dst: IpAddr) -> NeighbourMessage {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
         msg.header.ifindex = index;

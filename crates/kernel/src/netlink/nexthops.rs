@@ -285,7 +285,7 @@ impl Netlink {
         Ok(out)
     }
 
-    fn nexthop_message(spec: &NexthopSpec) -> NexthopMessage {
+    pub(super) fn nexthop_message(spec: &NexthopSpec) -> NexthopMessage {
         let mut msg = NexthopMessage::new(RTM_NEWNEXTHOP, nexthop_family(&spec.gateway))
             .with(NHA_ID, spec.id.to_ne_bytes().to_vec())
             .with(NHA_OIF, spec.oif.to_ne_bytes().to_vec())
@@ -295,6 +295,10 @@ impl Netlink {
             msg.flags = RTNH_F_ONLINK;
         }
         msg
+    }
+
+    pub(super) fn nexthop_delete_message(id: u32) -> NexthopMessage {
+        NexthopMessage::new(RTM_DELNEXTHOP, 0).with(NHA_ID, id.to_ne_bytes().to_vec())
     }
 
     /// Creates the nexthop, or replaces the one with the same id (routes that point at it
@@ -321,7 +325,7 @@ impl Netlink {
     /// Deletes the nexthop with this id, and with it every route that points at it; one that
     /// is already gone is not an error.
     pub async fn delete_nexthop(&self, id: u32) -> Result<(), NetlinkError> {
-        let msg = NexthopMessage::new(RTM_DELNEXTHOP, 0).with(NHA_ID, id.to_ne_bytes().to_vec());
+        let msg = Self::nexthop_delete_message(id);
         match self
             .nexthop_request(&format!("delete nexthop id {id}"), msg, NLM_F_ACK)
             .await

@@ -167,7 +167,7 @@ impl Netlink {
         Ok(defaults.first().and_then(|r| r.oif))
     }
 
-    fn route_message(spec: &RouteSpec, for_delete: bool) -> Result<RouteMessage, NetlinkError> {
+    pub(super) fn route_message(spec: &RouteSpec, for_delete: bool) -> Result<RouteMessage, NetlinkError> {
         if let Some(gw) = spec.gateway {
             if family_of(&gw) != family_of(&spec.dst.addr()) {
                 return Err(NetlinkError::invalid(
@@ -216,7 +216,7 @@ impl Netlink {
         .await
     }
 
-    fn nexthop_route_message(dst: IpNet, nexthop: u32, for_delete: bool) -> RouteMessage {
+    pub(super) fn nexthop_route_message(dst: IpNet, nexthop: u32, for_delete: bool) -> RouteMessage {
         let mut msg = RouteMessage::default();
         msg.header.address_family = family_of(&dst.addr());
         msg.header.destination_prefix_length = dst.prefix_len();
