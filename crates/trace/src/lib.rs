@@ -10,6 +10,7 @@ pub mod facts;
 pub mod forward;
 pub mod report;
 pub mod walk;
+pub mod wireguard;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

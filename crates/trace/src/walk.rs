@@ -384,7 +384,9 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
     let consistent = match (path, expected) {
         (_, None) => true,
         (Path::Vxlan, Some(b)) => b == "vxlan",
-        (Path::Udp, Some(b)) => b.is_empty() || b == "udp",
+        (Path::Udp, Some(b)) => {
+            b.is_empty() || b == "udp" || (b == "wireguard" && dev_name == crate::wireguard::DEVICE)
+        }
         (Path::Gateway, Some(b)) => b == "host-gw" || b == "vxlan",
     };
     if consistent {
@@ -426,7 +428,10 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
         Path::Vxlan => underlay_dev = vxlan_hops(f, route, &dev_name, lease, steps),
         Path::Gateway => gateway_hops(f, route, &dev_name, steps),
         Path::Udp => {
-            udp_peer_hop(f, lease, steps);
+            match dev_name == crate::wireguard::DEVICE {
+                true => crate::wireguard::peer_hop(f, lease, steps),
+                false => udp_peer_hop(f, lease, steps),
+            }
             if let Some(l) = lease {
                 underlay_dev = underlay_hop(f, l.attrs.public_ip.into(), route.oif, &dev_name, steps);
             }

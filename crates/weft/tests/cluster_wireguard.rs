@@ -221,6 +221,29 @@ fn wireguard_mesh_sends_only_wireguard_shows_in_wg_and_survives_restart() {
     assert!(show.contains("endpoint: 198.51.100.2:51820"), "{show}");
     assert!(show.contains(&format!("allowed ips: {subnet2}")), "{show}");
     assert!(show.contains("latest handshake:"), "{show}");
+    // weft trace follows the route into flannel-wg and checks the peer against the lease.
+    let dir = lab.dir().display().to_string();
+    let trace = [
+        env!("CARGO_BIN_EXE_weft").to_string(),
+        "trace".into(),
+        lab.pod_ip(1).unwrap().to_string(),
+        pod2.to_string(),
+        format!("--subnet-file={dir}/h1/subnet.env"),
+        "--etcd-endpoints=https://198.51.100.254:2379".into(),
+        format!("--etcd-cafile={dir}/ca.pem"),
+        format!("--etcd-certfile={dir}/client.pem"),
+        format!("--etcd-keyfile={dir}/client-key.pem"),
+    ];
+    let trace: Vec<&str> = trace.iter().map(String::as_str).collect();
+    let text = run(&lab, 1, &trace);
+    assert!(
+        text.contains(&format!(
+            "peer {} endpoint 198.51.100.2:51820 allowed ips {subnet2}",
+            keys[1]
+        )),
+        "{text}"
+    );
+    assert!(text.contains("latest handshake"), "{text}");
     let page = http_get(&lab, 1, "/metrics");
     assert!(
         metric(&page, "weft_wireguard_handshakes_total").unwrap_or(0) >= 1,

@@ -329,7 +329,8 @@ impl Worker {
         for i in 0..received {
             let from = self.rx.source(i);
             let m = self.rx.get(i);
-            if m.truncated {
+            // Cut short, or empty (which `chunks` would skip).
+            if m.truncated || m.data.is_empty() {
                 io.tally.drop(WgDrop::Malformed);
                 continue;
             }
