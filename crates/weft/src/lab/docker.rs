@@ -919,6 +919,15 @@ mod tests {
     }
 
     #[test]
+    fn only_a_static_busybox_makes_an_image() {
+        // The test binary itself is dynamically linked (it has a program interpreter).
+        let me = std::env::current_exe().unwrap();
+        assert!(!is_static_elf(&me));
+        assert!(!is_static_elf(Path::new("/etc/hostname")));
+        assert!(!is_static_elf(Path::new("/nonexistent")));
+    }
+
+    #[test]
     fn mount_points_are_unescaped() {
         assert_eq!(unescape_mount_path("/run/a\\040b"), "/run/a b");
         assert_eq!(unescape_mount_path("/plain"), "/plain");
