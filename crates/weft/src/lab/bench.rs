@@ -1,8 +1,9 @@
 //! `weft lab bench`: single-stream TCP throughput (iperf3) and ping RTT, pod-to-pod across two
-//! hosts against host-to-host on the underlay, medians of several runs.
+//! hosts against host-to-host on the underlay, medians of several runs; over IPv6 in a
+//! dual-stack lab (`--ipv6`: the pods' IPv6 addresses against the IPv6 underlay).
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,8 @@ pub struct BenchOptions {
     /// Client node and server node.
     pub from: usize,
     pub to: usize,
+    /// Measure over IPv6 (a dual-stack lab): pod IPv6 addresses, IPv6 underlay.
+    pub ipv6: bool,
 }
 
 impl Default for BenchOptions {
@@ -35,6 +38,7 @@ impl Default for BenchOptions {
             pings: 40,
             from: 1,
             to: 2,
+            ipv6: false,
         }
     }
 }
@@ -43,6 +47,9 @@ impl Default for BenchOptions {
 pub struct BenchReport {
     pub lab: String,
     pub backend: String,
+    /// Measured over IPv6.
+    #[serde(default)]
+    pub ipv6: bool,
     pub seconds: u64,
     pub runs: usize,
     /// Median throughput, bits per second (iperf3's end.sum_received).
@@ -93,16 +100,18 @@ pub fn run(lab: &Lab, options: &BenchOptions) -> Result<BenchReport> {
     if from == to {
         return Err(LabError::BadSpec("bench needs two different nodes".into()));
     }
-    let host_pair = (
-        lab.host_ns(from)?.to_string(),
-        lab.host_ns(to)?.to_string(),
-        lab.underlay_ip(to)?,
-    );
-    let pod_pair = (
-        lab.pod_ns(from)?.to_string(),
-        lab.pod_ns(to)?.to_string(),
-        lab.pod_ip(to)?,
-    );
+    let (host_ip, pod_ip): (IpAddr, IpAddr) = if options.ipv6 {
+        if !lab.state().dual_stack {
+            return Err(LabError::BadSpec(
+                "bench --ipv6 needs a dual-stack lab (weft lab up --dual-stack)".into(),
+            ));
+        }
+        (super::topology::underlay_ipv6(to).into(), lab.pod_ip6(to)?.into())
+    } else {
+        (lab.underlay_ip(to)?.into(), lab.pod_ip(to)?.into())
+    };
+    let host_pair = (lab.host_ns(from)?.to_string(), lab.host_ns(to)?.to_string(), host_ip);
+    let pod_pair = (lab.pod_ns(from)?.to_string(), lab.pod_ns(to)?.to_string(), pod_ip);
 
     // Runs alternate host, pod, host, pod, ... so that a slow spell of this (shared, noisy)
     // machine falls on both paths alike, and the ratio compares like with like.
@@ -135,6 +144,7 @@ pub fn run(lab: &Lab, options: &BenchOptions) -> Result<BenchReport> {
     Ok(BenchReport {
         lab: lab.name().to_string(),
         backend: lab.state().backend.clone(),
+        ipv6: options.ipv6,
         seconds: options.seconds,
         runs: options.runs,
         host_bps,
@@ -164,7 +174,7 @@ struct Iperf {
 }
 
 impl Iperf {
-    fn start(client_ns: &str, server_ns: &str, server_ip: Ipv4Addr) -> Result<Self> {
+    fn start(client_ns: &str, server_ns: &str, server_ip: IpAddr) -> Result<Self> {
         if process::which("iperf3").is_none() {
             return Err(LabError::ProgramNotFound {
                 program: "iperf3",
@@ -237,7 +247,7 @@ const SPARSE: &str = "0.01";
 const DENSE: &str = "0.001";
 
 /// The RTTs of `count` pings `interval` seconds apart, bounded by a deadline (lost ones left out).
-fn rtts(ns: &str, to: Ipv4Addr, count: usize, interval: &str) -> Result<Vec<f64>> {
+fn rtts(ns: &str, to: IpAddr, count: usize, interval: &str) -> Result<Vec<f64>> {
     let to = to.to_string();
     let count_arg = count.max(1).to_string();
     let args = [
@@ -308,8 +318,12 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "lab {} ({}): single TCP stream, median of {} x {} s; ping RTT median, pings 10 ms and 1 ms apart",
-            self.lab, self.backend, self.runs, self.seconds
+            "lab {} ({}{}): single TCP stream, median of {} x {} s; ping RTT median, pings 10 ms and 1 ms apart",
+            self.lab,
+            self.backend,
+            if self.ipv6 { ", IPv6" } else { "" },
+            self.runs,
+            self.seconds
         )?;
         writeln!(
             f,

@@ -63,6 +63,9 @@ pub enum LabCommand {
         runs: usize,
         #[arg(long)]
         json: bool,
+        /// Over IPv6: pod IPv6 addresses against the IPv6 underlay (a --dual-stack lab).
+        #[arg(long)]
+        ipv6: bool,
     },
     /// Control-plane cost on fresh one-host vxlan labs, one per lease count: convergence of N
     /// leases, one lease added or deleted, idle CPU, RSS, healing of hand-deleted entries.
@@ -315,10 +318,12 @@ impl LabCommand {
                 seconds,
                 runs,
                 json,
+                ipv6,
             } => {
                 let options = BenchOptions {
                     seconds,
                     runs,
+                    ipv6,
                     ..BenchOptions::default()
                 };
                 let report = Lab::open(&name)?.bench(&options)?;
