@@ -147,8 +147,9 @@ impl std::fmt::Debug for UdpBackend {
 
 impl UdpBackend {
     /// Creates or adopts the persistent TUN device `flannel0` (MTU = interface MTU - 28, up),
-    /// binds the UDP port on the interface's address and starts the workers. Datagrams are
-    /// dropped until [`UdpBackend::set_lease`] and [`UdpBackend::reconcile`] fill the peer table.
+    /// binds the UDP port on the interface's address and starts the workers. The workers
+    /// leave packets queued until the first [`UdpBackend::reconcile`] fills the peer table (for
+    /// at most 10 s), so a restart answers no packet with "net unreachable".
     pub async fn start(
         nl: Netlink,
         ext: ExternalInterface,
@@ -383,6 +384,7 @@ impl UdpBackend {
                 .table
                 .store(Arc::new(PeerTable::new(Some(self.network), Some(own.ipv4), &peers)));
         }
+        self.shared.loaded.store(true, Ordering::Release);
         if report.changed() {
             tracing::info!(
                 device = DEVICE,

@@ -35,6 +35,10 @@ const POLL_MS: libc::c_int = 100;
 pub(crate) struct Shared {
     pub table: ArcSwap<PeerTable>,
     pub counters: Arc<Counters>,
+    /// The first full lease set is in the table. Until then the workers leave packets queued
+    /// (in flannel0 and the socket) rather than answer "net unreachable" for peers a restarted
+    /// weftd has simply not loaded yet.
+    pub loaded: AtomicBool,
 }
 
 impl Shared {
@@ -42,9 +46,13 @@ impl Shared {
         Shared {
             table: ArcSwap::from_pointee(table),
             counters: Arc::default(),
+            loaded: AtomicBool::new(false),
         }
     }
 }
+
+/// How long a worker waits for the first lease set before it serves with what it has.
+const LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One worker: a TUN queue, a UDP socket and the buffers for a batch in each direction.
 pub(crate) struct Worker {
@@ -142,6 +150,13 @@ impl Worker {
     }
 
     fn run(mut self) {
+        let waiting_since = std::time::Instant::now();
+        while !self.shared.loaded.load(Ordering::Acquire)
+            && !self.stop.load(Ordering::Relaxed)
+            && waiting_since.elapsed() < LOAD_WAIT
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let mut placement = self.cpu.map(|(cpu, cpus)| Placement::new(cpu, cpus));
         while !self.stop.load(Ordering::Relaxed) {
             let (mut tun_more, mut udp_more) = self.ready.wait(POLL_MS);
