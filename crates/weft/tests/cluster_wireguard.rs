@@ -299,6 +299,36 @@ s.sendto(struct.pack('<II', 4, 0x7fffff00) + os.urandom(40), to) # data for an i
     assert!(lab.weftd_alive(1));
     assert!(lab.wait_ping(2, lab.pod_ip(1).unwrap(), Duration::from_secs(3)));
 
+    // A flood of handshake initiations with a valid MAC1 (anyone who knows the public key can
+    // compute it): past the rate limit weftd answers with cookie replies instead of doing the
+    // Diffie-Hellman, counts them, and real peers still get through.
+    let flood = r#"
+import base64, hashlib, os, socket, struct, sys
+pub = base64.b64decode(sys.argv[1])
+key = hashlib.blake2s(b"mac1----" + pub).digest()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(600):
+    msg = struct.pack('<II', 1, i) + os.urandom(108)
+    mac1 = hashlib.blake2s(msg, key=key, digest_size=16).digest()
+    s.sendto(msg + mac1 + bytes(16), ("198.51.100.1", 51820))
+"#;
+    let out = Command::new("ip")
+        .args(["netns", "exec", lab.switch_ns(), "python3", "-c", flood, &keys[0]])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_until(Duration::from_secs(3), || metric_of(
+            &lab,
+            1,
+            "weft_wireguard_cookie_replies_total"
+        ) > 0
+            && dropped(&lab, 1, "under_load") > 0),
+        "{}",
+        http_get(&lab, 1, "/metrics")
+    );
+    assert!(lab.wait_ping(2, lab.pod_ip(1).unwrap(), Duration::from_secs(3)));
+
     // A lease with a malformed PublicKey: refused by admission, logged, no peer installed.
     lab.etcd_put(
         "/coreos.com/network/subnets/10.5.250.0-24",
