@@ -398,7 +398,7 @@ for i in range(600):
 
 fn interop(name: &str, psk: Option<&str>) {
     let options = match psk {
-        Some(psk) => serde_json::json!({ "PSK": psk }),
+        Some(psk) => serde_json::json!({ "PSK": psk, "PersistentKeepaliveInterval": 25 }),
         None => serde_json::json!({}),
     };
     let mut lab = up(wireguard_spec(name, 3, options));
@@ -421,6 +421,11 @@ fn interop(name: &str, psk: Option<&str>) {
     );
     let show = run(&lab, 3, &["wg", "show", "flannel-wg"]);
     assert!(show.contains("latest handshake:"), "wireguard-go's view:\n{show}");
+    if psk.is_some() {
+        let ours = run(&lab, 1, &["wg", "show", "flannel-wg"]);
+        assert!(ours.contains("preshared key: (hidden)"), "{ours}");
+        assert!(ours.contains("persistent keepalive: every 25 seconds"), "{ours}");
+    }
 }
 
 #[test]
