@@ -385,6 +385,8 @@ enum Claim {
     PublicIp(Ipv4Addr),
     PublicIpv6(Ipv6Addr),
     VtepMac([u8; 6]),
+    /// wireguard: two leases with one key would leave peers guessing which node it is.
+    PublicKey([u8; 32]),
 }
 
 impl Claim {
@@ -395,6 +397,7 @@ impl Claim {
             Claim::PublicIp(_) => "PublicIP",
             Claim::PublicIpv6(_) => "PublicIPv6",
             Claim::VtepMac(_) => "VtepMAC",
+            Claim::PublicKey(_) => "PublicKey",
         }
     }
 }
@@ -407,6 +410,7 @@ impl fmt::Display for Claim {
             Claim::PublicIp(ip) => write!(f, "{ip}"),
             Claim::PublicIpv6(ip) => write!(f, "{ip}"),
             Claim::VtepMac(mac) => write!(f, "{}", format_mac(mac)),
+            Claim::PublicKey(key) => write!(f, "{}", crate::wireguard::format_key(key)),
         }
     }
 }
@@ -416,6 +420,10 @@ fn claims(lease: &Lease, vtep_macs: Vec<[u8; 6]>) -> Vec<Claim> {
     claims.extend(lease.subnet.ipv6.map(Claim::Ipv6Subnet));
     claims.extend(lease.attrs.public_ipv6.map(Claim::PublicIpv6));
     claims.extend(vtep_macs.into_iter().map(Claim::VtepMac));
+    if lease.attrs.backend_type == "wireguard" {
+        let key = crate::wireguard::WireguardLeaseData::parse(&lease.attrs.backend_data).ok();
+        claims.extend(key.map(|d| Claim::PublicKey(d.public_key)));
+    }
     claims
 }
 
@@ -863,7 +871,10 @@ mod tests {
             rec(
                 "10.42.2.0-24",
                 2,
-                &wg("198.51.100.2", &format!(r#"{{"PublicKey":"{key}","Port":51830}}"#)),
+                &wg(
+                    "198.51.100.2",
+                    r#"{"PublicKey":"uFmW/sycfx/G0lcqdu2hHVm80gvo5UOxXOS9hajnWjM=","Port":51830}"#,
+                ),
             ),
             rec("10.42.3.0-24", 3, &wg("198.51.100.3", r#"{"PublicKey":"not-a-key"}"#)),
             rec("10.42.4.0-24", 4, &wg("198.51.100.4", "{}")),
@@ -875,6 +886,30 @@ mod tests {
             assert_eq!(r.label(), "bad_backend_data", "{name}: {r}");
         }
         assert!(refusal_of(&a, "10.42.3.0-24").to_string().contains("PublicKey"));
+    }
+
+    #[test]
+    fn a_public_key_is_held_by_the_oldest_lease() {
+        let c = cfg(r#"{"Network":"10.42.0.0/16","Backend":{"Type":"wireguard"}}"#);
+        let wg = |ip: &str, key: &str| {
+            format!(
+                r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{key}"}}}}"#
+            )
+        };
+        let (k1, k2) = (
+            "YFd2oJ3FwJb9/0wIxwd1o4pq6Yb9KZpLD1TB/eVrKFY=",
+            "uFmW/sycfx/G0lcqdu2hHVm80gvo5UOxXOS9hajnWjM=",
+        );
+        let records = vec![
+            rec("10.42.5.0-24", 1, &wg("198.51.100.1", k1)),
+            rec("10.42.2.0-24", 2, &wg("198.51.100.2", k1)),
+            rec("10.42.3.0-24", 3, &wg("198.51.100.3", k2)),
+        ];
+        let a = admit(&c, &records);
+        assert_eq!(names(&a), ["10.42.3.0-24", "10.42.5.0-24"]);
+        let r = refusal_of(&a, "10.42.2.0-24");
+        assert_eq!(r.label(), "conflict");
+        assert!(r.to_string().contains(&format!("PublicKey {k1}")), "{r}");
     }
 
     #[test]
