@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use ipnet::{Ipv4Net, Ipv6Net};
+use smallvec::SmallVec;
 
 use crate::config::{BackendKind, NetworkConfig};
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
@@ -148,17 +149,22 @@ pub fn admit<'a>(cfg: &NetworkConfig, records: impl IntoIterator<Item = &'a Leas
 #[derive(Debug, Clone)]
 pub struct Admitter {
     cfg: NetworkConfig,
-    records: HashMap<String, Entry>,
-    /// The valid records claiming each claim, oldest first (almost always one: a small vector).
-    claimants: HashMap<Claim, Vec<(i64, String)>>,
+    /// By record name; the names are shared (`Arc<str>`) with the claimant lists, so a record
+    /// costs one copy of its name however many claims it makes.
+    records: HashMap<Arc<str>, Entry>,
+    /// The valid records claiming each claim, oldest first (almost always one, kept inline).
+    claimants: HashMap<Claim, Claimants>,
 }
+
+/// The records claiming one claim: (create revision, name), oldest first.
+type Claimants = SmallVec<[(i64, Arc<str>); 1]>;
 
 #[derive(Debug, Clone)]
 struct Entry {
     created: i64,
     /// The record (shared with whoever keeps the records) and its claims, when it passes its
     /// own checks.
-    valid: Option<(Arc<LeaseRecord>, Vec<Claim>)>,
+    valid: Option<(Arc<LeaseRecord>, Box<[Claim]>)>,
     outcome: Result<(), Refusal>,
 }
 
@@ -206,13 +212,14 @@ impl Admitter {
         let mut valid = BTreeSet::new();
         for record in records {
             let entry = admitter.entry(&record);
+            let name: Arc<str> = record.name.as_str().into();
             if let Some((_, claims)) = &entry.valid {
-                for claim in claims {
-                    admitter.claim(*claim, entry.created, &record.name);
+                for claim in claims.iter() {
+                    admitter.claim(*claim, entry.created, &name);
                 }
-                valid.insert((entry.created, record.name.clone()));
+                valid.insert((entry.created, name.clone()));
             }
-            admitter.records.insert(record.name.clone(), entry);
+            admitter.records.insert(name, entry);
         }
         admitter.decide(&valid);
         admitter
@@ -230,7 +237,7 @@ impl Admitter {
             Err(reason) => Err(reason.clone()),
         };
         let (outcome, valid) = match checked {
-            Ok(claims) => (Ok(()), Some((record.clone(), claims))),
+            Ok(claims) => (Ok(()), Some((record.clone(), claims.into_boxed_slice()))),
             Err(reason) => (Err(reason), None),
         };
         Entry {
@@ -254,7 +261,7 @@ impl Admitter {
                     admission.leases.insert(subnet, attrs.clone());
                 }
                 (_, Some(reason)) => admission.refused.push(Refused {
-                    name: name.clone(),
+                    name: name.to_string(),
                     reason: reason.clone(),
                 }),
                 _ => {}
@@ -268,25 +275,26 @@ impl Admitter {
         let old = self.records.remove(name);
         let mut seeds: Vec<Claim> = Vec::new();
         if let Some((_, claims)) = old.as_ref().and_then(|o| o.valid.as_ref()) {
-            for claim in claims {
+            for claim in claims.iter() {
                 self.unclaim(*claim, old.as_ref().map_or(0, |o| o.created), name);
             }
-            seeds.extend(claims);
+            seeds.extend(claims.iter());
         }
         if let Some(entry) = entry {
+            let shared: Arc<str> = name.into();
             if let Some((_, claims)) = &entry.valid {
-                for claim in claims {
-                    self.claim(*claim, entry.created, name);
+                for claim in claims.iter() {
+                    self.claim(*claim, entry.created, &shared);
                 }
-                seeds.extend(claims);
+                seeds.extend(claims.iter());
             }
-            self.records.insert(name.to_string(), entry);
+            self.records.insert(shared, entry);
         }
         // Everything that shares a claim with the old or new record, transitively.
         let component = self.component(&seeds);
-        let before: Vec<(String, Entry)> = component
+        let before: Vec<(Arc<str>, Entry)> = component
             .iter()
-            .filter(|(_, n)| n != name)
+            .filter(|(_, n)| &**n != name)
             .filter_map(|(_, n)| Some((n.clone(), self.records.get(n)?.clone())))
             .collect();
         self.decide(&component);
@@ -315,15 +323,15 @@ impl Admitter {
         decisions
     }
 
-    fn claim(&mut self, claim: Claim, created: i64, name: &str) {
+    fn claim(&mut self, claim: Claim, created: i64, name: &Arc<str>) {
         let list = self.claimants.entry(claim).or_default();
-        let at = list.partition_point(|(c, n)| (*c, n.as_str()) < (created, name));
-        list.insert(at, (created, name.to_string()));
+        let at = list.partition_point(|(c, n)| (*c, &**n) < (created, &**name));
+        list.insert(at, (created, name.clone()));
     }
 
     fn unclaim(&mut self, claim: Claim, created: i64, name: &str) {
         if let Some(list) = self.claimants.get_mut(&claim) {
-            list.retain(|(c, n)| (*c, n.as_str()) != (created, name));
+            list.retain(|(c, n)| (*c, &**n) != (created, name));
             if list.is_empty() {
                 self.claimants.remove(&claim);
             }
@@ -331,7 +339,7 @@ impl Admitter {
     }
 
     /// The valid records reachable from `seeds` through shared claims, oldest first.
-    fn component(&self, seeds: &[Claim]) -> BTreeSet<(i64, String)> {
+    fn component(&self, seeds: &[Claim]) -> BTreeSet<(i64, Arc<str>)> {
         let mut members = BTreeSet::new();
         let mut seen: HashSet<Claim> = HashSet::new();
         let mut todo: Vec<Claim> = seeds.to_vec();
@@ -352,8 +360,8 @@ impl Admitter {
 
     /// Decides the records of one component, oldest first: each keeps its claims unless an
     /// older admitted record holds one of them.
-    fn decide(&mut self, component: &BTreeSet<(i64, String)>) {
-        let mut holders: HashMap<Claim, String> = HashMap::new();
+    fn decide(&mut self, component: &BTreeSet<(i64, Arc<str>)>) {
+        let mut holders: HashMap<Claim, Arc<str>> = HashMap::new();
         for (_, name) in component {
             let Some(entry) = self.records.get_mut(name) else {
                 continue;
@@ -364,10 +372,10 @@ impl Admitter {
                 Some((claim, holder)) => Err(Refusal::Conflict {
                     what: claim.what(),
                     value: claim.to_string(),
-                    holder,
+                    holder: holder.to_string(),
                 }),
                 None => {
-                    for claim in claims {
+                    for claim in claims.iter() {
                         holders.insert(*claim, name.clone());
                     }
                     Ok(())
