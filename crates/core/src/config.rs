@@ -56,7 +56,7 @@ pub enum ConfigError {
     Ipv6SubnetLenTooLong(u8),
     #[error("IPv6SubnetLen {len} leaves fewer than four subnets in IPv6Network {network}: use at least {min}")]
     Ipv6SubnetLenTooShort { len: u8, network: Ipv6Net, min: u8 },
-    #[error("EnableIPv6 is true but Backend.Type {0:?} carries IPv4 only (as flannel's): use \"vxlan\" or \"host-gw\" for dual stack, or set EnableIPv6 to false")]
+    #[error("EnableIPv6 is true but Backend.Type {0:?} carries IPv4 only ({why}): use \"vxlan\" or \"host-gw\" for dual stack, or set EnableIPv6 to false", why = ipv4_only_because(.0))]
     Ipv6Unsupported(&'static str),
     #[error("Backend.Type {0:?} is not a backend weft knows: use \"vxlan\", \"host-gw\" or \"udp\"")]
     UnknownBackend(String),
@@ -64,6 +64,14 @@ pub enum ConfigError {
         "Backend.Type {0:?} is a flannel backend weft does not implement yet: use \"vxlan\", \"host-gw\" or \"udp\""
     )]
     UnsupportedBackend(String),
+}
+
+/// Why a backend refuses EnableIPv6.
+fn ipv4_only_because(backend: &str) -> &'static str {
+    match backend {
+        "udp" => "as flannel's",
+        _ => "weft's does not do IPv6 yet",
+    }
 }
 
 /// Which datapath the config selects.
