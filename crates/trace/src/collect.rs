@@ -1,16 +1,18 @@
 //! Reads the facts a trace needs from this node (netlink, /proc, iptables-save, nft, the subnet
-//! file) and from etcd. Runs in the calling thread's network namespace. It never changes state.
+//! file) and from etcd, for the family of the traced packet. Runs in the calling thread's network
+//! namespace. It never changes state.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
-use weft_core::{Lease, SubnetEnv};
+use weft_core::SubnetEnv;
 use weft_kernel::netlink::{AddrFamily, Netlink};
 
 use crate::facts::{Facts, Leases, Lookup, SubnetFile};
+use crate::family::Family;
 use crate::{TraceError, TraceOptions};
 
 fn read_subnet_file(path: &Path) -> SubnetFile {
@@ -24,8 +26,8 @@ fn read_subnet_file(path: &Path) -> SubnetFile {
     }
 }
 
-fn read_ip_forward() -> Option<bool> {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").ok()?;
+fn read_forwarding(family: Family) -> Option<bool> {
+    let text = std::fs::read_to_string(family.forwarding_proc()).ok()?;
     Some(text.trim() != "0")
 }
 
@@ -37,11 +39,15 @@ fn listing(program: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-async fn read_etcd(opts: &EtcdOptions, within: Duration) -> (Leases, Option<ipnet::Ipv4Net>) {
+/// The leases, and the config's cluster network of `family` (`Network`, `IPv6Network`).
+async fn read_etcd(opts: &EtcdOptions, within: Duration, family: Family) -> (Leases, Option<ipnet::IpNet>) {
     let read = async {
         let etcd = EtcdSubnetManager::connect(opts.clone()).await?;
         let leases = etcd.list_leases().await?;
-        let network = etcd.get_config().await.ok().flatten().map(|c| c.network);
+        let network = etcd.get_config().await.ok().flatten().and_then(|c| match family {
+            Family::V4 => Some(c.network.into()),
+            Family::V6 => c.ipv6.map(|p| p.network.into()),
+        });
         Ok::<_, weft_control::ControlError>((leases, network))
     };
     match tokio::time::timeout(within, read).await {
@@ -51,16 +57,6 @@ async fn read_etcd(opts: &EtcdOptions, within: Duration) -> (Leases, Option<ipne
             Leases::Failed(format!("no answer from {} within {within:?}", opts.endpoints.join(","))),
             None,
         ),
-    }
-}
-
-fn owning_lease(leases: &Leases, dst: Ipv4Addr) -> Option<&Lease> {
-    match leases {
-        Leases::Listed(all) => all
-            .iter()
-            .filter(|l| l.subnet.ipv4.contains(&dst))
-            .max_by_key(|l| l.subnet.ipv4.prefix_len()),
-        _ => None,
     }
 }
 
@@ -75,18 +71,20 @@ async fn fib_match(nl: &Netlink, dst: IpAddr) -> Lookup {
 
 /// Collects everything [`crate::walk::walk`] looks at.
 pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
+    let family = Family::of(opts.dst);
+    let nl_family = match family {
+        Family::V4 => AddrFamily::Ipv4,
+        Family::V6 => AddrFamily::Ipv6,
+    };
     let subnet_file = read_subnet_file(&opts.subnet_file);
     let (leases, etcd_network) = match &opts.etcd {
-        Some(etcd) => read_etcd(etcd, opts.etcd_timeout).await,
+        Some(etcd) => read_etcd(etcd, opts.etcd_timeout, family).await,
         None => (Leases::NotAsked, None),
     };
     let nl = Netlink::new().map_err(TraceError::Netlink)?;
     let links = nl.list_links().await.map_err(TraceError::Netlink)?;
-    let addrs = nl
-        .list_addrs(Some(AddrFamily::Ipv4))
-        .await
-        .map_err(TraceError::Netlink)?;
-    let route = fib_match(&nl, opts.dst.into()).await;
+    let addrs = nl.list_addrs(None).await.map_err(TraceError::Netlink)?;
+    let route = fib_match(&nl, opts.dst).await;
 
     let mut neighbours = Vec::new();
     let mut fdb = Vec::new();
@@ -97,7 +95,7 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
     };
     if let Some(dev) = route_dev {
         for n in nl
-            .list_neighbours(dev.index, Some(AddrFamily::Ipv4))
+            .list_neighbours(dev.index, Some(nl_family))
             .await
             .map_err(TraceError::Netlink)?
         {
@@ -107,24 +105,27 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
             fdb = nl.list_fdb(dev.index).await.map_err(TraceError::Netlink)?;
         }
     }
-    let owner = owning_lease(&leases, opts.dst);
+    let owner = match &leases {
+        Leases::Listed(all) => family.owning_lease(all, opts.dst),
+        _ => None,
+    };
     // The VTEP MACs that matter: the next hop's in the kernel, and the one the lease advertises.
     let next_hop = match &route {
-        Lookup::Found(r) => r.gateway.unwrap_or(opts.dst.into()),
-        _ => opts.dst.into(),
+        Lookup::Found(r) => r.gateway.unwrap_or(opts.dst),
+        _ => opts.dst,
     };
     let mut macs: Vec<[u8; 6]> = neighbours
         .iter()
         .filter(|(_, n)| n.ip == next_hop)
         .filter_map(|(_, n)| n.mac)
         .collect();
-    if let Some(mac) = owner.and_then(|l| l.attrs.vtep_mac()) {
+    if let Some(mac) = owner.and_then(|l| family.lease_vtep_mac(l)) {
         macs.push(mac);
     }
     for e in fdb.iter().filter(|e| macs.contains(&e.mac)) {
         underlay_targets.extend(e.dst);
     }
-    underlay_targets.extend(owner.map(|l| IpAddr::V4(l.attrs.public_ip)));
+    underlay_targets.extend(owner.and_then(|l| family.lease_public_ip(l)));
     underlay_targets.sort();
     underlay_targets.dedup();
     let mut underlay = Vec::new();
@@ -135,7 +136,7 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
     let mut port_fdb = Vec::new();
     if let Some(bridge) = links.iter().find(|l| l.name == opts.bridge) {
         for n in nl
-            .list_neighbours(bridge.index, Some(AddrFamily::Ipv4))
+            .list_neighbours(bridge.index, Some(nl_family))
             .await
             .map_err(TraceError::Netlink)?
         {
@@ -158,7 +159,7 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
         subnet_file,
         etcd_network,
         leases,
-        ip_forward: read_ip_forward(),
+        ip_forward: read_forwarding(family),
         bridge: opts.bridge.clone(),
         links,
         addrs,
@@ -167,7 +168,7 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
         fdb,
         port_fdb,
         underlay,
-        iptables_filter: listing("iptables-save", &["-t", "filter"]),
+        iptables_filter: listing(&format!("{}-save", family.iptables()), &["-t", "filter"]),
         nft_ruleset: listing("nft", &["-j", "list", "ruleset"]),
         udp_peers: read_udp_peers(&opts.subnet_file),
     })

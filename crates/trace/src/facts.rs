@@ -1,11 +1,13 @@
 //! What the collector read from this node and from etcd, as plain values: the input of the pure
 //! walk. Nothing here does I/O.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft_core::{Lease, SubnetEnv};
 use weft_kernel::netlink::{AddrInfo, FdbEntry, LinkInfo, Neighbour, RouteInfo};
+
+use crate::family::Family;
 
 /// The subnet file, as found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,23 +42,27 @@ pub enum Lookup {
 /// Everything the walk looks at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Facts {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    /// Source and destination, of one family: the walk follows that family's side of the node.
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub subnet_file_path: String,
     pub subnet_file: SubnetFile,
-    /// `Network` of the etcd config, used when subnet.env is missing.
-    pub etcd_network: Option<Ipv4Net>,
+    /// `Network` (`IPv6Network` for an IPv6 trace) of the etcd config, used when subnet.env is
+    /// missing.
+    pub etcd_network: Option<IpNet>,
     pub leases: Leases,
-    /// `net.ipv4.ip_forward`; None when unreadable.
+    /// `net.ipv4.ip_forward` (`net.ipv6.conf.all.forwarding` for IPv6); None when unreadable.
     pub ip_forward: Option<bool>,
     /// The bridge pods hang off (`cni0`).
     pub bridge: String,
     /// Every device, with the bridge each is a port of.
     pub links: Vec<LinkInfo>,
+    /// The addresses of every device, of both families.
     pub addrs: Vec<AddrInfo>,
     /// The lookup for `dst`.
     pub route: Lookup,
-    /// Neighbours of the route's device and of the bridge: (device index, entry).
+    /// Neighbours (of the trace's family) of the route's device and of the bridge: (device index,
+    /// entry).
     pub neighbours: Vec<(u32, Neighbour)>,
     /// FDB entries of the route's device (VXLAN).
     pub fdb: Vec<FdbEntry>,
@@ -64,7 +70,8 @@ pub struct Facts {
     pub port_fdb: Vec<(u32, FdbEntry)>,
     /// Lookups of underlay addresses (VTEP destinations, PublicIPs).
     pub underlay: Vec<(IpAddr, Lookup)>,
-    /// `iptables-save -t filter` output; None when iptables-save is missing or failed.
+    /// `iptables-save -t filter` output (`ip6tables-save` for IPv6); None when it is missing or
+    /// failed.
     pub iptables_filter: Option<String>,
     /// `nft -j list ruleset` output (JSON); None when nft is missing or failed.
     pub nft_ruleset: Option<String>,
@@ -73,6 +80,11 @@ pub struct Facts {
 }
 
 impl Facts {
+    /// The family of the traced packet.
+    pub fn family(&self) -> Family {
+        Family::of(self.dst)
+    }
+
     pub fn link(&self, index: u32) -> Option<&LinkInfo> {
         self.links.iter().find(|l| l.index == index)
     }

@@ -4,24 +4,28 @@
 //! interface). Pure.
 //!
 //! Only matches it understands are evaluated (`-s`, `-d`, `-i`, `-o`, comments; in nft `ip
-//! saddr`, `ip daddr`, `iifname`, `oifname`, counters, comments); a rule with any other match
+//! saddr`, `ip daddr`, their `ip6` twins, `iifname`, `oifname`, counters, comments); a rule with
+//! any other match
 //! (conntrack, marks, ...) cannot be decided for a new packet and is passed over, so a drop is
 //! reported only when no rule we can read accepts the packet.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft_core::iptables_save;
 use weft_kernel::firewall::nft_json::{self, ChainView, RuleExpr, Ruleset};
 use weft_kernel::firewall::nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload};
 use weft_kernel::firewall::nftables::stmt::{Match, Operator, Statement};
 
-/// The packet to follow through the FORWARD hook.
+use crate::family::Family;
+
+/// The packet to follow through the FORWARD hook: IPv4 (read from `iptables-save`) or IPv6
+/// (from `ip6tables-save`); nft tables of the other family do not see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub iif: String,
     pub oif: String,
 }
@@ -33,11 +37,17 @@ pub enum Verdict {
     Drop { by: String },
 }
 
-fn addr_matches(spec: &str, ip: Ipv4Addr) -> Option<bool> {
-    if let Ok(net) = spec.parse::<Ipv4Net>() {
+fn addr_matches(spec: &str, ip: IpAddr) -> Option<bool> {
+    if let Ok(net) = spec.parse::<IpNet>() {
         return Some(net.contains(&ip));
     }
-    spec.parse::<Ipv4Addr>().ok().map(|a| a == ip)
+    spec.parse::<IpAddr>().ok().map(|a| a == ip)
+}
+
+impl Packet {
+    fn family(&self) -> Family {
+        Family::of(self.dst)
+    }
 }
 
 /// iptables interface match: a trailing `+` is a prefix wildcard.
@@ -163,16 +173,21 @@ pub fn parse_nft(json: &str) -> Option<Ruleset> {
     nft_json::parse_ruleset(json).ok()
 }
 
-/// Evaluates the packet against every base chain at the forward hook of the ruleset (each must
-/// let it through). `skip_ip_filter`: leave out `table ip filter`, which iptables-nft manages and
+/// Evaluates the packet against every base chain at the forward hook of the `inet` tables and
+/// the tables of the packet's family (`ip`, `ip6`); each must let it through. `skip_ip_filter`:
+/// leave out `table ip filter` (`ip6 filter`), which iptables-nft manages and
 /// [`iptables_forward`] already read. None when no base chain hooks forward.
 pub fn nft_forward(ruleset: &Ruleset, pkt: &Packet, skip_ip_filter: bool) -> Option<Verdict> {
-    use weft_kernel::firewall::nftables::types::{NfChainPolicy, NfHook};
+    use weft_kernel::firewall::nftables::types::{NfChainPolicy, NfFamily, NfHook};
+    let family = pkt.family();
     let mut any = false;
     let mut accepted_by = Vec::new();
     for table in &ruleset.tables {
+        if table.family != NfFamily::INet && table.family != family.nft_family() {
+            continue;
+        }
         let name = table.describe();
-        if skip_ip_filter && name == "ip filter" {
+        if skip_ip_filter && table.family == family.nft_family() && table.name == "filter" {
             continue;
         }
         let chains: BTreeMap<&str, &ChainView> = table.chains.iter().map(|c| (c.name.as_str(), c)).collect();
@@ -245,13 +260,19 @@ fn nft_rule(statements: &[Statement], pkt: &Packet) -> Option<RuleOutcome> {
 /// Whether the packet meets one match; None when the match is not one we read.
 fn nft_match(m: &Match, pkt: &Packet) -> Option<bool> {
     let hit = match &m.left {
-        Expression::Named(NamedExpression::Payload(Payload::PayloadField(p))) if p.protocol == "ip" => {
+        Expression::Named(NamedExpression::Payload(Payload::PayloadField(p)))
+            if p.protocol == "ip" || p.protocol == "ip6" =>
+        {
             let ip = match p.field.as_ref() {
                 "saddr" => pkt.src,
                 "daddr" => pkt.dst,
                 _ => return None,
             };
-            nft_json::addr_of(&m.right)?.contains(&IpAddr::V4(ip))
+            if p.protocol != pkt.family().nft_protocol() {
+                // An `ip` match never applies to an IPv6 packet (nor `ip6` to IPv4), negated or not.
+                return Some(false);
+            }
+            nft_json::addr_of(&m.right)?.contains(&ip)
         }
         Expression::Named(NamedExpression::Meta(Meta { key }))
             if matches!(key, MetaKey::Iifname | MetaKey::Oifname) =>
@@ -451,5 +472,49 @@ mod tests {
             nft_forward(&listing, &elsewhere, false),
             Some(Verdict::Drop { .. })
         ));
+    }
+
+    fn pkt6() -> Packet {
+        Packet {
+            src: "fc00:0:0:1::2".parse().unwrap(),
+            dst: "fc00:0:0:2::3".parse().unwrap(),
+            iif: "cni0".into(),
+            oif: "flannel-v6.1".into(),
+        }
+    }
+
+    #[test]
+    fn ipv6_packets_meet_ip6tables_rules_and_only_inet_and_ip6_tables() {
+        let save = "*filter\n:FORWARD DROP [0:0]\n:FLANNEL-FWD - [0:0]\n\
+            -A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD\n\
+            -A FLANNEL-FWD -s fc00::/48 -m comment --comment \"flanneld forward\" -j ACCEPT\nCOMMIT\n";
+        assert!(matches!(iptables_forward(save, &pkt6()), Some(Verdict::Accept { .. })));
+        assert!(matches!(iptables_forward(save, &pkt()), Some(Verdict::Drop { .. })));
+        // The IPv4 table flannel-ipv4 does not see the packet; inet host's pods chain has only `ip`
+        // matches, which never apply to IPv6 (not even `ip daddr != ...`): its policy drops it.
+        assert_eq!(
+            nft_forward(&nft(), &pkt6(), false),
+            Some(Verdict::Drop {
+                by: "policy drop (nft inet host chain fwd_in)".into()
+            })
+        );
+        // weftd's IPv6 table (`table ip6 flannel-ipv6`) accepts it; an ip6 table is not asked
+        // about IPv4 packets.
+        let listing = parse_nft(
+            r#"{"nftables":[{"table":{"family":"ip6","name":"flannel-ipv6","handle":1}},
+               {"chain":{"family":"ip6","table":"flannel-ipv6","name":"forward","handle":1,"type":"filter",
+                         "hook":"forward","prio":0,"policy":"drop"}},
+               {"rule":{"family":"ip6","table":"flannel-ipv6","chain":"forward","handle":2,
+                        "expr":[{"match":{"op":"==","left":{"payload":{"protocol":"ip6","field":"saddr"}},
+                                          "right":{"prefix":{"addr":"fc00::","len":48}}}},{"accept":null}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            nft_forward(&listing, &pkt6(), false),
+            Some(Verdict::Accept {
+                by: "ip6 saddr fc00::/48 accept (nft ip6 flannel-ipv6 chain forward)".into()
+            })
+        );
+        assert_eq!(nft_forward(&listing, &pkt(), false), None);
     }
 }

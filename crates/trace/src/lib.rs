@@ -1,18 +1,21 @@
 //! `weft trace <src> <dst>`: walks a packet's path on this node through the live kernel tables
 //! (route, neighbour, FDB, underlay route, forwarding, MTUs) and the owning lease in etcd, and
-//! says, for each hop, which entry decided it, or where and why the path breaks.
+//! says, for each hop, which entry decided it, or where and why the path breaks. IPv4 and IPv6
+//! packets take the same walk, each through its own family's side of a dual-stack node
+//! ([`family::Family`]).
 //!
 //! Collection ([`collect`]) only reads; the walk ([`walk::walk`]) is pure and unit-tested from
 //! plain [`facts::Facts`]. It runs in the calling thread's network namespace.
 
 pub mod collect;
 pub mod facts;
+pub mod family;
 pub mod forward;
 pub mod report;
 pub mod walk;
 pub mod wireguard;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,15 +33,20 @@ pub const DEFAULT_BRIDGE: &str = "cni0";
 pub enum TraceError {
     #[error("trace: {0}")]
     Netlink(NetlinkError),
+    #[error(
+        "trace: the source {src} and the destination {dst} are of different address families: give two IPv4 \
+         or two IPv6 addresses (a dual-stack pod has one of each)"
+    )]
+    MixedFamilies { src: IpAddr, dst: IpAddr },
 }
 
 /// What to trace, and where to read from.
 #[derive(Debug, Clone)]
 pub struct TraceOptions {
     /// A pod of this node, or an address of the node itself.
-    pub src: Ipv4Addr,
-    /// Any pod address in the cluster.
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    /// Any pod address in the cluster, of the source's family.
+    pub dst: IpAddr,
     /// `--subnet-file`.
     pub subnet_file: PathBuf,
     /// The pods' bridge (`cni0`).
@@ -50,7 +58,7 @@ pub struct TraceOptions {
 }
 
 impl TraceOptions {
-    pub fn new(src: Ipv4Addr, dst: Ipv4Addr) -> TraceOptions {
+    pub fn new(src: IpAddr, dst: IpAddr) -> TraceOptions {
         TraceOptions {
             src,
             dst,
@@ -63,8 +71,15 @@ impl TraceOptions {
 }
 
 /// Reads this node's tables (and etcd) and walks `src -> dst`. Errors only when the kernel
-/// cannot be read at all; everything else is a step of the trace.
+/// cannot be read at all, or when `src` and `dst` are of different families; everything else is
+/// a step of the trace.
 pub async fn run_trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
+    if family::Family::of(opts.src) != family::Family::of(opts.dst) {
+        return Err(TraceError::MixedFamilies {
+            src: opts.src,
+            dst: opts.dst,
+        });
+    }
     let facts = collect::collect(opts).await?;
     Ok(walk::walk(&facts))
 }

@@ -2,7 +2,7 @@
 //! fix in words) or informational; rendered as text or JSON.
 
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::Serialize;
 
@@ -43,6 +43,13 @@ pub enum Cause {
     DeviceDown,
     UdpPeerMissing,
     UdpPeerMismatch,
+    /// An IPv6 trace on a node whose subnet.env has no IPv6 side (not dual stack).
+    Ipv6NotEnabled,
+    /// The owning lease has an IPv6 subnet but no PublicIPv6 (or, for vxlan, no BackendV6Data
+    /// VtepMAC).
+    LeaseLacksIpv6,
+    /// Source and destination of different address families.
+    MixedFamilies,
 }
 
 /// One step of the walk.
@@ -100,8 +107,8 @@ impl Step {
 /// The whole walk from `src` to `dst` on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Trace {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     /// The backend the path uses (`vxlan`, `host-gw`, `udp`, `local`), once known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
@@ -111,7 +118,7 @@ pub struct Trace {
 }
 
 impl Trace {
-    pub fn new(src: Ipv4Addr, dst: Ipv4Addr, backend: Option<String>, steps: Vec<Step>) -> Trace {
+    pub fn new(src: IpAddr, dst: IpAddr, backend: Option<String>, steps: Vec<Step>) -> Trace {
         let ok = steps.iter().all(|s| s.status != Status::Broken);
         Trace {
             src,

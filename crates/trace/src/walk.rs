@@ -2,19 +2,22 @@
 //! meets them — subnet.env, source, owning lease, route, forwarding, the backend's tables
 //! (vxlan: neighbour, FDB, underlay route; host-gw: gateway; udp: TUN), then MTUs. A step that
 //! breaks says why and what to do; the walk goes on where later steps still mean something.
+//! An IPv6 packet takes the same walk through the IPv6 side of a dual-stack node: subnet.env's
+//! FLANNEL_IPV6_* lines, the lease's IPv6 subnet, PublicIPv6 and BackendV6Data, the
+//! `flannel-v6.<VNI>` VTEP, IPv6 forwarding and ip6tables ([`Family`] names the differences).
 
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use weft_core::{Lease, SubnetEnv};
 use weft_kernel::netlink::{format_mac, LinkInfo, Neighbour, RouteInfo, RouteType};
 
 use crate::facts::{Facts, Leases, Lookup, SubnetFile};
+use crate::family::Family;
 use crate::forward::{iptables_forward, nft_forward, parse_nft, Packet, Verdict};
 use crate::report::{Cause, Step, Trace};
 
-/// VXLAN over IPv4 adds 50 bytes; the udp backend 28.
-const VXLAN_OVERHEAD: u32 = 50;
+/// The udp backend adds 28 bytes (VXLAN's overhead depends on the family: [`Family`]).
 const UDP_OVERHEAD: u32 = 28;
 
 const NUD_INCOMPLETE: u16 = 0x01;
@@ -103,22 +106,26 @@ fn describe_neighbour(n: &Neighbour, dev: &str) -> String {
     format!("{} dev {dev} lladdr {mac} {}", n.ip, nud_name(n.state))
 }
 
-fn describe_env(path: &str, env: &SubnetEnv) -> String {
-    format!(
-        "{path}: FLANNEL_NETWORK={} FLANNEL_SUBNET={} FLANNEL_MTU={} FLANNEL_IPMASQ={}",
-        env.network, env.subnet, env.mtu, env.ipmasq
-    )
+fn describe_env(path: &str, env: &SubnetEnv, family: Family) -> String {
+    format!("{path}: {}", family.describe_env(env))
 }
 
-fn describe_lease(l: &Lease) -> String {
+/// The lease as its fields of `family` say it (IPv6: the whole dual-stack key, PublicIPv6,
+/// BackendV6Data).
+fn describe_lease(l: &Lease, family: Family) -> String {
     let backend = if l.attrs.backend_type.is_empty() {
         "udp"
     } else {
         &l.attrs.backend_type
     };
-    let mut s = format!("{} PublicIP {} backend {backend}", l.subnet, l.attrs.public_ip);
-    if !l.attrs.backend_data.is_null() {
-        s.push_str(&format!(" BackendData {}", l.attrs.backend_data));
+    let public = family
+        .lease_public_ip(l)
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "(none)".into());
+    let mut s = format!("{} {} {public} backend {backend}", l.subnet, family.public_ip_field());
+    let data = family.lease_backend_data(l);
+    if !data.is_null() {
+        s.push_str(&format!(" {} {data}", family.backend_data_field()));
     }
     s
 }
@@ -131,12 +138,41 @@ pub fn walk(f: &Facts) -> Trace {
 }
 
 fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
+    let family = f.family();
+    if !family.contains(f.src) {
+        steps.push(Step::broken(
+            "source",
+            Cause::MixedFamilies,
+            format!(
+                "{} and {} are of different address families: trace two IPv4 or two IPv6 addresses",
+                f.src, f.dst
+            ),
+        ));
+        return None;
+    }
     // subnet.env
     let env = match &f.subnet_file {
+        SubnetFile::Present(env) if family.env_subnet(env).is_none() || family.env_network(env).is_none() => {
+            steps.push(
+                Step::broken(
+                    "subnet.env",
+                    Cause::Ipv6NotEnabled,
+                    format!(
+                        "{} has no FLANNEL_IPV6_NETWORK/FLANNEL_IPV6_SUBNET: this node is not dual stack, so it has no \
+                         IPv6 pod subnet and routes no IPv6 pod traffic. Put \"EnableIPv6\": true and an \"IPv6Network\" \
+                         in the network config in etcd and restart weftd (it needs a global IPv6 address on its \
+                         interface, or --public-ipv6)",
+                        f.subnet_file_path
+                    ),
+                )
+                .with_entry(describe_env(&f.subnet_file_path, env, family)),
+            );
+            return None;
+        }
         SubnetFile::Present(env) => {
             steps.push(Step::ok(
                 "subnet.env",
-                describe_env(&f.subnet_file_path, env),
+                describe_env(&f.subnet_file_path, env, family),
                 "weftd holds a lease on this node",
             ));
             Some(env)
@@ -165,21 +201,24 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
             None
         }
     };
-    let network = env.map(|e| e.network.trunc()).or(f.etcd_network);
+    let network = env
+        .and_then(|e| family.env_network(e))
+        .map(|n| n.trunc())
+        .or(f.etcd_network);
     let bridge = f.link_named(&f.bridge);
-    let bridge_nets: Vec<Ipv4Net> = bridge
+    let bridge_nets: Vec<IpNet> = bridge
         .map(|b| {
             f.addrs
                 .iter()
-                .filter(|a| a.index == b.index)
-                .filter_map(|a| match a.addr {
-                    IpNet::V4(net) => Some(net.trunc()),
-                    IpNet::V6(_) => None,
-                })
+                .filter(|a| a.index == b.index && family.is_routable(&a.addr))
+                .map(|a| a.addr.trunc())
                 .collect()
         })
         .unwrap_or_default();
-    let own_subnet = env.map(|e| e.subnet.trunc()).or_else(|| bridge_nets.first().copied());
+    let own_subnet = env
+        .and_then(|e| family.env_subnet(e))
+        .map(|n| n.trunc())
+        .or_else(|| bridge_nets.first().copied());
 
     // source
     let src_addr = f.addrs.iter().find(|a| a.addr.addr() == f.src);
@@ -245,23 +284,21 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
     // owning lease
     let lease = match &f.leases {
         Leases::Listed(leases) => {
-            let owner = leases
-                .iter()
-                .filter(|l| l.subnet.ipv4.contains(&f.dst))
-                .max_by_key(|l| l.subnet.ipv4.prefix_len());
+            let owner = family.owning_lease(leases, f.dst);
             match owner {
-                Some(l) => steps.push(Step::ok(
-                    "lease",
-                    describe_lease(l),
-                    format!("the node at {} owns the subnet of {}", l.attrs.public_ip, f.dst),
-                )),
+                Some(l) => lease_step(l, family, f.dst, steps),
                 None => steps.push(Step::broken(
                     "lease",
                     Cause::NoLease,
                     format!(
                         "no lease in etcd covers {}: no node holds that subnet (its node is gone or its lease \
-                         expired, or the address is wrong); `weft leases` lists the cluster's subnets",
-                        f.dst
+                         expired, or the address is wrong{}); `weft leases` lists the cluster's subnets",
+                        f.dst,
+                        match family {
+                            Family::V4 => "",
+                            Family::V6 =>
+                                ", or the node that hosts it runs without IPv6 and its lease has no IPv6 subnet",
+                        }
                     ),
                 )),
             }
@@ -337,7 +374,7 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
     } else if route.gateway.is_some()
         && route.dst.prefix_len() > 0
         // Without a lease to compare with, any gateway route narrower than the default counts.
-        && lease.is_none_or(|l| Some(IpAddr::V4(l.attrs.public_ip)) == route.gateway)
+        && lease.is_none_or(|l| family.lease_public_ip(l) == route.gateway)
     {
         Some(Path::Gateway)
     } else {
@@ -345,7 +382,8 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
     };
     let Some(path) = path else {
         let subnet = lease
-            .map(|l| l.subnet.ipv4.to_string())
+            .and_then(|l| family.lease_subnet(l))
+            .map(|n| n.to_string())
             .unwrap_or_else(|| "its subnet".into());
         let (cause, why) = if lease.is_some_and(|l| l.attrs.backend_type == "host-gw") && route.dst.prefix_len() > 0 {
             (
@@ -358,7 +396,10 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
                         .gateway
                         .map(|g| g.to_string())
                         .unwrap_or_else(|| "no gateway".into()),
-                    lease.expect("checked").attrs.public_ip
+                    lease
+                        .and_then(|l| family.lease_public_ip(l))
+                        .map(|ip| ip.to_string())
+                        .unwrap_or_else(|| "(none)".into())
                 ),
             )
         } else {
@@ -433,7 +474,9 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
                 false => udp_peer_hop(f, lease, steps),
             }
             if let Some(l) = lease {
-                underlay_dev = underlay_hop(f, l.attrs.public_ip.into(), route.oif, &dev_name, steps);
+                if let Some(public) = family.lease_public_ip(l) {
+                    underlay_dev = underlay_hop(f, public, route.oif, &dev_name, steps);
+                }
             }
         }
     }
@@ -441,6 +484,56 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
     // MTU
     mtu_check(f, path, dev, underlay_dev, env, src_is_pod, steps);
     Some(path.name(lease).to_string())
+}
+
+/// The owning lease: of an IPv6 destination it must also say how to reach the node over IPv6
+/// (PublicIPv6, and for vxlan the IPv6 VTEP's MAC), or weft refuses it and nothing routes there.
+fn lease_step(l: &Lease, family: Family, dst: IpAddr, steps: &mut Vec<Step>) {
+    let entry = describe_lease(l, family);
+    let mut missing = Vec::new();
+    if family == Family::V6 {
+        if l.attrs.public_ipv6.is_none() {
+            missing.push("PublicIPv6".to_string());
+        }
+        if l.attrs.backend_type == "vxlan" && l.attrs.vtep_v6_mac().is_none() {
+            missing.push("BackendV6Data VtepMAC".to_string());
+        }
+    }
+    if missing.is_empty() {
+        let public = family
+            .lease_public_ip(l)
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|| "(none)".into());
+        steps.push(Step::ok(
+            "lease",
+            entry,
+            format!("the node at {public} owns the subnet of {dst}"),
+        ));
+    } else {
+        steps.push(
+            Step::broken(
+                "lease",
+                Cause::LeaseLacksIpv6,
+                format!(
+                    "the lease {} has an IPv6 subnet but no {}: weft (and flannel) refuse such a lease, so no node \
+                     routes {dst}. The node at {} must publish them: restart its weftd with a global IPv6 address \
+                     on its interface (or --public-ipv6)",
+                    l.subnet,
+                    missing.join(" and no "),
+                    l.attrs.public_ip
+                ),
+            )
+            .with_entry(entry),
+        );
+    }
+}
+
+/// How the kernel finds a neighbour's MAC in this family.
+fn resolution(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ARP",
+        Family::V6 => "neighbour discovery",
+    }
 }
 
 /// The udp backend: weftd's peer table must send the destination's subnet to the lease's PublicIP.
@@ -455,7 +548,7 @@ fn udp_peer_hop(f: &Facts, lease: Option<&Lease>, steps: &mut Vec<Step>) {
             return;
         }
     };
-    let Some(peer) = peers.iter().find(|p| p.subnet.contains(&f.dst)) else {
+    let Some(peer) = peers.iter().find(|p| IpNet::from(p.subnet).contains(&f.dst)) else {
         steps.push(
             Step::broken(
                 "peer table",
@@ -492,7 +585,7 @@ fn udp_peer_hop(f: &Facts, lease: Option<&Lease>, steps: &mut Vec<Step>) {
 }
 
 /// The destination is a pod of this node: the route must lead to the bridge.
-fn local_destination(f: &Facts, own: Ipv4Net, steps: &mut Vec<Step>) {
+fn local_destination(f: &Facts, own: IpNet, steps: &mut Vec<Step>) {
     match &f.route {
         Lookup::Found(r) => {
             let entry = describe_route(r, f);
@@ -528,27 +621,35 @@ fn local_destination(f: &Facts, own: Ipv4Net, steps: &mut Vec<Step>) {
     }
 }
 
-fn forwarding(f: &Facts, src_is_pod: bool, network: Option<Ipv4Net>, out_dev: &str, steps: &mut Vec<Step>) {
+fn forwarding(f: &Facts, src_is_pod: bool, network: Option<IpNet>, out_dev: &str, steps: &mut Vec<Step>) {
+    let family = f.family();
+    let sysctl = family.forwarding_sysctl();
     match (f.ip_forward, src_is_pod) {
         (Some(true), _) => steps.push(Step::ok(
             "ip_forward",
-            "net.ipv4.ip_forward = 1",
+            format!("{sysctl} = 1"),
             "this node forwards between its pods and the overlay",
         )),
         (Some(false), true) => steps.push(
             Step::broken(
                 "ip_forward",
                 Cause::IpForwardDisabled,
-                "this node does not forward, so it drops every packet from its pods to other nodes: run `sysctl -w \
-                 net.ipv4.ip_forward=1` and persist it in /etc/sysctl.d/",
+                format!(
+                    "this node does not forward {}, so it drops every packet from its pods to other nodes: run \
+                     `sysctl -w {sysctl}=1` and persist it in /etc/sysctl.d/",
+                    family.name()
+                ),
             )
-            .with_entry("net.ipv4.ip_forward = 0"),
+            .with_entry(format!("{sysctl} = 0")),
         ),
         (Some(false), false) => steps.push(Step::info(
             "ip_forward",
-            "net.ipv4.ip_forward = 0: not needed for this node's own packets, but its pods cannot reach other nodes",
+            format!("{sysctl} = 0: not needed for this node's own packets, but its pods cannot reach other nodes"),
         )),
-        (None, _) => steps.push(Step::info("ip_forward", "cannot read /proc/sys/net/ipv4/ip_forward")),
+        (None, _) => steps.push(Step::info(
+            "ip_forward",
+            format!("cannot read {}", family.forwarding_proc()),
+        )),
     }
     if !src_is_pod {
         return;
@@ -583,9 +684,10 @@ fn forwarding(f: &Facts, src_is_pod: bool, network: Option<Ipv4Net>, out_dev: &s
     let net = network
         .map(|n| n.to_string())
         .unwrap_or_else(|| "<cluster network>".into());
+    let ipt = family.iptables();
     let fix = format!(
         "weftd installs accept rules for the cluster network unless --iptables-forward-rules=false; or add them: \
-         `iptables -A FORWARD -s {net} -j ACCEPT; iptables -A FORWARD -d {net} -j ACCEPT`"
+         `{ipt} -A FORWARD -s {net} -j ACCEPT; {ipt} -A FORWARD -d {net} -j ACCEPT`"
     );
     match (verdict(&out), verdict(&back)) {
         (Some(Verdict::Drop { by }), _) => steps.push(
@@ -614,19 +716,21 @@ fn forwarding(f: &Facts, src_is_pod: bool, network: Option<Ipv4Net>, out_dev: &s
         )),
         _ => steps.push(Step::info(
             "forward",
-            "no iptables or nftables forward rules could be read (iptables-save/nft missing?): nothing checked",
+            format!("no {ipt} or nftables forward rules could be read ({ipt}-save/nft missing?): nothing checked"),
         )),
     }
 }
 
 /// Neighbour, FDB entry and underlay route of a VXLAN path; returns the underlay device.
 fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, steps: &mut Vec<Step>) -> Option<u32> {
+    let family = f.family();
     let oif = route.oif?;
-    let next_hop = route.gateway.unwrap_or(IpAddr::V4(f.dst));
-    let lease_mac = lease.and_then(|l| l.attrs.vtep_mac());
+    let next_hop = route.gateway.unwrap_or(f.dst);
+    let lease_mac = lease.and_then(|l| family.lease_vtep_mac(l));
+    let mac_field = format!("{} VtepMAC", family.backend_data_field());
     let lease_mac_text = lease_mac
         .map(|m| format_mac(&m))
-        .unwrap_or_else(|| "<VtepMAC of the lease>".into());
+        .unwrap_or_else(|| format!("<{mac_field} of the lease>"));
     let neighbour = f
         .neighbours
         .iter()
@@ -673,7 +777,7 @@ fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, st
                         "neighbour",
                         Cause::VtepMacMismatch,
                         format!(
-                            "{dev} resolves {next_hop} to {}, but the owning node's lease advertises VtepMAC \
+                            "{dev} resolves {next_hop} to {}, but the owning node's lease advertises {mac_field} \
                              {lease_mac_text}: that node's device has another MAC now (it was re-created), so it \
                              drops these frames. weftd replaces the entry on its next reconcile; by hand: `ip neigh \
                              replace {next_hop} lladdr {lease_mac_text} dev {dev} nud permanent`",
@@ -697,7 +801,8 @@ fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, st
     };
 
     // FDB: which node (underlay IP) the VTEP MAC lives behind.
-    let lease_ip = lease.map(|l| IpAddr::V4(l.attrs.public_ip));
+    let public_field = family.public_ip_field();
+    let lease_ip = lease.and_then(|l| family.lease_public_ip(l));
     let Some(mac) = kernel_mac.or(lease_mac) else {
         steps.push(Step::info(
             "fdb",
@@ -711,7 +816,7 @@ fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, st
         None => {
             let dst = lease_ip
                 .map(|i| i.to_string())
-                .unwrap_or_else(|| "<PublicIP of the owning node>".into());
+                .unwrap_or_else(|| format!("<{public_field} of the owning node>"));
             steps.push(Step::broken(
                 "fdb",
                 Cause::MissingFdb,
@@ -736,7 +841,7 @@ fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, st
                         "fdb",
                         Cause::FdbDestinationMismatch,
                         format!(
-                            "{dev} sends {mac_text} to {dst}, but the owning node's lease says PublicIP {ip}: weftd \
+                            "{dev} sends {mac_text} to {dst}, but the owning node's lease says {public_field} {ip}: weftd \
                              corrects it on its next reconcile; by hand: `bridge fdb replace {mac_text} dev {dev} dst {ip} self permanent`"
                         ),
                     )
@@ -794,7 +899,8 @@ fn underlay_hop(f: &Facts, target: IpAddr, overlay: Option<u32>, dev: &str, step
                 Cause::NoUnderlayRoute,
                 format!(
                     "no route to {target}, the owning node's address: the encapsulated packet cannot leave this \
-                     node; fix the underlay routing (the nodes must reach each other's PublicIP)"
+                     node; fix the underlay routing (the nodes must reach each other's {})",
+                    f.family().public_ip_field()
                 ),
             ));
             None
@@ -833,8 +939,9 @@ fn gateway_hops(f: &Facts, route: &RouteInfo, dev: &str, steps: &mut Vec<Step>) 
                 "neighbour",
                 Cause::NeighbourUnresolved,
                 format!(
-                    "{gw} does not answer ARP on {dev}: host-gw needs every node on one L2 segment; check that the \
-                     node is up and on this segment, or use the vxlan backend"
+                    "{gw} does not answer {} on {dev}: host-gw needs every node on one L2 segment; check that \
+                     the node is up and on this segment, or use the vxlan backend",
+                    resolution(f.family())
                 ),
             )
             .with_entry(describe_neighbour(n, dev)),
@@ -846,7 +953,10 @@ fn gateway_hops(f: &Facts, route: &RouteInfo, dev: &str, steps: &mut Vec<Step>) 
         )),
         None => steps.push(Step::info(
             "neighbour",
-            format!("no ARP entry for {gw} on {dev} yet: the kernel resolves it with the first packet"),
+            format!(
+                "no {} entry for {gw} on {dev} yet: the kernel resolves it with the first packet",
+                resolution(f.family())
+            ),
         )),
     }
 }
@@ -866,7 +976,7 @@ fn mtu_check(
     let mut problems = Vec::new();
     let underlay = underlay_dev.or(dev.vxlan.as_ref().and_then(|v| v.dev_index));
     let overhead = match path {
-        Path::Vxlan => VXLAN_OVERHEAD,
+        Path::Vxlan => f.family().vxlan_overhead(),
         Path::Udp => UDP_OVERHEAD,
         Path::Gateway => 0,
     };
@@ -886,7 +996,9 @@ fn mtu_check(
     }
     if let Some(env) = env {
         seen.push(format!("FLANNEL_MTU {}", env.mtu));
-        if env.mtu != overlay_mtu {
+        // Dual stack: FLANNEL_MTU fits the IPv6 VTEP, 20 bytes below the IPv4 one, on purpose.
+        let dual_stack_below = env.ipv6_subnet.is_some() && env.mtu < overlay_mtu;
+        if env.mtu != overlay_mtu && !dual_stack_below {
             problems.push(format!(
                 "subnet.env says FLANNEL_MTU={} but {name} has MTU {overlay_mtu}, so new pods get the wrong MTU",
                 env.mtu
@@ -1417,5 +1529,397 @@ mod tests {
         let t = walk(&f);
         assert!(t.ok);
         assert_eq!(t.backend.as_deref(), Some("local"));
+    }
+
+    const FLANNEL6: u32 = 6;
+    const MAC_B6: [u8; 6] = [0x02, 0, 0, 0, 0x06, 0x0b];
+
+    /// The lease of a dual-stack vxlan node: both subnets, both public addresses, both VTEP MACs.
+    fn dual_lease(key: &str, node: u8) -> Lease {
+        let mut attrs = LeaseAttrs::new(
+            ip(&format!("198.51.100.{node}")),
+            "vxlan",
+            json!({"VNI": 1, "VtepMAC": format!("02:00:00:00:00:{:02x}", node + 9)}),
+        );
+        attrs.public_ipv6 = Some(ip(&format!("2001:db8::{node}")));
+        attrs.backend_v6_data = json!({"VNI": 1, "VtepMAC": format!("02:00:00:00:06:{:02x}", node + 9)});
+        Lease {
+            subnet: SubnetKey::parse(key).unwrap(),
+            attrs,
+        }
+    }
+
+    /// The dual-stack twin of [`healthy`]: node a (2001:db8::1, fc00:0:0:1::/64) tracing its pod
+    /// fc00:0:0:1::2 to node b's pod fc00:0:0:2::3 through flannel-v6.1.
+    fn healthy_v6() -> Facts {
+        let mut f = healthy();
+        f.src = ip("fc00:0:0:1::2");
+        f.dst = ip("fc00:0:0:2::3");
+        f.subnet_file = SubnetFile::Present(SubnetEnv {
+            network: net("10.5.0.0/16"),
+            subnet: net("10.5.1.1/24"),
+            mtu: 1430,
+            ipmasq: false,
+            ipv6_network: Some(net("fc00::/48")),
+            ipv6_subnet: Some(net("fc00:0:0:1::1/64")),
+        });
+        f.leases = Leases::Listed(vec![
+            dual_lease("10.5.1.0-24&fc00:0:0:1::-64", 1),
+            dual_lease("10.5.2.0-24&fc00:0:0:2::-64", 2),
+        ]);
+        f.links[1].mtu = 1430; // cni0
+        f.links[3].mtu = 1430; // the pod's veth
+        f.links.push(link(FLANNEL6, "flannel-v6.1", Some("vxlan"), 1430, None));
+        f.addrs.extend([
+            AddrInfo {
+                index: VETH0,
+                addr: net("2001:db8::1/64"),
+            },
+            AddrInfo {
+                index: CNI0,
+                addr: net("fe80::1/64"),
+            },
+            AddrInfo {
+                index: CNI0,
+                addr: net("fc00:0:0:1::1/64"),
+            },
+            AddrInfo {
+                index: FLANNEL6,
+                addr: net("fc00:0:0:1::/128"),
+            },
+        ]);
+        let mut route = fib("fc00:0:0:2::/64", Some("fc00:0:0:2::"), FLANNEL6, true);
+        route.nexthop_id = Some(7);
+        route.priority = 1024;
+        f.route = Lookup::Found(route);
+        f.neighbours = vec![
+            (
+                FLANNEL6,
+                Neighbour {
+                    ip: ip("fc00:0:0:2::"),
+                    mac: Some(MAC_B6),
+                    state: 0x80,
+                },
+            ),
+            (
+                CNI0,
+                Neighbour {
+                    ip: ip("fc00:0:0:1::2"),
+                    mac: Some(POD_MAC),
+                    state: 0x02,
+                },
+            ),
+        ];
+        f.fdb = vec![FdbEntry {
+            mac: MAC_B6,
+            dst: Some(ip("2001:db8::2")),
+            state: 0x80,
+            is_self: true,
+        }];
+        f.underlay = vec![(
+            ip("2001:db8::2"),
+            Lookup::Found(fib("2001:db8::/64", None, VETH0, false)),
+        )];
+        f.iptables_filter = Some(
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n:FLANNEL-FWD - [0:0]\n\
+             -A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD\n\
+             -A FLANNEL-FWD -s fc00::/48 -m comment --comment \"flanneld forward\" -j ACCEPT\n\
+             -A FLANNEL-FWD -d fc00::/48 -m comment --comment \"flanneld forward\" -j ACCEPT\nCOMMIT\n"
+                .into(),
+        );
+        f
+    }
+
+    #[test]
+    fn healthy_ipv6_vxlan_path_uses_the_ipv6_side_of_everything() {
+        let t = walk(&healthy_v6());
+        assert!(t.ok, "{}", crate::render_text(&t));
+        assert_eq!(t.backend.as_deref(), Some("vxlan"));
+        let checks: Vec<&str> = t.steps.iter().map(|s| s.check).collect();
+        assert_eq!(
+            checks,
+            [
+                "subnet.env",
+                "source",
+                "lease",
+                "route",
+                "ip_forward",
+                "forward",
+                "neighbour",
+                "fdb",
+                "underlay",
+                "mtu"
+            ]
+        );
+        let entry = |check| step(&t, check).entry.clone().unwrap_or_default();
+        assert_eq!(
+            entry("subnet.env"),
+            "/run/flannel/subnet.env: FLANNEL_IPV6_NETWORK=fc00::/48 FLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64 \
+             FLANNEL_MTU=1430 FLANNEL_IPMASQ=false"
+        );
+        assert!(
+            step(&t, "source")
+                .message
+                .contains("fc00:0:0:1::2 is a pod of this node (subnet fc00:0:0:1::/64 on cni0)"),
+            "{t:#?}"
+        );
+        assert_eq!(
+            entry("lease"),
+            "10.5.2.0/24&fc00:0:0:2::/64 PublicIPv6 2001:db8::2 backend vxlan \
+             BackendV6Data {\"VNI\":1,\"VtepMAC\":\"02:00:00:00:06:0b\"}"
+        );
+        assert!(step(&t, "lease").message.contains("the node at 2001:db8::2"));
+        assert_eq!(
+            entry("route"),
+            "fc00:0:0:2::/64 nhid 7 via fc00:0:0:2:: dev flannel-v6.1 onlink table main"
+        );
+        assert_eq!(entry("ip_forward"), "net.ipv6.conf.all.forwarding = 1");
+        assert!(entry("forward").starts_with("-A FLANNEL-FWD -s fc00::/48"), "{t:#?}");
+        assert_eq!(
+            entry("neighbour"),
+            "fc00:0:0:2:: dev flannel-v6.1 lladdr 02:00:00:00:06:0b PERMANENT"
+        );
+        assert_eq!(
+            entry("fdb"),
+            "02:00:00:00:06:0b dev flannel-v6.1 dst 2001:db8::2 self permanent"
+        );
+        assert_eq!(entry("underlay"), "2001:db8::/64 dev veth0 table main");
+        assert_eq!(
+            entry("mtu"),
+            "flannel-v6.1 1430, veth0 1500, FLANNEL_MTU 1430, cni0 1430, veth1234 1430",
+            "IPv6 VXLAN's 70 bytes fit the 1500 underlay"
+        );
+        let text = crate::render_text(&t);
+        assert!(
+            text.starts_with("trace fc00:0:0:1::2 -> fc00:0:0:2::3 (vxlan)\n"),
+            "{text}"
+        );
+        let js: serde_json::Value = serde_json::from_str(&crate::render_json(&t)).unwrap();
+        assert_eq!(js["src"], "fc00:0:0:1::2");
+
+        // The IPv4 trace of the same dual-stack node is still clean: FLANNEL_MTU fits the IPv6
+        // VTEP, below flannel.1's 1450, on purpose.
+        let mut f = healthy_v6();
+        let v4 = healthy();
+        (
+            f.src,
+            f.dst,
+            f.route,
+            f.neighbours,
+            f.fdb,
+            f.underlay,
+            f.iptables_filter,
+        ) = (
+            v4.src,
+            v4.dst,
+            v4.route,
+            v4.neighbours,
+            v4.fdb,
+            v4.underlay,
+            v4.iptables_filter,
+        );
+        let t = walk(&f);
+        assert!(t.ok, "{}", crate::render_text(&t));
+        assert_eq!(
+            step(&t, "neighbour").entry.as_deref(),
+            Some("10.5.2.0 dev flannel.1 lladdr 02:00:00:00:00:0b PERMANENT")
+        );
+    }
+
+    #[test]
+    fn missing_ipv6_neighbour_names_the_v6_vtep_mac_and_the_fix() {
+        let mut f = healthy_v6();
+        f.neighbours.retain(|(i, _)| *i != FLANNEL6);
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::MissingNeighbour]);
+        let m = &step(&t, "neighbour").message;
+        assert!(
+            m.contains("flannel-v6.1 has no neighbour entry for fc00:0:0:2::, the VTEP address of the owning node")
+                && m.contains("ip neigh replace fc00:0:0:2:: lladdr 02:00:00:00:06:0b dev flannel-v6.1 nud permanent"),
+            "{m}"
+        );
+        assert_eq!(step(&t, "fdb").status, Status::Ok, "checked with BackendV6Data's MAC");
+
+        // The IPv4 VTEP's MAC on the IPv6 device is a mismatch with BackendV6Data.
+        let mut f = healthy_v6();
+        f.neighbours[0].1.mac = Some(MAC_B);
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::VtepMacMismatch, Cause::MissingFdb]);
+        assert!(
+            step(&t, "neighbour")
+                .message
+                .contains("advertises BackendV6Data VtepMAC 02:00:00:00:06:0b"),
+            "{t:#?}"
+        );
+    }
+
+    #[test]
+    fn wrong_or_missing_ipv6_fdb_entry_is_checked_against_public_ipv6() {
+        let mut f = healthy_v6();
+        f.fdb[0].dst = Some(ip("198.51.100.2"));
+        f.underlay.push((
+            ip("198.51.100.2"),
+            Lookup::Found(fib("198.51.100.0/24", None, VETH0, false)),
+        ));
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::FdbDestinationMismatch]);
+        let m = &step(&t, "fdb").message;
+        assert!(
+            m.contains("the owning node's lease says PublicIPv6 2001:db8::2")
+                && m.contains("bridge fdb replace 02:00:00:00:06:0b dev flannel-v6.1 dst 2001:db8::2 self permanent"),
+            "{m}"
+        );
+
+        let mut f = healthy_v6();
+        f.fdb.clear();
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::MissingFdb]);
+        assert_eq!(
+            step(&t, "underlay").entry.as_deref(),
+            Some("2001:db8::/64 dev veth0 table main"),
+            "the lease's PublicIPv6 is still looked up"
+        );
+        f.underlay = vec![(ip("2001:db8::2"), Lookup::NoRoute)];
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::MissingFdb, Cause::NoUnderlayRoute]);
+        assert!(step(&t, "underlay").message.contains("each other's PublicIPv6"));
+    }
+
+    #[test]
+    fn no_ipv6_route_and_an_ipv6_default_route() {
+        let mut f = healthy_v6();
+        f.route = Lookup::NoRoute;
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::NoRoute]);
+        assert!(step(&t, "route")
+            .message
+            .contains("the kernel has no route to fc00:0:0:2::3"));
+        f.route = Lookup::Found(fib("::/0", Some("2001:db8::fe"), VETH0, false));
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::RouteNotIntoOverlay]);
+        assert!(
+            step(&t, "route")
+                .message
+                .contains("the route for fc00:0:0:2::/64 is missing"),
+            "{t:#?}"
+        );
+    }
+
+    #[test]
+    fn ipv6_forwarding_and_forward_rules_are_the_ipv6_ones() {
+        let mut f = healthy_v6();
+        f.ip_forward = Some(false);
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::IpForwardDisabled]);
+        assert!(step(&t, "ip_forward")
+            .message
+            .contains("sysctl -w net.ipv6.conf.all.forwarding=1"));
+        let mut f = healthy_v6();
+        // ip6tables-save with IPv4 rules only (impossible, but it shows the family is checked).
+        f.iptables_filter = Some(
+            "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -s 10.5.0.0/16 -j ACCEPT\n-A FORWARD -d 10.5.0.0/16 -j ACCEPT\nCOMMIT\n"
+                .into(),
+        );
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::ForwardDropped]);
+        assert!(
+            step(&t, "forward")
+                .message
+                .contains("`ip6tables -A FORWARD -s fc00::/48 -j ACCEPT; ip6tables -A FORWARD -d fc00::/48 -j ACCEPT`"),
+            "{t:#?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_dual_stack_piece_says_what_to_do() {
+        // An IPv4-only node: no FLANNEL_IPV6_* in subnet.env.
+        let mut f = healthy_v6();
+        f.subnet_file = SubnetFile::Present(SubnetEnv {
+            ipv6_network: None,
+            ipv6_subnet: None,
+            ..SubnetEnv::parse("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.1.1/24\nFLANNEL_MTU=1450\n").unwrap()
+        });
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::Ipv6NotEnabled]);
+        let m = &step(&t, "subnet.env").message;
+        assert!(
+            m.contains("has no FLANNEL_IPV6_NETWORK/FLANNEL_IPV6_SUBNET")
+                && m.contains("\"EnableIPv6\": true")
+                && m.contains("restart weftd"),
+            "{m}"
+        );
+        // The owning node's lease lacks PublicIPv6 and BackendV6Data.
+        let mut f = healthy_v6();
+        if let Leases::Listed(leases) = &mut f.leases {
+            leases[1].attrs.public_ipv6 = None;
+            leases[1].attrs.backend_v6_data = serde_json::Value::Null;
+        }
+        let t = walk(&f);
+        assert_eq!(t.causes()[0], Cause::LeaseLacksIpv6);
+        let m = &step(&t, "lease").message;
+        assert!(
+            m.contains("has an IPv6 subnet but no PublicIPv6 and no BackendV6Data VtepMAC")
+                && m.contains("--public-ipv6"),
+            "{m}"
+        );
+        assert_eq!(
+            step(&t, "lease").entry.as_deref(),
+            Some("10.5.2.0/24&fc00:0:0:2::/64 PublicIPv6 (none) backend vxlan")
+        );
+        // No lease holds the IPv6 subnet (its node runs IPv4 only).
+        let mut f = healthy_v6();
+        f.leases = Leases::Listed(vec![vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b")]);
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::NoLease]);
+        assert!(step(&t, "lease").message.contains("runs without IPv6"));
+        // An IPv4 source with an IPv6 destination.
+        let mut f = healthy_v6();
+        f.src = ip("10.5.1.2");
+        assert_eq!(causes(&f), vec![Cause::MixedFamilies]);
+    }
+
+    #[test]
+    fn host_gw_ipv6_path_via_public_ipv6() {
+        let mut f = healthy_v6();
+        let mut lease = dual_lease("10.5.2.0-24&fc00:0:0:2::-64", 2);
+        lease.attrs.backend_type = "host-gw".into();
+        lease.attrs.backend_data = serde_json::Value::Null;
+        lease.attrs.backend_v6_data = serde_json::Value::Null;
+        f.leases = Leases::Listed(vec![lease]);
+        f.links.retain(|l| l.kind.as_deref() != Some("vxlan"));
+        for l in &mut f.links {
+            l.mtu = 1500;
+        }
+        if let SubnetFile::Present(env) = &mut f.subnet_file {
+            env.mtu = 1500;
+        }
+        let mut route = fib("fc00:0:0:2::/64", Some("2001:db8::2"), VETH0, false);
+        route.priority = 1024;
+        f.route = Lookup::Found(route);
+        f.neighbours = vec![(
+            VETH0,
+            Neighbour {
+                ip: ip("2001:db8::2"),
+                mac: Some(MAC_B),
+                state: 0x02,
+            },
+        )];
+        let t = walk(&f);
+        assert!(t.ok, "{}", crate::render_text(&t));
+        assert_eq!(t.backend.as_deref(), Some("host-gw"));
+        assert_eq!(
+            step(&t, "neighbour").entry.as_deref(),
+            Some("2001:db8::2 dev veth0 lladdr 02:00:00:00:00:0b REACHABLE")
+        );
+        // A route via the node's IPv4 address cannot carry IPv6; via another IPv6 address is stale.
+        f.route = Lookup::Found(fib("fc00:0:0:2::/64", Some("2001:db8::9"), VETH0, false));
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::RouteMismatchesLease]);
+        assert!(
+            step(&t, "route")
+                .message
+                .contains("but the lease says the node is at 2001:db8::2"),
+            "{t:#?}"
+        );
     }
 }

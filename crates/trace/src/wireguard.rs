@@ -4,11 +4,11 @@
 //! Unlike the rest of the walk this step reads the device itself: the table lives in weftd.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, SystemTime};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft_core::wireguard::{format_key, WireguardLeaseData};
 use weft_core::Lease;
 
@@ -26,7 +26,7 @@ pub struct UapiPeer {
     /// Base64, as `wg` shows it.
     pub public_key: String,
     pub endpoint: Option<SocketAddr>,
-    pub allowed: Vec<Ipv4Net>,
+    pub allowed: Vec<IpNet>,
     /// Unix seconds of the latest handshake; 0 = none.
     pub last_handshake: u64,
 }
@@ -50,7 +50,7 @@ pub fn parse_get(text: &str) -> Vec<UapiPeer> {
         let Some(peer) = peers.last_mut() else { continue };
         match key {
             "endpoint" => peer.endpoint = value.parse().ok(),
-            "allowed_ip" => peer.allowed.extend(value.parse::<Ipv4Net>().ok()),
+            "allowed_ip" => peer.allowed.extend(value.parse::<IpNet>().ok()),
             "last_handshake_time_sec" => peer.last_handshake = value.parse().unwrap_or(0),
             _ => {}
         }
@@ -106,7 +106,7 @@ pub(crate) fn peer_hop(f: &Facts, lease: Option<&Lease>, steps: &mut Vec<Step>) 
 }
 
 /// Checks the device's peer for `dst` against its lease.
-fn check_peer(peers: &[UapiPeer], dst: Ipv4Addr, lease: Option<&Lease>, now: u64) -> Step {
+fn check_peer(peers: &[UapiPeer], dst: IpAddr, lease: Option<&Lease>, now: u64) -> Step {
     let Some(peer) = peers.iter().find(|p| p.allowed.iter().any(|n| n.contains(&dst))) else {
         return Step::broken(
             "peer",
@@ -138,7 +138,7 @@ fn check_peer(peers: &[UapiPeer], dst: Ipv4Addr, lease: Option<&Lease>, now: u64
                 l.attrs.public_ip
             ));
         }
-        if peer.allowed != [l.subnet.ipv4.trunc()] {
+        if peer.allowed != [IpNet::from(l.subnet.ipv4.trunc())] {
             wrong.push(format!("its allowed IPs are not the lease's subnet {}", l.subnet.ipv4));
         }
         if !wrong.is_empty() {
@@ -201,7 +201,7 @@ errno=0
         assert_eq!(peers.len(), 1);
         let key = peers[0].public_key.clone();
         assert_eq!(key, "uFmW/sycfx/G0lcqdu2hHVm80gvo5UOxXOS9hajnWjM=");
-        let dst: Ipv4Addr = "10.5.2.7".parse().unwrap();
+        let dst: IpAddr = "10.5.2.7".parse().unwrap();
         let ok = check_peer(&peers, dst, Some(&lease(&key, "198.51.100.2")), 1010);
         assert_eq!(ok.status, Status::Ok, "{ok:?}");
         assert!(ok.message.contains("10 s ago"), "{ok:?}");

@@ -1,7 +1,8 @@
 //! `weft trace <src> <dst>`: how a packet from a local pod (or the node) travels to a pod address,
-//! read from this node's live tables; where the walk breaks, it says why and what to do.
+//! read from this node's live tables; where the walk breaks, it says why and what to do. IPv4 or
+//! IPv6 (a dual-stack pod's IPv6 address takes the node's IPv6 path).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,10 +13,10 @@ use weft_control::etcd_args::EtcdArgs;
 
 #[derive(Debug, Clone, Args)]
 pub struct TraceArgs {
-    /// Source: a pod on this node, or an address of the node.
-    pub src: Ipv4Addr,
-    /// Destination: any pod address in the cluster.
-    pub dst: Ipv4Addr,
+    /// Source: a pod on this node, or an address of the node (IPv4 or IPv6).
+    pub src: IpAddr,
+    /// Destination: any pod address in the cluster, of the source's family.
+    pub dst: IpAddr,
     /// weftd's subnet file.
     #[arg(long, env = "FLANNELD_SUBNET_FILE", default_value = DEFAULT_SUBNET_FILE)]
     pub subnet_file: PathBuf,
