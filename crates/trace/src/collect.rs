@@ -8,10 +8,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
-use weft_core::SubnetEnv;
+use weft_control::manager::parse_leases;
+use weft_control::store::subnets_prefix;
+use weft_control::{LeaseBook, SubnetStore};
+use weft_core::{Refused, SubnetEnv};
 use weft_kernel::netlink::{AddrFamily, Netlink};
 
-use crate::facts::{Facts, Leases, Lookup, SubnetFile};
+use crate::facts::{Facts, Leases, Lookup, Owner, SubnetFile};
 use crate::family::Family;
 use crate::{TraceError, TraceOptions};
 
@@ -39,24 +42,50 @@ fn listing(program: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The leases, and the config's cluster network of `family` (`Network`, `IPv6Network`).
-async fn read_etcd(opts: &EtcdOptions, within: Duration, family: Family) -> (Leases, Option<ipnet::IpNet>) {
+/// What etcd says: the leases, the records weftd's admission refuses, and the config's cluster
+/// network of `family` (`Network`, `IPv6Network`).
+struct EtcdFacts {
+    leases: Leases,
+    refused: Vec<Refused>,
+    network: Option<ipnet::IpNet>,
+}
+
+async fn read_etcd(opts: &EtcdOptions, within: Duration, family: Family) -> EtcdFacts {
     let read = async {
         let etcd = EtcdSubnetManager::connect(opts.clone()).await?;
-        let leases = etcd.list_leases().await?;
-        let network = etcd.get_config().await.ok().flatten().and_then(|c| match family {
+        let dir = subnets_prefix(etcd.prefix());
+        let (stored, revision) = SubnetStore::list(&etcd, &dir).await?;
+        let leases = parse_leases(etcd.prefix(), &stored);
+        let config = etcd.get_config().await.ok().flatten();
+        // Judged as every weftd judges them (none without a valid config to judge by).
+        let refused = config
+            .as_ref()
+            .map(|cfg| {
+                LeaseBook::from_listing(cfg, &dir, &stored, revision)
+                    .snapshot()
+                    .refusals()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let network = config.and_then(|c| match family {
             Family::V4 => Some(c.network.into()),
             Family::V6 => c.ipv6.map(|p| p.network.into()),
         });
-        Ok::<_, weft_control::ControlError>((leases, network))
+        Ok::<_, weft_control::ControlError>(EtcdFacts {
+            leases: Leases::Listed(leases),
+            refused,
+            network,
+        })
+    };
+    let failed = |why: String| EtcdFacts {
+        leases: Leases::Failed(why),
+        refused: Vec::new(),
+        network: None,
     };
     match tokio::time::timeout(within, read).await {
-        Ok(Ok((leases, network))) => (Leases::Listed(leases), network),
-        Ok(Err(e)) => (Leases::Failed(e.to_string()), None),
-        Err(_) => (
-            Leases::Failed(format!("no answer from {} within {within:?}", opts.endpoints.join(","))),
-            None,
-        ),
+        Ok(Ok(facts)) => facts,
+        Ok(Err(e)) => failed(e.to_string()),
+        Err(_) => failed(format!("no answer from {} within {within:?}", opts.endpoints.join(","))),
     }
 }
 
@@ -77,9 +106,17 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
         Family::V6 => AddrFamily::Ipv6,
     };
     let subnet_file = read_subnet_file(&opts.subnet_file);
-    let (leases, etcd_network) = match &opts.etcd {
+    let EtcdFacts {
+        leases,
+        refused,
+        network: etcd_network,
+    } = match &opts.etcd {
         Some(etcd) => read_etcd(etcd, opts.etcd_timeout, family).await,
-        None => (Leases::NotAsked, None),
+        None => EtcdFacts {
+            leases: Leases::NotAsked,
+            refused: Vec::new(),
+            network: None,
+        },
     };
     let nl = Netlink::new().map_err(TraceError::Netlink)?;
     let links = nl.list_links().await.map_err(TraceError::Netlink)?;
@@ -106,7 +143,10 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
         }
     }
     let owner = match &leases {
-        Leases::Listed(all) => family.owning_lease(all, opts.dst),
+        Leases::Listed(all) => match crate::facts::owner(family, all, &refused, opts.dst) {
+            Owner::Admitted(l) | Owner::Refused(l, _) => Some(l),
+            Owner::Nobody => None,
+        },
         _ => None,
     };
     // The VTEP MACs that matter: the next hop's in the kernel, and the one the lease advertises.
@@ -159,6 +199,7 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
         subnet_file,
         etcd_network,
         leases,
+        refused,
         ip_forward: read_forwarding(family),
         bridge: opts.bridge.clone(),
         links,

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use weft_core::{Lease, SubnetEnv};
+use weft_core::{Lease, Refused, SubnetEnv};
 use weft_kernel::netlink::{AddrInfo, FdbEntry, LinkInfo, Neighbour, RouteInfo};
 
 use crate::family::Family;
@@ -51,6 +51,8 @@ pub struct Facts {
     /// missing.
     pub etcd_network: Option<IpNet>,
     pub leases: Leases,
+    /// The records every node's admission refuses (judged against the stored config), with why.
+    pub refused: Vec<Refused>,
     /// `net.ipv4.ip_forward` (`net.ipv6.conf.all.forwarding` for IPv6); None when unreadable.
     pub ip_forward: Option<bool>,
     /// The bridge pods hang off (`cni0`).
@@ -77,6 +79,33 @@ pub struct Facts {
     pub nft_ruleset: Option<String>,
     /// The udp peer table weftd publishes next to subnet.env: Err says why it is unreadable.
     pub udp_peers: Result<Vec<weft_core::peer_file::PeerEntry>, String>,
+}
+
+/// Who owns the destination's subnet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Owner<'a> {
+    /// The lease the nodes act on.
+    Admitted(&'a Lease),
+    /// Only a record every node refuses claims it: nothing is programmed for it.
+    Refused(&'a Lease, &'a Refused),
+    Nobody,
+}
+
+/// The lease of `family` whose subnet holds `ip`: an admitted one if any, else a refused one.
+pub fn owner<'a>(family: Family, leases: &'a [Lease], refused: &'a [Refused], ip: IpAddr) -> Owner<'a> {
+    let refusal = |l: &Lease| {
+        let key = l.subnet.to_key();
+        refused.iter().find(|r| r.name == key)
+    };
+    let admitted: Vec<Lease> = leases.iter().filter(|l| refusal(l).is_none()).cloned().collect();
+    if let Some(l) = family.owning_lease(&admitted, ip) {
+        let l = leases.iter().find(|x| *x == l).expect("admitted is a subset of leases");
+        return Owner::Admitted(l);
+    }
+    match family.owning_lease(leases, ip) {
+        Some(l) => Owner::Refused(l, refusal(l).expect("not admitted, so refused")),
+        None => Owner::Nobody,
+    }
 }
 
 impl Facts {

@@ -48,6 +48,8 @@ pub enum Cause {
     /// The owning lease has an IPv6 subnet but no PublicIPv6 (or, for vxlan, no BackendV6Data
     /// VtepMAC).
     LeaseLacksIpv6,
+    /// Only a lease every node refuses (a conflict, a bad value, ...) covers the destination.
+    LeaseRefused,
     /// Source and destination of different address families.
     MixedFamilies,
 }

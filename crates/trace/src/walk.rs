@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use weft_core::{Lease, SubnetEnv};
 use weft_kernel::netlink::{format_mac, LinkInfo, Neighbour, RouteInfo, RouteType};
 
-use crate::facts::{Facts, Leases, Lookup, SubnetFile};
+use crate::facts::{owner, Facts, Leases, Lookup, Owner, SubnetFile};
 use crate::family::Family;
 use crate::forward::{iptables_forward, nft_forward, parse_nft, Packet, Verdict};
 use crate::report::{Cause, Step, Trace};
@@ -283,11 +283,29 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
 
     // owning lease
     let lease = match &f.leases {
-        Leases::Listed(leases) => {
-            let owner = family.owning_lease(leases, f.dst);
-            match owner {
-                Some(l) => lease_step(l, family, f.dst, steps),
-                None => steps.push(Step::broken(
+        Leases::Listed(leases) => match owner(family, leases, &f.refused, f.dst) {
+            Owner::Admitted(l) => {
+                lease_step(l, family, f.dst, steps);
+                Some(l)
+            }
+            Owner::Refused(l, refused) => {
+                steps.push(
+                    Step::broken(
+                        "lease",
+                        Cause::LeaseRefused,
+                        format!(
+                            "every node refuses the lease {}: {}; nothing is programmed for {}. The node that \
+                             published it must lease what nobody holds: stop its weftd, delete the key (`etcdctl del \
+                             <prefix>/subnets/{}`) and start it again, then re-create its pods. `weft leases` lists the refusals",
+                            refused.name, refused.reason, f.dst, refused.name
+                        ),
+                    )
+                    .with_entry(describe_lease(l, family)),
+                );
+                Some(l)
+            }
+            Owner::Nobody => {
+                steps.push(Step::broken(
                     "lease",
                     Cause::NoLease,
                     format!(
@@ -300,10 +318,10 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
                                 ", or the node that hosts it runs without IPv6 and its lease has no IPv6 subnet",
                         }
                     ),
-                )),
+                ));
+                None
             }
-            owner
-        }
+        },
         Leases::Failed(why) => {
             steps.push(Step::broken(
                 "lease",
@@ -1068,7 +1086,7 @@ mod tests {
     use super::*;
     use crate::report::Status;
     use serde_json::json;
-    use weft_core::{LeaseAttrs, SubnetKey};
+    use weft_core::{LeaseAttrs, Refused, SubnetKey};
     use weft_kernel::netlink::{AddrInfo, FdbEntry, LinkInfo, VxlanInfo};
 
     const VETH0: u32 = 2;
@@ -1148,6 +1166,7 @@ mod tests {
                 vx_lease("10.5.1.0/24", "198.51.100.1", "02:00:00:00:00:0a"),
                 vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b"),
             ]),
+            refused: vec![],
             ip_forward: Some(true),
             bridge: "cni0".into(),
             links: vec![
@@ -1920,6 +1939,43 @@ mod tests {
                 .message
                 .contains("but the lease says the node is at 2001:db8::2"),
             "{t:#?}"
+        );
+    }
+
+    #[test]
+    fn a_refused_lease_is_named_and_an_admitted_one_wins() {
+        use weft_core::admission::Refusal;
+        // Two nodes picked the same IPv6 subnet: every node refuses the younger lease.
+        let mut f = healthy_v6();
+        let younger = dual_lease("10.5.3.0-24&fc00:0:0:2::-64", 3);
+        if let Leases::Listed(leases) = &mut f.leases {
+            leases.push(younger);
+        }
+        let refused = |name: &str| Refused {
+            name: name.into(),
+            reason: Refusal::Conflict {
+                what: "IPv6 subnet",
+                value: "fc00:0:0:2::/64".into(),
+                holder: "10.5.2.0-24&fc00:0:0:2::-64".into(),
+            },
+        };
+        f.refused = vec![refused("10.5.3.0-24&fc00:0:0:2::-64")];
+        let t = walk(&f);
+        assert!(t.ok, "the admitted lease owns it: {}", crate::render_text(&t));
+        assert!(step(&t, "lease").entry.as_deref().unwrap().starts_with("10.5.2.0/24&"));
+        // The older one refused instead: the trace says so, and what to do.
+        f.refused = vec![refused("10.5.2.0-24&fc00:0:0:2::-64")];
+        f.refused[0].reason = Refusal::BadValue("no".into());
+        if let Leases::Listed(leases) = &mut f.leases {
+            leases.pop();
+        }
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::LeaseRefused]);
+        let m = &step(&t, "lease").message;
+        assert!(
+            m.starts_with("every node refuses the lease 10.5.2.0-24&fc00:0:0:2::-64: ")
+                && m.contains("etcdctl del <prefix>/subnets/10.5.2.0-24&fc00:0:0:2::-64"),
+            "{m}"
         );
     }
 }
