@@ -100,6 +100,14 @@ impl Family {
         }
     }
 
+    /// How messages name the lease's VTEP MAC of this family.
+    pub fn vtep_mac_field(self) -> &'static str {
+        match self {
+            Family::V4 => "VtepMAC",
+            Family::V6 => "BackendV6Data VtepMAC",
+        }
+    }
+
     /// The cluster network of this family in subnet.env (`FLANNEL_NETWORK`,
     /// `FLANNEL_IPV6_NETWORK`).
     pub fn env_network(self, env: &SubnetEnv) -> Option<IpNet> {

@@ -653,9 +653,8 @@ fn forwarding(f: &Facts, src_is_pod: bool, network: Option<IpNet>, out_dev: &str
                 "ip_forward",
                 Cause::IpForwardDisabled,
                 format!(
-                    "this node does not forward {}, so it drops every packet from its pods to other nodes: run \
-                     `sysctl -w {sysctl}=1` and persist it in /etc/sysctl.d/",
-                    family.name()
+                    "this node does not forward, so it drops every packet from its pods to other nodes: run \
+                     `sysctl -w {sysctl}=1` and persist it in /etc/sysctl.d/"
                 ),
             )
             .with_entry(format!("{sysctl} = 0")),
@@ -745,7 +744,7 @@ fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, st
     let oif = route.oif?;
     let next_hop = route.gateway.unwrap_or(f.dst);
     let lease_mac = lease.and_then(|l| family.lease_vtep_mac(l));
-    let mac_field = format!("{} VtepMAC", family.backend_data_field());
+    let mac_field = family.vtep_mac_field();
     let lease_mac_text = lease_mac
         .map(|m| format_mac(&m))
         .unwrap_or_else(|| format!("<{mac_field} of the lease>"));
