@@ -331,6 +331,34 @@ fn occupied_subnets(prefix: &str, stored: &[StoredKey]) -> Vec<Lease> {
         .collect()
 }
 
+/// Why every node refuses our lease `subnet` because an older lease holds one of its claims, if
+/// it does (read from a fresh listing).
+async fn conflict_of<S: SubnetStore>(
+    store: &S,
+    cfg: &NetworkConfig,
+    subnet: &SubnetKey,
+) -> Result<Option<Refusal>, ControlError> {
+    let dir = subnets_prefix(store.prefix());
+    let (stored, _) = store.list(&dir).await?;
+    let records: Vec<LeaseRecord> = stored
+        .iter()
+        .filter_map(|s| {
+            Some(LeaseRecord::parse(
+                s.key.strip_prefix(&dir)?,
+                &s.value,
+                s.create_revision,
+            ))
+        })
+        .collect();
+    let name = subnet.to_key();
+    Ok(weft_core::admit(cfg, &records)
+        .refused
+        .into_iter()
+        .find(|r| r.name == name)
+        .map(|r| r.reason)
+        .filter(|reason| matches!(reason, Refusal::Conflict { .. })))
+}
+
 /// Leases a subnet for `attrs.public_ip`, as flannel does: reuse a lease naming our PublicIP
 /// (rewriting it with our current attributes), else the `previous` subnet if free, else a random
 /// free one; created with create-if-absent, retried with a fresh listing when another node wins.
@@ -355,6 +383,7 @@ pub async fn acquire_lease_with<S: SubnetStore>(
 ) -> Result<Lease, ControlError> {
     let prefix = store.prefix().to_string();
     let value = attrs.to_json();
+    let mut previous = previous;
     for attempt in 1..=ACQUIRE_ATTEMPTS {
         let (stored, _) = store.list(&subnets_prefix(&prefix)).await?;
         let leases = occupied_subnets(&prefix, &stored);
@@ -365,6 +394,12 @@ pub async fn acquire_lease_with<S: SubnetStore>(
                     continue;
                 };
                 if store.replace(current, value.clone(), ttl).await? {
+                    if let Some(why) = conflict_of(store, cfg, &subnet).await? {
+                        tracing::warn!(key = %key, "our lease is refused by every node ({why}); deleting it and choosing again");
+                        store.delete(&key).await?;
+                        previous = None;
+                        continue;
+                    }
                     tracing::info!(subnet = %subnet, key = %key, "reusing the lease that names our public IP");
                     return Ok(Lease {
                         subnet,
@@ -381,6 +416,15 @@ pub async fn acquire_lease_with<S: SubnetStore>(
             Allocation::Fresh(subnet) => {
                 let key = lease_key(&prefix, &subnet);
                 if store.create_if_absent(&key, value.clone(), ttl).await? {
+                    // Another node may have taken the same IPv6 subnet (or another claim of ours)
+                    // at the same moment under a different key, which etcd cannot see; admission,
+                    // which every node runs, does: the younger lease gives way.
+                    if let Some(why) = conflict_of(store, cfg, &subnet).await? {
+                        tracing::warn!(key = %key, attempt, "another node leased part of this at the same moment ({why}); deleting ours and choosing again");
+                        store.delete(&key).await?;
+                        previous = None;
+                        continue;
+                    }
                     tracing::info!(subnet = %subnet, key = %key, "leased a new subnet");
                     return Ok(Lease {
                         subnet,

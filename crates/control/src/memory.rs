@@ -447,6 +447,75 @@ mod tests {
         );
     }
 
+    /// A store where another node slips in, just before our create, an older lease with another
+    /// IPv4 subnet but the IPv6 subnet we are about to take: etcd's create-if-absent cannot see
+    /// that (the keys differ).
+    struct Racer {
+        inner: MemoryStore,
+        raced: std::sync::atomic::AtomicBool,
+    }
+
+    const RACER_KEY: &str = "/coreos.com/network/subnets/10.5.9.0-24&fc00:0:0:1::-64";
+
+    impl SubnetStore for Racer {
+        fn prefix(&self) -> &str {
+            self.inner.prefix()
+        }
+        async fn get(&self, key: &str) -> Result<Option<StoredKey>, ControlError> {
+            self.inner.get(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<(Vec<StoredKey>, i64), ControlError> {
+            self.inner.list(prefix).await
+        }
+        async fn create_if_absent(&self, key: &str, value: String, ttl: Duration) -> Result<bool, ControlError> {
+            if !self.raced.swap(true, Ordering::SeqCst) {
+                self.inner.put(
+                    RACER_KEY,
+                    r#"{"PublicIP":"198.51.100.9","PublicIPv6":"2001:db8::9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:09"},"BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:86:09"}}"#,
+                );
+            }
+            self.inner.create_if_absent(key, value, ttl).await
+        }
+        async fn replace(&self, current: &StoredKey, value: String, ttl: Duration) -> Result<bool, ControlError> {
+            self.inner.replace(current, value, ttl).await
+        }
+        async fn keep_alive(&self, lease_id: i64) -> Result<Option<Duration>, ControlError> {
+            self.inner.keep_alive(lease_id).await
+        }
+        async fn delete(&self, key: &str) -> Result<bool, ControlError> {
+            self.inner.delete(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_racing_an_older_one_for_the_same_ipv6_subnet_gives_way() {
+        let store = Racer {
+            inner: MemoryStore::new(PREFIX),
+            raced: Default::default(),
+        };
+        let dual =
+            cfg(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#);
+        let mut a = attrs(1);
+        a.public_ipv6 = Some("2001:db8::1".parse().unwrap());
+        a.backend_v6_data = serde_json::json!({"VNI": 1, "VtepMAC": "c6:d2:32:6f:86:01"});
+        let lease = acquire_lease_with(&store, &dual, &a, None, TTL, &mut |_| 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            lease.subnet.to_key(),
+            "10.5.1.0-24&fc00:0:0:2::-64",
+            "the older racer keeps fc00:0:0:1::/64; we took the next free one"
+        );
+        let (all, _) = store.list("/coreos.com/network/subnets/").await.unwrap();
+        let mut keys: Vec<&str> = all.iter().map(|k| k.key.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["/coreos.com/network/subnets/10.5.1.0-24&fc00:0:0:2::-64", RACER_KEY],
+            "our conflicting first lease was deleted"
+        );
+    }
+
     #[tokio::test]
     async fn previous_subnet_is_taken_back_when_free() {
         let store = MemoryStore::new(PREFIX);
