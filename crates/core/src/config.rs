@@ -215,28 +215,101 @@ fn get_uint(obj: &Map<String, Value>, key: &'static str, max: u64) -> Result<Opt
     }
 }
 
-fn get_ipv4(obj: &Map<String, Value>, key: &'static str) -> Result<Option<Ipv4Addr>, ConfigError> {
-    get_str(obj, key)?
-        .map(|s| {
-            s.parse().map_err(|_| ConfigError::BadValue {
-                key,
-                value: format!("{s:?}"),
-                expected: "an IPv4 address",
-            })
-        })
-        .transpose()
+/// The keys naming one family's network and subnet range.
+struct RangeKeys {
+    network: &'static str,
+    len: &'static str,
+    min: &'static str,
+    max: &'static str,
 }
 
-fn get_ipv6(obj: &Map<String, Value>, key: &'static str) -> Result<Option<Ipv6Addr>, ConfigError> {
-    get_str(obj, key)?
-        .map(|s| {
-            s.parse().map_err(|_| ConfigError::BadValue {
+const IPV4_KEYS: RangeKeys = RangeKeys {
+    network: "Network",
+    len: "SubnetLen",
+    min: "SubnetMin",
+    max: "SubnetMax",
+};
+
+const IPV6_KEYS: RangeKeys = RangeKeys {
+    network: "IPv6Network",
+    len: "IPv6SubnetLen",
+    min: "IPv6SubnetMin",
+    max: "IPv6SubnetMax",
+};
+
+/// An address as a number (IPv4 in the low 32 bits), for subnet arithmetic on either family.
+fn bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u32::from(a).into(),
+        IpAddr::V6(a) => a.into(),
+    }
+}
+
+/// SubnetMin and SubnetMax (IPv6SubnetMin/Max) of `network` split into /`subnet_len`s, with
+/// flannel's defaults: from the second subnet (the first one's first address would be the
+/// network's) to the last one. Given ones must be inside the network and on a subnet boundary.
+fn subnet_range(
+    obj: &Map<String, Value>,
+    keys: &RangeKeys,
+    network: IpNet,
+    subnet_len: u8,
+) -> Result<(IpAddr, IpAddr), ConfigError> {
+    let ipv6 = network.addr().is_ipv6();
+    let addr_of = |b: u128| match ipv6 {
+        false => IpAddr::V4(Ipv4Addr::from(b as u32)),
+        true => IpAddr::V6(Ipv6Addr::from(b)),
+    };
+    let size = 1u128 << (network.max_prefix_len() - subnet_len);
+    let mask = !(size - 1);
+    let read = |key: &'static str| -> Result<Option<IpAddr>, ConfigError> {
+        let Some(s) = get_str(obj, key)? else { return Ok(None) };
+        match s.parse::<IpAddr>() {
+            Ok(ip) if ip.is_ipv6() == ipv6 => Ok(Some(ip)),
+            _ => Err(ConfigError::BadValue {
                 key,
                 value: format!("{s:?}"),
-                expected: "an IPv6 address",
-            })
-        })
-        .transpose()
+                expected: if ipv6 { "an IPv6 address" } else { "an IPv4 address" },
+            }),
+        }
+    };
+    let check = |key: &'static str, addr: IpAddr| -> Result<IpAddr, ConfigError> {
+        if !network.contains(&addr) {
+            return Err(ConfigError::OutsideNetwork {
+                key,
+                addr,
+                network_key: keys.network,
+                network,
+            });
+        }
+        let aligned = addr_of(bits(addr) & mask);
+        if aligned != addr {
+            return Err(ConfigError::NotAligned {
+                key,
+                addr,
+                len: subnet_len,
+                len_key: keys.len,
+                aligned,
+            });
+        }
+        Ok(addr)
+    };
+    let min = match read(keys.min)? {
+        Some(a) => check(keys.min, a)?,
+        None => addr_of(bits(network.network()) + size),
+    };
+    let max = match read(keys.max)? {
+        Some(a) => check(keys.max, a)?,
+        None => addr_of(bits(network.broadcast()) & mask),
+    };
+    if bits(min) > bits(max) {
+        return Err(ConfigError::MinAboveMax {
+            min_key: keys.min,
+            min,
+            max_key: keys.max,
+            max,
+        });
+    }
+    Ok((min, max))
 }
 
 /// `IPv6Network`, `IPv6SubnetLen`, `IPv6SubnetMin`, `IPv6SubnetMax` with flannel's defaults and limits
@@ -271,47 +344,10 @@ fn parse_ipv6_pool(obj: &Map<String, Value>) -> Result<Ipv6Pool, ConfigError> {
         _ if plen <= 62 => 64,
         _ => plen + 2,
     };
-    let size = 1u128 << (128 - u32::from(subnet_len));
-    let mask = !(size - 1);
-    let start = u128::from(network.network());
-    let last_subnet = u128::from(network.broadcast()) & mask;
-    let check = |key: &'static str, addr: Ipv6Addr| -> Result<Ipv6Addr, ConfigError> {
-        if !network.contains(&addr) {
-            return Err(ConfigError::OutsideNetwork {
-                key,
-                addr: addr.into(),
-                network_key: "IPv6Network",
-                network: network.into(),
-            });
-        }
-        let aligned = Ipv6Addr::from(u128::from(addr) & mask);
-        if aligned != addr {
-            return Err(ConfigError::NotAligned {
-                key,
-                addr: addr.into(),
-                len: subnet_len,
-                len_key: "IPv6SubnetLen",
-                aligned: aligned.into(),
-            });
-        }
-        Ok(addr)
+    let (min, max) = subnet_range(obj, &IPV6_KEYS, network.into(), subnet_len)?;
+    let (IpAddr::V6(subnet_min), IpAddr::V6(subnet_max)) = (min, max) else {
+        unreachable!("subnet_range keeps the network's family")
     };
-    let subnet_min = match get_ipv6(obj, "IPv6SubnetMin")? {
-        Some(a) => check("IPv6SubnetMin", a)?,
-        None => Ipv6Addr::from(start + size),
-    };
-    let subnet_max = match get_ipv6(obj, "IPv6SubnetMax")? {
-        Some(a) => check("IPv6SubnetMax", a)?,
-        None => Ipv6Addr::from(last_subnet),
-    };
-    if u128::from(subnet_min) > u128::from(subnet_max) {
-        return Err(ConfigError::MinAboveMax {
-            min_key: "IPv6SubnetMin",
-            min: subnet_min.into(),
-            max_key: "IPv6SubnetMax",
-            max: subnet_max.into(),
-        });
-    }
     Ok(Ipv6Pool {
         network,
         subnet_len,
@@ -360,49 +396,10 @@ impl NetworkConfig {
             None if plen <= 22 => 24,
             None => plen + 2,
         };
-        let size = 1u32 << (32 - subnet_len);
-        let mask = !(size - 1);
-        let net_start = u32::from(network.network());
-        let net_last_subnet = u32::from(network.broadcast()) & mask;
-
-        let check = |key: &'static str, addr: Ipv4Addr| -> Result<Ipv4Addr, ConfigError> {
-            if !network.contains(&addr) {
-                return Err(ConfigError::OutsideNetwork {
-                    key,
-                    addr: addr.into(),
-                    network_key: "Network",
-                    network: network.into(),
-                });
-            }
-            let aligned = Ipv4Addr::from(u32::from(addr) & mask);
-            if aligned != addr {
-                return Err(ConfigError::NotAligned {
-                    key,
-                    addr: addr.into(),
-                    len: subnet_len,
-                    len_key: "SubnetLen",
-                    aligned: aligned.into(),
-                });
-            }
-            Ok(addr)
+        let (min, max) = subnet_range(obj, &IPV4_KEYS, network.into(), subnet_len)?;
+        let (IpAddr::V4(subnet_min), IpAddr::V4(subnet_max)) = (min, max) else {
+            unreachable!("subnet_range keeps the network's family")
         };
-        let subnet_min = match get_ipv4(obj, "SubnetMin")? {
-            Some(a) => check("SubnetMin", a)?,
-            // The first subnet is skipped: its first address would be the network address.
-            None => Ipv4Addr::from(net_start + size),
-        };
-        let subnet_max = match get_ipv4(obj, "SubnetMax")? {
-            Some(a) => check("SubnetMax", a)?,
-            None => Ipv4Addr::from(net_last_subnet),
-        };
-        if u32::from(subnet_min) > u32::from(subnet_max) {
-            return Err(ConfigError::MinAboveMax {
-                min_key: "SubnetMin",
-                min: subnet_min.into(),
-                max_key: "SubnetMax",
-                max: subnet_max.into(),
-            });
-        }
 
         let ipv6 = if get_bool(obj, "EnableIPv6", false)? {
             Some(parse_ipv6_pool(obj)?)
