@@ -654,6 +654,14 @@ impl<S: SubnetStore> Keeper<S> {
 
     async fn reacquire(&mut self, key: &str, value: String) -> Result<(), Failure> {
         if self.store.create_if_absent(key, value, self.opts.ttl).await? {
+            // Re-created, it is the youngest lease: while it was gone another node may have
+            // taken one of its claims (the IPv6 subnet under another key, our PublicIP), and
+            // then every node refuses it. Then it goes, and we lease anew.
+            if let Some(why) = conflict_of(&*self.store, &self.cfg, &self.subnet).await? {
+                tracing::warn!(key = %key, "our re-created lease is refused by every node ({why}); leasing anew");
+                self.store.delete(key).await?;
+                return self.acquire_new().await;
+            }
             tracing::info!(key = %key, "re-created our lease");
             self.renewed();
             return Ok(());

@@ -665,6 +665,42 @@ mod tests {
         k.task.abort();
     }
 
+    /// Our dual-stack lease vanished; meanwhile another node took its IPv6 subnet under another
+    /// key. Re-created, ours would be refused by every node: the keeper leases anew instead.
+    #[tokio::test]
+    async fn keeper_leases_anew_when_its_recreated_lease_would_conflict() {
+        tokio::time::pause();
+        let store = Arc::new(MemoryStore::new(PREFIX));
+        let c =
+            cfg(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#);
+        let mut a = attrs(1);
+        a.public_ipv6 = Some("2001:db8::1".parse().unwrap());
+        a.backend_v6_data = serde_json::json!({"VNI": 1, "VtepMAC": "c6:d2:32:6f:86:01"});
+        let lease = acquire(&store, &c, &a, None).await.unwrap();
+        assert_eq!(lease.subnet.to_key(), "10.5.1.0-24&fc00:0:0:1::-64");
+        let key = lease_key(PREFIX, &lease.subnet);
+        let mut k = spawn_lease_keeper(store.clone(), c, lease.clone(), keeper_opts(), None);
+        settle().await;
+        assert!(store.remove(&key));
+        store.put(
+            RACER_KEY,
+            r#"{"PublicIP":"198.51.100.9","PublicIPv6":"2001:db8::9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:09"},"BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:86:09"}}"#,
+        );
+        tokio::time::timeout(Duration::from_secs(10), k.lease.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let moved = k.lease.borrow().clone();
+        assert_ne!(moved.subnet.ipv6, lease.subnet.ipv6, "a free IPv6 subnet now");
+        assert!(
+            store.value(&key).is_none(),
+            "the conflicting re-creation was taken back"
+        );
+        assert!(store.value(RACER_KEY).is_some(), "the other node's lease is left alone");
+        assert_eq!(store.value(&lease_key(PREFIX, &moved.subnet)).unwrap(), a.to_json());
+        k.task.abort();
+    }
+
     #[tokio::test]
     async fn keeper_reports_an_unreachable_store_and_recovers() {
         tokio::time::pause();
