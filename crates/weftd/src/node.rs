@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
 use weft_control::{LeaseKeeper, LeaseSnapshot, SubnetManager};
 use weft_core::peer_file;
-use weft_core::{Lease, LeaseAttrs, NetworkConfig, SubnetEnv};
+use weft_core::{LeaseAttrs, NetworkConfig, SubnetEnv};
 use weft_datapath::backend::{self, lease_changes, to_leases, Backend, Ipv6Underlay, Report, Setup};
 use weft_kernel::iface::{dual_stack_addresses, interface_ipv6, select_external_interface, IfaceSelection};
 use weft_kernel::monitor::{self, KernelEvent};
@@ -22,7 +22,7 @@ use weft_kernel::netlink::Netlink;
 use crate::flags::Flags;
 use crate::http::HealthCheck;
 use crate::metrics::Metrics;
-use crate::services;
+use crate::services::{self, Held};
 use crate::subnet_file;
 
 pub async fn run(flags: Flags) -> anyhow::Result<()> {
@@ -106,16 +106,6 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
 fn first_address(subnet: ipnet::Ipv6Net) -> ipnet::Ipv6Net {
     let first = std::net::Ipv6Addr::from(u128::from(subnet.network()) + 1);
     ipnet::Ipv6Net::new(first, subnet.prefix_len()).expect("the prefix length came from a subnet")
-}
-
-/// What the node's services (firewall rules, /healthz and /metrics) are started from, once the
-/// lease is held.
-pub struct Held<'a> {
-    pub flags: &'a Flags,
-    pub cfg: &'a NetworkConfig,
-    pub lease: &'a Lease,
-    pub metrics: Arc<Metrics>,
-    pub health: HealthCheck,
 }
 
 /// One node: its flags, the network config and where the leases live.
@@ -372,7 +362,7 @@ mod tests {
 
     use async_trait::async_trait;
     use weft_control::MemoryStore;
-    use weft_core::SubnetKey;
+    use weft_core::{Lease, SubnetKey};
     use weft_datapath::backend::{BackendError, LeaseChange, LeaseSet};
 
     use super::*;

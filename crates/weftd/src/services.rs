@@ -11,9 +11,19 @@ use weft_core::{Lease, NetworkConfig};
 use weft_kernel::firewall::{firewall_driver, FirewallKind};
 
 use crate::flags::Flags;
+use crate::http::HealthCheck;
 use crate::http::{self, Endpoints, MetricsPage};
 use crate::metrics::Metrics;
-use crate::node::Held;
+
+/// What the node's services (firewall rules, /healthz and /metrics) are started from, once the
+/// lease is held.
+pub struct Held<'a> {
+    pub flags: &'a Flags,
+    pub cfg: &'a NetworkConfig,
+    pub lease: &'a Lease,
+    pub metrics: Arc<Metrics>,
+    pub health: HealthCheck,
+}
 
 /// Starts the firewall thread and the HTTP endpoints the flags ask for.
 pub fn start(held: Held<'_>) {
