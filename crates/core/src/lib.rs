@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod allocate;
 pub mod config;
+pub mod config_error;
 pub mod docker_opts;
 pub mod iptables_save;
 pub mod lease;

@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{Map, Value};
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// flannel's default `ListenPort` (IPv4) and `ListenPortV6`.
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
