@@ -65,6 +65,22 @@ impl Report {
     }
 }
 
+/// The reports of a backend's parts (its address families) as one; the first error when one part
+/// failed. Peers and skipped leases are per part, so the larger count is the backend's.
+pub fn merge_reports<E>(results: Vec<Result<Report, E>>) -> Result<Report, E> {
+    let mut total = Report::default();
+    for result in results {
+        let r = result?;
+        total.device_recreated |= r.device_recreated;
+        total.added += r.added;
+        total.replaced += r.replaced;
+        total.removed += r.removed;
+        total.skipped_leases = total.skipped_leases.max(r.skipped_leases);
+        total.peers = total.peers.max(r.peers);
+    }
+    Ok(total)
+}
+
 /// A backend's error, with the backend's own message (which names the backend and what to do).
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
@@ -224,6 +240,40 @@ pub async fn start(setup: Setup) -> Result<Box<dyn Backend>, BackendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reports_of_two_address_families_add_up() {
+        let v4 = Report {
+            added: 3,
+            removed: 1,
+            peers: 2,
+            ..Report::default()
+        };
+        let v6 = Report {
+            device_recreated: true,
+            added: 2,
+            replaced: 1,
+            peers: 1,
+            skipped_leases: 1,
+            ..Report::default()
+        };
+        let both = merge_reports::<()>(vec![Ok(v4), Ok(v6)]).unwrap();
+        assert_eq!(
+            both,
+            Report {
+                device_recreated: true,
+                added: 5,
+                replaced: 1,
+                removed: 1,
+                skipped_leases: 1,
+                peers: 2,
+            }
+        );
+        assert_eq!(
+            merge_reports(vec![Ok(Report::default()), Err("v6 failed")]),
+            Err("v6 failed")
+        );
+    }
 
     fn attrs(ip: &str) -> LeaseAttrs {
         LeaseAttrs::new(ip.parse().unwrap(), "vxlan", serde_json::json!({"VNI": 1}))

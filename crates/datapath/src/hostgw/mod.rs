@@ -26,7 +26,7 @@ use self::plan::{
     LeaseSkip, Topology,
 };
 use crate::apply::{run_batched, Applied, ApplyFailure};
-use crate::backend::{to_leases, Backend, BackendError, LeaseChange, LeaseSet, Report};
+use crate::backend::{merge_reports, to_leases, Backend, BackendError, LeaseChange, LeaseSet, Report};
 use crate::peer_routes::{at_default_metric, nexthop_of, nexthops_usable, route_matches, subnet_of_nexthop};
 
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +129,7 @@ impl HostGwBackend {
         for family in self.families_mut() {
             results.push(family.apply_changes(changes).await);
         }
-        merge(results)
+        merge_reports(results)
     }
 
     /// Repairs from one kernel notification, in the family it concerns.
@@ -138,7 +138,7 @@ impl HostGwBackend {
         for family in self.families_mut() {
             results.push(family.repair(event).await);
         }
-        merge(results)
+        merge_reports(results)
     }
 
     /// A full reconcile per family; each is attempted even if the other fails.
@@ -147,22 +147,8 @@ impl HostGwBackend {
         for family in self.families_mut() {
             results.push(family.reconcile(leases).await);
         }
-        merge(results)
+        merge_reports(results)
     }
-}
-
-/// The reports of the families as one; the first error when one failed.
-fn merge(results: Vec<Result<Report, HostGwError>>) -> Result<Report, HostGwError> {
-    let mut total = Report::default();
-    for result in results {
-        let r = result?;
-        total.added += r.added;
-        total.replaced += r.replaced;
-        total.removed += r.removed;
-        total.skipped_leases = total.skipped_leases.max(r.skipped_leases);
-        total.peers = total.peers.max(r.peers);
-    }
-    Ok(total)
 }
 
 impl FamilyRoutes {

@@ -28,7 +28,7 @@ use self::plan::{
 };
 use crate::apply::{run_batched, Applied, ApplyFailure};
 use crate::backend::LeaseChange;
-use crate::backend::{to_leases, Backend, BackendError, LeaseSet, Report};
+use crate::backend::{merge_reports, to_leases, Backend, BackendError, LeaseSet, Report};
 use crate::peer_routes::{at_default_metric, is_weft_nexthop, nexthops_usable, route_matches, subnet_of_nexthop};
 
 /// VXLAN over IPv4 adds 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
@@ -218,7 +218,7 @@ impl VxlanBackend {
         for vtep in self.vteps_mut() {
             results.push(vtep.reconcile(leases).await);
         }
-        merge(results)
+        merge_reports(results)
     }
 
     /// The delta of `changes` on every VTEP.
@@ -227,7 +227,7 @@ impl VxlanBackend {
         for vtep in self.vteps_mut() {
             results.push(vtep.apply_changes(changes).await);
         }
-        merge(results)
+        merge_reports(results)
     }
 
     /// Repairs from one kernel notification, on the VTEP it concerns.
@@ -236,28 +236,13 @@ impl VxlanBackend {
         for vtep in self.vteps_mut() {
             results.push(vtep.repair(event).await);
         }
-        merge(results)
+        merge_reports(results)
     }
 
     /// Whether `event` calls for a full reconcile (see [`Vtep::device_changed`]).
     pub fn device_changed(&self, event: &KernelEvent) -> bool {
         self.vteps().any(|v| v.device_changed(event))
     }
-}
-
-/// The reports of the VTEPs as one; the first error when one failed.
-fn merge(results: Vec<Result<Report, VxlanError>>) -> Result<Report, VxlanError> {
-    let mut total = Report::default();
-    for result in results {
-        let r = result?;
-        total.device_recreated |= r.device_recreated;
-        total.added += r.added;
-        total.replaced += r.replaced;
-        total.removed += r.removed;
-        total.skipped_leases = total.skipped_leases.max(r.skipped_leases);
-        total.peers = total.peers.max(r.peers);
-    }
-    Ok(total)
 }
 
 impl Vtep {
