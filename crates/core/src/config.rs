@@ -290,6 +290,46 @@ fn parse_ipv6_pool(obj: &Map<String, Value>) -> Result<Ipv6Pool, ConfigError> {
     })
 }
 
+/// SubnetLen with flannel's default (a /24 for networks of /22 or larger, else prefix + 2) and
+/// limits (at most /30, at least four subnets, a network no smaller than /28).
+fn ipv4_subnet_len(obj: &Map<String, Value>, network: Ipv4Net) -> Result<u8, ConfigError> {
+    let plen = network.prefix_len();
+    match get_uint(obj, "SubnetLen", 32)? {
+        Some(len) => {
+            let len = len as u8;
+            if len > 30 {
+                return Err(ConfigError::SubnetLenTooLong(len));
+            }
+            if len < plen + 2 {
+                return Err(ConfigError::SubnetLenTooShort {
+                    len,
+                    network,
+                    min: plen + 2,
+                });
+            }
+            Ok(len)
+        }
+        None if plen > 28 => Err(ConfigError::NetworkTooSmall(network)),
+        None if plen <= 22 => Ok(24),
+        None => Ok(plen + 2),
+    }
+}
+
+/// Backend.Type; flannel's default when none is given is udp.
+fn backend_kind(be: &Map<String, Value>) -> Result<BackendKind, ConfigError> {
+    let type_name = get_str(be, "Type")?.unwrap_or("udp");
+    Ok(match type_name.to_ascii_lowercase().as_str() {
+        "vxlan" => BackendKind::Vxlan,
+        "host-gw" => BackendKind::HostGw,
+        "udp" => BackendKind::Udp,
+        "wireguard" => BackendKind::Wireguard,
+        "ipip" | "extension" | "alloc" | "alivpc" | "aws-vpc" | "gce" | "tencent-vpc" | "ipsec" => {
+            return Err(ConfigError::UnsupportedBackend(type_name.to_string()))
+        }
+        _ => return Err(ConfigError::UnknownBackend(type_name.to_string())),
+    })
+}
+
 impl NetworkConfig {
     pub fn parse(json: &str) -> Result<Self, ConfigError> {
         let value: Value = serde_json::from_str(json).map_err(|e| ConfigError::NotJson(e.to_string()))?;
@@ -309,27 +349,8 @@ impl NetworkConfig {
             })?,
         };
         let network = network.trunc();
-        let plen = network.prefix_len();
 
-        let subnet_len = match get_uint(obj, "SubnetLen", 32)? {
-            Some(len) => {
-                let len = len as u8;
-                if len > 30 {
-                    return Err(ConfigError::SubnetLenTooLong(len));
-                }
-                if len < plen + 2 {
-                    return Err(ConfigError::SubnetLenTooShort {
-                        len,
-                        network,
-                        min: plen + 2,
-                    });
-                }
-                len
-            }
-            None if plen > 28 => return Err(ConfigError::NetworkTooSmall(network)),
-            None if plen <= 22 => 24,
-            None => plen + 2,
-        };
+        let subnet_len = ipv4_subnet_len(obj, network)?;
         let (min, max) = subnet_range(obj, &IPV4_KEYS, network.into(), subnet_len)?;
         let (IpAddr::V4(subnet_min), IpAddr::V4(subnet_max)) = (min, max) else {
             unreachable!("subnet_range keeps the network's family")
@@ -355,18 +376,7 @@ impl NetworkConfig {
                 })
             }
         };
-        // flannel's default when no Backend is given is udp.
-        let type_name = get_str(be, "Type")?.unwrap_or("udp");
-        let backend = match type_name.to_ascii_lowercase().as_str() {
-            "vxlan" => BackendKind::Vxlan,
-            "host-gw" => BackendKind::HostGw,
-            "udp" => BackendKind::Udp,
-            "wireguard" => BackendKind::Wireguard,
-            "ipip" | "extension" | "alloc" | "alivpc" | "aws-vpc" | "gce" | "tencent-vpc" | "ipsec" => {
-                return Err(ConfigError::UnsupportedBackend(type_name.to_string()))
-            }
-            _ => return Err(ConfigError::UnknownBackend(type_name.to_string())),
-        };
+        let backend = backend_kind(be)?;
         if backend == BackendKind::Udp && ipv6.is_some() {
             return Err(ConfigError::Ipv6Unsupported("udp"));
         }
