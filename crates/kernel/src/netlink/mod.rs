@@ -198,28 +198,37 @@ impl Netlink {
     ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
-        let mut replies = self
-            .handle
-            .request(req, SocketAddr::new(0, 0))
-            .map_err(|_| NetlinkError::Closed { op: op.to_string() })?;
-        let mut out = Vec::new();
-        while let Some(reply) = replies.next().await {
-            match reply.payload {
-                NetlinkPayload::InnerMessage(m) => out.push(m),
-                NetlinkPayload::Error(e) => {
-                    if let Some(code) = e.code {
-                        return Err(NetlinkError::kernel(op, -code.get()));
-                    }
-                }
-                NetlinkPayload::Done(_) | NetlinkPayload::Noop | NetlinkPayload::Overrun(_) => {}
-                other => {
-                    return Err(NetlinkError::Unexpected {
-                        op: op.to_string(),
-                        detail: format!("{other:?}"),
-                    })
+        replies(op, &self.handle, req).await
+    }
+}
+
+/// Sends one request on `handle` and collects the messages of its answer; an error answer is
+/// the kernel's errno, kept. Shared by the route socket and the nexthop socket.
+async fn replies<T: std::fmt::Debug>(
+    op: &str,
+    handle: &rtnetlink::proto::ConnectionHandle<T>,
+    req: NetlinkMessage<T>,
+) -> Result<Vec<T>, NetlinkError> {
+    let mut replies = handle
+        .request(req, SocketAddr::new(0, 0))
+        .map_err(|_| NetlinkError::Closed { op: op.to_string() })?;
+    let mut out = Vec::new();
+    while let Some(reply) = replies.next().await {
+        match reply.payload {
+            NetlinkPayload::InnerMessage(m) => out.push(m),
+            NetlinkPayload::Error(e) => {
+                if let Some(code) = e.code {
+                    return Err(NetlinkError::kernel(op, -code.get()));
                 }
             }
+            NetlinkPayload::Done(_) | NetlinkPayload::Noop | NetlinkPayload::Overrun(_) => {}
+            other => {
+                return Err(NetlinkError::Unexpected {
+                    op: op.to_string(),
+                    detail: format!("{other:?}"),
+                })
+            }
         }
-        Ok(out)
     }
+    Ok(out)
 }

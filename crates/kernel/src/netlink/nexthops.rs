@@ -10,7 +10,6 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures::StreamExt;
 use rtnetlink::packet_core::{
     DecodeError, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_ACK,
     NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
@@ -260,29 +259,7 @@ impl Netlink {
         let mut req = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
         req.finalize();
         req.header.flags = NLM_F_REQUEST | flags;
-        let mut replies = self
-            .nexthops
-            .request(req, SocketAddr::new(0, 0))
-            .map_err(|_| NetlinkError::Closed { op: op.to_string() })?;
-        let mut out = Vec::new();
-        while let Some(reply) = replies.next().await {
-            match reply.payload {
-                NetlinkPayload::InnerMessage(m) => out.push(m),
-                NetlinkPayload::Error(e) => {
-                    if let Some(code) = e.code {
-                        return Err(NetlinkError::kernel(op, -code.get()));
-                    }
-                }
-                NetlinkPayload::Done(_) | NetlinkPayload::Noop | NetlinkPayload::Overrun(_) => {}
-                other => {
-                    return Err(NetlinkError::Unexpected {
-                        op: op.to_string(),
-                        detail: format!("{other:?}"),
-                    })
-                }
-            }
-        }
-        Ok(out)
+        super::replies(op, &self.nexthops, req).await
     }
 
     pub(super) fn nexthop_message(spec: &NexthopSpec) -> NexthopMessage {
