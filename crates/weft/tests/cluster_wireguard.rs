@@ -88,7 +88,8 @@ fn dropped(lab: &Lab, node: usize, reason: &str) -> u64 {
 
 /// A capture of the underlay (every frame on the switch's ports) in the switch namespace, with
 /// a raw socket: after `stop`, the IPv4 frames that were not WireGuard messages on port 51820
-/// (etcd's TLS on 2379 is the control plane and left out) and whether the marker appeared.
+/// (etcd's TLS on 2379 is the control plane, and IGMP the underlay's own multicast membership:
+/// both left out) and whether the marker appeared.
 struct Capture(Child, std::io::BufReader<std::process::ChildStdout>);
 
 const SNIFFER: &str = r#"
@@ -106,6 +107,7 @@ while time.time() < end:
     if len(f) < 34 or f[12:14] != b'\x08\x00': continue
     ip = f[14:]; ihl = (ip[0] & 15) * 4; proto = ip[9]; l4 = ip[ihl:]
     if proto == 6 and 2379 in struct.unpack('!HH', l4[:4]): continue
+    if proto == 2: continue  # IGMP: the switch's own multicast membership reports
     if proto == 17:
         sport, dport = struct.unpack('!HH', l4[:4]); p = l4[8:]
         if 51820 in (sport, dport) and len(p) >= 4 and p[0] in (1, 2, 3, 4) and p[1:4] == b'\0\0\0':
