@@ -123,62 +123,41 @@ fn has_key(text: &str, key: &str) -> bool {
         .any(|(name, _)| name.trim() == key)
 }
 
-/// weft_core's parser, also for a file without the IPv4 pair.
+/// weft_core's parser, with a missing key explained the way a user can act on.
 fn parse_values(text: &str) -> Result<NodeEnv, String> {
-    let ipv4_absent = !has_key(text, "FLANNEL_NETWORK") && !has_key(text, "FLANNEL_SUBNET");
-    let ipv6_present = has_key(text, "FLANNEL_IPV6_NETWORK") || has_key(text, "FLANNEL_IPV6_SUBNET");
-    let env = match SubnetEnv::parse(text) {
-        Ok(env) => env,
-        Err(SubnetEnvError::Missing("FLANNEL_NETWORK" | "FLANNEL_SUBNET")) if ipv4_absent && ipv6_present => {
-            // IPv6 only. weft_core's SubnetEnv has no form without IPv4 yet: read the file with a
-            // stand-in IPv4 pair after its last line (so line numbers in errors stay right) and
-            // drop the pair again.
-            let padded = format!("{text}\nFLANNEL_NETWORK=0.0.0.0/0\nFLANNEL_SUBNET=0.0.0.0/0\n");
-            SubnetEnv::parse(&padded).map_err(|e| e.to_string())?
-        }
-        Err(SubnetEnvError::Missing(key @ ("FLANNEL_NETWORK" | "FLANNEL_SUBNET"))) if ipv4_absent => {
-            return Err(format!(
+    let env = SubnetEnv::parse(text).map_err(|e| {
+        let SubnetEnvError::Missing(key) = e else {
+            return e.to_string();
+        };
+        let pair = match key {
+            "FLANNEL_NETWORK" => "FLANNEL_SUBNET",
+            "FLANNEL_SUBNET" => "FLANNEL_NETWORK",
+            "FLANNEL_IPV6_NETWORK" => "FLANNEL_IPV6_SUBNET",
+            "FLANNEL_IPV6_SUBNET" => "FLANNEL_IPV6_NETWORK",
+            _ => return e.to_string(),
+        };
+        if has_key(text, pair) {
+            let when = if key.contains("IPV6") {
+                "when EnableIPv6 is true"
+            } else {
+                "(or neither, when EnableIPv4 is false)"
+            };
+            format!("{pair} is set but {key} is missing; flanneld writes both {when}")
+        } else {
+            format!(
                 "{key} is missing, and there is no FLANNEL_IPV6_NETWORK/FLANNEL_IPV6_SUBNET either: the file has \
                  no subnet for pods"
-            ))
+            )
         }
-        Err(SubnetEnvError::Missing(key @ ("FLANNEL_NETWORK" | "FLANNEL_SUBNET"))) => {
-            let other = if key == "FLANNEL_NETWORK" {
-                "FLANNEL_SUBNET"
-            } else {
-                "FLANNEL_NETWORK"
-            };
-            return Err(format!(
-                "{other} is set but {key} is missing; flanneld writes both (or neither, when EnableIPv4 is false)"
-            ));
-        }
-        Err(e) => return Err(e.to_string()),
-    };
-    let ipv6 = match (env.ipv6_network, env.ipv6_subnet) {
-        (Some(network), Some(subnet)) => Some(PodNetwork {
-            network: network.into(),
-            subnet: subnet.into(),
-        }),
-        (None, None) => None,
-        (Some(n), None) => {
-            return Err(format!(
-                "FLANNEL_IPV6_NETWORK={n} is set but FLANNEL_IPV6_SUBNET is missing; flanneld writes both when \
-                 EnableIPv6 is true"
-            ))
-        }
-        (None, Some(s)) => {
-            return Err(format!(
-                "FLANNEL_IPV6_SUBNET={s} is set but FLANNEL_IPV6_NETWORK is missing; flanneld writes both when \
-                 EnableIPv6 is true"
-            ))
-        }
+    })?;
+    let pod_network = |network: Option<IpNet>, subnet: Option<IpNet>| {
+        network
+            .zip(subnet)
+            .map(|(network, subnet)| PodNetwork { network, subnet })
     };
     Ok(NodeEnv {
-        ipv4: (!ipv4_absent).then_some(PodNetwork {
-            network: env.network.into(),
-            subnet: env.subnet.into(),
-        }),
-        ipv6,
+        ipv4: pod_network(env.network.map(IpNet::from), env.subnet.map(IpNet::from)),
+        ipv6: pod_network(env.ipv6_network.map(IpNet::from), env.ipv6_subnet.map(IpNet::from)),
         mtu: env.mtu,
         ipmasq: env.ipmasq,
     })

@@ -387,7 +387,7 @@ pub async fn acquire_lease_with<S: SubnetStore>(
     for attempt in 1..=ACQUIRE_ATTEMPTS {
         let (stored, _) = store.list(&subnets_prefix(&prefix)).await?;
         let leases = occupied_subnets(&prefix, &stored);
-        match choose_subnet(cfg, &leases, attrs.public_ip, previous, pick)? {
+        match choose_subnet(cfg, &leases, attrs, previous, pick)? {
             Allocation::Reuse(subnet) => {
                 let key = lease_key(&prefix, &subnet);
                 let Some(current) = stored.iter().find(|s| s.key == key) else {
@@ -732,11 +732,12 @@ pub(crate) fn judge_config(key: &str, running: &NetworkConfig, value: Option<&[u
         }
         Some(Ok(cfg)) => tracing::warn!(
             key = %key,
-            network = %cfg.network,
-            subnet_len = cfg.subnet_len,
+            network = ?cfg.network(),
+            ipv6_network = ?cfg.ipv6_network(),
             backend = cfg.backend.name(),
-            "the network config changed; restart weftd to apply it (still running with Network {})",
-            running.network
+            "the network config changed; restart weftd to apply it (still running with Network {:?}, IPv6Network {:?})",
+            running.network(),
+            running.ipv6_network()
         ),
     }
 }

@@ -434,7 +434,7 @@ mod tests {
             cfg(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#);
         let mut a = attrs(1);
         a.public_ipv6 = Some("2001:db8::1".parse().unwrap());
-        let prev = format!("{}", first.subnet.ipv4);
+        let prev = format!("{}", first.subnet.ipv4.unwrap());
         let again = acquire(&store, &dual, &a, Some(&prev)).await.unwrap();
         assert_eq!(again.subnet.ipv4, first.subnet.ipv4, "the IPv4 subnet is kept");
         assert_eq!(again.subnet.to_key(), "10.5.1.0-24&fc00:0:0:1::-64");

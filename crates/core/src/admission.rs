@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use smallvec::SmallVec;
 
 use crate::config::{BackendKind, NetworkConfig};
@@ -77,6 +77,8 @@ pub enum Refusal {
     /// The IPv6 side of a dual-stack lease (BackendV6Data, PublicIPv6) is unusable.
     #[error("{0}")]
     BadBackendV6Data(String),
+    #[error("it has no {network} subnet, and this network is {network} only: set EnableIPv4/EnableIPv6 in the config alike on every node")]
+    NoSharedFamily { network: &'static str },
     #[error("its {what} {value} is already held by the older lease {holder}")]
     Conflict {
         what: &'static str,
@@ -87,7 +89,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every label [`Refusal::label`] returns, for metrics that list each one.
-    pub const LABELS: [&'static str; 9] = [
+    pub const LABELS: [&'static str; 10] = [
         "nested_key",
         "malformed_key",
         "malformed_value",
@@ -97,6 +99,7 @@ impl Refusal {
         "other_backend",
         "bad_backend_data",
         "conflict",
+        "no_shared_family",
     ];
 
     /// A short label for metrics.
@@ -111,6 +114,7 @@ impl Refusal {
             Refusal::OtherBackend { .. } => 6,
             Refusal::BadBackendData(_) | Refusal::BadBackendV6Data(_) => 7,
             Refusal::Conflict { .. } => 8,
+            Refusal::NoSharedFamily { .. } => 9,
         };
         Self::LABELS[i]
     }
@@ -424,7 +428,11 @@ impl fmt::Display for Claim {
 }
 
 fn claims(lease: &Lease, vtep_macs: Vec<[u8; 6]>) -> Vec<Claim> {
-    let mut claims = vec![Claim::Subnet(lease.subnet.ipv4), Claim::PublicIp(lease.attrs.public_ip)];
+    let mut claims = Vec::with_capacity(4);
+    // An IPv6-only lease's PublicIP is flannel's 0.0.0.0 placeholder, which claims nothing.
+    if let Some(v4) = lease.subnet.ipv4 {
+        claims.extend([Claim::Subnet(v4), Claim::PublicIp(lease.attrs.public_ip)]);
+    }
     claims.extend(lease.subnet.ipv6.map(Claim::Ipv6Subnet));
     claims.extend(lease.attrs.public_ipv6.map(Claim::PublicIpv6));
     claims.extend(vtep_macs.into_iter().map(Claim::VtepMac));
@@ -436,47 +444,32 @@ fn claims(lease: &Lease, vtep_macs: Vec<[u8; 6]>) -> Vec<Claim> {
 }
 
 /// The checks of one lease against the network config; returns its VtepMACs for vxlan (the
-/// IPv6 VTEP's too when the lease is dual stack).
+/// IPv6 VTEP's too when the lease is dual stack). Each family the lease and the network share is
+/// checked; a family the network does not enable is ignored.
 fn check(cfg: &NetworkConfig, lease: &Lease) -> Result<Vec<[u8; 6]>, Refusal> {
-    let subnet = lease.subnet.ipv4;
-    if !cfg.network.contains(&subnet) || subnet.prefix_len() <= cfg.network.prefix_len() {
-        return Err(Refusal::OutsideNetwork {
-            subnet: subnet.to_string(),
-            network: cfg.network.to_string(),
+    let v4 = cfg.ipv4.zip(lease.subnet.ipv4);
+    let v6 = cfg.ipv6.zip(lease.subnet.ipv6);
+    if v4.is_none() && v6.is_none() {
+        return Err(Refusal::NoSharedFamily {
+            network: if cfg.ipv4.is_some() { "IPv4" } else { "IPv6" },
         });
     }
-    if subnet.prefix_len() != cfg.subnet_len {
-        return Err(Refusal::WrongLength {
-            subnet: subnet.to_string(),
-            len: subnet.prefix_len(),
-            want: cfg.subnet_len,
-            key: "SubnetLen",
-        });
-    }
-    if let (Some(v6), Some(pool)) = (lease.subnet.ipv6, cfg.ipv6) {
-        let network = pool.network;
-        if !network.contains(&v6) || v6.prefix_len() <= network.prefix_len() {
-            return Err(Refusal::OutsideNetwork {
-                subnet: v6.to_string(),
-                network: network.to_string(),
-            });
-        }
-        if v6.prefix_len() != pool.subnet_len {
-            return Err(Refusal::WrongLength {
-                subnet: v6.to_string(),
-                len: v6.prefix_len(),
-                want: pool.subnet_len,
-                key: "IPv6SubnetLen",
+    if let Some((pool, subnet)) = v4 {
+        check_subnet(pool.network.into(), pool.subnet_len, subnet.into(), "SubnetLen")?;
+        if let Some(why) = unreachable_ipv4(lease.attrs.public_ip, pool.network) {
+            return Err(Refusal::BadPublicIp {
+                ip: lease.attrs.public_ip.into(),
+                why,
             });
         }
     }
-    if let Some(why) = unreachable_ipv4(lease.attrs.public_ip, cfg.network) {
-        return Err(Refusal::BadPublicIp {
-            ip: lease.attrs.public_ip.into(),
-            why,
-        });
-    }
-    if let Some(ip) = lease.attrs.public_ipv6 {
+    if let Some((pool, subnet)) = v6 {
+        check_subnet(pool.network.into(), pool.subnet_len, subnet.into(), "IPv6SubnetLen")?;
+        let Some(ip) = lease.attrs.public_ipv6 else {
+            return Err(Refusal::BadBackendV6Data(
+                "it has an IPv6 subnet but no PublicIPv6 to reach it at".into(),
+            ));
+        };
         if let Some(why) = unreachable_ipv6(ip) {
             return Err(Refusal::BadPublicIp { ip: ip.into(), why });
         }
@@ -490,23 +483,19 @@ fn check(cfg: &NetworkConfig, lease: &Lease) -> Result<Vec<[u8; 6]>, Refusal> {
             ours,
         });
     }
-    // The IPv6 side of a dual-stack lease is used only when this network is dual stack too.
-    let dual = cfg.ipv6.is_some() && lease.subnet.ipv6.is_some();
-    if dual && lease.attrs.public_ipv6.is_none() {
-        return Err(Refusal::BadBackendV6Data(
-            "it has an IPv6 subnet but no PublicIPv6 to reach it at".into(),
-        ));
-    }
     match cfg.backend {
         BackendKind::Vxlan => {
-            let mut macs = vec![vxlan_data(&lease.attrs.backend_data, cfg.vxlan.vni)?];
-            if dual {
-                let v6 = vxlan_data(&lease.attrs.backend_v6_data, cfg.vxlan.vni).map_err(|e| match e {
+            let mut macs = Vec::with_capacity(2);
+            if v4.is_some() {
+                macs.push(vxlan_data(&lease.attrs.backend_data, cfg.vxlan.vni)?);
+            }
+            if v6.is_some() {
+                let mac = vxlan_data(&lease.attrs.backend_v6_data, cfg.vxlan.vni).map_err(|e| match e {
                     Refusal::BadBackendData(what) => Refusal::BadBackendV6Data(format!("BackendV6Data {what}")),
                     other => other,
                 })?;
-                if v6 != macs[0] {
-                    macs.push(v6);
+                if !macs.contains(&mac) {
+                    macs.push(mac);
                 }
             }
             Ok(macs)
@@ -516,6 +505,25 @@ fn check(cfg: &NetworkConfig, lease: &Lease) -> Result<Vec<[u8; 6]>, Refusal> {
             .map(|_| Vec::new())
             .map_err(Refusal::BadBackendData),
     }
+}
+
+/// A lease's subnet of one family: inside the network, and a /`subnet_len` (`len_key`).
+fn check_subnet(network: IpNet, subnet_len: u8, subnet: IpNet, len_key: &'static str) -> Result<(), Refusal> {
+    if !network.contains(&subnet) || subnet.prefix_len() <= network.prefix_len() {
+        return Err(Refusal::OutsideNetwork {
+            subnet: subnet.to_string(),
+            network: network.to_string(),
+        });
+    }
+    if subnet.prefix_len() != subnet_len {
+        return Err(Refusal::WrongLength {
+            subnet: subnet.to_string(),
+            len: subnet.prefix_len(),
+            want: subnet_len,
+            key: len_key,
+        });
+    }
+    Ok(())
 }
 
 /// Why `ip` cannot be a node's underlay address, if it cannot.
@@ -672,6 +680,72 @@ mod tests {
         // The same records in an IPv4-only network: the IPv6 side is not looked at.
         let a = admit(&vxlan(), &records);
         assert_eq!(a.leases.len(), 5, "{a:?}");
+    }
+
+    fn v6_only(ip6: &str, mac6: &str) -> String {
+        format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{ip6}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#
+        )
+    }
+
+    #[test]
+    fn ipv6_only_leases_claim_no_ipv4_and_need_their_ipv6_side() {
+        let c = cfg(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#);
+        let records = vec![
+            rec(
+                "0.0.0.0-0&fc00:0:0:1::-64",
+                10,
+                &v6_only("2001:db8::1", "02:00:00:00:06:01"),
+            ),
+            // Same PublicIP 0.0.0.0 and the same empty IPv4 part: no conflict over either.
+            rec(
+                "0.0.0.0-0&fc00:0:0:2::-64",
+                11,
+                &v6_only("2001:db8::2", "02:00:00:00:06:02"),
+            ),
+            // A dual-stack node's lease: its IPv6 side is used.
+            rec(
+                "10.42.3.0-24&fc00:0:0:3::-64",
+                12,
+                &dual("198.51.100.3", "2001:db8::3", "02:00:00:00:00:03", "02:00:00:00:06:03"),
+            ),
+            // IPv4 only: nothing to reach in this network.
+            rec("10.42.4.0-24", 13, &vx("198.51.100.4", "02:00:00:00:00:04")),
+            // Node 1's PublicIPv6 again.
+            rec(
+                "0.0.0.0-0&fc00:0:0:5::-64",
+                14,
+                &v6_only("2001:db8::1", "02:00:00:00:06:05"),
+            ),
+            // Outside IPv6Network.
+            rec(
+                "0.0.0.0-0&fc01:0:0:6::-64",
+                15,
+                &v6_only("2001:db8::6", "02:00:00:00:06:06"),
+            ),
+        ];
+        let a = admit(&c, &records);
+        assert_eq!(
+            names(&a),
+            [
+                "0.0.0.0-0&fc00:0:0:1::-64",
+                "0.0.0.0-0&fc00:0:0:2::-64",
+                "10.42.3.0-24&fc00:0:0:3::-64"
+            ]
+        );
+        let r = refusal_of(&a, "10.42.4.0-24");
+        assert_eq!(r.label(), "no_shared_family");
+        assert!(
+            r.to_string()
+                .starts_with("it has no IPv6 subnet, and this network is IPv6 only"),
+            "{r}"
+        );
+        assert_eq!(refusal_of(&a, "0.0.0.0-0&fc00:0:0:5::-64").label(), "conflict");
+        assert_eq!(refusal_of(&a, "0.0.0.0-0&fc01:0:0:6::-64").label(), "outside_network");
+        // In an IPv4 network the IPv6-only leases are refused, and the rest admitted as before.
+        let a = admit(&vxlan(), &records);
+        assert_eq!(names(&a), ["10.42.3.0-24&fc00:0:0:3::-64", "10.42.4.0-24"]);
+        assert_eq!(refusal_of(&a, "0.0.0.0-0&fc00:0:0:1::-64").label(), "no_shared_family");
     }
 
     #[test]
@@ -950,6 +1024,7 @@ mod tests {
                 value: String::new(),
                 holder: String::new(),
             },
+            Refusal::NoSharedFamily { network: "" },
         ];
         let labels: Vec<_> = all.iter().map(Refusal::label).collect();
         assert_eq!(labels, Refusal::LABELS);

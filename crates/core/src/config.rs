@@ -68,6 +68,23 @@ pub struct UdpOptions {
     pub port: u16,
 }
 
+/// The IPv4 side of a config: `Network` and the node subnets in it, with flannel's defaults (a /24
+/// per node, or prefix + 2 for networks smaller than /22; the first subnet skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Pool {
+    pub network: Ipv4Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv4Addr,
+    pub subnet_max: Ipv4Addr,
+}
+
+impl Ipv4Pool {
+    /// How many node subnets lie between SubnetMin and SubnetMax.
+    pub fn subnet_count(&self) -> u32 {
+        ((u32::from(self.subnet_max) - u32::from(self.subnet_min)) >> (32 - self.subnet_len)) + 1
+    }
+}
+
 /// The IPv6 side of a dual-stack config: `IPv6Network` and the node subnets in it, with flannel's
 /// defaults (a /64 per node, or prefix + 2 for networks smaller than /62; the first subnet skipped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,11 +105,9 @@ impl Ipv6Pool {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkConfig {
-    pub network: Ipv4Net,
-    pub subnet_len: u8,
-    pub subnet_min: Ipv4Addr,
-    pub subnet_max: Ipv4Addr,
-    /// The IPv6 pod network: `Some` exactly when `EnableIPv6` is true (dual stack).
+    /// The IPv4 pod network: `Some` exactly when `EnableIPv4` is true (flannel's default).
+    pub ipv4: Option<Ipv4Pool>,
+    /// The IPv6 pod network: `Some` exactly when `EnableIPv6` is true (dual stack or IPv6-only).
     pub ipv6: Option<Ipv6Pool>,
     pub enable_nftables: bool,
     pub backend: BackendKind,
@@ -290,6 +305,30 @@ fn parse_ipv6_pool(obj: &Map<String, Value>) -> Result<Ipv6Pool, ConfigError> {
     })
 }
 
+/// `Network`, `SubnetLen`, `SubnetMin`, `SubnetMax` with flannel's defaults and limits.
+fn parse_ipv4_pool(obj: &Map<String, Value>) -> Result<Ipv4Pool, ConfigError> {
+    let network: Ipv4Net = match get_str(obj, "Network")? {
+        None => return Err(ConfigError::MissingNetwork),
+        Some(s) => s.parse().map_err(|_| ConfigError::BadValue {
+            key: "Network",
+            value: format!("{s:?}"),
+            expected: "an IPv4 CIDR such as 10.5.0.0/16",
+        })?,
+    };
+    let network = network.trunc();
+    let subnet_len = ipv4_subnet_len(obj, network)?;
+    let (min, max) = subnet_range(obj, &IPV4_KEYS, network.into(), subnet_len)?;
+    let (IpAddr::V4(subnet_min), IpAddr::V4(subnet_max)) = (min, max) else {
+        unreachable!("subnet_range keeps the network's family")
+    };
+    Ok(Ipv4Pool {
+        network,
+        subnet_len,
+        subnet_min,
+        subnet_max,
+    })
+}
+
 /// SubnetLen with flannel's default (a /24 for networks of /22 or larger, else prefix + 2) and
 /// limits (at most /30, at least four subnets, a network no smaller than /28).
 fn ipv4_subnet_len(obj: &Map<String, Value>, network: Ipv4Net) -> Result<u8, ConfigError> {
@@ -337,30 +376,17 @@ impl NetworkConfig {
             .as_object()
             .ok_or_else(|| ConfigError::NotJson("the value is not a JSON object".into()))?;
 
-        if !get_bool(obj, "EnableIPv4", true)? {
-            return Err(ConfigError::Ipv4Disabled);
+        let ipv4 = match get_bool(obj, "EnableIPv4", true)? {
+            true => Some(parse_ipv4_pool(obj)?),
+            false => None,
+        };
+        let ipv6 = match get_bool(obj, "EnableIPv6", false)? {
+            true => Some(parse_ipv6_pool(obj)?),
+            false => None,
+        };
+        if ipv4.is_none() && ipv6.is_none() {
+            return Err(ConfigError::NoFamily);
         }
-        let network: Ipv4Net = match get_str(obj, "Network")? {
-            None => return Err(ConfigError::MissingNetwork),
-            Some(s) => s.parse().map_err(|_| ConfigError::BadValue {
-                key: "Network",
-                value: format!("{s:?}"),
-                expected: "an IPv4 CIDR such as 10.5.0.0/16",
-            })?,
-        };
-        let network = network.trunc();
-
-        let subnet_len = ipv4_subnet_len(obj, network)?;
-        let (min, max) = subnet_range(obj, &IPV4_KEYS, network.into(), subnet_len)?;
-        let (IpAddr::V4(subnet_min), IpAddr::V4(subnet_max)) = (min, max) else {
-            unreachable!("subnet_range keeps the network's family")
-        };
-
-        let ipv6 = if get_bool(obj, "EnableIPv6", false)? {
-            Some(parse_ipv6_pool(obj)?)
-        } else {
-            None
-        };
         let enable_nftables = get_bool(obj, "EnableNFTables", false)?;
 
         let backend_raw = get(obj, "Backend").cloned().unwrap_or(Value::Null);
@@ -377,12 +403,10 @@ impl NetworkConfig {
             }
         };
         let backend = backend_kind(be)?;
-        if backend == BackendKind::Udp && ipv6.is_some() {
-            return Err(ConfigError::Ipv6Unsupported("udp"));
-        }
-        // weft's user-space wireguard carries IPv4 only so far.
-        if backend == BackendKind::Wireguard && ipv6.is_some() {
-            return Err(ConfigError::Ipv6Unsupported("wireguard"));
+        // udp (as flannel's) and weft's user-space wireguard (so far) carry IPv4 only.
+        // (With IPv6 off, IPv4 is on: NoFamily above.)
+        if matches!(backend, BackendKind::Udp | BackendKind::Wireguard) && ipv6.is_some() {
+            return Err(ConfigError::Ipv6Unsupported(backend.name()));
         }
         let vxlan = VxlanOptions {
             vni: get_uint(be, "VNI", 0xff_ffff)?.unwrap_or(1) as u32,
@@ -397,10 +421,7 @@ impl NetworkConfig {
         };
 
         Ok(NetworkConfig {
-            network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
+            ipv4,
             ipv6,
             enable_nftables,
             backend,
@@ -414,9 +435,20 @@ impl NetworkConfig {
         })
     }
 
-    /// How many node subnets lie between SubnetMin and SubnetMax.
-    pub fn subnet_count(&self) -> u32 {
-        ((u32::from(self.subnet_max) - u32::from(self.subnet_min)) >> (32 - self.subnet_len)) + 1
+    /// The IPv4 pod network (`Network`), if IPv4 is enabled.
+    pub fn network(&self) -> Option<Ipv4Net> {
+        self.ipv4.map(|p| p.network)
+    }
+
+    /// The IPv6 pod network (`IPv6Network`), if IPv6 is enabled.
+    pub fn ipv6_network(&self) -> Option<Ipv6Net> {
+        self.ipv6.map(|p| p.network)
+    }
+
+    /// The IPv4 pool of a backend that carries IPv4 only (udp, wireguard), which `parse` has
+    /// made sure is there.
+    pub fn ipv4_pool(&self) -> Result<Ipv4Pool, ConfigError> {
+        self.ipv4.ok_or(ConfigError::Ipv4Required(self.backend.name()))
     }
 }
 
@@ -431,23 +463,29 @@ mod tests {
     #[test]
     fn flannel_documented_defaults() {
         let c = parse(r#"{"Network":"10.3.0.0/16"}"#).unwrap();
-        assert_eq!(c.subnet_len, 24);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 3, 1, 0));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 3, 255, 0));
+        assert_eq!(c.ipv4.unwrap().subnet_len, 24);
+        assert_eq!(c.ipv4.unwrap().subnet_min, Ipv4Addr::new(10, 3, 1, 0));
+        assert_eq!(c.ipv4.unwrap().subnet_max, Ipv4Addr::new(10, 3, 255, 0));
         assert_eq!(c.backend, BackendKind::Udp);
         assert_eq!(c.udp.port, 8285);
         assert!(!c.enable_nftables);
-        assert_eq!(c.subnet_count(), 255);
+        assert_eq!(c.ipv4.unwrap().subnet_count(), 255);
     }
 
     #[test]
     fn small_networks_get_prefix_plus_two() {
         let c = parse(r#"{"Network":"10.3.0.0/24"}"#).unwrap();
-        assert_eq!(c.subnet_len, 26);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 3, 0, 64));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 3, 0, 192));
-        assert_eq!(parse(r#"{"Network":"10.3.0.0/22"}"#).unwrap().subnet_len, 24);
-        assert_eq!(parse(r#"{"Network":"10.3.0.0/28"}"#).unwrap().subnet_len, 30);
+        assert_eq!(c.ipv4.unwrap().subnet_len, 26);
+        assert_eq!(c.ipv4.unwrap().subnet_min, Ipv4Addr::new(10, 3, 0, 64));
+        assert_eq!(c.ipv4.unwrap().subnet_max, Ipv4Addr::new(10, 3, 0, 192));
+        assert_eq!(
+            parse(r#"{"Network":"10.3.0.0/22"}"#).unwrap().ipv4.unwrap().subnet_len,
+            24
+        );
+        assert_eq!(
+            parse(r#"{"Network":"10.3.0.0/28"}"#).unwrap().ipv4.unwrap().subnet_len,
+            30
+        );
     }
 
     #[test]
@@ -456,7 +494,7 @@ mod tests {
             r#"{"network":"10.5.0.0/16","subnetlen":26,"backend":{"type":"vxlan","vni":7,"directrouting":true}}"#,
         )
         .unwrap();
-        assert_eq!(c.subnet_len, 26);
+        assert_eq!(c.ipv4.unwrap().subnet_len, 26);
         assert_eq!(c.backend, BackendKind::Vxlan);
         assert_eq!(c.vxlan.vni, 7);
         assert_eq!(c.vxlan.port, 8472);
@@ -519,7 +557,7 @@ mod tests {
     #[test]
     fn explicit_min_max_are_kept() {
         let c = parse(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.10.0","SubnetMax":"10.5.12.0"}"#).unwrap();
-        assert_eq!(c.subnet_count(), 3);
+        assert_eq!(c.ipv4.unwrap().subnet_count(), 3);
         assert!(matches!(
             parse(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.12.0","SubnetMax":"10.5.10.0"}"#),
             Err(ConfigError::MinAboveMax { .. })
@@ -601,7 +639,29 @@ mod tests {
         assert!(e.to_string().contains("udp"));
         assert_eq!(
             parse(r#"{"Network":"10.5.0.0/16","EnableIPv4":false}"#).unwrap_err(),
-            ConfigError::Ipv4Disabled
+            ConfigError::NoFamily
         );
+    }
+
+    #[test]
+    fn ipv6_only_as_flannel_allows_it() {
+        let c = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#)
+            .unwrap();
+        assert_eq!(c.ipv4, None, "no Network needed when EnableIPv4 is false");
+        assert_eq!(c.ipv6_network(), Some("fc00::/48".parse().unwrap()));
+        let ignored = parse(
+            r#"{"EnableIPv4":false,"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"host-gw"}}"#,
+        )
+        .unwrap();
+        assert_eq!(ignored.network(), None, "Network is ignored when EnableIPv4 is false");
+        for backend in ["udp", "wireguard"] {
+            let e = parse(&format!(r#"{{"EnableIPv4":false,"Backend":{{"Type":"{backend}"}}}}"#)).unwrap_err();
+            assert_eq!(e, ConfigError::NoFamily);
+            let e = parse(&format!(
+                r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"{backend}"}}}}"#
+            ))
+            .unwrap_err();
+            assert!(matches!(e, ConfigError::Ipv6Unsupported(_)), "{e}");
+        }
     }
 }

@@ -45,8 +45,10 @@ pub enum ConfigError {
         max_key: &'static str,
         max: IpAddr,
     },
-    #[error("EnableIPv4 is false: weft needs an IPv4 Network (IPv6-only clusters are not supported yet); set EnableIPv4 to true")]
-    Ipv4Disabled,
+    #[error("EnableIPv4 and EnableIPv6 are both false: enable at least one (EnableIPv4 with Network, or EnableIPv6 with IPv6Network)")]
+    NoFamily,
+    #[error("the {0} backend carries IPv4 only and EnableIPv4 is false: set EnableIPv4 to true with a Network, or use vxlan or host-gw for an IPv6-only cluster")]
+    Ipv4Required(&'static str),
     #[error("EnableIPv6 is true but IPv6Network is missing: set it to the cluster's IPv6 CIDR, e.g. \"IPv6Network\":\"fc00::/48\"")]
     MissingIpv6Network,
     #[error("IPv6Network {0} is smaller than /124, too small to give each node a subnet: use /124 or larger")]

@@ -35,7 +35,12 @@ impl Default for DockerOptsFormat {
 
 /// The `(name, value)` options, in the order the script writes them.
 pub fn docker_options(env: &SubnetEnv, format: &DockerOptsFormat) -> Vec<(&'static str, String)> {
-    let mut opts = vec![("DOCKER_OPT_BIP", format!("--bip={}", env.subnet))];
+    // The script sets --bip only when FLANNEL_SUBNET is there (not in an IPv6-only network).
+    let mut opts: Vec<_> = env
+        .subnet
+        .map(|s| ("DOCKER_OPT_BIP", format!("--bip={s}")))
+        .into_iter()
+        .collect();
     if format.ip_masq {
         // Docker masquerades only when weft does not.
         opts.push(("DOCKER_OPT_IPMASQ", format!("--ip-masq={}", !env.ipmasq)));
@@ -75,8 +80,8 @@ mod tests {
 
     fn env(ipmasq: bool) -> SubnetEnv {
         SubnetEnv {
-            network: "10.1.0.0/16".parse().unwrap(),
-            subnet: "10.1.74.1/24".parse().unwrap(),
+            network: Some("10.1.0.0/16".parse().unwrap()),
+            subnet: Some("10.1.74.1/24".parse().unwrap()),
             mtu: 1472,
             ipmasq,
             ipv6_network: None,

@@ -16,21 +16,39 @@ pub enum LeaseError {
     BadValue { key: String, reason: String },
 }
 
-/// The subnet a node leases, which is also the last path element of its etcd key.
+/// The subnet a node leases, which is also the last path element of its etcd key. At least one
+/// family is present: an IPv6-only lease is written with flannel's empty IPv4 part, `0.0.0.0-0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubnetKey {
-    pub ipv4: Ipv4Net,
+    pub ipv4: Option<Ipv4Net>,
     pub ipv6: Option<Ipv6Net>,
 }
 
+/// How flannel writes "no IPv4 subnet" in a key (its empty IP4Net).
+const NO_IPV4: &str = "0.0.0.0-0";
+
 impl SubnetKey {
     pub fn v4(ipv4: Ipv4Net) -> Self {
-        SubnetKey { ipv4, ipv6: None }
+        SubnetKey {
+            ipv4: Some(ipv4),
+            ipv6: None,
+        }
+    }
+
+    /// The key of an IPv6-only lease.
+    pub fn v6(ipv6: Ipv6Net) -> Self {
+        SubnetKey {
+            ipv4: None,
+            ipv6: Some(ipv6),
+        }
     }
 
     /// The key's last path element, as flannel writes it.
     pub fn to_key(&self) -> String {
-        let v4 = format!("{}-{}", self.ipv4.addr(), self.ipv4.prefix_len());
+        let v4 = match self.ipv4 {
+            Some(n) => format!("{}-{}", n.addr(), n.prefix_len()),
+            None => NO_IPV4.to_string(),
+        };
         match self.ipv6 {
             Some(v6) => format!("{v4}&{}-{}", v6.addr(), v6.prefix_len()),
             None => v4,
@@ -45,39 +63,53 @@ impl SubnetKey {
             Some((a, b)) => (a, Some(b)),
             None => (last, None),
         };
-        let (addr, len) = v4part.split_once('-').ok_or_else(bad)?;
-        let addr = Ipv4Addr::from_str(addr).map_err(|_| bad())?;
-        let len: u8 = len.parse().map_err(|_| bad())?;
-        let ipv4 = Ipv4Net::new(addr, len).map_err(|_| bad())?;
-        if ipv4.network() != addr {
-            return Err(bad());
-        }
+        let ipv4 = match v4part {
+            NO_IPV4 => None,
+            part => {
+                let (addr, len) = part.split_once('-').ok_or_else(bad)?;
+                let addr = Ipv4Addr::from_str(addr).map_err(|_| bad())?;
+                let len: u8 = len.parse().map_err(|_| bad())?;
+                let net = Ipv4Net::new(addr, len).map_err(|_| bad())?;
+                if net.network() != addr || len == 0 {
+                    return Err(bad());
+                }
+                Some(net)
+            }
+        };
         let ipv6 = match v6part {
             None => None,
             Some(p) => {
                 let (addr, len) = p.rsplit_once('-').ok_or_else(bad)?;
                 let addr = Ipv6Addr::from_str(addr).map_err(|_| bad())?;
                 let len: u8 = len.parse().map_err(|_| bad())?;
-                Some(Ipv6Net::new(addr, len).map_err(|_| bad())?)
+                let net = Ipv6Net::new(addr, len).map_err(|_| bad())?;
+                if net.network() != addr || len == 0 {
+                    return Err(bad());
+                }
+                Some(net)
             }
         };
+        if ipv4.is_none() && ipv6.is_none() {
+            return Err(bad());
+        }
         Ok(SubnetKey { ipv4, ipv6 })
     }
 
-    /// The first host address of the subnet: the address the node puts on its devices
+    /// The first host address of the IPv4 subnet: the address the node puts on its devices
     /// (and on cni0/docker0), e.g. 10.5.72.1 for 10.5.72.0/24.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.ipv4.network()) + 1)
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        self.ipv4.map(|n| Ipv4Addr::from(u32::from(n.network()) + 1))
     }
 }
 
 impl fmt::Display for SubnetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.ipv4)?;
-        if let Some(v6) = self.ipv6 {
-            write!(f, "&{v6}")?;
+        match (self.ipv4, self.ipv6) {
+            (Some(v4), Some(v6)) => write!(f, "{v4}&{v6}"),
+            (Some(v4), None) => write!(f, "{v4}"),
+            (None, Some(v6)) => write!(f, "{v6}"),
+            (None, None) => f.write_str(NO_IPV4),
         }
-        Ok(())
     }
 }
 
@@ -167,9 +199,9 @@ mod tests {
     #[test]
     fn key_round_trips() {
         let k = SubnetKey::parse("10.5.34.0-24").unwrap();
-        assert_eq!(k.ipv4, "10.5.34.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(k.ipv4, Some("10.5.34.0/24".parse::<Ipv4Net>().unwrap()));
         assert_eq!(k.to_key(), "10.5.34.0-24");
-        assert_eq!(k.gateway(), Ipv4Addr::new(10, 5, 34, 1));
+        assert_eq!(k.gateway(), Some(Ipv4Addr::new(10, 5, 34, 1)));
         let full = SubnetKey::parse("/coreos.com/network/subnets/10.5.34.0-24").unwrap();
         assert_eq!(full, k);
     }
@@ -182,6 +214,15 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_only_key_is_flannels() {
+        let k = SubnetKey::parse("/coreos.com/network/subnets/0.0.0.0-0&fc00:0:0:1::-64").unwrap();
+        assert_eq!(k, SubnetKey::v6("fc00:0:0:1::/64".parse().unwrap()));
+        assert_eq!(k.to_key(), "0.0.0.0-0&fc00:0:0:1::-64");
+        assert_eq!(k.gateway(), None);
+        assert_eq!(k.to_string(), "fc00:0:0:1::/64");
+    }
+
+    #[test]
     fn bad_keys_are_refused() {
         for bad in [
             "10.5.34.0",
@@ -189,6 +230,9 @@ mod tests {
             "10.5.34.0-33",
             "x-24",
             "10.5.34.0-24&zz-64",
+            "0.0.0.0-0",
+            "10.5.34.0-24&fc00::1-64",
+            "10.5.34.0-24&fc00::-0",
         ] {
             assert!(SubnetKey::parse(bad).is_err(), "{bad}");
         }

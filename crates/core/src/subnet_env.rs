@@ -20,9 +20,10 @@ pub enum SubnetEnvError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
-    pub network: Ipv4Net,
+    /// `FLANNEL_NETWORK`; absent in an IPv6-only network, as flanneld leaves it out.
+    pub network: Option<Ipv4Net>,
     /// The lease's first host address with the lease prefix, e.g. 10.5.72.1/24.
-    pub subnet: Ipv4Net,
+    pub subnet: Option<Ipv4Net>,
     pub mtu: u32,
     pub ipmasq: bool,
     pub ipv6_network: Option<Ipv6Net>,
@@ -32,7 +33,13 @@ pub struct SubnetEnv {
 impl SubnetEnv {
     pub fn render(&self) -> String {
         // flanneld's order (main.go WriteSubnetFile): the IPv4 pair, the IPv6 pair, MTU, IPMASQ.
-        let mut s = format!("FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\n", self.network, self.subnet);
+        let mut s = String::new();
+        if let Some(n) = self.network {
+            s.push_str(&format!("FLANNEL_NETWORK={n}\n"));
+        }
+        if let Some(n) = self.subnet {
+            s.push_str(&format!("FLANNEL_SUBNET={n}\n"));
+        }
         if let Some(n) = self.ipv6_network {
             s.push_str(&format!("FLANNEL_IPV6_NETWORK={n}\n"));
         }
@@ -65,9 +72,25 @@ impl SubnetEnv {
                 _ => {} // unknown names are kept out, as flannel's readers do
             }
         }
+        // Each family comes as a pair, and at least one family is there (IPv4 when neither is).
+        let pair = |a: bool, b: bool, a_name, b_name| match (a, b) {
+            (true, false) => Err(SubnetEnvError::Missing(b_name)),
+            (false, true) => Err(SubnetEnvError::Missing(a_name)),
+            _ => Ok(()),
+        };
+        pair(network.is_some(), subnet.is_some(), "FLANNEL_NETWORK", "FLANNEL_SUBNET")?;
+        pair(
+            v6net.is_some(),
+            v6sub.is_some(),
+            "FLANNEL_IPV6_NETWORK",
+            "FLANNEL_IPV6_SUBNET",
+        )?;
+        if network.is_none() && v6net.is_none() {
+            return Err(SubnetEnvError::Missing("FLANNEL_NETWORK"));
+        }
         Ok(SubnetEnv {
-            network: network.ok_or(SubnetEnvError::Missing("FLANNEL_NETWORK"))?,
-            subnet: subnet.ok_or(SubnetEnvError::Missing("FLANNEL_SUBNET"))?,
+            network,
+            subnet,
             mtu: mtu.ok_or(SubnetEnvError::Missing("FLANNEL_MTU"))?,
             ipmasq: ipmasq.unwrap_or(false),
             ipv6_network: v6net,
@@ -91,8 +114,8 @@ mod tests {
     #[test]
     fn renders_flannels_format() {
         let env = SubnetEnv {
-            network: "10.5.0.0/16".parse().unwrap(),
-            subnet: "10.5.72.1/24".parse().unwrap(),
+            network: Some("10.5.0.0/16".parse().unwrap()),
+            subnet: Some("10.5.72.1/24".parse().unwrap()),
             mtu: 1450,
             ipmasq: false,
             ipv6_network: None,
@@ -109,8 +132,8 @@ mod tests {
     #[test]
     fn ipv6_lines_come_where_flanneld_writes_them() {
         let env = SubnetEnv {
-            network: "10.5.0.0/16".parse().unwrap(),
-            subnet: "10.5.72.1/24".parse().unwrap(),
+            network: Some("10.5.0.0/16".parse().unwrap()),
+            subnet: Some("10.5.72.1/24".parse().unwrap()),
             mtu: 1450,
             ipmasq: true,
             ipv6_network: Some("fc00::/48".parse().unwrap()),
@@ -122,6 +145,23 @@ mod tests {
             "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
         );
         assert_eq!(SubnetEnv::parse(&text).unwrap(), env);
+    }
+
+    #[test]
+    fn ipv6_only_has_no_ipv4_lines() {
+        let text = "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n";
+        let env = SubnetEnv::parse(text).unwrap();
+        assert_eq!(env.network, None);
+        assert_eq!(env.ipv6_subnet, Some("fc00:0:0:1::1/64".parse().unwrap()));
+        assert_eq!(env.render(), text);
+        assert_eq!(
+            SubnetEnv::parse("FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_MTU=1430\n").unwrap_err(),
+            SubnetEnvError::Missing("FLANNEL_IPV6_SUBNET")
+        );
+        assert_eq!(
+            SubnetEnv::parse("FLANNEL_MTU=1430\n").unwrap_err(),
+            SubnetEnvError::Missing("FLANNEL_NETWORK")
+        );
     }
 
     #[test]

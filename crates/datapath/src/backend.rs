@@ -23,9 +23,10 @@ pub struct Setup {
     pub nl: Netlink,
     /// The external interface packets between nodes leave by.
     pub ext: ExternalInterface,
-    /// The address other nodes reach this one at (`--public-ip`, else the interface's).
-    pub public_ip: Ipv4Addr,
-    /// The IPv6 underlay when the config enables IPv6 (dual stack).
+    /// The address other nodes reach this one at (`--public-ip`, else the interface's); None
+    /// when the config disables IPv4 (IPv6-only).
+    pub public_ip: Option<Ipv4Addr>,
+    /// The IPv6 underlay when the config enables IPv6 (dual stack or IPv6-only).
     pub ipv6: Option<Ipv6Underlay>,
     pub config: NetworkConfig,
 }
@@ -197,6 +198,15 @@ pub trait Backend: Send {
     }
 }
 
+/// A [`Setup`] that lacks the underlay address of a family the config enables.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("the network config enables IPv4 (EnableIPv4, Network) but this node has no public IPv4 address: give --public-ip, or an --iface that has one")]
+    NoPublicIpv4,
+    #[error("the network config enables IPv6 (EnableIPv6, IPv6Network) but this node has no IPv6 underlay address: give --public-ipv6, or an --iface that has one")]
+    NoPublicIpv6,
+}
+
 /// Starts the backend `setup.config` selects: creates or adopts its device. Called before the
 /// lease is acquired, since the lease carries the backend's data.
 pub async fn start(setup: Setup) -> Result<Box<dyn Backend>, BackendError> {
@@ -215,25 +225,40 @@ pub async fn start(setup: Setup) -> Result<Box<dyn Backend>, BackendError> {
         }),
         _ => None,
     };
+    if config.ipv4.is_some() && public_ip.is_none() {
+        return Err(BackendError::new(SetupError::NoPublicIpv4));
+    }
+    if config.ipv6.is_some() && vxlan_v6.is_none() {
+        return Err(BackendError::new(SetupError::NoPublicIpv6));
+    }
     let hostgw_v6 = vxlan_v6.map(|side| (side.network, side.public));
-    let network = config.network;
+    let ipv4 = public_ip.zip(config.network());
+    // udp and wireguard carry IPv4 only; NetworkConfig::parse refuses them without IPv4.
+    let ipv4_only =
+        || ipv4.ok_or_else(|| BackendError::new(weft_core::ConfigError::Ipv4Required(config.backend.name())));
     Ok(match config.backend {
         BackendKind::Vxlan => Box::new(
-            VxlanBackend::start_dual_stack(nl, ext, public_ip, config.vxlan, network, vxlan_v6)
+            VxlanBackend::start_dual_stack(nl, ext, config.vxlan, ipv4, vxlan_v6)
                 .await
                 .map_err(BackendError::new)?,
         ),
         BackendKind::HostGw => Box::new(
-            HostGwBackend::start_dual_stack(nl, ext, public_ip, network, hostgw_v6)
+            HostGwBackend::start_dual_stack(nl, ext, ipv4, hostgw_v6)
                 .await
                 .map_err(BackendError::new)?,
         ),
-        BackendKind::Udp => Box::new(
-            UdpBackend::start(nl, ext, public_ip, config.udp, network)
-                .await
-                .map_err(BackendError::new)?,
-        ),
-        BackendKind::Wireguard => Box::new(WireguardBackend::start(nl, ext, public_ip, config).await?),
+        BackendKind::Udp => {
+            let (public_ip, network) = ipv4_only()?;
+            Box::new(
+                UdpBackend::start(nl, ext, public_ip, config.udp, network)
+                    .await
+                    .map_err(BackendError::new)?,
+            )
+        }
+        BackendKind::Wireguard => {
+            let (public_ip, _) = ipv4_only()?;
+            Box::new(WireguardBackend::start(nl, ext, public_ip, config).await?)
+        }
     })
 }
 

@@ -22,7 +22,7 @@ pub enum LeaseSkip {
     /// The lease carries our own public IP: sending to it would loop.
     OwnPublicIp,
     /// The lease has no subnet (or no public address) of the family asked about: an IPv4-only
-    /// lease in a dual-stack cluster, as its IPv6 side.
+    /// lease in a dual-stack cluster, as its IPv6 side (or an IPv6-only lease, as its IPv4 side).
     NoSideOfFamily,
 }
 
@@ -46,10 +46,19 @@ pub struct Side {
 impl From<Node<'_>> for Side {
     fn from(node: Node<'_>) -> Side {
         Side {
-            own: node.own.map(|own| own.ipv4.into()),
+            own: node.own.and_then(|own| subnet_of_family(own, false)),
             network: node.network.into(),
             public_ip: node.public_ip.into(),
         }
+    }
+}
+
+/// A lease key's subnet of one family (IPv6: the key's IPv6 part); None when it has none.
+pub fn subnet_of_family(key: &SubnetKey, ipv6: bool) -> Option<IpNet> {
+    if ipv6 {
+        key.ipv6.map(IpNet::from)
+    } else {
+        key.ipv4.map(IpNet::from)
     }
 }
 
@@ -59,7 +68,7 @@ pub fn lease_side(lease: &Lease, ipv6: bool) -> Option<(IpNet, IpAddr)> {
     if ipv6 {
         Some((lease.subnet.ipv6?.into(), lease.attrs.public_ipv6?.into()))
     } else {
-        Some((lease.subnet.ipv4.into(), lease.attrs.public_ip.into()))
+        Some((lease.subnet.ipv4?.into(), lease.attrs.public_ip.into()))
     }
 }
 
@@ -72,11 +81,8 @@ pub fn check(lease: &Lease, node: Node<'_>, speaks: impl Fn(&str) -> bool) -> Op
 /// [`check`] for the family of `side.network`.
 pub fn check_side(lease: &Lease, side: Side, speaks: impl Fn(&str) -> bool) -> Option<LeaseSkip> {
     let kind = lease.attrs.backend_type.as_str();
-    let own_v4 = side.own.is_some_and(|own| own == IpNet::from(lease.subnet.ipv4));
-    let own_v6 = side
-        .own
-        .is_some_and(|own| lease.subnet.ipv6.map(IpNet::from) == Some(own));
-    if own_v4 || own_v6 {
+    let own = |ipv6| side.own.is_some() && subnet_of_family(&lease.subnet, ipv6) == side.own;
+    if own(false) || own(true) {
         return Some(LeaseSkip::Own);
     }
     if !speaks(kind) {

@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
 use weft_control::manager::parse_leases;
 use weft_control::store::subnets_prefix;
@@ -68,7 +70,7 @@ async fn read_etcd(opts: &EtcdOptions, within: Duration, family: Family) -> Etcd
             })
             .unwrap_or_default();
         let network = config.and_then(|c| match family {
-            Family::V4 => Some(c.network.into()),
+            Family::V4 => c.network().map(IpNet::from),
             Family::V6 => c.ipv6.map(|p| p.network.into()),
         });
         Ok::<_, weft_control::ControlError>(EtcdFacts {

@@ -112,7 +112,7 @@ impl Family {
     /// `FLANNEL_IPV6_NETWORK`).
     pub fn env_network(self, env: &SubnetEnv) -> Option<IpNet> {
         match self {
-            Family::V4 => Some(env.network.into()),
+            Family::V4 => env.network.map(IpNet::from),
             Family::V6 => env.ipv6_network.map(IpNet::from),
         }
     }
@@ -121,7 +121,7 @@ impl Family {
     /// the lease prefix (`FLANNEL_SUBNET`, `FLANNEL_IPV6_SUBNET`).
     pub fn env_subnet(self, env: &SubnetEnv) -> Option<IpNet> {
         match self {
-            Family::V4 => Some(env.subnet.into()),
+            Family::V4 => env.subnet.map(IpNet::from),
             Family::V6 => env.ipv6_subnet.map(IpNet::from),
         }
     }
@@ -129,7 +129,11 @@ impl Family {
     /// subnet.env's lines of this family, then the MTU and masquerade, as `weft trace` shows them.
     pub fn describe_env(self, env: &SubnetEnv) -> String {
         let pair = match self {
-            Family::V4 => format!("FLANNEL_NETWORK={} FLANNEL_SUBNET={}", env.network, env.subnet),
+            Family::V4 => format!(
+                "FLANNEL_NETWORK={} FLANNEL_SUBNET={}",
+                opt(env.network),
+                opt(env.subnet)
+            ),
             Family::V6 => format!(
                 "FLANNEL_IPV6_NETWORK={} FLANNEL_IPV6_SUBNET={}",
                 opt(env.ipv6_network),
@@ -142,7 +146,7 @@ impl Family {
     /// The lease's subnet of this family (the key's IPv4 part, or its IPv6 part).
     pub fn lease_subnet(self, lease: &Lease) -> Option<IpNet> {
         match self {
-            Family::V4 => Some(lease.subnet.ipv4.into()),
+            Family::V4 => lease.subnet.ipv4.map(IpNet::from),
             Family::V6 => lease.subnet.ipv6.map(IpNet::from),
         }
     }
@@ -150,7 +154,8 @@ impl Family {
     /// The lease's PublicIP or PublicIPv6.
     pub fn lease_public_ip(self, lease: &Lease) -> Option<IpAddr> {
         match self {
-            Family::V4 => Some(lease.attrs.public_ip.into()),
+            // An IPv6-only lease's PublicIP is flannel's 0.0.0.0 placeholder.
+            Family::V4 => lease.subnet.ipv4.map(|_| lease.attrs.public_ip.into()),
             Family::V6 => lease.attrs.public_ipv6.map(IpAddr::from),
         }
     }
@@ -190,7 +195,7 @@ impl Family {
     }
 }
 
-fn opt(net: Option<ipnet::Ipv6Net>) -> String {
+fn opt(net: Option<impl std::fmt::Display>) -> String {
     net.map(|n| n.to_string()).unwrap_or_else(|| "(missing)".into())
 }
 

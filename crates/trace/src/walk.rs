@@ -1153,8 +1153,8 @@ mod tests {
             dst: ip("10.5.2.3"),
             subnet_file_path: "/run/flannel/subnet.env".into(),
             subnet_file: SubnetFile::Present(SubnetEnv {
-                network: net("10.5.0.0/16"),
-                subnet: net("10.5.1.1/24"),
+                network: Some(net("10.5.0.0/16")),
+                subnet: Some(net("10.5.1.1/24")),
                 mtu: 1450,
                 ipmasq: false,
                 ipv6_network: None,
@@ -1574,8 +1574,8 @@ mod tests {
         f.src = ip("fc00:0:0:1::2");
         f.dst = ip("fc00:0:0:2::3");
         f.subnet_file = SubnetFile::Present(SubnetEnv {
-            network: net("10.5.0.0/16"),
-            subnet: net("10.5.1.1/24"),
+            network: Some(net("10.5.0.0/16")),
+            subnet: Some(net("10.5.1.1/24")),
             mtu: 1430,
             ipmasq: false,
             ipv6_network: Some(net("fc00::/48")),

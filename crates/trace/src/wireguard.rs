@@ -138,8 +138,9 @@ fn check_peer(peers: &[UapiPeer], dst: IpAddr, lease: Option<&Lease>, now: u64) 
                 l.attrs.public_ip
             ));
         }
-        if peer.allowed != [IpNet::from(l.subnet.ipv4.trunc())] {
-            wrong.push(format!("its allowed IPs are not the lease's subnet {}", l.subnet.ipv4));
+        let want_allowed: Vec<IpNet> = l.subnet.ipv4.map(|n| n.trunc().into()).into_iter().collect();
+        if peer.allowed != want_allowed {
+            wrong.push(format!("its allowed IPs are not the lease's subnet {}", l.subnet));
         }
         if !wrong.is_empty() {
             return Step::broken(

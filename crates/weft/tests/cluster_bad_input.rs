@@ -12,7 +12,7 @@ const CONFIG: &str = "/coreos.com/network/config";
 
 /// Stops weftd on `node` and forgets its lease and subnet.env, so its next start is a first start.
 fn reset_node(lab: &mut weft::lab::Lab, node: usize) {
-    let subnet = lab.subnet_env(node).unwrap().subnet.trunc();
+    let subnet = lab.subnet_env(node).unwrap().subnet.unwrap().trunc();
     lab.stop_node(node).unwrap();
     lab.etcd_delete(&format!("/coreos.com/network/subnets/{}-24", subnet.network()))
         .unwrap();
@@ -152,7 +152,7 @@ fn unreachable_etcd_at_start_is_retried_with_a_clear_message() {
 #[test]
 fn no_free_subnet_is_a_clear_error() {
     let mut lab = up(spec(&lab_name("cbc"), 2, BackendKind::Vxlan));
-    let taken = lab.subnet_env(1).unwrap().subnet.trunc().network();
+    let taken = lab.subnet_env(1).unwrap().subnet.unwrap().trunc().network();
     reset_node(&mut lab, 2);
     lab.etcd_put(
         CONFIG,

@@ -46,8 +46,8 @@ fn bad_lease_records_never_touch_a_healthy_peer() {
     assert!(all_pods_reach_each_other(&lab));
     let before: Vec<String> = (1..=3).map(|n| kernel_state(&lab, n)).collect();
 
-    let own = lab.subnet_env(1).unwrap().subnet.trunc().network();
-    let peer = lab.subnet_env(2).unwrap().subnet.trunc().network();
+    let own = lab.subnet_env(1).unwrap().subnet.unwrap().trunc().network();
+    let peer = lab.subnet_env(2).unwrap().subnet.unwrap().trunc().network();
     let peer_ip = lab.underlay_ip(2).unwrap().to_string();
     let peer_mac = vtep_mac(&lab, 2);
     let supernet = Ipv4Addr::from(u32::from(peer) & !0x1ff);
@@ -212,7 +212,7 @@ fn routes_for_the_whole_network_or_a_supernet_are_removed() {
     let mut lab = up(spec(&lab_name("cbr"), 2, BackendKind::Vxlan));
     assert!(all_pods_reach_each_other(&lab));
     let before = kernel_state(&lab, 1);
-    let peer = lab.subnet_env(2).unwrap().subnet.trunc().network();
+    let peer = lab.subnet_env(2).unwrap().subnet.unwrap().trunc().network();
     let supernet = Ipv4Addr::from(u32::from(peer) & !0x1ff);
     let leftovers = [
         "10.5.0.0/16".to_string(),

@@ -27,7 +27,7 @@ fn weft_leases_lists_every_node_and_a_dead_etcd_is_a_clear_error() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for node in 1..=2 {
-        let subnet = lab.subnet_env(node).unwrap().subnet.trunc().to_string();
+        let subnet = lab.subnet_env(node).unwrap().subnet.unwrap().trunc().to_string();
         let line = text
             .lines()
             .find(|l| l.starts_with(&subnet))
@@ -52,7 +52,7 @@ fn weft_leases_lists_every_node_and_a_dead_etcd_is_a_clear_error() {
         .unwrap();
     let out = weft_in_host(&lab, 1, &args);
     let text = String::from_utf8_lossy(&out.stdout);
-    let holder = lab.subnet_env(2).unwrap().subnet.trunc().network().to_string();
+    let holder = lab.subnet_env(2).unwrap().subnet.unwrap().trunc().network().to_string();
     assert!(
         text.contains(&format!(
             "lease 10.5.250.0-24 refused: its VtepMAC {mac2} is already held by the older lease {holder}-24"

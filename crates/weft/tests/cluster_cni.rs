@@ -113,11 +113,11 @@ fn containers_plugged_by_weft_cni_talk_across_hosts_and_egress_masqueraded() {
     let a1 = cni_add(&lab, 1, &c1);
     let a2 = cni_add(&lab, 2, &c2);
     assert!(
-        lab.subnet_env(1).unwrap().subnet.contains(&a1),
+        lab.subnet_env(1).unwrap().subnet.unwrap().contains(&a1),
         "{a1} from host 1's subnet"
     );
     assert!(
-        lab.subnet_env(2).unwrap().subnet.contains(&a2),
+        lab.subnet_env(2).unwrap().subnet.unwrap().contains(&a2),
         "{a2} from host 2's subnet"
     );
 

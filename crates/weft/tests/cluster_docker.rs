@@ -74,7 +74,8 @@ fn docker_cluster(base: &str, backend: BackendKind) {
         assert!(
             opts.contains(&format!(
                 "DOCKER_OPTS=\" --bip={} --ip-masq=false --mtu={}\"",
-                env.subnet, env.mtu
+                env.subnet.unwrap(),
+                env.mtu
             )),
             "{opts}"
         );
@@ -85,18 +86,18 @@ fn docker_cluster(base: &str, backend: BackendKind) {
             .exec_in_host(i + 1, &["ip", "-o", "-4", "addr", "show", "dev", "docker0"])
             .unwrap();
         assert!(
-            String::from_utf8_lossy(&addr.stdout).contains(&format!("inet {} ", env.subnet)),
+            String::from_utf8_lossy(&addr.stdout).contains(&format!("inet {} ", env.subnet.unwrap())),
             "docker0 holds FLANNEL_SUBNET: {}",
             String::from_utf8_lossy(&addr.stdout)
         );
         // The seed's container routes: its own subnet on the link, everything else via docker0.
         let routes = docker_out(host, &["exec", &host.container(), "ip", "route"]);
         assert!(
-            routes.contains(&format!("default via {} dev eth0", env.subnet.addr())),
+            routes.contains(&format!("default via {} dev eth0", env.subnet.unwrap().addr())),
             "{routes}"
         );
         assert!(
-            routes.contains(&format!("{} dev eth0 scope link", env.subnet.trunc())),
+            routes.contains(&format!("{} dev eth0 scope link", env.subnet.unwrap().trunc())),
             "{routes}"
         );
     }

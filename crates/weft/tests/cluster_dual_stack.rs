@@ -43,7 +43,7 @@ fn mac_of(lab: &Lab, node: usize, dev: &str) -> String {
 fn lease_key(lab: &Lab, node: usize) -> String {
     let env = lab.subnet_env(node).unwrap();
     SubnetKey {
-        ipv4: env.subnet.trunc(),
+        ipv4: env.subnet.map(|n| n.trunc()),
         ipv6: env.ipv6_subnet.map(|n| n.trunc()),
     }
     .to_key()
@@ -112,7 +112,7 @@ fn vxlan_dual_stack_mesh_leases_heals_restarts_and_carries_full_size_ipv6() {
         env,
         format!(
             "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET={}\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET={}\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
-            parsed.subnet,
+            parsed.subnet.unwrap(),
             parsed.ipv6_subnet.unwrap()
         )
     );

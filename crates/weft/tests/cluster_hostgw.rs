@@ -38,7 +38,7 @@ fn host_gw_mesh_heals_and_follows_joins_and_leaves() {
     assert!(value
         .iter()
         .all(|(_, v)| String::from_utf8_lossy(v).ends_with(r#","PublicIPv6":null,"BackendType":"host-gw"}"#)));
-    let s2 = lab.subnet_env(2).unwrap().subnet.trunc().to_string();
+    let s2 = lab.subnet_env(2).unwrap().subnet.unwrap().trunc().to_string();
     let route2 = format!("{s2} via 198.51.100.2 dev eth0");
     assert!(routes(&lab, 1).contains(&route2), "{}", routes(&lab, 1));
     assert!(all_pods_reach_each_other(&lab), "host-gw mesh:\n{}", lab.status());
@@ -53,7 +53,7 @@ fn host_gw_mesh_heals_and_follows_joins_and_leaves() {
     assert!(all_pods_reach_each_other(&lab), "node {n4} joined:\n{}", lab.status());
 
     // Leave: weftd stopped and lease deleted; its route vanishes from the others.
-    let gone = lab.subnet_env(3).unwrap().subnet.trunc();
+    let gone = lab.subnet_env(3).unwrap().subnet.unwrap().trunc();
     lab.stop_node(3).unwrap();
     assert!(lab
         .etcd_delete(&format!("/coreos.com/network/subnets/{}-24", gone.network()))

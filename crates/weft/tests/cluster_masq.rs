@@ -14,7 +14,7 @@ fn iptables_mode_installs_flannels_rules_and_masquerades_egress() {
     let mut spec = spec(&lab_name("cma"), 2, BackendKind::Vxlan);
     spec.ip_masq = true;
     let lab = up(spec);
-    let pod = lab.subnet_env(1).unwrap().subnet.trunc();
+    let pod = lab.subnet_env(1).unwrap().subnet.unwrap().trunc();
     assert!(std::fs::read_to_string(subnet_file(&lab, 1))
         .unwrap()
         .contains("FLANNEL_IPMASQ=true\n"));
@@ -74,7 +74,7 @@ fn nftables_mode_installs_the_flannel_table_and_masquerades_egress() {
     spec.ip_masq = true;
     spec.nftables = true;
     let lab = up(spec);
-    let pod = lab.subnet_env(2).unwrap().subnet.trunc();
+    let pod = lab.subnet_env(2).unwrap().subnet.unwrap().trunc();
     let list = || host_out(&lab, 2, &["nft", "list", "table", "ip", "flannel-ipv4"]);
     wait_until(Duration::from_secs(10), || list().contains("chain postrtg"));
     let table = list();

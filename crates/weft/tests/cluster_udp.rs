@@ -150,7 +150,7 @@ fn udp_mesh_drops_bad_datagrams_and_follows_joins_and_leaves() {
         format!("--etcd-keyfile={dir}/client-key.pem"),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let subnet2 = lab.subnet_env(2).unwrap().subnet.trunc();
+    let subnet2 = lab.subnet_env(2).unwrap().subnet.unwrap().trunc();
     let out = lab.exec_in_host(1, &args).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
@@ -189,7 +189,7 @@ fn udp_mesh_drops_bad_datagrams_and_follows_joins_and_leaves() {
     assert!(lab.wait_ping(2, pod1, Duration::from_secs(3)));
 
     // A node that leaves stops being reachable; one that joins becomes reachable.
-    let gone = lab.subnet_env(3).unwrap().subnet.trunc();
+    let gone = lab.subnet_env(3).unwrap().subnet.unwrap().trunc();
     lab.stop_node(3).unwrap();
     assert!(lab
         .etcd_delete(&format!("/coreos.com/network/subnets/{}-24", gone.network()))

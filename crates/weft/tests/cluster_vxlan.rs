@@ -21,15 +21,15 @@ fn three_nodes_get_flannel_leases_and_a_full_mesh_then_a_fourth_joins() {
             text,
             format!(
                 "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET={}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
-                env.subnet
+                env.subnet.unwrap()
             )
         );
         assert_eq!(
-            env.subnet.addr(),
-            weft_core::SubnetKey::v4(env.subnet.trunc()).gateway()
+            env.subnet.unwrap().addr(),
+            weft_core::SubnetKey::v4(env.subnet.unwrap().trunc()).gateway().unwrap()
         );
-        assert_eq!(env.subnet.prefix_len(), 24);
-        subnets.push(env.subnet.trunc());
+        assert_eq!(env.subnet.unwrap().prefix_len(), 24);
+        subnets.push(env.subnet.unwrap().trunc());
     }
     subnets.sort();
     subnets.dedup();
@@ -39,7 +39,7 @@ fn three_nodes_get_flannel_leases_and_a_full_mesh_then_a_fourth_joins() {
     let stored = lab.etcd_get_prefix("/coreos.com/network/subnets/").unwrap();
     assert_eq!(stored.len(), 3);
     for node in 1..=3 {
-        let net = lab.subnet_env(node).unwrap().subnet.trunc();
+        let net = lab.subnet_env(node).unwrap().subnet.unwrap().trunc();
         let key = format!("/coreos.com/network/subnets/{}-24", net.network());
         let value = &stored
             .iter()
@@ -135,7 +135,7 @@ fn lost_kernel_entries_heal_and_departed_nodes_are_cleaned_up() {
     assert!(lab.wait_ping(2, lab.pod_ip(1).unwrap(), heal));
 
     // A node that leaves (weftd stopped, lease deleted) disappears from the others' tables.
-    let gone = lab.subnet_env(3).unwrap().subnet.trunc();
+    let gone = lab.subnet_env(3).unwrap().subnet.unwrap().trunc();
     let gone_ip = gone.network().to_string();
     let mac3 = vtep_mac(&lab, 3);
     lab.stop_node(3).unwrap();

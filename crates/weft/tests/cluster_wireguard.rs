@@ -60,7 +60,7 @@ fn pubkey(private: &str) -> String {
 }
 
 fn lease_key(lab: &Lab, node: usize) -> String {
-    let subnet = lab.subnet_env(node).unwrap().subnet.trunc();
+    let subnet = lab.subnet_env(node).unwrap().subnet.unwrap().trunc();
     format!(
         "/coreos.com/network/subnets/{}-{}",
         subnet.network(),
@@ -175,7 +175,7 @@ fn wireguard_mesh_sends_only_wireguard_shows_in_wg_and_survives_restart() {
         routes.contains(&format!("{NETWORK} dev flannel-wg scope link")),
         "{routes}"
     );
-    let subnet1 = lab.subnet_env(1).unwrap().subnet.trunc();
+    let subnet1 = lab.subnet_env(1).unwrap().subnet.unwrap().trunc();
     let addrs = run(&lab, 1, &["ip", "-4", "addr", "show", "flannel-wg"]);
     assert!(addrs.contains(&format!("inet {}/32", subnet1.network())), "{addrs}");
     assert!(std::fs::read_to_string(subnet_file(&lab, 1))
@@ -218,7 +218,7 @@ fn wireguard_mesh_sends_only_wireguard_shows_in_wg_and_survives_restart() {
     // `wg show` from wireguard-tools reads weft's device through the userspace API.
     let show = run(&lab, 1, &["wg", "show", "flannel-wg"]);
     assert!(show.contains(&format!("public key: {}", keys[0])), "{show}");
-    let subnet2 = lab.subnet_env(2).unwrap().subnet.trunc();
+    let subnet2 = lab.subnet_env(2).unwrap().subnet.unwrap().trunc();
     assert!(show.contains(&format!("peer: {}", keys[1])), "{show}");
     assert!(show.contains("endpoint: 198.51.100.2:51820"), "{show}");
     assert!(show.contains(&format!("allowed ips: {subnet2}")), "{show}");

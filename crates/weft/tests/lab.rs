@@ -53,7 +53,7 @@ fn route_pods(lab: &Lab) {
         for pod in lab.pods() {
             if pod.node != host {
                 let via = lab.underlay_ip(pod.node).unwrap().to_string();
-                let net = pod.ip.trunc().to_string();
+                let net = pod.ip.unwrap().trunc().to_string();
                 let out = lab
                     .exec_in_host(host, &["ip", "route", "replace", &net, "via", &via])
                     .unwrap();

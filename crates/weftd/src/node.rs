@@ -49,7 +49,14 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     .context("connecting to etcd")?;
     let manager = Arc::new(etcd);
     let cfg = manager.wait_for_config().await;
-    tracing::info!(network = %cfg.network, subnet_len = cfg.subnet_len, backend = cfg.backend.name(), "network config");
+    tracing::info!(
+        network = ?cfg.network(),
+        ipv6_network = ?cfg.ipv6_network(),
+        backend = cfg.backend.name(),
+        "network config"
+    );
+    // An IPv6-only network (EnableIPv4 false) has no PublicIP: the lease carries flannel's 0.0.0.0.
+    let public_ip = cfg.ipv4.map(|_| public_ip);
 
     // Subscribed before the backend programs anything, so no change is missed.
     let ipv6 = match cfg.ipv6 {
@@ -102,6 +109,12 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The subnet with its first address (flannel writes FLANNEL_SUBNET so: the bridge's).
+fn first_address_v4(subnet: ipnet::Ipv4Net) -> ipnet::Ipv4Net {
+    let first = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+    ipnet::Ipv4Net::new(first, subnet.prefix_len()).expect("the prefix length came from a subnet")
+}
+
 /// The subnet with its first address (flannel writes FLANNEL_IPV6_SUBNET so: the bridge's).
 fn first_address(subnet: ipnet::Ipv6Net) -> ipnet::Ipv6Net {
     let first = std::net::Ipv6Addr::from(u128::from(subnet.network()) + 1);
@@ -113,7 +126,8 @@ pub struct Node<M> {
     pub flags: Flags,
     pub cfg: NetworkConfig,
     pub manager: Arc<M>,
-    pub public_ip: Ipv4Addr,
+    /// PublicIP of our lease; None when the config disables IPv4.
+    pub public_ip: Option<Ipv4Addr>,
     /// PublicIPv6 of our lease when the config enables IPv6.
     pub public_ipv6: Option<Ipv6Addr>,
 }
@@ -136,7 +150,11 @@ impl<M: SubnetManager> Node<M> {
             public_ip,
             public_ipv6,
         } = self;
-        let mut attrs = LeaseAttrs::new(public_ip, backend.lease_backend_type(), backend.backend_data());
+        let mut attrs = LeaseAttrs::new(
+            public_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            backend.lease_backend_type(),
+            backend.backend_data(),
+        );
         if cfg.ipv6.is_some() {
             attrs.public_ipv6 = public_ipv6;
             attrs.backend_v6_data = backend.backend_v6_data();
@@ -153,17 +171,17 @@ impl<M: SubnetManager> Node<M> {
             .with_context(|| format!("setting up the {} backend for {}", backend.name(), lease.subnet))?;
 
         let env = SubnetEnv {
-            network: cfg.network,
-            subnet: ipnet::Ipv4Net::new(lease.subnet.gateway(), lease.subnet.ipv4.prefix_len())?,
+            network: cfg.network(),
+            subnet: lease.subnet.ipv4.map(first_address_v4),
             mtu: backend.mtu(),
             ipmasq: flags.ip_masq,
-            ipv6_network: cfg.ipv6.map(|v6| v6.network),
+            ipv6_network: cfg.ipv6_network(),
             ipv6_subnet: lease.subnet.ipv6.map(first_address),
         };
         subnet_file::write_atomically(&flags.subnet_file, &env)
             .with_context(|| format!("writing {}", flags.subnet_file.display()))?;
-        tracing::info!(file = %flags.subnet_file.display(), subnet = %env.subnet, mtu = env.mtu, "wrote subnet file");
-        crate::notify::ready(&format!("subnet {} in {}", env.subnet, flags.subnet_file.display()));
+        tracing::info!(file = %flags.subnet_file.display(), subnet = %lease.subnet, mtu = env.mtu, "wrote subnet file");
+        crate::notify::ready(&format!("subnet {} in {}", lease.subnet, flags.subnet_file.display()));
 
         let watcher = manager.watch_leases(&cfg);
         let keeper = manager.keep_lease(cfg.clone(), lease.clone(), Some(watcher.snapshots.clone()));
@@ -454,7 +472,7 @@ mod tests {
             flags,
             cfg,
             manager: store.clone(),
-            public_ip: "198.51.100.1".parse().unwrap(),
+            public_ip: Some("198.51.100.1".parse().unwrap()),
             public_ipv6: None,
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -533,7 +551,7 @@ mod tests {
                 flags: Flags::try_parse_from(normalize_go_style(args)).unwrap(),
                 cfg: store.wait_for_config().await,
                 manager: store.clone(),
-                public_ip: "198.51.100.1".parse().unwrap(),
+                public_ip: Some("198.51.100.1".parse().unwrap()),
                 public_ipv6: Some("2001:db8::1".parse().unwrap()),
             };
             let calls = Arc::new(Mutex::new(Vec::new()));
@@ -563,7 +581,7 @@ mod tests {
                 r#"{"PublicIP":"198.51.100.1","PublicIPv6":"2001:db8::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:61"}}"#,
                 "round {round}"
             );
-            let v4 = SubnetKey::parse(&key).unwrap().gateway();
+            let v4 = SubnetKey::parse(&key).unwrap().gateway().unwrap();
             assert_eq!(
                 std::fs::read_to_string(&subnet_file).unwrap(),
                 format!("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET={v4}/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")

@@ -77,20 +77,21 @@ pub fn start(held: Held<'_>) {
 /// `ip6 flannel-ipv6`), each with its own driver, in one thread.
 fn spawn_firewall(flags: &Flags, cfg: &NetworkConfig, lease: &Lease, metrics: Arc<Metrics>) {
     let kind = FirewallKind::from_config(cfg);
-    let mut plans = vec![FirewallPlan {
-        network: cfg.network.into(),
-        pod: lease.subnet.ipv4.into(),
-        masq: flags.ip_masq,
-        forward: flags.iptables_forward_rules,
-    }];
-    if let (Some(v6), Some(pod)) = (cfg.ipv6, lease.subnet.ipv6) {
-        plans.push(FirewallPlan {
-            network: v6.network.into(),
-            pod: pod.into(),
+    let v4 = cfg.network().zip(lease.subnet.ipv4).map(|(n, p)| (n.into(), p.into()));
+    let v6 = cfg
+        .ipv6_network()
+        .zip(lease.subnet.ipv6)
+        .map(|(n, p)| (n.into(), p.into()));
+    let plans: Vec<FirewallPlan> = v4
+        .into_iter()
+        .chain(v6)
+        .map(|(network, pod)| FirewallPlan {
+            network,
+            pod,
             masq: flags.ip_masq,
             forward: flags.iptables_forward_rules,
-        });
-    }
+        })
+        .collect();
     let every = Duration::from_secs(flags.iptables_resync.max(1));
     let spawned = std::thread::Builder::new().name("firewall".into()).spawn(move || {
         let other = kind.other();

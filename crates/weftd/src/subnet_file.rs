@@ -29,13 +29,12 @@ pub fn write_text_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The subnets (IPv4, and IPv6 when dual stack) from a previous run's subnet.env, if there is a
-/// readable one.
+/// The subnets (IPv4, IPv6 or both) from a previous run's subnet.env, if there is a readable one.
 pub fn previous_subnet(path: &Path) -> Option<SubnetKey> {
     let text = std::fs::read_to_string(path).ok()?;
     let env = SubnetEnv::parse(&text).ok()?;
     Some(SubnetKey {
-        ipv4: env.subnet.trunc(),
+        ipv4: env.subnet.map(|n| n.trunc()),
         ipv6: env.ipv6_subnet.map(|n| n.trunc()),
     })
 }
@@ -49,8 +48,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("weftd-subnet-file-{}", std::process::id()));
         let path = dir.join("sub/subnet.env");
         let env = SubnetEnv {
-            network: "10.5.0.0/16".parse().unwrap(),
-            subnet: "10.5.72.1/24".parse().unwrap(),
+            network: Some("10.5.0.0/16".parse().unwrap()),
+            subnet: Some("10.5.72.1/24".parse().unwrap()),
             mtu: 1450,
             ipmasq: false,
             ipv6_network: None,
@@ -68,6 +67,16 @@ mod tests {
         assert_eq!(
             previous_subnet(&path),
             Some(SubnetKey::parse("10.5.72.0-24&fc00:0:0:9::-64").unwrap())
+        );
+        let ipv6_only = SubnetEnv {
+            network: None,
+            subnet: None,
+            ..dual
+        };
+        write_atomically(&path, &ipv6_only).unwrap();
+        assert_eq!(
+            previous_subnet(&path),
+            Some(SubnetKey::parse("0.0.0.0-0&fc00:0:0:9::-64").unwrap())
         );
         std::fs::remove_dir_all(dir).unwrap();
     }

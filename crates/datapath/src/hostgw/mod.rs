@@ -49,10 +49,10 @@ pub enum HostGwError {
     Apply(ApplyFailure),
 }
 
-/// The host-gw backend of one node: the IPv4 routes, and the IPv6 ones when dual stack.
+/// The host-gw backend of one node: the IPv4 routes, the IPv6 ones, or both (dual stack).
 #[derive(Debug)]
 pub struct HostGwBackend {
-    v4: FamilyRoutes,
+    v4: Option<FamilyRoutes>,
     v6: Option<FamilyRoutes>,
 }
 
@@ -82,19 +82,23 @@ impl HostGwBackend {
         public_ip: Ipv4Addr,
         network: Ipv4Net,
     ) -> Result<Self, HostGwError> {
-        Self::start_dual_stack(nl, ext, public_ip, network, None).await
+        Self::start_dual_stack(nl, ext, Some((public_ip, network)), None).await
     }
 
-    /// [`HostGwBackend::start`], and with `ipv6` (IPv6Network, PublicIPv6) the IPv6 routes too;
-    /// PublicIPv6 must be an address of the interface as well.
+    /// [`HostGwBackend::start`] for each family given: `ipv4` (PublicIP, Network), `ipv6`
+    /// (PublicIPv6, IPv6Network; PublicIPv6 must be an address of the interface as well).
     pub async fn start_dual_stack(
         nl: Netlink,
         ext: ExternalInterface,
-        public_ip: Ipv4Addr,
-        network: Ipv4Net,
+        ipv4: Option<(Ipv4Addr, Ipv4Net)>,
         ipv6: Option<(Ipv6Net, Ipv6Addr)>,
     ) -> Result<Self, HostGwError> {
-        let v4 = FamilyRoutes::start(nl.clone(), ext.clone(), public_ip.into(), network.into()).await?;
+        let v4 = match ipv4 {
+            None => None,
+            Some((public_ip, network)) => {
+                Some(FamilyRoutes::start(nl.clone(), ext.clone(), public_ip.into(), network.into()).await?)
+            }
+        };
         let v6 = match ipv6 {
             None => None,
             Some((network, public)) => Some(FamilyRoutes::start(nl, ext, public.into(), network.into()).await?),
@@ -103,12 +107,17 @@ impl HostGwBackend {
     }
 
     fn families_mut(&mut self) -> impl Iterator<Item = &mut FamilyRoutes> {
-        std::iter::once(&mut self.v4).chain(self.v6.as_mut())
+        self.v4.iter_mut().chain(self.v6.as_mut())
     }
 
     /// The overlay MTU: the interface's (no encapsulation). Also FLANNEL_MTU.
     pub fn mtu(&self) -> u32 {
-        self.v4.ext.mtu
+        self.v4
+            .iter()
+            .chain(self.v6.as_ref())
+            .map(|f| f.ext.mtu)
+            .min()
+            .unwrap_or(0)
     }
 
     /// The lease's BackendData: none for host-gw.
@@ -195,11 +204,7 @@ impl FamilyRoutes {
 
     /// The subnet of this family of a lease key.
     fn subnet_of(&self, key: &SubnetKey) -> Option<IpNet> {
-        if self.ipv6() {
-            key.ipv6.map(|n| IpNet::from(n.trunc()))
-        } else {
-            Some(key.ipv4.trunc().into())
-        }
+        crate::leases::subnet_of_family(key, self.ipv6()).map(|n| n.trunc())
     }
 
     fn side(&self) -> crate::leases::Side {

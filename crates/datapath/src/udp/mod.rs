@@ -295,11 +295,9 @@ impl UdpBackend {
     pub async fn set_lease(&mut self, own: SubnetKey) -> Result<(), UdpError> {
         self.own = Some(own);
         let current = self.shared.table.load_full();
-        self.shared.table.store(Arc::new(PeerTable::new(
-            Some(self.network),
-            Some(own.ipv4),
-            current.peers(),
-        )));
+        self.shared
+            .table
+            .store(Arc::new(PeerTable::new(Some(self.network), own.ipv4, current.peers())));
         self.ensure_device().await?;
         Ok(())
     }
@@ -332,8 +330,8 @@ impl UdpBackend {
             self.nl.set_link_up(link.index).await?;
             corrected += 1;
         }
-        if let Some(own) = &self.own {
-            let addr = IpNet::V4(Ipv4Net::new(own.ipv4.network(), 32).expect("/32 is a valid prefix"));
+        if let Some(own) = self.own.and_then(|o| o.ipv4) {
+            let addr = IpNet::V4(Ipv4Net::new(own.network(), 32).expect("/32 is a valid prefix"));
             let addrs = self.nl.list_link_addrs(link.index, Some(AddrFamily::Ipv4)).await?;
             if addrs != [addr] {
                 self.nl.ensure_addr(link.index, addr).await?;
@@ -378,11 +376,11 @@ impl UdpBackend {
         };
         report.skipped_leases += crate::leases::log_skipped("udp", &skipped, node);
         let current = self.shared.table.load();
-        if current.peers() != peers.as_slice() || current.own() != Some(own.ipv4.trunc()) {
+        if current.peers() != peers.as_slice() || current.own() != own.ipv4.map(|n| n.trunc()) {
             report.peers_changed = true;
             self.shared
                 .table
-                .store(Arc::new(PeerTable::new(Some(self.network), Some(own.ipv4), &peers)));
+                .store(Arc::new(PeerTable::new(Some(self.network), own.ipv4, &peers)));
         }
         self.shared.loaded.store(true, Ordering::Release);
         if report.changed() {

@@ -39,13 +39,13 @@ pub fn peers_from_leases(
         };
         // udp leases carry no BackendType; refuse only backends that never read our datagrams.
         let speaks = |kind: &str| !matches!(kind, "vxlan" | "host-gw" | "ipip" | "wireguard" | "alloc" | "extension");
-        let skip = leases::check(lease, node, speaks);
-        match skip {
-            Some(why) => skipped.push((lease.subnet, why)),
-            None => peers.push(Peer {
-                subnet: lease.subnet.ipv4.trunc(),
+        // `check` passes only leases with an IPv4 side.
+        match (leases::check(lease, node, speaks), lease.subnet.ipv4) {
+            (None, Some(subnet)) => peers.push(Peer {
+                subnet: subnet.trunc(),
                 public_ip: lease.attrs.public_ip,
             }),
+            (why, _) => skipped.push((lease.subnet, why.unwrap_or(LeaseSkip::NoSideOfFamily))),
         }
     }
     peers.sort();

@@ -61,10 +61,10 @@ pub struct Ipv6Side {
     pub public: Ipv6Addr,
 }
 
-/// The vxlan backend of one node: the IPv4 VTEP, and the IPv6 one when dual stack.
+/// The vxlan backend of one node: the IPv4 VTEP, the IPv6 one, or both (dual stack); at least one.
 #[derive(Debug)]
 pub struct VxlanBackend {
-    v4: Vtep,
+    v4: Option<Vtep>,
     v6: Option<Vtep>,
 }
 
@@ -107,27 +107,32 @@ impl VxlanBackend {
         opts: VxlanOptions,
         network: Ipv4Net,
     ) -> Result<Self, VxlanError> {
-        Self::start_dual_stack(nl, ext, public_ip, opts, network, None).await
+        Self::start_dual_stack(nl, ext, opts, Some((public_ip, network)), None).await
     }
 
-    /// [`VxlanBackend::start`], and with `ipv6` also `flannel-v6.<VNI>` over the IPv6 underlay.
+    /// [`VxlanBackend::start`] for each family given: `flannel.<VNI>` for `ipv4` (PublicIP,
+    /// Network), `flannel-v6.<VNI>` over the IPv6 underlay for `ipv6`. At least one must be given.
     pub async fn start_dual_stack(
         nl: Netlink,
         ext: ExternalInterface,
-        public_ip: Ipv4Addr,
         opts: VxlanOptions,
-        network: Ipv4Net,
+        ipv4: Option<(Ipv4Addr, Ipv4Net)>,
         ipv6: Option<Ipv6Side>,
     ) -> Result<Self, VxlanError> {
-        let v4 = Vtep::start(
-            nl.clone(),
-            ext.clone(),
-            public_ip.into(),
-            public_ip.into(),
-            opts.clone(),
-            network.into(),
-        )
-        .await?;
+        let v4 = match ipv4 {
+            None => None,
+            Some((public_ip, network)) => Some(
+                Vtep::start(
+                    nl.clone(),
+                    ext.clone(),
+                    public_ip.into(),
+                    public_ip.into(),
+                    opts.clone(),
+                    network.into(),
+                )
+                .await?,
+            ),
+        };
         let v6 = match ipv6 {
             None => None,
             Some(side) => Some(
@@ -146,16 +151,23 @@ impl VxlanBackend {
     }
 
     fn vteps(&self) -> impl Iterator<Item = &Vtep> {
-        std::iter::once(&self.v4).chain(self.v6.as_ref())
+        self.v4.iter().chain(self.v6.as_ref())
     }
 
     fn vteps_mut(&mut self) -> impl Iterator<Item = &mut Vtep> {
-        std::iter::once(&mut self.v4).chain(self.v6.as_mut())
+        self.v4.iter_mut().chain(self.v6.as_mut())
     }
 
-    /// The IPv4 VTEP.
-    pub fn v4(&self) -> &Vtep {
-        &self.v4
+    /// The first VTEP: the IPv4 one, or in an IPv6-only network the IPv6 one.
+    fn first(&self) -> &Vtep {
+        self.vteps()
+            .next()
+            .expect("start_dual_stack is given at least one family")
+    }
+
+    /// The IPv4 VTEP, unless IPv6-only.
+    pub fn v4(&self) -> Option<&Vtep> {
+        self.v4.as_ref()
     }
 
     /// The IPv6 VTEP, when dual stack.
@@ -163,14 +175,14 @@ impl VxlanBackend {
         self.v6.as_ref()
     }
 
-    /// `flannel.<VNI>`.
+    /// `flannel.<VNI>` (IPv6-only: `flannel-v6.<VNI>`).
     pub fn device_name(&self) -> String {
-        self.v4.device_name()
+        self.first().device_name()
     }
 
-    /// The IPv4 device's index (changes when the device had to be created again).
+    /// The first device's index (changes when the device had to be created again).
     pub fn device_index(&self) -> u32 {
-        self.v4.device_index()
+        self.first().device_index()
     }
 
     /// The pod MTU (FLANNEL_MTU): what fits through every VTEP (dual stack: the IPv6 one's,
@@ -179,14 +191,14 @@ impl VxlanBackend {
         self.vteps().map(Vtep::mtu).min().unwrap_or(0)
     }
 
-    /// The IPv4 device's MAC.
+    /// The first device's MAC.
     pub fn vtep_mac(&self) -> [u8; 6] {
-        self.v4.vtep_mac
+        self.first().vtep_mac
     }
 
-    /// The lease's BackendData: `{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}`.
+    /// The lease's BackendData: `{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}` (IPv6-only: none).
     pub fn backend_data(&self) -> serde_json::Value {
-        self.v4.backend_data()
+        self.v4.as_ref().map_or(serde_json::Value::Null, Vtep::backend_data)
     }
 
     /// The lease's BackendV6Data (dual stack): the IPv6 device's VNI and MAC.
@@ -355,21 +367,12 @@ impl Vtep {
 
     /// Our lease's subnet of this VTEP's family.
     fn own_subnet(&self) -> Option<IpNet> {
-        let own = self.own?;
-        if self.ipv6() {
-            own.ipv6.map(IpNet::from)
-        } else {
-            Some(own.ipv4.into())
-        }
+        crate::leases::subnet_of_family(self.own.as_ref()?, self.ipv6())
     }
 
     /// The subnet of this VTEP's family of a lease key.
     fn subnet_of(&self, key: &SubnetKey) -> Option<IpNet> {
-        if self.ipv6() {
-            key.ipv6.map(IpNet::from)
-        } else {
-            Some(key.ipv4.into())
-        }
+        crate::leases::subnet_of_family(key, self.ipv6())
     }
 
     fn family(&self) -> AddrFamily {

@@ -64,11 +64,7 @@ pub fn peers_from_leases(
 pub fn peer_of(lease: &Lease, own: &SubnetKey, topo: &Topology) -> Result<Peer, LeaseSkip> {
     let ipv6 = topo.network.addr().is_ipv6();
     let side = leases::Side {
-        own: if ipv6 {
-            own.ipv6.map(IpNet::from)
-        } else {
-            Some(own.ipv4.into())
-        },
+        own: leases::subnet_of_family(own, ipv6),
         network: topo.network,
         public_ip: topo.public_ip,
     };

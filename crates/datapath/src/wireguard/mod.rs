@@ -75,6 +75,8 @@ pub enum WireguardError {
     DeviceGone,
     #[error("wireguard backend: no lease yet; call set_lease with this node's subnet before reconcile")]
     NoLease,
+    #[error("wireguard backend: {0}")]
+    Config(#[from] weft_core::ConfigError),
 }
 
 /// How the backend runs; the defaults suit a node.
@@ -156,6 +158,7 @@ impl WireguardBackend {
         tuning: WireguardTuning,
     ) -> Result<Self, WireguardError> {
         let opts = config.wireguard.clone();
+        let network = config.ipv4_pool()?.network.trunc();
         device_mtu(&opts, &ext)?;
         let (private, generated) = key::load_or_generate(&tuning.key_file)?;
         let secret = StaticSecret::from(private);
@@ -178,7 +181,7 @@ impl WireguardBackend {
             ext,
             public_ip,
             tuning,
-            network: config.network.trunc(),
+            network,
             own: None,
             index: 0,
             public_key: *public.as_bytes(),
@@ -319,8 +322,8 @@ impl WireguardBackend {
             self.nl.set_link_up(link.index).await?;
             corrected += 1;
         }
-        if let Some(own) = &self.own {
-            let addr = IpNet::V4(Ipv4Net::new(own.ipv4.network(), 32).expect("/32 is a valid prefix"));
+        if let Some(own) = self.own.and_then(|o| o.ipv4) {
+            let addr = IpNet::V4(Ipv4Net::new(own.network(), 32).expect("/32 is a valid prefix"));
             let addrs = self.nl.list_link_addrs(link.index, Some(AddrFamily::Ipv4)).await?;
             if addrs != [addr] {
                 self.nl.ensure_addr(link.index, addr).await?;

@@ -52,13 +52,17 @@ pub fn peers_from_leases(
     let mut peers = Vec::new();
     let mut skipped = Vec::new();
     for lease in leases {
-        if let Some(why) = check(lease, node, |kind| kind == "wireguard") {
-            skipped.push((lease.subnet, Skip::Lease(why)));
-            continue;
-        }
+        // `check` passes only leases with an IPv4 side.
+        let subnet = match (check(lease, node, |kind| kind == "wireguard"), lease.subnet.ipv4) {
+            (None, Some(subnet)) => subnet,
+            (why, _) => {
+                skipped.push((lease.subnet, Skip::Lease(why.unwrap_or(LeaseSkip::NoSideOfFamily))));
+                continue;
+            }
+        };
         match WireguardLeaseData::parse(&lease.attrs.backend_data) {
             Ok(data) => peers.push(PeerSpec {
-                subnet: lease.subnet.ipv4.trunc(),
+                subnet: subnet.trunc(),
                 public_key: data.public_key,
                 endpoint: SocketAddrV4::new(lease.attrs.public_ip, data.port.unwrap_or(listen_port)),
             }),

@@ -214,7 +214,11 @@ fn run_size(options: &ControlBenchOptions, n: usize, progress: &mut dyn FnMut(&s
     // Dropped at the end of this function, on error too: that tears the lab down.
     let mut lab = Lab::up(spec)?;
     let host_ns = lab.host_ns(1)?.to_string();
-    let own = lab.subnet_env(1)?.subnet.trunc();
+    let own = lab
+        .subnet_env(1)?
+        .subnet
+        .ok_or_else(|| LabError::Other("subnet.env of host 1 has no FLANNEL_SUBNET".into()))?
+        .trunc();
     lab.stop_node(1)?;
     let peers = FakePeers::new(own);
     let expected = Expected::new(&peers, n);

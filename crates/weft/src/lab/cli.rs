@@ -154,6 +154,10 @@ pub struct UpArgs {
     /// fc00::/48, and pods with an IPv4 and an IPv6 address (vxlan and host-gw).
     #[arg(long)]
     pub dual_stack: bool,
+    /// IPv6-only: as --dual-stack, but EnableIPv4 false, so pods have an IPv6 address only
+    /// (vxlan and host-gw).
+    #[arg(long, conflicts_with = "dual_stack")]
+    pub ipv6_only: bool,
 }
 
 #[derive(Debug, Args)]
@@ -196,7 +200,8 @@ impl LabCommand {
                 spec.subnet_timeout = std::time::Duration::from_secs(args.subnet_timeout);
                 spec.keep = true;
                 spec.docker = args.docker;
-                spec.dual_stack = args.dual_stack;
+                spec.dual_stack = args.dual_stack || args.ipv6_only;
+                spec.ipv6_only = args.ipv6_only;
                 spec.weftd = match (args.no_weftd, args.weftd) {
                     (true, _) => WeftdBinary::Skip,
                     (false, Some(path)) => WeftdBinary::At(path),
@@ -219,7 +224,7 @@ impl LabCommand {
                         "  h{}: {} pod {} ({})",
                         pod.node,
                         lab.state().hosts[pod.node - 1].ns,
-                        pod.ip,
+                        pod.addresses(),
                         pod.ns
                     );
                 }
@@ -249,10 +254,7 @@ impl LabCommand {
             LabCommand::AddNode(NameArg { name }) => {
                 let mut lab = Lab::open(&name)?;
                 let node = lab.add_node()?;
-                let pod = lab
-                    .pod(node)
-                    .map(|p| p.ip.to_string())
-                    .unwrap_or_else(|_| "none".into());
+                let pod = lab.pod(node).map(|p| p.addresses()).unwrap_or_else(|_| "none".into());
                 println!("added node {node} ({}), pod {pod}", lab.host_ns(node)?);
             }
             LabCommand::StopNode(NodeArgs {

@@ -330,8 +330,8 @@ impl DockerHost {
         Ok(PodState {
             node: self.node,
             ns,
-            ip,
-            gateway,
+            ip: Some(ip),
+            gateway: Some(gateway),
             mtu: env.mtu,
             ip6: None,
         })

@@ -119,16 +119,19 @@ pub fn link_up(ns: &str, name: &str) -> Result<()> {
     })
 }
 
-/// A bridge with one address and a fixed MAC ([`bridge_mac`]), brought up. A bridge created
-/// without an address takes the lowest MAC of its ports and changes it when one goes, which cuts
+/// A bridge with a fixed MAC ([`bridge_mac`]) and the address given, brought up. A bridge created
+/// without a fixed MAC takes the lowest MAC of its ports and changes it when one goes, which cuts
 /// the pods behind it off until their ARP entries are probed again; one given an address keeps it.
 /// Without `mtu` it has the default 1500 until a port with a smaller one joins.
-pub fn bridge(ns: &str, name: &str, address: IpNet, mtu: Option<u32>) -> Result<()> {
+pub fn bridge(ns: &str, name: &str, address: Option<IpNet>, mtu: Option<u32>) -> Result<()> {
     let mac = parse_mac(&bridge_mac(ns, name)).expect("bridge_mac formats a MAC");
     with_netlink(ns, |nl| async move {
         let bridge = nl.ensure_bridge(name, mtu.unwrap_or(DEFAULT_MTU)).await?;
         nl.set_mac(bridge.index, mac).await?;
-        nl.add_addr(bridge.index, address).await
+        match address {
+            Some(address) => nl.add_addr(bridge.index, address).await,
+            None => Ok(()),
+        }
     })
 }
 

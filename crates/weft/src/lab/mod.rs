@@ -100,6 +100,9 @@ pub struct LabSpec {
     /// Dual stack: IPv6 underlay addresses (2001:db8::/64), `EnableIPv6` with [`LAB_IPV6_NETWORK`]
     /// in the config, and pods with an address of each family.
     pub dual_stack: bool,
+    /// With `dual_stack`: `EnableIPv4` false, so pods have IPv6 addresses only (the underlay
+    /// keeps its IPv4 addresses, which etcd is reached at).
+    pub ipv6_only: bool,
 }
 
 /// The IPv6 pod network of a dual-stack lab.
@@ -123,6 +126,7 @@ impl LabSpec {
             keep: false,
             docker: false,
             dual_stack: false,
+            ipv6_only: false,
         }
     }
 
@@ -138,6 +142,10 @@ impl LabSpec {
         if self.dual_stack {
             config["EnableIPv6"] = true.into();
             config["IPv6Network"] = LAB_IPV6_NETWORK.into();
+        }
+        if self.ipv6_only {
+            config["EnableIPv4"] = false.into();
+            config.as_object_mut().expect("an object").remove("Network");
         }
         if self.nftables {
             config["EnableNFTables"] = true.into();
@@ -167,6 +175,11 @@ impl LabSpec {
                 topology::MAX_NODES
             )));
         }
+        if self.ipv6_only && !self.dual_stack {
+            return Err(LabError::BadSpec(
+                "an IPv6-only lab needs the IPv6 underlay of a dual-stack one: set dual_stack too".into(),
+            ));
+        }
         if self.docker && self.dual_stack {
             return Err(LabError::BadSpec(
                 "--docker builds Docker's IPv4 default network (dockerd without --ipv6): its containers would have \
@@ -195,12 +208,22 @@ pub struct HostState {
 pub struct PodState {
     pub node: usize,
     pub ns: String,
-    pub ip: Ipv4Net,
-    pub gateway: Ipv4Net,
+    /// None in an IPv6-only lab.
+    pub ip: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Net>,
     pub mtu: u32,
     /// The pod's IPv6 address in a dual-stack lab.
     #[serde(default)]
     pub ip6: Option<Ipv6Net>,
+}
+
+impl PodState {
+    /// The pod's addresses, IPv4 first: `10.5.72.2/24 fc00:0:0:1::2/64`.
+    pub fn addresses(&self) -> String {
+        let v4 = self.ip.map(|n| n.to_string());
+        let v6 = self.ip6.map(|n| n.to_string());
+        v4.into_iter().chain(v6).collect::<Vec<_>>().join(" ")
+    }
 }
 
 /// Everything a fresh process needs to work on a running lab: `<labdir>/lab.json`.
@@ -226,6 +249,8 @@ pub struct LabState {
     pub docker: bool,
     #[serde(default)]
     pub dual_stack: bool,
+    #[serde(default)]
+    pub ipv6_only: bool,
 }
 
 /// A running lab. Dropping it tears the lab down unless [`Lab::keep`] was called (or the spec
@@ -297,6 +322,7 @@ impl Lab {
                 hosts: Vec::new(),
                 docker: spec.docker,
                 dual_stack: spec.dual_stack,
+                ipv6_only: spec.ipv6_only,
             },
             keep: false,
         };
@@ -427,8 +453,9 @@ impl Lab {
         Ok(&self.pod(node)?.ns)
     }
 
+    /// The IPv4 address of the pod of host `node` (none in an IPv6-only lab).
     pub fn pod_ip(&self, node: usize) -> Result<Ipv4Addr> {
-        Ok(self.pod(node)?.ip.addr())
+        self.pod(node)?.ip.map(|n| n.addr()).ok_or(LabError::NoPod { node })
     }
 
     /// Host `node`'s subnet.env as weftd wrote it.
@@ -497,7 +524,7 @@ impl Lab {
     /// Pod-to-pod reachability: `matrix[a][b]` is whether pod a reaches pod b (None on the
     /// diagonal), indexed like [`Lab::pods`]. Pings run in parallel.
     pub fn reachability(&self) -> Vec<Vec<Option<bool>>> {
-        status::reachability(&self.pods(), |p| Some(p.ip.addr().into()))
+        status::reachability(&self.pods(), |p| p.ip.map(|n| n.addr().into()))
     }
 
     /// [`Lab::reachability`] over IPv6 (dual-stack labs): pods without an IPv6 address count as

@@ -16,7 +16,7 @@ pub struct HostStatus {
     pub underlay_ip: Ipv4Addr,
     pub weftd_pid: Option<u32>,
     pub weftd_alive: bool,
-    /// FLANNEL_SUBNET from the host's subnet.env, if it exists.
+    /// FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET from the host's subnet.env, if it exists.
     pub subnet: Option<String>,
     pub pod_ip: Option<Ipv4Addr>,
     /// The pod's IPv6 address (dual-stack labs).
@@ -99,8 +99,8 @@ pub fn collect(lab: &Lab) -> LabStatus {
             underlay_ip: h.underlay_ip,
             weftd_pid: h.weftd_pid,
             weftd_alive: h.weftd_pid.is_some_and(process::alive),
-            subnet: read_subnet_env(&h.subnet_file).ok().map(|env| env.subnet.to_string()),
-            pod_ip: h.pod.as_ref().map(|p| p.ip.addr()),
+            subnet: read_subnet_env(&h.subnet_file).ok().map(|env| env_subnets(&env)),
+            pod_ip: h.pod.as_ref().and_then(|p| p.ip).map(|n| n.addr()),
             pod_ip6: h.pod.as_ref().and_then(|p| p.ip6).map(|n| n.addr()),
         })
         .collect();
@@ -112,13 +112,21 @@ pub fn collect(lab: &Lab) -> LabStatus {
     LabStatus {
         name: state.name.clone(),
         backend: state.backend.clone(),
-        network: state.network.to_string(),
+        network: match (state.ipv6_only, state.dual_stack) {
+            (true, _) => super::LAB_IPV6_NETWORK.to_string(),
+            (false, true) => format!("{} and {}", state.network, super::LAB_IPV6_NETWORK),
+            (false, false) => state.network.to_string(),
+        },
         etcd_alive: process::alive(state.etcd_pid),
         hosts,
         leases,
         leases_error,
         pod_nodes: pods.iter().map(|p| p.node).collect(),
-        reachability: reachability(&pods, |p| Some(p.ip.addr().into())),
+        // An IPv6-only lab's pods have no IPv4 address: no IPv4 matrix (left empty).
+        reachability: match state.ipv6_only {
+            true => Vec::new(),
+            false => reachability(&pods, |p| p.ip.map(|n| n.addr().into())),
+        },
         reachability_v6: state
             .dual_stack
             .then(|| reachability(&pods, |p| p.ip6.map(|n| IpAddr::from(n.addr())))),
@@ -175,17 +183,26 @@ impl fmt::Display for LabStatus {
         if self.pod_nodes.is_empty() {
             return writeln!(f, "\nno pods");
         }
-        write_matrix(
-            f,
-            "reachability (row pings column)",
-            &self.pod_nodes,
-            &self.reachability,
-        )?;
+        if !self.reachability.is_empty() {
+            write_matrix(
+                f,
+                "reachability (row pings column)",
+                &self.pod_nodes,
+                &self.reachability,
+            )?;
+        }
         if let Some(v6) = &self.reachability_v6 {
             write_matrix(f, "IPv6 reachability (row pings column)", &self.pod_nodes, v6)?;
         }
         Ok(())
     }
+}
+
+/// A subnet.env's subnets, IPv4 first: `10.5.72.1/24`, `10.5.72.1/24 fc00:0:0:1::1/64`.
+fn env_subnets(env: &weft_core::SubnetEnv) -> String {
+    let v4 = env.subnet.map(|n| n.to_string());
+    let v6 = env.ipv6_subnet.map(|n| n.to_string());
+    v4.into_iter().chain(v6).collect::<Vec<_>>().join(" ")
 }
 
 fn write_matrix(f: &mut fmt::Formatter<'_>, title: &str, nodes: &[usize], matrix: &[Vec<Option<bool>>]) -> fmt::Result {

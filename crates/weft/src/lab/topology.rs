@@ -104,7 +104,7 @@ fn lab_netns(ns: &str) -> Result<()> {
 
 pub fn create_switch(ns: &str, dual_stack: bool) -> Result<()> {
     lab_netns(ns)?;
-    bridge(ns, "br0", net(SWITCH_IP, UNDERLAY_PREFIX_LEN), None)?;
+    bridge(ns, "br0", Some(net(SWITCH_IP, UNDERLAY_PREFIX_LEN)), None)?;
     // A dummy device when the kernel has the module, else a veth pair whose far end idles.
     if dummy(ns, "inet0").is_err() {
         veth_pair(ns, "inet0", ns, "inet0-peer", UNDERLAY_MTU)?;
@@ -173,8 +173,9 @@ fn receive_on_own_cpu(ns: &str, node: usize) -> Result<()> {
 /// and the same of FLANNEL_IPV6_SUBNET when the cluster is dual stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PodAddressing {
-    pub gateway: Ipv4Net,
-    pub ip: Ipv4Net,
+    /// None in an IPv6-only network.
+    pub gateway: Option<Ipv4Net>,
+    pub ip: Option<Ipv4Net>,
     pub gateway6: Option<Ipv6Net>,
     pub ip6: Option<Ipv6Net>,
     pub mtu: u32,
@@ -182,16 +183,21 @@ pub struct PodAddressing {
 
 impl PodAddressing {
     pub fn from_subnet_env(env: &SubnetEnv) -> Result<Self> {
-        let gateway = env.subnet;
-        let next = u32::from(gateway.addr()) + 1;
-        let ip =
-            Ipv4Net::new(Ipv4Addr::from(next), gateway.prefix_len()).expect("prefix length taken from a valid net");
-        if !gateway.contains(&ip.addr()) || ip.addr() == gateway.broadcast() {
-            return Err(LabError::Parse {
-                what: "subnet.env".into(),
-                detail: format!("FLANNEL_SUBNET={gateway} leaves no room for a pod address"),
-            });
-        }
+        let (gateway, ip) = match env.subnet {
+            None => (None, None),
+            Some(gateway) => {
+                let next = u32::from(gateway.addr()) + 1;
+                let ip = Ipv4Net::new(Ipv4Addr::from(next), gateway.prefix_len())
+                    .expect("prefix length taken from a valid net");
+                if !gateway.contains(&ip.addr()) || ip.addr() == gateway.broadcast() {
+                    return Err(LabError::Parse {
+                        what: "subnet.env".into(),
+                        detail: format!("FLANNEL_SUBNET={gateway} leaves no room for a pod address"),
+                    });
+                }
+                (Some(gateway), Some(ip))
+            }
+        };
         let (gateway6, ip6) = match env.ipv6_subnet {
             None => (None, None),
             Some(gateway6) => {
@@ -218,11 +224,18 @@ impl PodAddressing {
 
 pub fn create_pod(host: &str, pod: &str, addressing: &PodAddressing) -> Result<()> {
     lab_netns(pod)?;
-    bridge(host, POD_BRIDGE, addressing.gateway.into(), Some(addressing.mtu))?;
+    bridge(
+        host,
+        POD_BRIDGE,
+        addressing.gateway.map(IpNet::from),
+        Some(addressing.mtu),
+    )?;
     veth_pair(host, POD_HOST_VETH, pod, "eth0", addressing.mtu)?;
     set_master(host, POD_HOST_VETH, POD_BRIDGE)?;
-    add_address(pod, "eth0", addressing.ip.into())?;
-    default_route(pod, addressing.gateway.addr().into())?;
+    if let (Some(gateway), Some(ip)) = (addressing.gateway, addressing.ip) {
+        add_address(pod, "eth0", ip.into())?;
+        default_route(pod, gateway.addr().into())?;
+    }
     if let (Some(gateway6), Some(ip6)) = (addressing.gateway6, addressing.ip6) {
         // The pod's IPv6 default route goes via the bridge's address; the host forwards it.
         sysctl(host, "net/ipv6/conf/all/forwarding", "1")?;
@@ -272,8 +285,8 @@ mod tests {
         let env =
             SubnetEnv::parse("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\n").unwrap();
         let a = PodAddressing::from_subnet_env(&env).unwrap();
-        assert_eq!(a.gateway.to_string(), "10.5.72.1/24");
-        assert_eq!(a.ip.to_string(), "10.5.72.2/24");
+        assert_eq!(a.gateway.unwrap().to_string(), "10.5.72.1/24");
+        assert_eq!(a.ip.unwrap().to_string(), "10.5.72.2/24");
         assert_eq!(a.mtu, 1450);
         assert_eq!((a.gateway6, a.ip6), (None, None));
         let dual = SubnetEnv::parse(

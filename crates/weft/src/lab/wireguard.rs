@@ -155,7 +155,7 @@ impl Lab {
         }
         let set: Vec<&str> = set.iter().map(String::as_str).collect();
         self.run_in_host(node, &set)?;
-        let own = self.subnet_env(node)?.subnet.trunc();
+        let own = own_subnet(self, node)?;
         let network = self.state.network.to_string();
         let addr = format!("{}/32", own.network());
         self.run_in_host(node, &["ip", "addr", "replace", &addr, "dev", "flannel-wg"])?;
@@ -204,8 +204,17 @@ pub fn pubkey(private: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Host `node`'s IPv4 subnet (wireguard carries IPv4 only).
+fn own_subnet(lab: &Lab, node: usize) -> Result<ipnet::Ipv4Net> {
+    let env = lab.subnet_env(node)?;
+    let subnet = env
+        .subnet
+        .ok_or_else(|| LabError::Other(format!("subnet.env of host {node} has no FLANNEL_SUBNET")))?;
+    Ok(subnet.trunc())
+}
+
 /// The etcd key of host `node`'s lease.
 fn lease_key(lab: &Lab, node: usize) -> Result<String> {
-    let subnet = lab.subnet_env(node)?.subnet.trunc();
+    let subnet = own_subnet(lab, node)?;
     Ok(format!("{SUBNETS}{}-{}", subnet.network(), subnet.prefix_len()))
 }

@@ -70,11 +70,15 @@ pub fn vtep_mac(lab: &Lab, node: usize) -> String {
 
 /// The network address of node's subnet (the VXLAN next hop other nodes use for it).
 pub fn subnet_ip(lab: &Lab, node: usize) -> Ipv4Addr {
-    lab.subnet_env(node).expect("subnet.env").subnet.network()
+    lab.subnet_env(node).expect("subnet.env").subnet.unwrap().network()
 }
 
 pub fn all_pods_reach_each_other(lab: &Lab) -> bool {
-    let pods: Vec<(usize, Ipv4Addr)> = lab.pods().iter().map(|p| (p.node, p.ip.addr())).collect();
+    let pods: Vec<(usize, Ipv4Addr)> = lab
+        .pods()
+        .iter()
+        .map(|p| (p.node, p.ip.expect("an IPv4 lab").addr()))
+        .collect();
     pods.iter().all(|(from, _)| {
         pods.iter()
             .filter(|(to, _)| to != from)
