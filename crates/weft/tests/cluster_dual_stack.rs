@@ -19,55 +19,6 @@ fn dual(name: &str, nodes: usize, backend: BackendKind) -> Lab {
     up(s)
 }
 
-/// Every pod reaches every other pod at its IPv6 address (retrying a few seconds each).
-fn all_pods_reach_each_other_v6(lab: &Lab) -> bool {
-    let pods: Vec<(usize, IpAddr)> = lab
-        .pods()
-        .iter()
-        .map(|p| (p.node, IpAddr::from(p.ip6.expect("a dual-stack pod").addr())))
-        .collect();
-    pods.iter().all(|(from, _)| {
-        pods.iter()
-            .filter(|(to, _)| to != from)
-            .all(|(_, ip)| lab.wait_ping(*from, *ip, Duration::from_secs(5)))
-    })
-}
-
-fn mac_of(lab: &Lab, node: usize, dev: &str) -> String {
-    host_out(lab, node, &["cat", &format!("/sys/class/net/{dev}/address")])
-        .trim()
-        .to_string()
-}
-
-/// Host `node`'s lease key (both subnets) from its subnet.env.
-fn lease_key(lab: &Lab, node: usize) -> String {
-    let env = lab.subnet_env(node).unwrap();
-    SubnetKey {
-        ipv4: env.subnet.map(|n| n.trunc()),
-        ipv6: env.ipv6_subnet.map(|n| n.trunc()),
-    }
-    .to_key()
-}
-
-/// `ip -6 route` on a host without the `nhid <id>` words (the path is what is asserted).
-fn v6_routes(lab: &Lab, node: usize) -> String {
-    host_out(lab, node, &["ip", "-6", "route"])
-        .lines()
-        .map(|line| {
-            let mut words = line.split(' ');
-            let mut kept = Vec::new();
-            while let Some(w) = words.next() {
-                if w == "nhid" {
-                    words.next();
-                } else {
-                    kept.push(w);
-                }
-            }
-            kept.join(" ") + "\n"
-        })
-        .collect()
-}
-
 /// The value of an `nstat -az` counter in a namespace (0 when absent).
 fn nstat(ns: &str, counter: &str) -> u64 {
     let out = std::process::Command::new("ip")

@@ -63,9 +63,7 @@ pub fn subnet_file(lab: &Lab, node: usize) -> PathBuf {
 }
 
 pub fn vtep_mac(lab: &Lab, node: usize) -> String {
-    host_out(lab, node, &["cat", "/sys/class/net/flannel.1/address"])
-        .trim()
-        .to_string()
+    mac_of(lab, node, "flannel.1")
 }
 
 /// The network address of node's subnet (the VXLAN next hop other nodes use for it).
@@ -152,4 +150,53 @@ pub fn metric(page: &str, name: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// Every pod reaches every other pod at its IPv6 address (retrying a few seconds each).
+pub fn all_pods_reach_each_other_v6(lab: &Lab) -> bool {
+    let pods: Vec<(usize, IpAddr)> = lab
+        .pods()
+        .iter()
+        .map(|p| (p.node, IpAddr::from(p.ip6.expect("a dual-stack pod").addr())))
+        .collect();
+    pods.iter().all(|(from, _)| {
+        pods.iter()
+            .filter(|(to, _)| to != from)
+            .all(|(_, ip)| lab.wait_ping(*from, *ip, Duration::from_secs(5)))
+    })
+}
+
+pub fn mac_of(lab: &Lab, node: usize, dev: &str) -> String {
+    host_out(lab, node, &["cat", &format!("/sys/class/net/{dev}/address")])
+        .trim()
+        .to_string()
+}
+
+/// `ip -6 route` on a host without the `nhid <id>` words (the path is what is asserted).
+pub fn v6_routes(lab: &Lab, node: usize) -> String {
+    host_out(lab, node, &["ip", "-6", "route"])
+        .lines()
+        .map(|line| {
+            let mut words = line.split(' ');
+            let mut kept = Vec::new();
+            while let Some(w) = words.next() {
+                if w == "nhid" {
+                    words.next();
+                } else {
+                    kept.push(w);
+                }
+            }
+            kept.join(" ") + "\n"
+        })
+        .collect()
+}
+
+/// Host `node`'s lease key (both subnets) from its subnet.env.
+pub fn lease_key(lab: &Lab, node: usize) -> String {
+    let env = lab.subnet_env(node).unwrap();
+    weft_core::SubnetKey {
+        ipv4: env.subnet.map(|n| n.trunc()),
+        ipv6: env.ipv6_subnet.map(|n| n.trunc()),
+    }
+    .to_key()
 }

@@ -1,0 +1,125 @@
+//! IPv6-only networks on the lab, as a user runs them (`weft lab up --ipv6-only`: EnableIPv4
+//! false): pods with IPv6 addresses only over vxlan and host-gw, lease keys and values in
+//! flannel's format (`0.0.0.0-0&<subnet>`, PublicIP 0.0.0.0, no BackendData), subnet.env without
+//! the IPv4 pair, a restart that keeps the subnet, and an IPv4-only lease that changes nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use weft::lab::topology::underlay_ipv6;
+use weft::lab::Lab;
+use weft_core::BackendKind;
+
+fn ipv6_only(name: &str, nodes: usize, backend: BackendKind) -> Lab {
+    let mut s = spec(&lab_name(name), nodes, backend);
+    s.dual_stack = true;
+    s.ipv6_only = true;
+    up(s)
+}
+
+fn lease_value(lab: &Lab, node: usize) -> String {
+    let key = format!("/coreos.com/network/subnets/{}", lease_key(lab, node));
+    let value = lab
+        .etcd_get(&key)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no lease at {key}"));
+    String::from_utf8(value).unwrap()
+}
+
+#[test]
+fn vxlan_ipv6_only_mesh_in_flannels_format_survives_a_restart_and_an_ipv4_lease() {
+    let mut lab = ipv6_only("c6o", 3, BackendKind::Vxlan);
+    assert!(all_pods_reach_each_other_v6(&lab), "{}", lab.status());
+
+    for node in 1..=3 {
+        let key = lease_key(&lab, node);
+        assert!(key.starts_with("0.0.0.0-0&fc00:"), "{key}");
+        assert_eq!(
+            lease_value(&lab, node),
+            format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+                underlay_ipv6(node),
+                mac_of(&lab, node, "flannel-v6.1"),
+            )
+        );
+        let env = lab.subnet_env(node).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(subnet_file(&lab, node)).unwrap(),
+            format!(
+                "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET={}\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
+                env.ipv6_subnet.unwrap()
+            )
+        );
+        let links = host_out(&lab, node, &["ip", "-br", "link"]);
+        assert!(
+            links.contains("flannel-v6.1") && !links.contains("flannel.1"),
+            "only the IPv6 VTEP: {links}"
+        );
+    }
+    let s2 = lab.subnet_env(2).unwrap().ipv6_subnet.unwrap().trunc();
+    let route2 = format!("{s2} via {} dev flannel-v6.1 metric 1024 onlink", s2.network());
+    assert!(v6_routes(&lab, 1).contains(&route2), "{}", v6_routes(&lab, 1));
+    assert!(
+        host_out(&lab, 1, &["ip", "-4", "route"])
+            .lines()
+            .all(|l| !l.contains("flannel")),
+        "no IPv4 overlay routes"
+    );
+
+    // An IPv4-only lease (a node configured for another network) claims nothing here: every
+    // node refuses it and keeps its routes.
+    lab.etcd_put(
+        "/coreos.com/network/subnets/10.5.9.0-24",
+        r#"{"PublicIP":"198.51.100.9","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:09"}}"#,
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || weftd_log(&lab, 1)
+            .contains("this network is IPv6 only")),
+        "{}",
+        weftd_log(&lab, 1)
+    );
+    assert!(v6_routes(&lab, 1).contains(&route2));
+    assert!(!host_out(&lab, 1, &["ip", "route"]).contains("10.5.9.0"));
+    assert!(all_pods_reach_each_other_v6(&lab), "{}", lab.status());
+
+    // A restart takes the same subnet back (found by PublicIPv6: every lease's PublicIP is
+    // 0.0.0.0 here) and traffic flows again.
+    let (key_before, env_before) = (
+        lease_key(&lab, 1),
+        std::fs::read_to_string(subnet_file(&lab, 1)).unwrap(),
+    );
+    let writes = |lab: &Lab| weftd_log(lab, 1).matches("wrote subnet file").count();
+    let written = writes(&lab);
+    lab.restart_node(1).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || writes(&lab) > written),
+        "{}",
+        weftd_log(&lab, 1)
+    );
+    assert_eq!(lease_key(&lab, 1), key_before);
+    assert_eq!(std::fs::read_to_string(subnet_file(&lab, 1)).unwrap(), env_before);
+    let leases = lab.etcd_get_prefix("/coreos.com/network/subnets/").unwrap();
+    assert_eq!(leases.len(), 4, "three nodes' leases and the refused one, no more");
+    assert!(lab.wait_ping(2, lab.pod_ip6(1).unwrap(), Duration::from_secs(5)));
+}
+
+#[test]
+fn host_gw_ipv6_only_routes_via_public_ipv6() {
+    let lab = ipv6_only("c6h", 3, BackendKind::HostGw);
+    assert!(all_pods_reach_each_other_v6(&lab), "{}", lab.status());
+    assert_eq!(
+        lease_value(&lab, 2),
+        r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::2","BackendType":"host-gw"}"#
+    );
+    let s2 = lab.subnet_env(2).unwrap().ipv6_subnet.unwrap().trunc();
+    let route2 = format!("{s2} via 2001:db8::2 dev eth0 metric 1024");
+    assert!(v6_routes(&lab, 1).contains(&route2), "{}", v6_routes(&lab, 1));
+    let status = lab.status().to_string();
+    assert!(
+        status.contains("IPv6 reachability") && !status.contains("\nreachability"),
+        "status shows the IPv6 matrix only:\n{status}"
+    );
+}
