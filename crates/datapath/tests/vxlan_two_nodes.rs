@@ -21,8 +21,8 @@ use weft_core::config::VxlanOptions;
 use weft_core::{Lease, LeaseAttrs, SubnetKey};
 use weft_datapath::backend::Report;
 use weft_datapath::vxlan::VxlanBackend;
-use weft_kernel::iface::{select_external_interface, IfaceSelection};
-use weft_kernel::netlink::Netlink;
+use weft_kernel::iface::{select_external_interface, select_external_interface_for, IfaceSelection};
+use weft_kernel::netlink::{AddrFamily, Netlink};
 
 use two_nodes::{is_root, run, udp_round_trip, BackendThread, TwoNodes};
 
@@ -359,6 +359,31 @@ fn interface_selection_in_a_namespace() {
     }
     let ns = TwoNodes::new("wtn", 5);
     run(&["ip", "-n", &ns.a, "route", "add", "default", "via", "198.51.100.2"]);
+    // An IPv6-only network chooses by IPv6: a global address and a default route of that family.
+    run(&[
+        "ip",
+        "-n",
+        &ns.a,
+        "addr",
+        "add",
+        "2001:db8::1/64",
+        "dev",
+        "veth0",
+        "nodad",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &ns.a,
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8::2",
+        "dev",
+        "veth0",
+    ]);
     let path = format!("/run/netns/{}", ns.a);
     let handle = thread::spawn(move || {
         setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
@@ -373,16 +398,38 @@ fn interface_selection_in_a_namespace() {
                 .unwrap();
             assert_eq!(
                 (by_default.name.as_str(), by_default.ip),
-                ("veth0", Ipv4Addr::new(198, 51, 100, 1))
+                ("veth0", Ipv4Addr::new(198, 51, 100, 1).into())
             );
             assert_eq!(by_default.mtu, 1500);
+            let by_ipv6 = select_external_interface_for(&nl, &IfaceSelection::default(), AddrFamily::Ipv6)
+                .await
+                .unwrap();
+            assert_eq!(
+                (by_ipv6.name.as_str(), by_ipv6.ip),
+                ("veth0", "2001:db8::1".parse::<std::net::IpAddr>().unwrap())
+            );
+            let pod0_v6 = IfaceSelection {
+                ifaces: vec!["pod0".into()],
+                ..IfaceSelection::default()
+            };
+            let e = select_external_interface_for(&nl, &pod0_v6, AddrFamily::Ipv6)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e,
+                "interface pod0 has no global IPv6 address: give it one or choose another with --iface"
+            );
 
             let by_ip = IfaceSelection {
                 ifaces: vec!["eth7".into(), "10.5.1.1".into()],
                 ..IfaceSelection::default()
             };
             let found = select_external_interface(&nl, &by_ip).await.unwrap();
-            assert_eq!((found.name.as_str(), found.ip), ("pod0", Ipv4Addr::new(10, 5, 1, 1)));
+            assert_eq!(
+                (found.name.as_str(), found.ip),
+                ("pod0", Ipv4Addr::new(10, 5, 1, 1).into())
+            );
 
             let by_regex = IfaceSelection {
                 iface_regex: vec!["^nomatch$".into(), "^pod".into()],

@@ -1,7 +1,9 @@
 //! Choosing the external interface, as flanneld does: `--iface` (names or IPs, tried in order),
 //! then `--iface-can-reach`, then `--iface-regex`; with none of them, the interface that holds
 //! the default route. The public IP (`--public-ip`) is the caller's business. With dual stack the
-//! same interface's first global IPv6 address is the node's IPv6 underlay address.
+//! same interface's first global IPv6 address is the node's IPv6 underlay address. In an
+//! IPv6-only network (EnableIPv4 false) the interface is chosen by its IPv6 addresses and the
+//! IPv6 default route instead, so a host needs no IPv4 address at all, as with flanneld.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -14,15 +16,26 @@ use crate::netlink::{AddrFamily, AddrInfo, LinkInfo, Netlink, NetlinkError};
 pub struct ExternalInterface {
     pub name: String,
     pub index: u32,
-    /// The interface's IPv4 address (the one named in `--iface`, else its first address).
-    pub ip: Ipv4Addr,
+    /// The address the interface was chosen by: IPv4 (the one named in `--iface`, else its
+    /// first), or in an IPv6-only network its first global IPv6 address.
+    pub ip: IpAddr,
     pub mtu: u32,
+}
+
+impl ExternalInterface {
+    /// The interface's IPv4 address, when it was chosen by one.
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        match self.ip {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        }
+    }
 }
 
 /// The `--iface`, `--iface-regex` and `--iface-can-reach` flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IfaceSelection {
-    /// Interface names or IPv4 addresses, tried in order.
+    /// Interface names or addresses, tried in order.
     pub ifaces: Vec<String>,
     /// Regular expressions matched against interface IPs, then names, tried in order.
     pub iface_regex: Vec<String>,
@@ -40,14 +53,14 @@ impl IfaceSelection {
 pub enum IfaceError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    #[error("no default IPv4 route: pass --iface (a name or an IP) to choose the external interface")]
-    NoDefaultRoute,
+    #[error("no default {family} route: pass --iface (a name or an IP) to choose the external interface", family = if *.0 == AddrFamily::Ipv4 { "IPv4" } else { "IPv6" })]
+    NoDefaultRoute(AddrFamily),
     #[error("--iface-regex {pattern:?} is not a valid regular expression: {reason}")]
     BadRegex { pattern: String, reason: String },
     #[error("no interface named {0} and no interface holds address {0}")]
     NotFound(String),
-    #[error("interface {0} has no IPv4 address: give it one or choose another with --iface")]
-    NoAddress(String),
+    #[error("interface {0} has no {family} address: give it one or choose another with --iface", family = family_name(*.1))]
+    NoAddress(String, AddrFamily),
     #[error("interface {0} has no global IPv6 address and the network config enables IPv6: give it one, or pass --public-ipv6")]
     NoIpv6Address(String),
     #[error("interface {name} reports MTU 0: cannot size the overlay; check the device")]
@@ -62,8 +75,20 @@ pub enum IfaceError {
     },
 }
 
-/// Chooses the external interface according to `sel` (see the module docs for the order).
+/// Chooses the external interface according to `sel` (see the module docs for the order), by
+/// its IPv4 addresses.
 pub async fn select_external_interface(nl: &Netlink, sel: &IfaceSelection) -> Result<ExternalInterface, IfaceError> {
+    select_external_interface_for(nl, sel, AddrFamily::Ipv4).await
+}
+
+/// [`select_external_interface`] by the addresses of `family` (IPv6 for an IPv6-only network):
+/// the default route of that family, `--iface` names or addresses of it, its addresses matched
+/// by `--iface-regex`.
+pub async fn select_external_interface_for(
+    nl: &Netlink,
+    sel: &IfaceSelection,
+    family: AddrFamily,
+) -> Result<ExternalInterface, IfaceError> {
     let regexes = sel
         .iface_regex
         .iter()
@@ -77,22 +102,25 @@ pub async fn select_external_interface(nl: &Netlink, sel: &IfaceSelection) -> Re
 
     if sel.is_empty() {
         let index = nl
-            .default_route_oif(AddrFamily::Ipv4)
+            .default_route_oif(family)
             .await?
-            .ok_or(IfaceError::NoDefaultRoute)?;
+            .ok_or(IfaceError::NoDefaultRoute(family))?;
         let link = nl
             .link_by_index(index)
             .await?
             .ok_or_else(|| IfaceError::NotFound(format!("#{index}")))?;
-        return with_first_addr(nl, link).await;
+        let addrs = nl.list_addrs(Some(family)).await?;
+        let ip =
+            first_addr(&addrs, link.index, family).ok_or_else(|| IfaceError::NoAddress(link.name.clone(), family))?;
+        return external(&link, ip);
     }
 
     let links = nl.list_links().await?;
-    let addrs = nl.list_addrs(Some(AddrFamily::Ipv4)).await?;
+    let addrs = nl.list_addrs(Some(family)).await?;
 
     let mut last_error = None;
     for wanted in &sel.ifaces {
-        match by_name_or_ip(wanted, &links, &addrs) {
+        match by_name_or_ip(wanted, &links, &addrs, family) {
             Ok(found) => return Ok(found),
             Err(e) => {
                 tracing::warn!("--iface {wanted}: {e}");
@@ -113,17 +141,17 @@ pub async fn select_external_interface(nl: &Netlink, sel: &IfaceSelection) -> Re
         let index = route.oif.ok_or(IfaceError::Unreachable(target))?;
         if let Some(link) = links.iter().find(|l| l.index == index) {
             let ip = match route.pref_src {
-                Some(IpAddr::V4(src)) if addrs.iter().any(|a| a.index == index && ipv4(a) == Some(src)) => Some(src),
-                _ => first_addr(&addrs, index),
+                Some(src) if addrs.iter().any(|a| a.index == index && usable(a, family) == Some(src)) => Some(src),
+                _ => first_addr(&addrs, index, family),
             };
-            let ip = ip.ok_or_else(|| IfaceError::NoAddress(link.name.clone()))?;
+            let ip = ip.ok_or_else(|| IfaceError::NoAddress(link.name.clone(), family))?;
             return external(link, ip);
         }
     }
 
     for re in &regexes {
         // Like flanneld: a regex is matched against every interface's IPs first, then names.
-        for (a, ip) in addrs.iter().filter_map(|a| Some((a, ipv4(a)?))) {
+        for (a, ip) in addrs.iter().filter_map(|a| Some((a, usable(a, family)?))) {
             if re.is_match(&ip.to_string()) {
                 if let Some(link) = links.iter().find(|l| l.index == a.index) {
                     return external(link, ip);
@@ -132,13 +160,14 @@ pub async fn select_external_interface(nl: &Netlink, sel: &IfaceSelection) -> Re
         }
         for link in &links {
             if re.is_match(&link.name) {
-                if let Some(ip) = first_addr(&addrs, link.index) {
+                if let Some(ip) = first_addr(&addrs, link.index, family) {
                     return external(link, ip);
                 }
                 tracing::warn!(
-                    "--iface-regex {}: interface {} has no IPv4 address; skipped",
+                    "--iface-regex {}: interface {} has no {} address; skipped",
                     re,
-                    link.name
+                    link.name,
+                    family_name(family)
                 );
             }
         }
@@ -149,6 +178,13 @@ pub async fn select_external_interface(nl: &Netlink, sel: &IfaceSelection) -> Re
         can_reach: sel.can_reach,
         regexes: sel.iface_regex.clone(),
     })
+}
+
+fn family_name(family: AddrFamily) -> &'static str {
+    match family {
+        AddrFamily::Ipv4 => "IPv4",
+        AddrFamily::Ipv6 => "global IPv6",
+    }
 }
 
 /// The external interface's IPv6 address for dual stack: its first global unicast address
@@ -174,13 +210,10 @@ pub fn dual_stack_addresses(
 }
 
 fn first_global_ipv6(addrs: &[AddrInfo], index: u32) -> Option<Ipv6Addr> {
-    addrs
-        .iter()
-        .filter(|a| a.index == index)
-        .find_map(|a| match a.addr.addr() {
-            IpAddr::V6(ip) if is_global_unicast(ip) => Some(ip),
-            _ => None,
-        })
+    match first_addr(addrs, index, AddrFamily::Ipv6)? {
+        IpAddr::V6(ip) => Some(ip),
+        IpAddr::V4(_) => None,
+    }
 }
 
 /// Go's net.IP.IsGlobalUnicast for IPv6: not unspecified, loopback, multicast or link-local.
@@ -189,9 +222,14 @@ fn is_global_unicast(ip: Ipv6Addr) -> bool {
     !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || link_local)
 }
 
-fn by_name_or_ip(wanted: &str, links: &[LinkInfo], addrs: &[AddrInfo]) -> Result<ExternalInterface, IfaceError> {
-    if let Ok(ip) = wanted.parse::<Ipv4Addr>() {
-        let holder = addrs.iter().find(|a| ipv4(a) == Some(ip));
+fn by_name_or_ip(
+    wanted: &str,
+    links: &[LinkInfo],
+    addrs: &[AddrInfo],
+    family: AddrFamily,
+) -> Result<ExternalInterface, IfaceError> {
+    if let Ok(ip) = wanted.parse::<IpAddr>() {
+        let holder = addrs.iter().find(|a| usable(a, family) == Some(ip));
         let link = holder.and_then(|a| links.iter().find(|l| l.index == a.index));
         return match link {
             Some(link) => external(link, ip),
@@ -202,29 +240,28 @@ fn by_name_or_ip(wanted: &str, links: &[LinkInfo], addrs: &[AddrInfo]) -> Result
         .iter()
         .find(|l| l.name == wanted)
         .ok_or_else(|| IfaceError::NotFound(wanted.to_string()))?;
-    let ip = first_addr(addrs, link.index).ok_or_else(|| IfaceError::NoAddress(link.name.clone()))?;
+    let ip = first_addr(addrs, link.index, family).ok_or_else(|| IfaceError::NoAddress(link.name.clone(), family))?;
     external(link, ip)
 }
 
-/// The address, if it is an IPv4 one (the external interface is chosen by its IPv4 address).
-fn ipv4(a: &AddrInfo) -> Option<Ipv4Addr> {
-    match a.addr.addr() {
-        IpAddr::V4(ip) => Some(ip),
-        IpAddr::V6(_) => None,
+/// The address, if it is one the interface can be chosen by: an IPv4 address, or for IPv6 a
+/// global unicast one (link-local addresses cannot carry traffic between nodes).
+fn usable(a: &AddrInfo, family: AddrFamily) -> Option<IpAddr> {
+    match (a.addr.addr(), family) {
+        (IpAddr::V4(ip), AddrFamily::Ipv4) => Some(ip.into()),
+        (IpAddr::V6(ip), AddrFamily::Ipv6) if is_global_unicast(ip) => Some(ip.into()),
+        _ => None,
     }
 }
 
-fn first_addr(addrs: &[AddrInfo], index: u32) -> Option<Ipv4Addr> {
-    addrs.iter().filter(|a| a.index == index).find_map(ipv4)
+fn first_addr(addrs: &[AddrInfo], index: u32, family: AddrFamily) -> Option<IpAddr> {
+    addrs
+        .iter()
+        .filter(|a| a.index == index)
+        .find_map(|a| usable(a, family))
 }
 
-async fn with_first_addr(nl: &Netlink, link: LinkInfo) -> Result<ExternalInterface, IfaceError> {
-    let addrs = nl.list_addrs(Some(AddrFamily::Ipv4)).await?;
-    let ip = first_addr(&addrs, link.index).ok_or_else(|| IfaceError::NoAddress(link.name.clone()))?;
-    external(&link, ip)
-}
-
-fn external(link: &LinkInfo, ip: Ipv4Addr) -> Result<ExternalInterface, IfaceError> {
+fn external(link: &LinkInfo, ip: IpAddr) -> Result<ExternalInterface, IfaceError> {
     if link.mtu == 0 {
         return Err(IfaceError::NoMtu {
             name: link.name.clone(),
@@ -273,7 +310,7 @@ mod tests {
         ];
         assert_eq!(first_global_ipv6(&addrs, 2), Some("2001:db8::7".parse().unwrap()));
         assert_eq!(first_global_ipv6(&addrs[..1], 2), None, "link-local only");
-        let ext = external(&link(2, "eth0"), Ipv4Addr::new(198, 51, 100, 7)).unwrap();
+        let ext = external(&link(2, "eth0"), Ipv4Addr::new(198, 51, 100, 7).into()).unwrap();
         let local: Ipv6Addr = "2001:db8::7".parse().unwrap();
         let public: Ipv6Addr = "2001:db8:ffff::7".parse().unwrap();
         assert_eq!(dual_stack_addresses(&ext, Some(local), None).unwrap(), (local, local));
@@ -302,18 +339,49 @@ mod tests {
                 addr: "198.51.100.8/24".parse().unwrap(),
             },
         ];
-        let by_name = by_name_or_ip("eth0", &links, &addrs).unwrap();
-        assert_eq!((by_name.index, by_name.ip), (2, Ipv4Addr::new(198, 51, 100, 7)));
-        let by_ip = by_name_or_ip("198.51.100.8", &links, &addrs).unwrap();
+        let v4 = AddrFamily::Ipv4;
+        let by_name = by_name_or_ip("eth0", &links, &addrs, v4).unwrap();
+        assert_eq!((by_name.index, by_name.ip), (2, Ipv4Addr::new(198, 51, 100, 7).into()));
+        let by_ip = by_name_or_ip("198.51.100.8", &links, &addrs, v4).unwrap();
         assert_eq!(
             (by_ip.name.as_str(), by_ip.ip),
-            ("eth0", Ipv4Addr::new(198, 51, 100, 8))
+            ("eth0", Ipv4Addr::new(198, 51, 100, 8).into())
         );
-        let missing = by_name_or_ip("eth9", &links, &addrs).unwrap_err().to_string();
+        let missing = by_name_or_ip("eth9", &links, &addrs, v4).unwrap_err().to_string();
         assert_eq!(missing, "no interface named eth9 and no interface holds address eth9");
         assert!(matches!(
-            by_name_or_ip("lo", &links, &addrs),
-            Err(IfaceError::NoAddress(_))
+            by_name_or_ip("lo", &links, &addrs, v4),
+            Err(IfaceError::NoAddress(..))
         ));
+    }
+
+    #[test]
+    fn an_ipv6_only_network_chooses_by_global_ipv6_addresses() {
+        let links = [link(2, "eth0"), link(3, "eth1")];
+        let addrs = [
+            AddrInfo {
+                index: 2,
+                addr: "fe80::1/64".parse().unwrap(),
+            },
+            AddrInfo {
+                index: 2,
+                addr: "2001:db8::7/64".parse().unwrap(),
+            },
+            AddrInfo {
+                index: 3,
+                addr: "fe80::3/64".parse().unwrap(),
+            },
+        ];
+        let v6 = AddrFamily::Ipv6;
+        let by_name = by_name_or_ip("eth0", &links, &addrs, v6).unwrap();
+        assert_eq!(by_name.ip, "2001:db8::7".parse::<IpAddr>().unwrap());
+        assert_eq!(by_name.ipv4(), None);
+        assert_eq!(by_name_or_ip("2001:db8::7", &links, &addrs, v6).unwrap().name, "eth0");
+        let e = by_name_or_ip("eth1", &links, &addrs, v6).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "interface eth1 has no global IPv6 address: give it one or choose another with --iface"
+        );
+        assert!(by_name_or_ip("fe80::1", &links, &addrs, v6).is_err(), "link-local");
     }
 }

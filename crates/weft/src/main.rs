@@ -28,6 +28,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` and the like ends quietly when the reader goes, as other
+    // command-line tools do, rather than panicking on EPIPE.
+    // SAFETY: setting a signal's disposition to the default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lab(command) => command.run().map_err(anyhow::Error::from),

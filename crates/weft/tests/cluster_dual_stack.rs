@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use weft::lab::topology::{underlay_ipv6, INTERNET_IPV6};
 use weft::lab::Lab;
-use weft_core::{BackendKind, SubnetKey};
+use weft_core::BackendKind;
 
 fn dual(name: &str, nodes: usize, backend: BackendKind) -> Lab {
     let mut s = spec(&lab_name(name), nodes, backend);

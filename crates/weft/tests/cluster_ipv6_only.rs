@@ -1,14 +1,16 @@
 //! IPv6-only networks on the lab, as a user runs them (`weft lab up --ipv6-only`: EnableIPv4
-//! false): pods with IPv6 addresses only over vxlan and host-gw, lease keys and values in
-//! flannel's format (`0.0.0.0-0&<subnet>`, PublicIP 0.0.0.0, no BackendData), subnet.env without
-//! the IPv4 pair, a restart that keeps the subnet, and an IPv4-only lease that changes nothing.
+//! false, and hosts with no IPv4 address at all): pods with IPv6 addresses only over vxlan and
+//! host-gw, lease keys and values in flannel's format (`0.0.0.0-0&<subnet>`, PublicIP 0.0.0.0, no
+//! BackendData), subnet.env without the IPv4 pair, IPv6 masquerade and no IPv4 rules, a restart
+//! that keeps the subnet, and an IPv4-only lease that changes nothing.
 
 mod common;
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::*;
-use weft::lab::topology::underlay_ipv6;
+use weft::lab::topology::{underlay_ipv6, INTERNET_IPV6};
 use weft::lab::Lab;
 use weft_core::BackendKind;
 
@@ -16,6 +18,7 @@ fn ipv6_only(name: &str, nodes: usize, backend: BackendKind) -> Lab {
     let mut s = spec(&lab_name(name), nodes, backend);
     s.dual_stack = true;
     s.ipv6_only = true;
+    s.ip_masq = true;
     up(s)
 }
 
@@ -32,6 +35,14 @@ fn lease_value(lab: &Lab, node: usize) -> String {
 fn vxlan_ipv6_only_mesh_in_flannels_format_survives_a_restart_and_an_ipv4_lease() {
     let mut lab = ipv6_only("c6o", 3, BackendKind::Vxlan);
     assert!(all_pods_reach_each_other_v6(&lab), "{}", lab.status());
+    // The hosts have no IPv4 address: weftd chose eth0 by its IPv6 address and reached etcd
+    // over IPv6.
+    assert_eq!(host_out(&lab, 1, &["ip", "-4", "addr", "show", "dev", "eth0"]), "");
+    assert!(
+        weftd_log(&lab, 1).contains("using the external interface iface=eth0 ip=2001:db8::1 public_ip=None"),
+        "{}",
+        weftd_log(&lab, 1)
+    );
 
     for node in 1..=3 {
         let key = lease_key(&lab, node);
@@ -48,7 +59,7 @@ fn vxlan_ipv6_only_mesh_in_flannels_format_survives_a_restart_and_an_ipv4_lease(
         assert_eq!(
             std::fs::read_to_string(subnet_file(&lab, node)).unwrap(),
             format!(
-                "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET={}\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
+                "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET={}\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n",
                 env.ipv6_subnet.unwrap()
             )
         );
@@ -66,6 +77,26 @@ fn vxlan_ipv6_only_mesh_in_flannels_format_survives_a_restart_and_an_ipv4_lease(
             .lines()
             .all(|l| !l.contains("flannel")),
         "no IPv4 overlay routes"
+    );
+
+    // Masquerade and forward rules for IPv6 only; pod egress leaves with the host's address.
+    let masq = "-A FLANNEL-POSTRTG -s fc00::/48 ! -d ff00::/8 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully";
+    let nat6 = || host_out(&lab, 1, &["ip6tables-save", "-t", "nat"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || nat6().contains(masq)),
+        "{}",
+        nat6()
+    );
+    assert!(host_out(&lab, 1, &["ip6tables-save", "-t", "filter"]).contains("-A FLANNEL-FWD -s fc00::/48"));
+    for table in ["nat", "filter"] {
+        let v4 = host_out(&lab, 1, &["iptables-save", "-t", table]);
+        assert!(!v4.contains("flanneld"), "no IPv4 rules in {table}: {v4}");
+    }
+    let seen = egress_source_to(&lab, lab.pod_ns(1).unwrap(), SocketAddr::from((INTERNET_IPV6, 7713)));
+    assert_eq!(
+        seen,
+        IpAddr::from(underlay_ipv6(1)),
+        "egress leaves with the host's address"
     );
 
     // An IPv4-only lease (a node configured for another network) claims nothing here: every

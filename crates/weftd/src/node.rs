@@ -1,4 +1,4 @@
-//! One node's life: interface, subnet manager, config, backend, lease, subnet.env, and the loop
+//! One node's life: subnet manager, config, interface, backend, lease, subnet.env, and the loop
 //! that keeps the kernel in line with the leases. The loop is generic over the subnet manager and
 //! holds the backend as a trait object, so it runs in unit tests against the in-memory store.
 
@@ -15,9 +15,9 @@ use weft_control::{LeaseKeeper, LeaseSnapshot, SubnetManager};
 use weft_core::peer_file;
 use weft_core::{LeaseAttrs, NetworkConfig, SubnetEnv};
 use weft_datapath::backend::{self, lease_changes, to_leases, Backend, Ipv6Underlay, Report, Setup};
-use weft_kernel::iface::{dual_stack_addresses, interface_ipv6, select_external_interface, IfaceSelection};
+use weft_kernel::iface::{dual_stack_addresses, interface_ipv6, select_external_interface_for, IfaceSelection};
 use weft_kernel::monitor::{self, KernelEvent};
-use weft_kernel::netlink::Netlink;
+use weft_kernel::netlink::{AddrFamily, Netlink};
 
 use crate::flags::Flags;
 use crate::http::HealthCheck;
@@ -27,17 +27,8 @@ use crate::subnet_file;
 
 pub async fn run(flags: Flags) -> anyhow::Result<()> {
     let nl = Netlink::new().context("opening the netlink socket")?;
-    let selection = IfaceSelection {
-        ifaces: flags.iface.clone(),
-        iface_regex: flags.iface_regex.clone(),
-        can_reach: flags.iface_can_reach,
-    };
-    let ext = select_external_interface(&nl, &selection)
-        .await
-        .context("choosing the external interface")?;
-    let public_ip: Ipv4Addr = flags.public_ip.unwrap_or(ext.ip);
-    tracing::info!(iface = %ext.name, ip = %ext.ip, %public_ip, mtu = ext.mtu, "using the external interface");
-
+    // Like flanneld, the config comes first: its address families say how the external
+    // interface is chosen (by IPv6 in an IPv6-only network, so the host needs no IPv4 address).
     let etcd = EtcdSubnetManager::connect_with_retry(EtcdOptions {
         renew_margin: Duration::from_secs(flags.subnet_lease_renew_margin * 60),
         // Often enough that /healthz notices a silent etcd within a second or two of the grace.
@@ -55,8 +46,30 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
         backend = cfg.backend.name(),
         "network config"
     );
-    // An IPv6-only network (EnableIPv4 false) has no PublicIP: the lease carries flannel's 0.0.0.0.
-    let public_ip = cfg.ipv4.map(|_| public_ip);
+
+    let selection = IfaceSelection {
+        ifaces: flags.iface.clone(),
+        iface_regex: flags.iface_regex.clone(),
+        can_reach: flags.iface_can_reach,
+    };
+    let family = match cfg.ipv4 {
+        Some(_) => AddrFamily::Ipv4,
+        None => AddrFamily::Ipv6,
+    };
+    let ext = select_external_interface_for(&nl, &selection, family)
+        .await
+        .context("choosing the external interface")?;
+    // An IPv6-only network has no PublicIP: the lease carries flannel's 0.0.0.0.
+    let public_ip = match cfg.ipv4 {
+        None => {
+            if let Some(ip) = flags.public_ip {
+                tracing::warn!(%ip, "--public-ip is ignored: the network config disables IPv4 (EnableIPv4 false)");
+            }
+            None
+        }
+        Some(_) => flags.public_ip.or(ext.ipv4()),
+    };
+    tracing::info!(iface = %ext.name, ip = %ext.ip, public_ip = ?public_ip, mtu = ext.mtu, "using the external interface");
 
     // Subscribed before the backend programs anything, so no change is missed.
     let ipv6 = match cfg.ipv6 {

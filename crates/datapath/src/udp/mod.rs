@@ -207,10 +207,12 @@ impl UdpBackend {
                 vnet_hdr: self.tuning.offload,
             },
         )?;
+        // udp runs only in IPv4 networks, whose external interface is chosen by an IPv4 address.
+        let bind_ip = self.ext.ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED);
         let mut sockets = Vec::with_capacity(n);
         for _ in 0..n {
-            let sock = socket::bind_udp(self.ext.ip, self.opts.port).map_err(|source| UdpError::Bind {
-                ip: self.ext.ip,
+            let sock = socket::bind_udp(bind_ip, self.opts.port).map_err(|source| UdpError::Bind {
+                ip: bind_ip,
                 port: self.opts.port,
                 source,
             })?;
@@ -493,7 +495,7 @@ mod tests {
         let ext = |mtu| ExternalInterface {
             name: "eth0".into(),
             index: 2,
-            ip: Ipv4Addr::new(198, 51, 100, 1),
+            ip: Ipv4Addr::new(198, 51, 100, 1).into(),
             mtu,
         };
         assert_eq!(device_mtu(&ext(1500)).unwrap(), 1472);

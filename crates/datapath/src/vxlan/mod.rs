@@ -839,7 +839,7 @@ mod tests {
         ExternalInterface {
             name: "eth0".into(),
             index: 2,
-            ip: Ipv4Addr::new(198, 51, 100, 1),
+            ip: Ipv4Addr::new(198, 51, 100, 1).into(),
             mtu,
         }
     }

@@ -15,20 +15,32 @@ use super::process;
 
 /// The switch's address on the underlay; etcd listens there.
 pub const ETCD_IP: &str = "198.51.100.254";
+/// The switch's IPv6 address on a dual-stack underlay; etcd listens there too, for hosts
+/// without IPv4 (IPv6-only labs).
+pub const ETCD_IPV6: &str = "2001:db8::fe";
 pub const ETCD_PORT: u16 = 2379;
 
 pub fn endpoint() -> String {
     format!("https://{ETCD_IP}:{ETCD_PORT}")
 }
 
-/// Starts etcd in `ns` with its data under `dir/etcd-data` and its log in `dir/etcd.log`.
-pub fn start(ns: &str, dir: &Path, certs: &CertPaths) -> Result<u32> {
+pub fn endpoint_v6() -> String {
+    format!("https://[{ETCD_IPV6}]:{ETCD_PORT}")
+}
+
+/// Starts etcd in `ns` with its data under `dir/etcd-data` and its log in `dir/etcd.log`; with
+/// `ipv6` it also listens at [`endpoint_v6`].
+pub fn start(ns: &str, dir: &Path, certs: &CertPaths, ipv6: bool) -> Result<u32> {
     let data_dir = dir.join("etcd-data");
     let path = |p: &Path| p.display().to_string();
+    let mut listen = format!("{},https://127.0.0.1:{ETCD_PORT}", endpoint());
+    if ipv6 {
+        listen.push_str(&format!(",{}", endpoint_v6()));
+    }
     let args = vec![
         "--name=lab".to_string(),
         format!("--data-dir={}", path(&data_dir)),
-        format!("--listen-client-urls={},https://127.0.0.1:{ETCD_PORT}", endpoint()),
+        format!("--listen-client-urls={listen}"),
         format!("--advertise-client-urls={}", endpoint()),
         "--listen-peer-urls=http://127.0.0.1:2380".to_string(),
         "--initial-advertise-peer-urls=http://127.0.0.1:2380".to_string(),

@@ -100,8 +100,8 @@ pub struct LabSpec {
     /// Dual stack: IPv6 underlay addresses (2001:db8::/64), `EnableIPv6` with [`LAB_IPV6_NETWORK`]
     /// in the config, and pods with an address of each family.
     pub dual_stack: bool,
-    /// With `dual_stack`: `EnableIPv4` false, so pods have IPv6 addresses only (the underlay
-    /// keeps its IPv4 addresses, which etcd is reached at).
+    /// With `dual_stack`: `EnableIPv4` false, so pods have IPv6 addresses only, and so have the
+    /// hosts (they reach etcd at the switch's IPv6 address).
     pub ipv6_only: bool,
 }
 
@@ -327,8 +327,8 @@ impl Lab {
             keep: false,
         };
         topology::create_switch(&switch, spec.dual_stack)?;
-        lab.state.etcd.certs = certs::generate(&dir, &[&SWITCH_IP.to_string(), "127.0.0.1"])?;
-        lab.state.etcd_pid = etcd::start(&switch, &dir, &lab.state.etcd.certs)?;
+        lab.state.etcd.certs = certs::generate(&dir, &[&SWITCH_IP.to_string(), etcd::ETCD_IPV6, "127.0.0.1"])?;
+        lab.state.etcd_pid = etcd::start(&switch, &dir, &lab.state.etcd.certs, spec.dual_stack)?;
         lab.save()?;
         lab.state
             .etcd
@@ -704,13 +704,22 @@ impl Lab {
             weftd_log: host_dir.join("weftd.log"),
             pod: None,
         });
-        topology::create_host(&self.state.switch_ns, &ns, node, self.state.dual_stack)
+        let families = topology::Families {
+            ipv4: !self.state.ipv6_only,
+            ipv6: self.state.dual_stack,
+        };
+        topology::create_host(&self.state.switch_ns, &ns, node, families)
     }
 
     fn weftd_args(&self, host: &HostState) -> Vec<String> {
         let certs = &self.state.etcd.certs;
+        // IPv6-only hosts have no IPv4 address: they reach etcd over IPv6.
+        let endpoint = match self.state.ipv6_only {
+            true => etcd::endpoint_v6(),
+            false => self.state.etcd.endpoint.clone(),
+        };
         let mut args = vec![
-            format!("--etcd-endpoints={}", self.state.etcd.endpoint),
+            format!("--etcd-endpoints={endpoint}"),
             format!("--etcd-cafile={}", certs.ca.display()),
             format!("--etcd-certfile={}", certs.client_cert.display()),
             format!("--etcd-keyfile={}", certs.client_key.display()),

@@ -13,7 +13,8 @@ use super::{ping_once, process, read_subnet_env, Lab, PodState, SUBNETS_PREFIX};
 pub struct HostStatus {
     pub node: usize,
     pub ns: String,
-    pub underlay_ip: Ipv4Addr,
+    /// The host's underlay address (IPv6 in an IPv6-only lab).
+    pub underlay_ip: IpAddr,
     pub weftd_pid: Option<u32>,
     pub weftd_alive: bool,
     /// FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET from the host's subnet.env, if it exists.
@@ -96,7 +97,10 @@ pub fn collect(lab: &Lab) -> LabStatus {
         .map(|h| HostStatus {
             node: h.node,
             ns: h.ns.clone(),
-            underlay_ip: h.underlay_ip,
+            underlay_ip: match state.ipv6_only {
+                true => super::topology::underlay_ipv6(h.node).into(),
+                false => h.underlay_ip.into(),
+            },
             weftd_pid: h.weftd_pid,
             weftd_alive: h.weftd_pid.is_some_and(process::alive),
             subnet: read_subnet_env(&h.subnet_file).ok().map(|env| env_subnets(&env)),
@@ -156,10 +160,15 @@ impl fmt::Display for LabStatus {
                 None => "stopped".to_string(),
             };
             let subnet = h.subnet.as_deref().unwrap_or("-");
-            let mut pod = h.pod_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into());
-            if let Some(ip6) = h.pod_ip6 {
-                pod.push_str(&format!(" {ip6}"));
-            }
+            let addrs: Vec<String> = (h.pod_ip.map(IpAddr::from).into_iter())
+                .chain(h.pod_ip6.map(IpAddr::from))
+                .map(|ip| ip.to_string())
+                .collect();
+            let pod = if addrs.is_empty() {
+                "-".to_string()
+            } else {
+                addrs.join(" ")
+            };
             writeln!(
                 f,
                 "h{:<4} {:<20} {:<15} {:<16} {:<18} {pod}",

@@ -119,14 +119,23 @@ pub fn create_switch(ns: &str, dual_stack: bool) -> Result<()> {
     sysctl(ns, "net/ipv4/ip_forward", "1")
 }
 
-pub fn create_host(switch: &str, ns: &str, node: usize, dual_stack: bool) -> Result<()> {
+/// The address families a lab host's underlay has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    pub ipv4: bool,
+    pub ipv6: bool,
+}
+
+pub fn create_host(switch: &str, ns: &str, node: usize, families: Families) -> Result<()> {
     lab_netns(ns)?;
     let port = format!("h{node}");
     veth_pair(switch, &port, ns, "eth0", UNDERLAY_MTU)?;
     set_master(switch, &port, "br0")?;
-    add_address(ns, "eth0", net(underlay_ip(node), UNDERLAY_PREFIX_LEN))?;
-    default_route(ns, SWITCH_IP.into())?;
-    if dual_stack {
+    if families.ipv4 {
+        add_address(ns, "eth0", net(underlay_ip(node), UNDERLAY_PREFIX_LEN))?;
+        default_route(ns, SWITCH_IP.into())?;
+    }
+    if families.ipv6 {
         add_address(ns, "eth0", net6(underlay_ipv6(node), UNDERLAY_V6_PREFIX_LEN))?;
         default_route(ns, SWITCH_IPV6.into())?;
         sysctl(ns, "net/ipv6/conf/all/forwarding", "1")?;
