@@ -437,8 +437,15 @@ fn claims(lease: &Lease, vtep_macs: Vec<[u8; 6]>) -> Vec<Claim> {
     claims.extend(lease.attrs.public_ipv6.map(Claim::PublicIpv6));
     claims.extend(vtep_macs.into_iter().map(Claim::VtepMac));
     if lease.attrs.backend_type == "wireguard" {
-        let key = crate::wireguard::WireguardLeaseData::parse(&lease.attrs.backend_data).ok();
-        claims.extend(key.map(|d| Claim::PublicKey(d.public_key)));
+        // flannel publishes one key in both (its two devices share the key file).
+        for data in [&lease.attrs.backend_data, &lease.attrs.backend_v6_data] {
+            let key = crate::wireguard::WireguardLeaseData::parse(data).ok();
+            if let Some(claim) = key.map(|d| Claim::PublicKey(d.public_key)) {
+                if !claims.contains(&claim) {
+                    claims.push(claim);
+                }
+            }
+        }
     }
     claims
 }
@@ -501,9 +508,19 @@ fn check(cfg: &NetworkConfig, lease: &Lease) -> Result<Vec<[u8; 6]>, Refusal> {
             Ok(macs)
         }
         BackendKind::HostGw | BackendKind::Udp => Ok(Vec::new()),
-        BackendKind::Wireguard => crate::wireguard::WireguardLeaseData::parse(&lease.attrs.backend_data)
-            .map(|_| Vec::new())
-            .map_err(Refusal::BadBackendData),
+        BackendKind::Wireguard => {
+            let parse = crate::wireguard::WireguardLeaseData::parse;
+            if v4.is_some() {
+                parse(&lease.attrs.backend_data).map_err(Refusal::BadBackendData)?;
+            }
+            // Every Mode reaches the IPv6 side with BackendV6Data's key (flannel's single
+            // device takes it from there too).
+            if v6.is_some() {
+                parse(&lease.attrs.backend_v6_data)
+                    .map_err(|e| Refusal::BadBackendV6Data(format!("BackendV6Data {e}")))?;
+            }
+            Ok(Vec::new())
+        }
     }
 }
 
@@ -968,6 +985,57 @@ mod tests {
             assert_eq!(r.label(), "bad_backend_data", "{name}: {r}");
         }
         assert!(refusal_of(&a, "10.42.3.0-24").to_string().contains("PublicKey"));
+    }
+
+    #[test]
+    fn wireguard_ipv6_sides_need_a_backend_v6_data_public_key() {
+        let dual = cfg(
+            r#"{"Network":"10.42.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"wireguard"}}"#,
+        );
+        let v6_only =
+            cfg(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"wireguard"}}"#);
+        let (k1, k2) = (
+            "YFd2oJ3FwJb9/0wIxwd1o4pq6Yb9KZpLD1TB/eVrKFY=",
+            "uFmW/sycfx/G0lcqdu2hHVm80gvo5UOxXOS9hajnWjM=",
+        );
+        let lease = |ip: &str, ip6: &str, data: &str, data6: &str| {
+            format!(
+                r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"wireguard","BackendData":{data},"BackendV6Data":{data6}}}"#
+            )
+        };
+        let key = |k: &str| format!(r#"{{"PublicKey":"{k}"}}"#);
+        let records = vec![
+            rec(
+                "10.42.1.0-24&fc00:0:0:1::-64",
+                1,
+                &lease("198.51.100.1", "2001:db8::1", &key(k1), &key(k1)),
+            ),
+            rec(
+                "10.42.2.0-24&fc00:0:0:2::-64",
+                2,
+                &lease("198.51.100.2", "2001:db8::2", &key(k2), "null"),
+            ),
+            rec(
+                "10.42.3.0-24&fc00:0:0:3::-64",
+                3,
+                &lease("198.51.100.3", "2001:db8::3", &key(k2), r#"{"PublicKey":"x"}"#),
+            ),
+            rec(
+                "0.0.0.0-0&fc00:0:0:4::-64",
+                4,
+                &lease("0.0.0.0", "2001:db8::4", "null", &key(k2)),
+            ),
+        ];
+        let a = admit(&dual, &records);
+        assert_eq!(names(&a), ["0.0.0.0-0&fc00:0:0:4::-64", "10.42.1.0-24&fc00:0:0:1::-64"]);
+        for name in ["10.42.2.0-24&fc00:0:0:2::-64", "10.42.3.0-24&fc00:0:0:3::-64"] {
+            let r = refusal_of(&a, name);
+            assert_eq!(r.label(), "bad_backend_data", "{name}: {r}");
+            assert!(r.to_string().starts_with("BackendV6Data"), "{r}");
+        }
+        // IPv6-only: BackendData is not looked at; one key in both is one claim.
+        let a = admit(&v6_only, [&records[0], &records[3]]);
+        assert_eq!(names(&a), ["0.0.0.0-0&fc00:0:0:4::-64", "10.42.1.0-24&fc00:0:0:1::-64"]);
     }
 
     #[test]

@@ -403,9 +403,8 @@ impl NetworkConfig {
             }
         };
         let backend = backend_kind(be)?;
-        // udp (as flannel's) and weft's user-space wireguard (so far) carry IPv4 only.
-        // (With IPv6 off, IPv4 is on: NoFamily above.)
-        if matches!(backend, BackendKind::Udp | BackendKind::Wireguard) && ipv6.is_some() {
+        // udp carries IPv4 only, as flannel's. (With IPv6 off, IPv4 is on: NoFamily above.)
+        if backend == BackendKind::Udp && ipv6.is_some() {
             return Err(ConfigError::Ipv6Unsupported(backend.name()));
         }
         let vxlan = VxlanOptions {
@@ -428,7 +427,11 @@ impl NetworkConfig {
             vxlan,
             udp,
             wireguard: match backend {
-                BackendKind::Wireguard => crate::wireguard::WireguardOptions::parse(be)?,
+                BackendKind::Wireguard => {
+                    let opts = crate::wireguard::WireguardOptions::parse(be)?;
+                    opts.check_families(ipv4.is_some(), ipv6.is_some())?;
+                    opts
+                }
                 _ => Default::default(),
             },
             backend_raw,
@@ -445,8 +448,8 @@ impl NetworkConfig {
         self.ipv6.map(|p| p.network)
     }
 
-    /// The IPv4 pool of a backend that carries IPv4 only (udp, wireguard), which `parse` has
-    /// made sure is there.
+    /// The IPv4 pool of a backend that carries IPv4 only (udp), which `parse` has made sure is
+    /// there.
     pub fn ipv4_pool(&self) -> Result<Ipv4Pool, ConfigError> {
         self.ipv4.ok_or(ConfigError::Ipv4Required(self.backend.name()))
     }
@@ -654,14 +657,42 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ignored.network(), None, "Network is ignored when EnableIPv4 is false");
-        for backend in ["udp", "wireguard"] {
-            let e = parse(&format!(r#"{{"EnableIPv4":false,"Backend":{{"Type":"{backend}"}}}}"#)).unwrap_err();
-            assert_eq!(e, ConfigError::NoFamily);
-            let e = parse(&format!(
-                r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"{backend}"}}}}"#
-            ))
+        let e = parse(r#"{"EnableIPv4":false,"Backend":{"Type":"udp"}}"#).unwrap_err();
+        assert_eq!(e, ConfigError::NoFamily);
+        let e = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"udp"}}"#)
             .unwrap_err();
-            assert!(matches!(e, ConfigError::Ipv6Unsupported(_)), "{e}");
+        assert!(matches!(e, ConfigError::Ipv6Unsupported(_)), "{e}");
+    }
+
+    #[test]
+    fn wireguard_takes_every_family_and_refuses_a_mode_without_its_underlay() {
+        use crate::wireguard::WireguardMode;
+        let wg = |families: &str, backend: &str| {
+            parse(&format!(
+                r#"{{{families}"IPv6Network":"fc00::/48","Backend":{{"Type":"wireguard"{backend}}}}}"#
+            ))
+        };
+        let dual = wg(r#""Network":"10.5.0.0/16","EnableIPv6":true,"#, "").unwrap();
+        assert_eq!(dual.wireguard.mode, WireguardMode::Separate);
+        assert!(dual.ipv4.is_some() && dual.ipv6.is_some());
+        let v6_only = wg(r#""EnableIPv4":false,"EnableIPv6":true,"#, "").unwrap();
+        assert_eq!(
+            (v6_only.ipv4, v6_only.ipv6_network()),
+            (None, Some("fc00::/48".parse().unwrap()))
+        );
+        for mode in ["auto", "ipv4", "ipv6"] {
+            wg(
+                r#""Network":"10.5.0.0/16","EnableIPv6":true,"#,
+                &format!(r#","Mode":"{mode}""#),
+            )
+            .unwrap();
+        }
+        for (families, mode) in [
+            (r#""Network":"10.5.0.0/16","#, "ipv6"),
+            (r#""EnableIPv4":false,"EnableIPv6":true,"#, "ipv4"),
+        ] {
+            let e = wg(families, &format!(r#","Mode":"{mode}""#)).unwrap_err();
+            assert!(e.to_string().starts_with("Backend.Mode"), "{e}");
         }
     }
 }

@@ -47,7 +47,7 @@ pub enum ConfigError {
     },
     #[error("EnableIPv4 and EnableIPv6 are both false: enable at least one (EnableIPv4 with Network, or EnableIPv6 with IPv6Network)")]
     NoFamily,
-    #[error("the {0} backend carries IPv4 only and EnableIPv4 is false: set EnableIPv4 to true with a Network, or use vxlan or host-gw for an IPv6-only cluster")]
+    #[error("the {0} backend carries IPv4 only and EnableIPv4 is false: set EnableIPv4 to true with a Network, or use vxlan, host-gw or wireguard for an IPv6-only cluster")]
     Ipv4Required(&'static str),
     #[error("EnableIPv6 is true but IPv6Network is missing: set it to the cluster's IPv6 CIDR, e.g. \"IPv6Network\":\"fc00::/48\"")]
     MissingIpv6Network,
@@ -57,7 +57,7 @@ pub enum ConfigError {
     Ipv6SubnetLenTooLong(u8),
     #[error("IPv6SubnetLen {len} leaves fewer than four subnets in IPv6Network {network}: use at least {min}")]
     Ipv6SubnetLenTooShort { len: u8, network: Ipv6Net, min: u8 },
-    #[error("EnableIPv6 is true but Backend.Type {0:?} carries IPv4 only ({why}): use \"vxlan\" or \"host-gw\" for dual stack, or set EnableIPv6 to false", why = ipv4_only_because(.0))]
+    #[error("EnableIPv6 is true but Backend.Type {0:?} carries IPv4 only ({why}): use \"vxlan\", \"host-gw\" or \"wireguard\" for dual stack, or set EnableIPv6 to false", why = ipv4_only_because(.0))]
     Ipv6Unsupported(&'static str),
     #[error("Backend.Type {0:?} is not a backend weft knows: use \"vxlan\", \"host-gw\" or \"udp\"")]
     UnknownBackend(String),
@@ -71,6 +71,6 @@ pub enum ConfigError {
 fn ipv4_only_because(backend: &str) -> &'static str {
     match backend {
         "udp" => "as flannel's",
-        _ => "weft's does not do IPv6 yet",
+        _ => "weft's does not do IPv6",
     }
 }

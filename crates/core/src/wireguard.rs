@@ -2,6 +2,8 @@
 //! lease's BackendData `{"PublicKey":"<base64>"}` and WireGuard's base64 key format. Pure: the
 //! key file and the device live in weft-datapath.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{Map, Value};
@@ -13,6 +15,10 @@ pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 pub const DEFAULT_LISTEN_PORT_V6: u16 = 51821;
 /// What flannel subtracts from the interface MTU for WireGuard (IPv4 and IPv6 alike).
 pub const MTU_OVERHEAD: u32 = 80;
+
+/// flannel's device names: the IPv4 (or only) device, and Mode separate's IPv6 device.
+pub const DEVICE_V4: &str = "flannel-wg";
+pub const DEVICE_V6: &str = "flannel-wg-v6";
 
 /// A Curve25519 key or a preshared key: 32 bytes, written as 44 characters of base64.
 pub type Key = [u8; 32];
@@ -64,6 +70,66 @@ impl std::fmt::Debug for WireguardOptions {
             .field("mode", &self.mode)
             .field("mtu", &self.mtu)
             .finish()
+    }
+}
+
+/// The underlay family a device reaches its peers over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointFamily {
+    /// PublicIP.
+    Ipv4,
+    /// PublicIPv6.
+    Ipv6,
+    /// Mode auto: per peer, by [`auto_endpoint`].
+    Auto,
+}
+
+/// One WireGuard device: its name, its UDP port, the pod families it carries and how its
+/// peers' endpoints are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevicePlan {
+    pub name: &'static str,
+    pub listen_port: u16,
+    pub ipv4: bool,
+    pub ipv6: bool,
+    pub endpoints: EndpointFamily,
+}
+
+impl DevicePlan {
+    /// The address a peer with these public addresses is reached at (None: it has none of the
+    /// device's family). `local_v4`/`local_v6`: this node's underlay addresses.
+    pub fn endpoint(
+        &self,
+        remote_v4: Option<Ipv4Addr>,
+        remote_v6: Option<Ipv6Addr>,
+        local_v4: Option<Ipv4Addr>,
+        local_v6: Option<Ipv6Addr>,
+    ) -> Option<IpAddr> {
+        match self.endpoints {
+            EndpointFamily::Ipv4 => remote_v4.map(IpAddr::V4),
+            EndpointFamily::Ipv6 => remote_v6.map(IpAddr::V6),
+            EndpointFamily::Auto => auto_endpoint(remote_v4, remote_v6, local_v4.is_some(), local_v6),
+        }
+    }
+}
+
+/// flannel's Mode auto (`selectPublicEndpoint`): a peer with one public address is reached at
+/// it; with both, at its IPv4 address when that is not private (RFC 1918) and we have IPv4,
+/// else at its IPv6 address when neither it nor ours is private (RFC 4193, fc00::/7), else at
+/// its IPv4 address.
+pub fn auto_endpoint(
+    remote_v4: Option<Ipv4Addr>,
+    remote_v6: Option<Ipv6Addr>,
+    local_v4: bool,
+    local_v6: Option<Ipv6Addr>,
+) -> Option<IpAddr> {
+    let ula = |ip: &Ipv6Addr| ip.octets()[0] & 0xfe == 0xfc;
+    match (remote_v4, remote_v6) {
+        (None, v6) => v6.map(IpAddr::V6),
+        (Some(v4), None) => Some(IpAddr::V4(v4)),
+        (Some(v4), Some(_)) if !v4.is_private() && local_v4 => Some(IpAddr::V4(v4)),
+        (Some(_), Some(v6)) if !ula(&v6) && local_v6.is_some_and(|l| !ula(&l)) => Some(IpAddr::V6(v6)),
+        (Some(v4), Some(_)) => Some(IpAddr::V4(v4)),
     }
 }
 
@@ -167,6 +233,62 @@ impl WireguardOptions {
             mode,
             mtu,
         })
+    }
+
+    /// Refuses a Mode whose underlay family the network does not enable: `ipv6` reaches peers
+    /// at their PublicIPv6, which flannel publishes only with EnableIPv6; `ipv4` at their
+    /// PublicIP, which an IPv6-only (EnableIPv4 false) network has not.
+    pub fn check_families(&self, ipv4: bool, ipv6: bool) -> Result<(), ConfigError> {
+        let expected = match self.mode {
+            WireguardMode::Ipv6 if !ipv6 => {
+                "\"separate\", \"auto\" or \"ipv4\" when EnableIPv6 is false (Mode \"ipv6\" reaches peers at their PublicIPv6, which needs EnableIPv6 and IPv6Network)"
+            }
+            WireguardMode::Ipv4 if !ipv4 => {
+                "\"separate\", \"auto\" or \"ipv6\" when EnableIPv4 is false (Mode \"ipv4\" reaches peers at their PublicIP, which an IPv6-only network has not)"
+            }
+            _ => return Ok(()),
+        };
+        Err(ConfigError::BadValue {
+            key: "Backend.Mode",
+            value: format!("{:?}", self.mode.name()),
+            expected,
+        })
+    }
+
+    /// The WireGuard devices of a network enabling `ipv4` and/or `ipv6`, as flannel v0.20.0 lays
+    /// them out: Mode separate makes one device per family (`flannel-wg` on ListenPort for
+    /// IPv4, `flannel-wg-v6` on ListenPortV6 for IPv6, each reaching peers over its own
+    /// family); the other modes make one `flannel-wg` on ListenPort carrying both families.
+    pub fn devices(&self, ipv4: bool, ipv6: bool) -> Vec<DevicePlan> {
+        let endpoints = match self.mode {
+            WireguardMode::Separate => {
+                let v4 = DevicePlan {
+                    name: DEVICE_V4,
+                    listen_port: self.listen_port,
+                    ipv4: true,
+                    ipv6: false,
+                    endpoints: EndpointFamily::Ipv4,
+                };
+                let v6 = DevicePlan {
+                    name: DEVICE_V6,
+                    listen_port: self.listen_port_v6,
+                    ipv4: false,
+                    ipv6: true,
+                    endpoints: EndpointFamily::Ipv6,
+                };
+                return [ipv4.then_some(v4), ipv6.then_some(v6)].into_iter().flatten().collect();
+            }
+            WireguardMode::Auto => EndpointFamily::Auto,
+            WireguardMode::Ipv4 => EndpointFamily::Ipv4,
+            WireguardMode::Ipv6 => EndpointFamily::Ipv6,
+        };
+        vec![DevicePlan {
+            name: DEVICE_V4,
+            listen_port: self.listen_port,
+            ipv4,
+            ipv6,
+            endpoints,
+        }]
     }
 
     /// The device MTU (and FLANNEL_MTU) for an interface of `iface_mtu`.
@@ -281,6 +403,75 @@ mod tests {
             let e = parse(json).unwrap_err();
             assert!(e.to_string().starts_with(key), "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn devices_per_mode_as_flannel() {
+        let o = parse(r#"{"ListenPort":5000,"ListenPortV6":5001}"#).unwrap();
+        let names = |d: &[DevicePlan]| {
+            d.iter()
+                .map(|d| (d.name, d.listen_port, d.ipv4, d.ipv6))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&o.devices(true, true)),
+            [("flannel-wg", 5000, true, false), ("flannel-wg-v6", 5001, false, true)]
+        );
+        assert_eq!(names(&o.devices(false, true)), [("flannel-wg-v6", 5001, false, true)]);
+        assert_eq!(names(&o.devices(true, false)), [("flannel-wg", 5000, true, false)]);
+        for (mode, family) in [
+            ("auto", EndpointFamily::Auto),
+            ("ipv4", EndpointFamily::Ipv4),
+            ("ipv6", EndpointFamily::Ipv6),
+        ] {
+            let o = parse(&format!(r#"{{"Mode":"{mode}","ListenPortV6":5001}}"#)).unwrap();
+            let d = o.devices(true, true);
+            assert_eq!(names(&d), [("flannel-wg", 51820, true, true)], "{mode}");
+            assert_eq!(d[0].endpoints, family);
+        }
+        assert!(parse(r#"{"Mode":"ipv6"}"#)
+            .unwrap()
+            .check_families(true, false)
+            .is_err());
+        assert!(parse(r#"{"Mode":"ipv4"}"#)
+            .unwrap()
+            .check_families(false, true)
+            .is_err());
+        assert!(parse(r#"{"Mode":"auto"}"#).unwrap().check_families(false, true).is_ok());
+    }
+
+    #[test]
+    fn auto_mode_picks_the_endpoint_as_flannel() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let v4 = |s: &str| Some(s.parse::<Ipv4Addr>().unwrap());
+        let v6 = |s: &str| Some(s.parse::<Ipv6Addr>().unwrap());
+        let g = v6("2001:db8::2");
+        // One address: that one.
+        assert_eq!(auto_endpoint(v4("10.0.0.2"), None, true, g), Some(ip("10.0.0.2")));
+        assert_eq!(
+            auto_endpoint(None, v6("2001:db8::3"), false, g),
+            Some(ip("2001:db8::3"))
+        );
+        // A public IPv4 address wins when we have IPv4.
+        assert_eq!(
+            auto_endpoint(v4("198.51.100.3"), v6("2001:db8::3"), true, g),
+            Some(ip("198.51.100.3"))
+        );
+        // A private one gives way to global IPv6 on both sides...
+        assert_eq!(
+            auto_endpoint(v4("10.0.0.3"), v6("2001:db8::3"), true, g),
+            Some(ip("2001:db8::3"))
+        );
+        // ...but not to ULAs: then IPv4.
+        assert_eq!(
+            auto_endpoint(v4("10.0.0.3"), v6("fd00::3"), true, g),
+            Some(ip("10.0.0.3"))
+        );
+        assert_eq!(
+            auto_endpoint(v4("10.0.0.3"), v6("2001:db8::3"), true, v6("fd00::2")),
+            Some(ip("10.0.0.3"))
+        );
+        assert_eq!(auto_endpoint(None, None, true, g), None);
     }
 
     #[test]

@@ -233,7 +233,7 @@ pub async fn start(setup: Setup) -> Result<Box<dyn Backend>, BackendError> {
     }
     let hostgw_v6 = vxlan_v6.map(|side| (side.network, side.public));
     let ipv4 = public_ip.zip(config.network());
-    // udp and wireguard carry IPv4 only; NetworkConfig::parse refuses them without IPv4.
+    // udp carries IPv4 only; NetworkConfig::parse refuses it without IPv4.
     let ipv4_only =
         || ipv4.ok_or_else(|| BackendError::new(weft_core::ConfigError::Ipv4Required(config.backend.name())));
     Ok(match config.backend {
@@ -256,8 +256,11 @@ pub async fn start(setup: Setup) -> Result<Box<dyn Backend>, BackendError> {
             )
         }
         BackendKind::Wireguard => {
-            let (public_ip, _) = ipv4_only()?;
-            Box::new(WireguardBackend::start(nl, ext, public_ip, config).await?)
+            let underlay = crate::wireguard::Underlay {
+                ipv4: public_ip.filter(|_| config.ipv4.is_some()),
+                ipv6: ipv6.filter(|_| config.ipv6.is_some()).map(|u| u.public),
+            };
+            Box::new(WireguardBackend::start(nl, ext, underlay, config).await?)
         }
     })
 }

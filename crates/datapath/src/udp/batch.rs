@@ -6,8 +6,10 @@
 use std::io;
 use std::marker::PhantomData;
 use std::mem::{size_of, zeroed};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::RawFd;
+
+use super::socket::SockAddr;
 
 /// Packets per batch (one recvmmsg or sendmmsg).
 pub(crate) const BATCH: usize = 64;
@@ -25,7 +27,7 @@ fn boxed<T>(n: usize) -> Box<[T]> {
 pub(crate) struct RecvBatch {
     bufs: Vec<Box<[u8]>>,
     iovs: Box<[libc::iovec]>,
-    names: Box<[libc::sockaddr_in]>,
+    names: Box<[libc::sockaddr_in6]>,
     cmsgs: Box<[Cmsg]>,
     msgs: Box<[libc::mmsghdr]>,
     control: bool,
@@ -40,7 +42,7 @@ unsafe impl Send for RecvBatch {}
 /// One received message: the datagram (with UDP_GRO, several back to back) and its sender.
 pub(crate) struct Received<'a> {
     pub data: &'a mut [u8],
-    pub from: Ipv4Addr,
+    pub from: IpAddr,
     /// Longer than the buffer: cut short by the kernel.
     pub truncated: bool,
     /// With UDP_GRO: the size of each coalesced datagram (the last may be shorter).
@@ -64,7 +66,7 @@ impl RecvBatch {
                 iov_len: buf_len,
             };
             let h = &mut b.msgs[i].msg_hdr;
-            h.msg_name = (&mut b.names[i] as *mut libc::sockaddr_in).cast();
+            h.msg_name = (&mut b.names[i] as *mut libc::sockaddr_in6).cast();
             h.msg_iov = &mut b.iovs[i];
             h.msg_iovlen = 1;
             if control {
@@ -77,7 +79,7 @@ impl RecvBatch {
     /// Receives up to `BATCH` datagrams without blocking; 0 when there is none.
     pub fn recv(&mut self, fd: RawFd) -> usize {
         for m in &mut self.msgs[..self.filled] {
-            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
             m.msg_hdr.msg_controllen = if self.control { CMSG_ROOM as _ } else { 0 };
             m.msg_hdr.msg_flags = 0;
         }
@@ -97,12 +99,8 @@ impl RecvBatch {
     }
 
     /// The sender (address and port) of message `i` of the last [`recv`](Self::recv).
-    pub fn source(&self, i: usize) -> std::net::SocketAddrV4 {
-        let sa = &self.names[i];
-        std::net::SocketAddrV4::new(
-            Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
-            u16::from_be(sa.sin_port),
-        )
+    pub fn source(&self, i: usize) -> SockAddr {
+        SockAddr::from_raw(self.names[i], self.msgs[i].msg_hdr.msg_namelen)
     }
 
     /// Message `i` of the last [`recv`](Self::recv).
@@ -126,7 +124,7 @@ impl RecvBatch {
             }
         }
         Received {
-            from: Ipv4Addr::from(u32::from_be(self.names[i].sin_addr.s_addr)),
+            from: self.source(i).socket_addr().ip(),
             truncated: h.msg_flags & libc::MSG_TRUNC != 0,
             segment,
             data: &mut self.bufs[i][..len],
@@ -137,7 +135,7 @@ impl RecvBatch {
 /// The send side's arrays; [`SendBatch::fill`] borrows them for one sendmmsg.
 pub(crate) struct SendBatch {
     iovs: Box<[libc::iovec]>,
-    addrs: Box<[libc::sockaddr_in]>,
+    addrs: Box<[SockAddr]>,
     cmsgs: Box<[Cmsg]>,
     msgs: Box<[libc::mmsghdr]>,
 }
@@ -150,7 +148,7 @@ impl Default for SendBatch {
     fn default() -> Self {
         SendBatch {
             iovs: boxed(BATCH),
-            addrs: boxed(BATCH),
+            addrs: vec![SockAddr::v4(std::net::Ipv4Addr::UNSPECIFIED, 0); BATCH].into_boxed_slice(),
             cmsgs: boxed(BATCH),
             msgs: boxed(BATCH),
         }
@@ -178,7 +176,7 @@ impl SendBatch {
 impl<'d> Filling<'_, 'd> {
     /// Queues `data` for `to`; with `segment`, the kernel cuts it into datagrams of that size
     /// (UDP_SEGMENT). At most `BATCH` per batch.
-    pub fn push(&mut self, to: libc::sockaddr_in, data: &'d [u8], segment: Option<u16>) {
+    pub fn push(&mut self, to: SockAddr, data: &'d [u8], segment: Option<u16>) {
         let i = self.len;
         assert!(i < BATCH, "a send batch holds at most {BATCH} messages");
         let b = &mut *self.batch;
@@ -188,8 +186,8 @@ impl<'d> Filling<'_, 'd> {
             iov_len: data.len(),
         };
         let h = &mut b.msgs[i].msg_hdr;
-        h.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_in).cast();
-        h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_name = b.addrs[i].as_ptr().cast_mut().cast();
+        h.msg_namelen = b.addrs[i].len();
         h.msg_iov = &mut b.iovs[i];
         h.msg_iovlen = 1;
         h.msg_flags = 0;

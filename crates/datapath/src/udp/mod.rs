@@ -211,7 +211,7 @@ impl UdpBackend {
         let bind_ip = self.ext.ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED);
         let mut sockets = Vec::with_capacity(n);
         for _ in 0..n {
-            let sock = socket::bind_udp(bind_ip, self.opts.port).map_err(|source| UdpError::Bind {
+            let sock = socket::bind_udp(bind_ip.into(), self.opts.port, false).map_err(|source| UdpError::Bind {
                 ip: bind_ip,
                 port: self.opts.port,
                 source,

@@ -1,10 +1,10 @@
 //! The UDP sockets of the udp backend: one per worker, all bound to the same address and port
-//! with SO_REUSEPORT, with large buffers; and the batched send/receive calls.
+//! with SO_REUSEPORT, with large buffers; and the socket addresses of either family they take.
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Socket buffer size asked for (SO_*BUFFORCE as root, else capped by net.core.*mem_max).
 const SOCKET_BUFFER: libc::c_int = 8 << 20;
@@ -26,25 +26,123 @@ fn setsockopt_int(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: li
     Ok(())
 }
 
-pub(crate) fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
-    let mut sa: libc::sockaddr_in = unsafe { zeroed() };
-    sa.sin_family = libc::AF_INET as libc::sa_family_t;
-    sa.sin_port = port.to_be();
-    sa.sin_addr.s_addr = u32::from(ip).to_be();
-    sa
+/// A socket address as the kernel takes it: IPv4 (a `sockaddr_in` in the first bytes) or IPv6,
+/// with its length. On an IPv6 socket an IPv4 peer is written as `::ffff:a.b.c.d`.
+#[derive(Clone, Copy)]
+pub(crate) struct SockAddr {
+    storage: libc::sockaddr_in6,
+    len: libc::socklen_t,
 }
 
-/// Opens a UDP socket bound to `ip:port` with SO_REUSEPORT, so every worker can own one.
-pub(crate) fn bind_udp(ip: Ipv4Addr, port: u16) -> io::Result<OwnedFd> {
+impl SockAddr {
+    pub fn v4(ip: Ipv4Addr, port: u16) -> Self {
+        // SAFETY: sockaddr_in6 is plain data; all-zero is a valid value.
+        let mut storage: libc::sockaddr_in6 = unsafe { zeroed() };
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: a sockaddr_in (16 bytes, align 4) fits in a sockaddr_in6 (28 bytes, align 4).
+        unsafe {
+            std::ptr::write(
+                (&mut storage as *mut libc::sockaddr_in6).cast::<libc::sockaddr_in>(),
+                sa,
+            )
+        };
+        SockAddr {
+            storage,
+            len: size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        }
+    }
+
+    pub fn v6(ip: Ipv6Addr, port: u16) -> Self {
+        // SAFETY: sockaddr_in6 is plain data; all-zero is a valid value.
+        let mut storage: libc::sockaddr_in6 = unsafe { zeroed() };
+        storage.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        storage.sin6_port = port.to_be();
+        storage.sin6_addr.s6_addr = ip.octets();
+        SockAddr {
+            storage,
+            len: size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        }
+    }
+
+    /// `to` as a socket of the given family takes it (an IPv4 address on an IPv6 socket mapped).
+    pub fn for_socket(to: SocketAddr, ipv6_socket: bool) -> Self {
+        match to {
+            SocketAddr::V4(a) if ipv6_socket => SockAddr::v6(a.ip().to_ipv6_mapped(), a.port()),
+            SocketAddr::V4(a) => SockAddr::v4(*a.ip(), a.port()),
+            SocketAddr::V6(a) => SockAddr::v6(*a.ip(), a.port()),
+        }
+    }
+
+    /// The address as the standard library writes it (a mapped IPv4 address as IPv4).
+    pub fn socket_addr(&self) -> SocketAddr {
+        let port = u16::from_be(self.storage.sin6_port);
+        if self.storage.sin6_family == libc::AF_INET6 as libc::sa_family_t {
+            let ip = Ipv6Addr::from(self.storage.sin6_addr.s6_addr);
+            return match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(v4.into(), port),
+                None => SocketAddr::new(ip.into(), port),
+            };
+        }
+        // SAFETY: a non-IPv6 address was written as a sockaddr_in in the first bytes.
+        let sa = unsafe { std::ptr::read((&self.storage as *const libc::sockaddr_in6).cast::<libc::sockaddr_in>()) };
+        SocketAddr::new(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)).into(), port)
+    }
+
+    /// The receive slot's kernel-written form, `len` bytes long.
+    pub fn from_raw(storage: libc::sockaddr_in6, len: libc::socklen_t) -> Self {
+        SockAddr { storage, len }
+    }
+
+    pub fn as_ptr(&self) -> *const libc::sockaddr {
+        (&self.storage as *const libc::sockaddr_in6).cast()
+    }
+
+    pub fn len(&self) -> libc::socklen_t {
+        self.len
+    }
+
+    /// The same address and port (the bytes the kernel reads).
+    pub fn same(&self, other: &SockAddr) -> bool {
+        self.socket_addr() == other.socket_addr()
+    }
+
+    /// One datagram with sendto(2).
+    pub fn send_to(&self, fd: RawFd, data: &[u8]) -> io::Result<()> {
+        // SAFETY: the buffer and address are valid for the call.
+        let rc = unsafe { libc::sendto(fd, data.as_ptr().cast(), data.len(), 0, self.as_ptr(), self.len) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn sockaddr(ip: Ipv4Addr, port: u16) -> SockAddr {
+    SockAddr::v4(ip, port)
+}
+
+/// Opens a UDP socket bound to `ip:port` with SO_REUSEPORT, so every worker can own one. An
+/// IPv6 socket takes IPv4 peers too (as mapped addresses) unless `v6_only`.
+pub(crate) fn bind_udp(ip: IpAddr, port: u16, v6_only: bool) -> io::Result<OwnedFd> {
+    let family = if ip.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
     // SAFETY: plain socket(2); the fd is owned by the OwnedFd right away.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let raw = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: raw is a fresh fd that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    if ip.is_ipv6() {
+        setsockopt_int(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, libc::c_int::from(v6_only))?;
+    }
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
         (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
@@ -53,15 +151,12 @@ pub(crate) fn bind_udp(ip: Ipv4Addr, port: u16) -> io::Result<OwnedFd> {
             let _ = setsockopt_int(&fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER);
         }
     }
-    let sa = sockaddr(ip, port);
-    // SAFETY: sa is a valid sockaddr_in of the given length.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
+    let sa = match ip {
+        IpAddr::V4(v4) => SockAddr::v4(v4, port),
+        IpAddr::V6(v6) => SockAddr::v6(v6, port),
     };
+    // SAFETY: sa is a valid socket address of its length.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), sa.as_ptr(), sa.len()) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -7,8 +7,8 @@
 //! peer table is loaded once per batch from an [`ArcSwap`] (no lock on the hot path).
 
 use std::io;
-use std::mem::{size_of, zeroed};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::mem::zeroed;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -23,7 +23,7 @@ use super::packet::{net_unreachable, outbound, DropReason, Outbound, ICMP_REPLY_
 use super::peers::PeerTable;
 use super::placement::Placement;
 use super::receive::{Message, Receiver, ZERO_VNET};
-use super::socket::sockaddr;
+use super::socket::{sockaddr, SockAddr};
 
 /// Room for the largest IPv4 packet.
 const BUF_LEN: usize = 65536;
@@ -64,7 +64,7 @@ pub(crate) struct Worker {
     stop: Arc<AtomicBool>,
     /// Packets read from the TUN queue (one per buffer) and where each goes.
     tx_bufs: Vec<Box<[u8]>>,
-    outgoing: Vec<(libc::sockaddr_in, usize)>,
+    outgoing: Vec<(SockAddr, usize)>,
     tx: SendBatch,
     rx: RecvBatch,
     icmp: [u8; ICMP_REPLY_MAX],
@@ -79,7 +79,7 @@ pub(crate) struct Worker {
 /// possibly shorter) at `offset`, for `to`.
 #[derive(Clone, Copy)]
 struct Pending {
-    to: libc::sockaddr_in,
+    to: SockAddr,
     offset: usize,
     total: usize,
     seg_len: usize,
@@ -231,7 +231,11 @@ impl Worker {
             let m = self.rx.get(i);
             let msg = Message {
                 data: m.data,
-                from: m.from,
+                // The socket is IPv4: every sender is.
+                from: match m.from {
+                    std::net::IpAddr::V4(ip) => ip,
+                    std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                },
                 truncated: m.truncated,
                 segment: m.segment,
             };
@@ -411,7 +415,7 @@ impl Worker {
                         tracing::warn!("UDP GSO refused ({err}); sending one datagram per packet");
                         *gso = false;
                         for piece in out[g.offset..g.offset + g.total].chunks(g.seg_len) {
-                            match send_to(fd, piece, &g.to) {
+                            match g.to.send_to(fd, piece) {
                                 Ok(()) => {
                                     tally.tx_packets += 1;
                                     tally.tx_bytes += piece.len() as u64;
@@ -425,25 +429,6 @@ impl Worker {
             });
         }
     }
-}
-
-/// One datagram with sendto(2).
-fn send_to(fd: RawFd, data: &[u8], to: &libc::sockaddr_in) -> io::Result<()> {
-    // SAFETY: the buffer and address are valid for the call.
-    let rc = unsafe {
-        libc::sendto(
-            fd,
-            data.as_ptr().cast(),
-            data.len(),
-            0,
-            (to as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The worker's wait for work: one epoll instance watching its TUN queue and its socket.

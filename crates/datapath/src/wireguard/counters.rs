@@ -28,8 +28,8 @@ pub enum WgDrop {
     SpoofedSource,
     /// A packet from flannel-wg whose destination no lease covers.
     NoPeer,
-    /// A packet from flannel-wg that is not IPv4 (or too short to be one).
-    NotIpv4,
+    /// A packet from the device that is neither IPv4 nor IPv6 (or too short to be one).
+    NotIp,
 }
 
 impl WgDrop {
@@ -45,7 +45,7 @@ impl WgDrop {
         WgDrop::UnderLoad,
         WgDrop::SpoofedSource,
         WgDrop::NoPeer,
-        WgDrop::NotIpv4,
+        WgDrop::NotIp,
     ];
 
     pub fn label(self) -> &'static str {
@@ -61,7 +61,7 @@ impl WgDrop {
             WgDrop::UnderLoad => "under_load",
             WgDrop::SpoofedSource => "spoofed_source",
             WgDrop::NoPeer => "no_peer",
-            WgDrop::NotIpv4 => "not_ipv4",
+            WgDrop::NotIp => "not_ip",
         }
     }
 }

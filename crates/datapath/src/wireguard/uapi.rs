@@ -43,7 +43,9 @@ pub(crate) fn render_get(shared: &Shared, listen_port: u16) -> String {
         let _ = writeln!(out, "tx_bytes={}", s.tx_bytes.load(Ordering::Relaxed));
         let _ = writeln!(out, "rx_bytes={}", s.rx_bytes.load(Ordering::Relaxed));
         let _ = writeln!(out, "persistent_keepalive_interval={}", id.keepalive);
-        let _ = writeln!(out, "allowed_ip={}", peer.spec.subnet);
+        for net in peer.spec.allowed_ips() {
+            let _ = writeln!(out, "allowed_ip={net}");
+        }
     }
     out.push_str("errno=0\n\n");
     out

@@ -8,8 +8,7 @@
 //! this file decides only where bytes go and what is counted.
 
 use std::io;
-use std::mem::size_of;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use super::counters::{Counters, Tally, WgDrop};
 use super::peers::{Identity, Peer, PeerTable};
 use crate::udp::batch::{RecvBatch, SendBatch, BATCH};
 use crate::udp::offload::{finish_checksum, split_tcp, Coalescer, Offer, VnetHdr, MAX_PACKET, VNET_HDR_LEN};
-use crate::udp::socket::{enable_udp_gro, sockaddr};
+use crate::udp::socket::{enable_udp_gro, SockAddr};
 
 /// Room for the largest packet flannel-wg can hand us, plus WireGuard's 32 bytes and padding.
 const BUF_LEN: usize = 65536 + 64;
@@ -52,8 +51,17 @@ const MSG_DATA: u8 = 4;
 /// What the workers share with the backend.
 pub(crate) struct Shared {
     pub table: ArcSwap<PeerTable>,
-    pub counters: Counters,
+    pub counters: Arc<Counters>,
     pub identity: Identity,
+    /// The device's sockets are IPv6 ones (IPv4 peers, if any, as mapped addresses).
+    pub ipv6_socket: bool,
+}
+
+impl Shared {
+    /// A peer's endpoint as the device's sockets take it.
+    pub fn dest(&self, endpoint: SocketAddr) -> SockAddr {
+        SockAddr::for_socket(endpoint, self.ipv6_socket)
+    }
 }
 
 /// One worker: a queue, a socket and the buffers of a batch in each direction.
@@ -82,7 +90,7 @@ pub(crate) struct Worker {
 /// One encrypted message in the output area.
 #[derive(Clone, Copy)]
 struct Pending {
-    to: libc::sockaddr_in,
+    to: SockAddr,
     offset: usize,
     len: usize,
 }
@@ -91,15 +99,23 @@ struct Pending {
 /// bytes (the last possibly shorter), `total` bytes from `offset`.
 #[derive(Clone, Copy)]
 struct Group {
-    to: libc::sockaddr_in,
+    to: SockAddr,
     offset: usize,
     total: usize,
     seg_len: usize,
     count: usize,
 }
 
-fn same_dest(a: &libc::sockaddr_in, b: &libc::sockaddr_in) -> bool {
-    a.sin_addr.s_addr == b.sin_addr.s_addr && a.sin_port == b.sin_port
+/// The destination of an inner packet: IPv4 or IPv6 by its version nibble.
+fn inner_destination(pkt: &[u8]) -> Option<IpAddr> {
+    match pkt.first()? >> 4 {
+        4 if pkt.len() >= 20 => Some(IpAddr::V4(Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]))),
+        6 if pkt.len() >= 40 => {
+            let dst: [u8; 16] = pkt[24..40].try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(dst)))
+        }
+        _ => None,
+    }
 }
 
 impl Worker {
@@ -183,11 +199,10 @@ impl Worker {
             } else {
                 (None, &mut self.read_buf[..n])
             };
-            if pkt.len() < 20 || pkt[0] >> 4 != 4 {
-                self.tally.drop(WgDrop::NotIpv4);
+            let Some(dst) = inner_destination(pkt) else {
+                self.tally.drop(WgDrop::NotIp);
                 continue;
-            }
-            let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+            };
             let Some(peer) = table.by_destination(dst) else {
                 self.tally.drop(WgDrop::NoPeer);
                 continue;
@@ -210,7 +225,7 @@ impl Worker {
                 }
                 _ => (&*pkt, pkt.len(), pkt.len()),
             };
-            let to = endpoint_addr(peer);
+            let to = self.shared.dest(peer.spec.endpoint);
             let mut tunn = peer.state.tunn.lock().unwrap_or_else(|e| e.into_inner());
             let mut sent = 0u64;
             for chunk in plain[..total].chunks(seg_len.max(1)) {
@@ -257,7 +272,7 @@ impl Worker {
             while self.gso
                 && i < p.len()
                 && g.count < GSO_MAX_SEGMENTS
-                && same_dest(&p[i].to, &g.to)
+                && p[i].to.same(&g.to)
                 && p[i].offset == g.offset + g.total
                 && p[i].len <= g.seg_len
                 && g.total + p[i].len <= GSO_MAX_BYTES
@@ -294,7 +309,7 @@ impl Worker {
                         tracing::warn!("UDP GSO refused ({err}); sending one datagram per message");
                         *gso = false;
                         for piece in out[g.offset..g.offset + g.total].chunks(g.seg_len) {
-                            match send_to_raw(fd, piece, &g.to) {
+                            match g.to.send_to(fd, piece) {
                                 Ok(()) => {
                                     tally.tx_packets += 1;
                                     tally.tx_bytes += piece.len() as u64;
@@ -394,12 +409,12 @@ impl Io<'_> {
 }
 
 /// Handles one datagram from `from`.
-fn receive(data: &[u8], from: SocketAddrV4, table: &PeerTable, shared: &Shared, buf: &mut [u8], io: &mut Io<'_>) {
+fn receive(data: &[u8], from: SockAddr, table: &PeerTable, shared: &Shared, buf: &mut [u8], io: &mut Io<'_>) {
     let packet = match Tunn::parse_incoming_packet(data) {
         Ok(p) => p,
         Err(_) => return io.tally.drop(WgDrop::Malformed),
     };
-    let src_ip = IpAddr::V4(*from.ip());
+    let src_ip = from.socket_addr().ip();
     let peer = match &packet {
         Packet::HandshakeInit(init) => {
             // MAC1 and the load check before anything costly: a flood costs a hash each, not a
@@ -407,7 +422,7 @@ fn receive(data: &[u8], from: SocketAddrV4, table: &PeerTable, shared: &Shared, 
             match shared.identity.rate_limiter.verify_packet(Some(src_ip), data, buf) {
                 Ok(_) => {}
                 Err(TunnResult::WriteToNetwork(cookie)) => {
-                    let _ = send_to(io.fd, cookie, from);
+                    let _ = from.send_to(io.fd, cookie);
                     io.tally.cookies_sent += 1;
                     return io.tally.drop(WgDrop::UnderLoad);
                 }
@@ -440,13 +455,13 @@ fn receive(data: &[u8], from: SocketAddrV4, table: &PeerTable, shared: &Shared, 
                     io.tally.rekeys += 1;
                 }
             }
-            if send_to(io.fd, msg, from).is_err() {
+            if from.send_to(io.fd, msg).is_err() {
                 io.tally.send_errors += 1;
             }
             // Packets queued while the handshake was under way go now.
             while let TunnResult::WriteToNetwork(msg) = tunn.decapsulate(None, &[], buf) {
                 let len = msg.len() as u64;
-                match send_to(io.fd, msg, peer.spec.endpoint) {
+                match shared.dest(peer.spec.endpoint).send_to(io.fd, msg) {
                     Ok(()) => {
                         io.tally.tx_packets += 1;
                         io.tally.tx_bytes += len;
@@ -456,24 +471,24 @@ fn receive(data: &[u8], from: SocketAddrV4, table: &PeerTable, shared: &Shared, 
                 }
             }
         }
-        TunnResult::WriteToTunnelV4(inner, src) => {
-            peer.state.rx_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-            if !peer.spec.subnet.contains(&src) {
-                return io.tally.drop(WgDrop::SpoofedSource);
-            }
-            io.tally.rx_bytes += data.len() as u64;
-            io.deliver(inner);
-        }
-        TunnResult::WriteToTunnelV6(..) => {
-            peer.state.rx_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-            io.tally.drop(WgDrop::SpoofedSource)
-        }
+        TunnResult::WriteToTunnelV4(inner, src) => admit_inner(peer, data.len(), inner, src.into(), io),
+        TunnResult::WriteToTunnelV6(inner, src) => admit_inner(peer, data.len(), inner, src.into(), io),
         // A keepalive, or a cookie reply taken in.
         TunnResult::Done => {
             peer.state.rx_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         TunnResult::Err(e) => io.tally.drop(classify(&e)),
     }
+}
+
+/// Writes a decrypted packet into the device if its source is inside the peer's allowed IPs.
+fn admit_inner(peer: &Peer, wire_len: usize, inner: &[u8], src: IpAddr, io: &mut Io<'_>) {
+    peer.state.rx_bytes.fetch_add(wire_len as u64, Ordering::Relaxed);
+    if !peer.spec.allows(src) {
+        return io.tally.drop(WgDrop::SpoofedSource);
+    }
+    io.tally.rx_bytes += wire_len as u64;
+    io.deliver(inner);
 }
 
 /// The drop reason of a protocol error.
@@ -490,33 +505,6 @@ fn classify(e: &WireGuardError) -> WgDrop {
         }
         _ => WgDrop::HandshakeFailed,
     }
-}
-
-fn endpoint_addr(peer: &Peer) -> libc::sockaddr_in {
-    sockaddr(*peer.spec.endpoint.ip(), peer.spec.endpoint.port())
-}
-
-/// One datagram with sendto(2).
-fn send_to(fd: RawFd, data: &[u8], to: SocketAddrV4) -> io::Result<()> {
-    send_to_raw(fd, data, &sockaddr(*to.ip(), to.port()))
-}
-
-fn send_to_raw(fd: RawFd, data: &[u8], sa: &libc::sockaddr_in) -> io::Result<()> {
-    // SAFETY: the buffer and address are valid for the call.
-    let rc = unsafe {
-        libc::sendto(
-            fd,
-            data.as_ptr().cast(),
-            data.len(),
-            0,
-            (sa as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Waits up to `timeout_ms` for either fd to be readable (or in error); returns which are.
@@ -544,11 +532,11 @@ fn wait2(a: RawFd, b: RawFd, timeout_ms: libc::c_int) -> (bool, bool) {
 /// Starts a handshake with `peer` now (a peer just created from a lease), so a restarted node
 /// does not wait for the other side's timers: a peer still holding the old sessions answers
 /// and switches to the new one at once.
-pub(crate) fn initiate(fd: RawFd, peer: &Peer) {
+pub(crate) fn initiate(fd: RawFd, shared: &Shared, peer: &Peer) {
     let mut buf = [0u8; 256];
     let mut tunn = peer.state.tunn.lock().unwrap_or_else(|e| e.into_inner());
     if let TunnResult::WriteToNetwork(msg) = tunn.format_handshake_initiation(&mut buf, false) {
-        let _ = send_to(fd, msg, peer.spec.endpoint);
+        let _ = shared.dest(peer.spec.endpoint).send_to(fd, msg);
     }
 }
 
@@ -572,7 +560,7 @@ pub(crate) fn spawn_timers(sock: OwnedFd, shared: Arc<Shared>, stop: Arc<AtomicB
                     let mut tunn = peer.state.tunn.lock().unwrap_or_else(|e| e.into_inner());
                     if let TunnResult::WriteToNetwork(msg) = tunn.update_timers(&mut buf) {
                         let len = msg.len() as u64;
-                        if send_to(sock.as_raw_fd(), msg, peer.spec.endpoint).is_ok() {
+                        if shared.dest(peer.spec.endpoint).send_to(sock.as_raw_fd(), msg).is_ok() {
                             peer.state.tx_bytes.fetch_add(len, Ordering::Relaxed);
                         }
                     }

@@ -1,0 +1,269 @@
+//! The wireguard backend over IPv6 on the lab, as flannel v0.20.0 lays it out: dual stack in
+//! Mode separate (`flannel-wg` for IPv4 on 51820, `flannel-wg-v6` for IPv6 on 51821, one key in
+//! BackendData and BackendV6Data), an IPv6-only mesh (`flannel-wg-v6` alone, BackendV6Data
+//! alone), and Mode ipv6 (one `flannel-wg` carrying both families over the IPv6 underlay). The
+//! underlay is captured to show that it carries WireGuard messages only.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use weft::lab::topology::underlay_ipv6;
+use weft::lab::{Lab, LabSpec};
+use weft_core::BackendKind;
+
+/// An ICMP payload pattern to look for on the underlay (it must never be seen in clear).
+const MARKER: &str = "c0ffee15deadbeef";
+
+fn wireguard_spec(name: &str, ipv6_only: bool, options: serde_json::Value) -> LabSpec {
+    let mut spec = spec(&lab_name(name), 3, BackendKind::Wireguard);
+    spec.weftd_args = vec!["--reconcile-interval=600".into(), "--healthz-port=8471".into()];
+    spec.dual_stack = true;
+    spec.ipv6_only = ipv6_only;
+    if let serde_json::Value::Object(map) = options {
+        spec.backend_options = map;
+    }
+    spec
+}
+
+/// Runs `cmd` on host `node` with the host's own /run/flannel and /var/run/wireguard.
+fn run(lab: &Lab, node: usize, cmd: &[&str]) -> String {
+    let out = lab.exec_in_host_run(node, cmd).expect("exec in host");
+    assert!(
+        out.status.success(),
+        "{cmd:?} on h{node}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Host `node`'s public key, from its key file (`wg pubkey`).
+fn public_key(lab: &Lab, node: usize) -> String {
+    let private = std::fs::read_to_string(lab.wireguard_key_file(node)).unwrap();
+    weft::lab::wireguard::pubkey(&private).unwrap()
+}
+
+fn lease_value(lab: &Lab, node: usize) -> String {
+    let key = format!("/coreos.com/network/subnets/{}", lease_key(lab, node));
+    let value = lab
+        .etcd_get(&key)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no lease at {key}"));
+    String::from_utf8(value).unwrap()
+}
+
+/// A capture of the underlay (every frame on the switch's ports, both families) in the switch
+/// namespace: after `finish`, the IP packets that were not WireGuard messages on 51820/51821
+/// (etcd's TLS on 2379 is the control plane; IGMP, and ICMPv6's neighbour discovery and MLD, the
+/// underlay's own: all left out), the WireGuard messages per family, and whether the marker
+/// appeared.
+struct Capture(Child, std::io::BufReader<std::process::ChildStdout>);
+
+const SNIFFER: &str = r#"
+import socket, struct, sys, time
+marker, seconds = bytes.fromhex(sys.argv[1]), float(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+s.settimeout(0.2)
+print("ready", flush=True)
+wg4 = wg6 = other = seen = 0
+end = time.time() + seconds
+while time.time() < end:
+    try: f = s.recv(65535)
+    except socket.timeout: continue
+    if marker in f: seen += 1
+    kind = f[12:14]
+    if kind == b'\x08\x00':
+        ip = f[14:]; proto = ip[9]; l4 = ip[(ip[0] & 15) * 4:]; v6 = False
+    elif kind == b'\x86\xdd':
+        ip = f[14:]; proto = ip[6]; l4 = ip[40:]; v6 = True
+    else: continue
+    if proto in (0, 2, 58): continue  # IGMP; ICMPv6 (and MLD behind its hop-by-hop header)
+    if proto == 6 and 2379 in struct.unpack('!HH', l4[:4]): continue
+    if proto == 17:
+        ports = struct.unpack('!HH', l4[:4]); p = l4[8:]
+        if (51820 in ports or 51821 in ports) and len(p) >= 4 and p[0] in (1, 2, 3, 4) and p[1:4] == b'\0\0\0':
+            if v6: wg6 += 1
+            else: wg4 += 1
+            continue
+    other += 1
+    print("other: v6 %s proto %d" % (v6, proto))
+print("wg4 %d wg6 %d other %d marker %d" % (wg4, wg6, other, seen))
+"#;
+
+impl Capture {
+    fn start(lab: &Lab, seconds: u32) -> Capture {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", lab.switch_ns(), "python3", "-c", SNIFFER, MARKER])
+            .arg(seconds.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the capture starts");
+        Capture(child, out)
+    }
+
+    /// The summary numbers: (WireGuard over IPv4, WireGuard over IPv6, other, marker seen), and
+    /// the whole text.
+    fn finish(mut self) -> ([u64; 4], String) {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut self.1, &mut text).unwrap();
+        self.0.wait().unwrap();
+        let summary = text.lines().last().unwrap_or_default();
+        let numbers: Vec<u64> = summary
+            .split_whitespace()
+            .skip(1)
+            .step_by(2)
+            .map(|n| n.parse().unwrap())
+            .collect();
+        (
+            numbers.try_into().unwrap_or_else(|_| panic!("capture summary: {text}")),
+            text,
+        )
+    }
+}
+
+/// Pings node 2's pod from node 1's pod at its IPv6 address, three times with the marker as
+/// payload.
+fn marker_ping_v6(lab: &Lab) {
+    let to = lab.pod(2).unwrap().ip6.unwrap().addr().to_string();
+    let ping = lab
+        .exec_in_pod(1, &["ping", "-n", "-c", "3", "-i", "0.2", "-p", MARKER, &to])
+        .unwrap();
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
+}
+
+#[test]
+fn wireguard_dual_stack_separate_devices_in_flannels_format_carry_only_wireguard() {
+    let lab = up(wireguard_spec("cw6", false, serde_json::json!({})));
+    assert!(all_pods_reach_each_other(&lab), "IPv4:\n{}", lab.status());
+    assert!(all_pods_reach_each_other_v6(&lab), "IPv6:\n{}", lab.status());
+
+    // One key per node, in both BackendData and BackendV6Data, as flannel writes them.
+    let keys: Vec<String> = (1..=3).map(|n| public_key(&lab, n)).collect();
+    assert_ne!(keys[0], keys[1], "every host has its own key");
+    for node in 1..=3 {
+        let key = lease_key(&lab, node);
+        assert!(key.contains("&fc00:"), "{key}");
+        let k = &keys[node - 1];
+        assert_eq!(
+            lease_value(&lab, node),
+            format!(
+                r#"{{"PublicIP":"198.51.100.{node}","PublicIPv6":"{}","BackendType":"wireguard","BackendData":{{"PublicKey":"{k}"}},"BackendV6Data":{{"PublicKey":"{k}"}}}}"#,
+                underlay_ipv6(node)
+            )
+        );
+    }
+    // flannel-wg-v6 as flannel's ConfigureV6: MTU 1500 - 80, the subnet address /128 and the
+    // IPv6 network's scope-link route; subnet.env has the IPv6 pair and that MTU.
+    let env = lab.subnet_env(1).unwrap();
+    let subnet6 = env.ipv6_subnet.unwrap().trunc();
+    let link = run(&lab, 1, &["ip", "-d", "link", "show", "flannel-wg-v6"]);
+    assert!(link.contains("mtu 1420") && link.contains("tun"), "{link}");
+    let addrs = run(
+        &lab,
+        1,
+        &["ip", "-6", "addr", "show", "dev", "flannel-wg-v6", "scope", "global"],
+    );
+    assert!(addrs.contains(&format!("inet6 {}/128", subnet6.network())), "{addrs}");
+    let routes = v6_routes(&lab, 1);
+    assert!(routes.contains("fc00::/48 dev flannel-wg-v6 metric 1024"), "{routes}");
+    let file = std::fs::read_to_string(subnet_file(&lab, 1)).unwrap();
+    assert!(
+        file.contains("FLANNEL_IPV6_NETWORK=fc00::/48\n") && file.contains("FLANNEL_MTU=1420\n"),
+        "{file}"
+    );
+
+    // The IPv6 underlay carries WireGuard messages only (to 51821), never the marker.
+    let capture = Capture::start(&lab, 3);
+    marker_ping_v6(&lab);
+    let ([_, wg6, other, marker], text) = capture.finish();
+    eprintln!("underlay capture: {}", text.lines().last().unwrap_or_default());
+    assert_eq!((other, marker), (0, 0), "underlay capture:\n{text}");
+    assert!(wg6 >= 6, "{text}");
+
+    // `wg show` on each device lists its own peers: IPv6 ones at [PublicIPv6]:51821.
+    let show = run(&lab, 1, &["wg", "show", "flannel-wg-v6"]);
+    let subnet6_2 = lab.subnet_env(2).unwrap().ipv6_subnet.unwrap().trunc();
+    assert!(show.contains(&format!("public key: {}", keys[0])), "{show}");
+    assert!(show.contains("listening port: 51821"), "{show}");
+    assert!(show.contains(&format!("peer: {}", keys[1])), "{show}");
+    assert!(show.contains("endpoint: [2001:db8::2]:51821"), "{show}");
+    assert!(show.contains(&format!("allowed ips: {subnet6_2}\n")), "{show}");
+    assert!(show.contains("latest handshake:"), "{show}");
+    let show4 = run(&lab, 1, &["wg", "show", "flannel-wg"]);
+    assert!(show4.contains("endpoint: 198.51.100.2:51820"), "{show4}");
+    assert!(!show4.contains("fc00:"), "{show4}");
+    let page = http_get(&lab, 1, "/metrics");
+    assert_eq!(
+        metric(&page, "weft_wireguard_peers"),
+        Some(4),
+        "2 peers on each device: {page}"
+    );
+}
+
+#[test]
+fn wireguard_ipv6_only_mesh_uses_flannel_wg_v6_alone() {
+    let lab = up(wireguard_spec("cw6o", true, serde_json::json!({})));
+    assert!(all_pods_reach_each_other_v6(&lab), "{}", lab.status());
+    assert_eq!(host_out(&lab, 1, &["ip", "-4", "addr", "show", "dev", "eth0"]), "");
+    for node in 1..=3 {
+        let key = lease_key(&lab, node);
+        assert!(key.starts_with("0.0.0.0-0&fc00:"), "{key}");
+        assert_eq!(
+            lease_value(&lab, node),
+            format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{}","BackendType":"wireguard","BackendV6Data":{{"PublicKey":"{}"}}}}"#,
+                underlay_ipv6(node),
+                public_key(&lab, node)
+            )
+        );
+        let links = host_out(&lab, node, &["ip", "-br", "link"]);
+        assert!(
+            links.contains("flannel-wg-v6") && !links.contains("flannel-wg "),
+            "only the IPv6 device: {links}"
+        );
+    }
+    let capture = Capture::start(&lab, 3);
+    marker_ping_v6(&lab);
+    let ([wg4, wg6, other, marker], text) = capture.finish();
+    assert_eq!((wg4, other, marker), (0, 0, 0), "underlay capture:\n{text}");
+    assert!(wg6 >= 6, "{text}");
+    let show = run(&lab, 1, &["wg", "show", "flannel-wg-v6"]);
+    assert!(show.contains("endpoint: [2001:db8::3]:51821"), "{show}");
+}
+
+#[test]
+fn wireguard_mode_ipv6_carries_both_families_on_one_device_over_ipv6() {
+    let lab = up(wireguard_spec("cw6m", false, serde_json::json!({"Mode": "ipv6"})));
+    assert!(all_pods_reach_each_other(&lab), "IPv4:\n{}", lab.status());
+    assert!(all_pods_reach_each_other_v6(&lab), "IPv6:\n{}", lab.status());
+    let links = host_out(&lab, 1, &["ip", "-br", "link"]);
+    assert!(!links.contains("flannel-wg-v6"), "one device: {links}");
+    // Both subnets on one peer, reached at [PublicIPv6]:ListenPort.
+    let env2 = lab.subnet_env(2).unwrap();
+    let show = run(&lab, 1, &["wg", "show", "flannel-wg"]);
+    assert!(show.contains("endpoint: [2001:db8::2]:51820"), "{show}");
+    assert!(
+        show.contains(&format!(
+            "allowed ips: {}, {}",
+            env2.subnet.unwrap().trunc(),
+            env2.ipv6_subnet.unwrap().trunc()
+        )),
+        "{show}"
+    );
+    // IPv4 pod traffic crosses the IPv6 underlay, encrypted.
+    let capture = Capture::start(&lab, 3);
+    let to = lab.pod_ip(2).unwrap().to_string();
+    let ping = lab
+        .exec_in_pod(1, &["ping", "-n", "-c", "3", "-i", "0.2", "-p", MARKER, &to])
+        .unwrap();
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
+    let ([wg4, wg6, other, marker], text) = capture.finish();
+    assert_eq!((wg4, other, marker), (0, 0, 0), "underlay capture:\n{text}");
+    assert!(wg6 >= 6, "{text}");
+}
