@@ -444,7 +444,7 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
         (_, None) => true,
         (Path::Vxlan, Some(b)) => b == "vxlan",
         (Path::Udp, Some(b)) => {
-            b.is_empty() || b == "udp" || (b == "wireguard" && dev_name == crate::wireguard::DEVICE)
+            b.is_empty() || b == "udp" || (b == "wireguard" && crate::wireguard::is_device(&dev_name))
         }
         (Path::Gateway, Some(b)) => b == "host-gw" || b == "vxlan",
     };
@@ -487,8 +487,8 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
         Path::Vxlan => underlay_dev = vxlan_hops(f, route, &dev_name, lease, steps),
         Path::Gateway => gateway_hops(f, route, &dev_name, steps),
         Path::Udp => {
-            match dev_name == crate::wireguard::DEVICE {
-                true => crate::wireguard::peer_hop(f, lease, steps),
+            match crate::wireguard::is_device(&dev_name) {
+                true => crate::wireguard::peer_hop(f, &dev_name, lease, steps),
                 false => udp_peer_hop(f, lease, steps),
             }
             if let Some(l) = lease {

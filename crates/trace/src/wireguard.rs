@@ -1,6 +1,7 @@
-//! The wireguard backend's hop in `weft trace`: the peer weftd's `flannel-wg` has for the
-//! destination — its public key, endpoint and allowed IPs checked against the lease, and its latest
-//! handshake — read live from weftd's WireGuard userspace API socket (what `wg show` reads).
+//! The wireguard backend's hop in `weft trace`: the peer weftd's `flannel-wg` (or, for IPv6 in
+//! Mode separate, `flannel-wg-v6`) has for the destination — its public key, endpoint and allowed
+//! IPs checked against the lease, and its latest handshake — read live from that device's
+//! WireGuard userspace API socket (what `wg show` reads).
 //! Unlike the rest of the walk this step reads the device itself: the table lives in weftd.
 
 use std::io::{BufRead, BufReader, Write};
@@ -15,10 +16,20 @@ use weft_core::Lease;
 use crate::facts::Facts;
 use crate::report::{Cause, Step};
 
-/// flannel's device name.
-pub const DEVICE: &str = "flannel-wg";
-/// Where weftd serves the device's userspace API.
-pub const SOCKET: &str = "/var/run/wireguard/flannel-wg.sock";
+use weft_core::wireguard::{DEVICE_V4, DEVICE_V6};
+
+/// flannel's device names.
+pub const DEVICES: [&str; 2] = [DEVICE_V4, DEVICE_V6];
+
+/// Whether `name` is one of weft's (and flannel's) wireguard devices.
+pub fn is_device(name: &str) -> bool {
+    DEVICES.contains(&name)
+}
+
+/// Where weftd serves device `name`'s userspace API.
+pub fn socket_path(name: &str) -> String {
+    format!("/var/run/wireguard/{name}.sock")
+}
 
 /// One peer of a `get=1` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -87,14 +98,15 @@ fn read_uapi(path: &str) -> Result<String, String> {
     Ok(text)
 }
 
-/// The peer step for a destination routed into flannel-wg.
-pub(crate) fn peer_hop(f: &Facts, lease: Option<&Lease>, steps: &mut Vec<Step>) {
-    let text = match read_uapi(SOCKET) {
+/// The peer step for a destination routed into wireguard device `device`.
+pub(crate) fn peer_hop(f: &Facts, device: &str, lease: Option<&Lease>, steps: &mut Vec<Step>) {
+    let socket = socket_path(device);
+    let text = match read_uapi(&socket) {
         Ok(t) => t,
         Err(why) => {
             steps.push(Step::info(
                 "peer",
-                format!("cannot read {DEVICE} through {SOCKET} ({why}); is weftd running with the wireguard backend?"),
+                format!("cannot read {device} through {socket} ({why}); is weftd running with the wireguard backend?"),
             ));
             return;
         }
@@ -102,17 +114,61 @@ pub(crate) fn peer_hop(f: &Facts, lease: Option<&Lease>, steps: &mut Vec<Step>) 
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    steps.push(check_peer(&parse_get(&text), f.dst, lease, now));
+    steps.push(check_peer(&parse_get(&text), device, f.dst, lease, now));
+}
+
+/// What is wrong with `peer` for the lease `l`, whatever the Mode: its key must be the one the
+/// lease publishes for `dst`'s family (BackendV6Data for IPv6), its endpoint one of the lease's
+/// public addresses, and its allowed IPs the lease's subnet of `dst`'s family, plus at most its
+/// other one (a single device carries both).
+fn mismatches(peer: &UapiPeer, dst: IpAddr, l: &Lease) -> Vec<String> {
+    let data = match dst {
+        IpAddr::V6(_) => &l.attrs.backend_v6_data,
+        IpAddr::V4(_) => &l.attrs.backend_data,
+    };
+    let want_key = WireguardLeaseData::parse(data)
+        .map(|d| format_key(&d.public_key))
+        .unwrap_or_default();
+    let mut wrong = Vec::new();
+    if peer.public_key != want_key {
+        wrong.push(format!("its key is not the lease's PublicKey {want_key}"));
+    }
+    let publics: Vec<IpAddr> = l
+        .subnet
+        .ipv4
+        .map(|_| IpAddr::V4(l.attrs.public_ip))
+        .into_iter()
+        .chain(l.attrs.public_ipv6.map(IpAddr::V6))
+        .collect();
+    if !peer.endpoint.is_some_and(|e| publics.contains(&e.ip())) {
+        let publics: Vec<String> = publics.iter().map(|ip| ip.to_string()).collect();
+        wrong.push(format!(
+            "its endpoint is not the lease's public address ({})",
+            publics.join(" or ")
+        ));
+    }
+    let subnets: Vec<IpNet> = l
+        .subnet
+        .ipv4
+        .map(|n| IpNet::V4(n.trunc()))
+        .into_iter()
+        .chain(l.subnet.ipv6.map(|n| IpNet::V6(n.trunc())))
+        .collect();
+    let holds_dst = peer.allowed.iter().any(|n| n.contains(&dst) && subnets.contains(n));
+    if !holds_dst || !peer.allowed.iter().all(|n| subnets.contains(n)) {
+        wrong.push(format!("its allowed IPs are not the lease's subnet {}", l.subnet));
+    }
+    wrong
 }
 
 /// Checks the device's peer for `dst` against its lease.
-fn check_peer(peers: &[UapiPeer], dst: IpAddr, lease: Option<&Lease>, now: u64) -> Step {
+fn check_peer(peers: &[UapiPeer], device: &str, dst: IpAddr, lease: Option<&Lease>, now: u64) -> Step {
     let Some(peer) = peers.iter().find(|p| p.allowed.iter().any(|n| n.contains(&dst))) else {
         return Step::broken(
             "peer",
             Cause::UdpPeerMissing,
             format!(
-                "{DEVICE} has no peer whose allowed IPs hold {dst}: the packet is dropped (no_peer). weftd adds the peer \
+                "{device} has no peer whose allowed IPs hold {dst}: the packet is dropped (no_peer). weftd adds the peer \
                  once the lease is admitted; check `weft leases`"
             ),
         );
@@ -125,29 +181,13 @@ fn check_peer(peers: &[UapiPeer], dst: IpAddr, lease: Option<&Lease>, now: u64) 
         allowed.join(",")
     );
     if let Some(l) = lease {
-        let want_key = WireguardLeaseData::parse(&l.attrs.backend_data)
-            .map(|d| format_key(&d.public_key))
-            .unwrap_or_default();
-        let mut wrong = Vec::new();
-        if peer.public_key != want_key {
-            wrong.push(format!("its key is not the lease's PublicKey {want_key}"));
-        }
-        if peer.endpoint.map(|e| e.ip()) != Some(l.attrs.public_ip.into()) {
-            wrong.push(format!(
-                "its endpoint is not the lease's PublicIP {}",
-                l.attrs.public_ip
-            ));
-        }
-        let want_allowed: Vec<IpNet> = l.subnet.ipv4.map(|n| n.trunc().into()).into_iter().collect();
-        if peer.allowed != want_allowed {
-            wrong.push(format!("its allowed IPs are not the lease's subnet {}", l.subnet));
-        }
+        let wrong = mismatches(peer, dst, l);
         if !wrong.is_empty() {
             return Step::broken(
                 "peer",
                 Cause::UdpPeerMismatch,
                 format!(
-                    "{DEVICE}'s peer for {dst} does not match the lease: {}. weftd swaps its table on the next lease \
+                    "{device}'s peer for {dst} does not match the lease: {}. weftd swaps its table on the next lease \
                      event or reconcile",
                     wrong.join("; ")
                 ),
@@ -203,12 +243,44 @@ errno=0
         let key = peers[0].public_key.clone();
         assert_eq!(key, "uFmW/sycfx/G0lcqdu2hHVm80gvo5UOxXOS9hajnWjM=");
         let dst: IpAddr = "10.5.2.7".parse().unwrap();
-        let ok = check_peer(&peers, dst, Some(&lease(&key, "198.51.100.2")), 1010);
+        let ok = check_peer(&peers, DEVICE_V4, dst, Some(&lease(&key, "198.51.100.2")), 1010);
         assert_eq!(ok.status, Status::Ok, "{ok:?}");
         assert!(ok.message.contains("10 s ago"), "{ok:?}");
-        let moved = check_peer(&peers, dst, Some(&lease(&key, "198.51.100.9")), 1010);
+        let moved = check_peer(&peers, DEVICE_V4, dst, Some(&lease(&key, "198.51.100.9")), 1010);
         assert_eq!(moved.cause, Some(Cause::UdpPeerMismatch));
-        let other = check_peer(&peers, "10.5.3.1".parse().unwrap(), None, 1010);
+        let other = check_peer(&peers, DEVICE_V4, "10.5.3.1".parse().unwrap(), None, 1010);
         assert_eq!(other.cause, Some(Cause::UdpPeerMissing));
+    }
+
+    #[test]
+    fn an_ipv6_peer_is_checked_against_the_leases_ipv6_side() {
+        let key = "uFmW/sycfx/G0lcqdu2hHVm80gvo5UOxXOS9hajnWjM=";
+        let mut l = lease(key, "198.51.100.2");
+        l.subnet.ipv6 = Some("fc00:0:0:2::/64".parse().unwrap());
+        l.attrs.public_ipv6 = Some("2001:db8::2".parse().unwrap());
+        l.attrs.backend_v6_data = serde_json::json!({ "PublicKey": key });
+        let get = |endpoint: &str, allowed: &[&str]| {
+            let allowed: String = allowed.iter().map(|a| format!("allowed_ip={a}\n")).collect();
+            GET.replace("endpoint=198.51.100.2:51820", &format!("endpoint={endpoint}"))
+                .replace("allowed_ip=10.5.2.0/24\n", &allowed)
+        };
+        let dst: IpAddr = "fc00:0:0:2::5".parse().unwrap();
+        // Mode separate: flannel-wg-v6's peer; a single device's peer with both subnets.
+        for (endpoint, allowed) in [
+            ("[2001:db8::2]:51821", &["fc00:0:0:2::/64"][..]),
+            ("[2001:db8::2]:51820", &["10.5.2.0/24", "fc00:0:0:2::/64"][..]),
+        ] {
+            let step = check_peer(&parse_get(&get(endpoint, allowed)), DEVICE_V6, dst, Some(&l), 1010);
+            assert_eq!(step.status, Status::Ok, "{step:?}");
+        }
+        l.attrs.backend_v6_data = serde_json::Value::Null;
+        let step = check_peer(
+            &parse_get(&get("[2001:db8::2]:51821", &["fc00:0:0:2::/64"])),
+            DEVICE_V6,
+            dst,
+            Some(&l),
+            1010,
+        );
+        assert_eq!(step.cause, Some(Cause::UdpPeerMismatch), "{step:?}");
     }
 }

@@ -195,6 +195,33 @@ fn wireguard_dual_stack_separate_devices_in_flannels_format_carry_only_wireguard
     assert!(show.contains("endpoint: [2001:db8::2]:51821"), "{show}");
     assert!(show.contains(&format!("allowed ips: {subnet6_2}\n")), "{show}");
     assert!(show.contains("latest handshake:"), "{show}");
+    // weft trace to an IPv6 pod follows the route into flannel-wg-v6 and checks its peer.
+    let dir = lab.dir().display().to_string();
+    let pod_v6 = |node| lab.pod(node).unwrap().ip6.unwrap().addr().to_string();
+    let trace = [
+        env!("CARGO_BIN_EXE_weft").to_string(),
+        "trace".into(),
+        pod_v6(1),
+        pod_v6(2),
+        format!("--subnet-file={dir}/h1/subnet.env"),
+        "--etcd-endpoints=https://198.51.100.254:2379".into(),
+        format!("--etcd-cafile={dir}/ca.pem"),
+        format!("--etcd-certfile={dir}/client.pem"),
+        format!("--etcd-keyfile={dir}/client-key.pem"),
+    ];
+    let trace: Vec<&str> = trace.iter().map(String::as_str).collect();
+    let text = run(&lab, 1, &trace);
+    assert!(
+        text.contains(&format!(
+            "peer {} endpoint [2001:db8::2]:51821 allowed ips {subnet6_2}",
+            keys[1]
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("flannel-wg-v6") && text.contains("latest handshake"),
+        "{text}"
+    );
     let show4 = run(&lab, 1, &["wg", "show", "flannel-wg"]);
     assert!(show4.contains("endpoint: 198.51.100.2:51820"), "{show4}");
     assert!(!show4.contains("fc00:"), "{show4}");
