@@ -294,3 +294,41 @@ fn wireguard_mode_ipv6_carries_both_families_on_one_device_over_ipv6() {
     assert_eq!((wg4, other, marker), (0, 0, 0), "underlay capture:\n{text}");
     assert!(wg6 >= 6, "{text}");
 }
+
+#[test]
+fn wireguard_go_interop_over_ipv6_in_a_dual_stack_mesh() {
+    let mut lab = up(wireguard_spec("cw6g", false, serde_json::json!({})));
+    assert!(all_pods_reach_each_other_v6(&lab), "weft mesh first:\n{}", lab.status());
+    // Host 3 runs wireguard-go as flannel's kernel backend would: flannel-wg and flannel-wg-v6,
+    // one new key in BackendData and BackendV6Data.
+    let public = lab.wireguard_go(&[3], None).unwrap().remove(0);
+    let lease3 = lease_value(&lab, 3);
+    assert!(
+        lease3.contains(&format!(r#""BackendV6Data":{{"PublicKey":"{public}"}}"#)),
+        "{lease3}"
+    );
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || run(
+            &lab,
+            1,
+            &["wg", "show", "flannel-wg-v6", "peers"]
+        )
+        .contains(&public)),
+        "weft node 1 has wireguard-go's key as an IPv6 peer"
+    );
+    assert!(
+        all_pods_reach_each_other_v6(&lab),
+        "IPv6 with wireguard-go on h3:\n{}",
+        lab.status()
+    );
+    assert!(
+        all_pods_reach_each_other(&lab),
+        "IPv4 with wireguard-go on h3:\n{}",
+        lab.status()
+    );
+    let show = run(&lab, 3, &["wg", "show", "flannel-wg-v6"]);
+    assert!(
+        show.contains("endpoint: [2001:db8::1]:51821") && show.contains("latest handshake:"),
+        "wireguard-go's view:\n{show}"
+    );
+}

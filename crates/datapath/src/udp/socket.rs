@@ -108,9 +108,15 @@ impl SockAddr {
         self.len
     }
 
-    /// The same address and port (the bytes the kernel reads).
+    /// The same address and port (the bytes the kernel reads: an IPv4 address sits where
+    /// `sin6_flowinfo` is, and the rest of a built address is zero).
     pub fn same(&self, other: &SockAddr) -> bool {
-        self.socket_addr() == other.socket_addr()
+        let (a, b) = (&self.storage, &other.storage);
+        self.len == other.len
+            && a.sin6_family == b.sin6_family
+            && a.sin6_port == b.sin6_port
+            && a.sin6_flowinfo == b.sin6_flowinfo
+            && a.sin6_addr.s6_addr == b.sin6_addr.s6_addr
     }
 
     /// One datagram with sendto(2).
@@ -205,4 +211,24 @@ pub(crate) fn steer_by_cpu(fd: &OwnedFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_of_both_families_round_trip_and_compare() {
+        let v4: SocketAddr = "198.51.100.2:51820".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::2]:51821".parse().unwrap();
+        for (addr, ipv6_socket, len) in [(v4, false, 16), (v4, true, 28), (v6, true, 28)] {
+            let sa = SockAddr::for_socket(addr, ipv6_socket);
+            assert_eq!(sa.socket_addr(), addr, "a mapped address reads back as IPv4");
+            assert_eq!(sa.len() as usize, len);
+            assert!(sa.same(&SockAddr::for_socket(addr, ipv6_socket)));
+        }
+        let other = SockAddr::v4("198.51.100.3".parse().unwrap(), 51820);
+        assert!(!SockAddr::for_socket(v4, false).same(&other));
+        assert!(!SockAddr::for_socket(v4, true).same(&SockAddr::for_socket(v4, false)));
+    }
 }

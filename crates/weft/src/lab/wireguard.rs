@@ -82,17 +82,17 @@ impl Lab {
     }
 
     /// Turns hosts `nodes` into nodes that run no weftd but Debian's wireguard-go, configured
-    /// with `wg` from the leases in etcd as flannel's kernel backend configures its device: each
-    /// gets a new key (`wg genkey`) written into its lease's BackendData, then one peer per other
-    /// lease (endpoint PublicIP:51820, allowed IPs the lease's subnet, `psk` when given), the
-    /// lease address /32, MTU 1420 and the network's scope-link route. The pods stay. Returns
+    /// with `wg` from the leases in etcd as flannel's kernel backend configures its devices in
+    /// its default Mode separate: `flannel-wg` for IPv4 (peers at PublicIP:51820, allowed IPs
+    /// the lease's IPv4 subnet), and in a dual-stack or IPv6-only lab `flannel-wg-v6` for IPv6
+    /// (peers at [PublicIPv6]:51821, the IPv6 subnet), both with one new key (`wg genkey`)
+    /// written into the host's lease (BackendData, BackendV6Data), `psk` when given, the lease
+    /// address /32 or /128, MTU 1420 and the network's scope-link route. The pods stay. Returns
     /// the new public keys, in the order of `nodes`.
     pub fn wireguard_go(&mut self, nodes: &[usize], psk: Option<&str>) -> Result<Vec<String>> {
         let mut keys = Vec::new();
         for &node in nodes {
             self.stop_node(node)?;
-            // Our persistent flannel-wg goes; wireguard-go creates its own.
-            let _ = self.run_in_host(node, &["ip", "link", "del", "flannel-wg"]);
             let dir = self.state.dir.join(format!("h{node}"));
             let private = super::iproute::run("wg", &["genkey"])?;
             let key_file = dir.join("wg-go.key");
@@ -102,7 +102,11 @@ impl Lab {
                 let psk_file = dir.join("wg-go.psk");
                 std::fs::write(&psk_file, psk).map_err(|e| LabError::io("writing", &psk_file, e))?;
             }
-            self.run_in_host(node, &["wireguard-go", "flannel-wg"])?;
+            for device in self.go_devices() {
+                // Our persistent device goes; wireguard-go creates its own.
+                let _ = self.run_in_host(node, &["ip", "link", "del", device.name]);
+                self.run_in_host(node, &["wireguard-go", device.name])?;
+            }
             // Our lease as flannel writes it, with the new key.
             let key = lease_key(self, node)?;
             let raw = self
@@ -112,43 +116,62 @@ impl Lab {
                 what: key.clone(),
                 detail: e.to_string(),
             })?;
-            value["BackendData"] = serde_json::json!({ "PublicKey": public });
+            for device in self.go_devices() {
+                value[device.data] = serde_json::json!({ "PublicKey": public });
+            }
             self.etcd_put(&key, value.to_string())?;
             keys.push(public);
         }
         for &node in nodes {
-            self.configure_wireguard_go(node, psk.is_some())?;
+            for device in self.go_devices() {
+                self.configure_wireguard_go(node, &device, psk.is_some())?;
+            }
         }
         Ok(keys)
     }
 
-    /// `wg set` and addressing of a wireguard-go host from the leases in etcd.
-    fn configure_wireguard_go(&self, node: usize, psk: bool) -> Result<()> {
+    /// The devices of a wireguard-go host, as flannel's Mode separate: one per family the lab has.
+    fn go_devices(&self) -> Vec<GoDevice> {
+        let v4 = GoDevice {
+            name: "flannel-wg",
+            port: 51820,
+            ipv6: false,
+            data: "BackendData",
+        };
+        let v6 = GoDevice {
+            name: "flannel-wg-v6",
+            port: 51821,
+            ipv6: true,
+            data: "BackendV6Data",
+        };
+        [
+            (!self.state.ipv6_only).then_some(v4),
+            self.state.dual_stack.then_some(v6),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// `wg set` and addressing of one device of a wireguard-go host from the leases in etcd.
+    fn configure_wireguard_go(&self, node: usize, device: &GoDevice, psk: bool) -> Result<()> {
         let dir = self.state.dir.join(format!("h{node}"));
         let mine = lease_key(self, node)?;
-        let mut set: Vec<String> = ["wg", "set", "flannel-wg", "private-key"]
+        let mut set: Vec<String> = ["wg", "set", device.name, "private-key"]
             .map(String::from)
             .into_iter()
             .chain([
                 dir.join("wg-go.key").display().to_string(),
                 "listen-port".into(),
-                "51820".into(),
+                device.port.to_string(),
             ])
             .collect();
         for (key, raw) in self.etcd_get_prefix(SUBNETS)? {
-            if key == mine {
-                continue;
-            }
-            let Ok(lease) = serde_json::from_slice::<serde_json::Value>(&raw) else {
+            let Some((subnet, peer, endpoint)) = go_peer(&key, &raw, device).filter(|_| key != mine) else {
                 continue;
             };
-            let (Some(peer), Some(ip)) = (lease["BackendData"]["PublicKey"].as_str(), lease["PublicIP"].as_str())
-            else {
-                continue;
-            };
-            let subnet = key.rsplit('/').next().unwrap_or_default().replace('-', "/");
-            set.extend(["peer".into(), peer.into(), "endpoint".into(), format!("{ip}:51820")]);
-            set.extend(["allowed-ips".into(), subnet]);
+            set.extend(["peer".into(), peer, "endpoint".into(), endpoint]);
+            set.extend(["allowed-ips".into(), subnet.to_string()]);
             if psk {
                 set.extend(["preshared-key".into(), dir.join("wg-go.psk").display().to_string()]);
             }
@@ -156,13 +179,23 @@ impl Lab {
         let set: Vec<&str> = set.iter().map(String::as_str).collect();
         self.run_in_host(node, &set)?;
         let own = own_subnet(self, node)?;
-        let network = self.state.network.to_string();
-        let addr = format!("{}/32", own.network());
-        self.run_in_host(node, &["ip", "addr", "replace", &addr, "dev", "flannel-wg"])?;
-        self.run_in_host(node, &["ip", "link", "set", "flannel-wg", "mtu", "1420", "up"])?;
+        let (addr, network) = match device.ipv6 {
+            true => (
+                own.ipv6.map(|n| format!("{}/128", n.network())),
+                super::LAB_IPV6_NETWORK.to_string(),
+            ),
+            false => (
+                own.ipv4.map(|n| format!("{}/32", n.network())),
+                self.state.network.to_string(),
+            ),
+        };
+        let addr =
+            addr.ok_or_else(|| LabError::Other(format!("host {node}'s lease has no subnet for {}", device.name)))?;
+        self.run_in_host(node, &["ip", "addr", "replace", &addr, "dev", device.name, "nodad"])?;
+        self.run_in_host(node, &["ip", "link", "set", device.name, "mtu", "1420", "up"])?;
         self.run_in_host(
             node,
-            &["ip", "route", "replace", &network, "dev", "flannel-wg", "scope", "link"],
+            &["ip", "route", "replace", &network, "dev", device.name, "scope", "link"],
         )?;
         Ok(())
     }
@@ -204,17 +237,47 @@ pub fn pubkey(private: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Host `node`'s IPv4 subnet (wireguard carries IPv4 only).
-fn own_subnet(lab: &Lab, node: usize) -> Result<ipnet::Ipv4Net> {
+/// One device of a wireguard-go host: its name, port and family, and the lease field its
+/// peers' keys are in.
+struct GoDevice {
+    name: &'static str,
+    port: u16,
+    ipv6: bool,
+    data: &'static str,
+}
+
+/// The peer a lease (etcd key and value) asks of `device`: its subnet of the device's family,
+/// its key and its endpoint; None when it has no such side.
+fn go_peer(key: &str, raw: &[u8], device: &GoDevice) -> Option<(ipnet::IpNet, String, String)> {
+    let lease: serde_json::Value = serde_json::from_slice(raw).ok()?;
+    let subnets = weft_core::SubnetKey::parse(key.rsplit('/').next()?).ok()?;
+    let peer = lease[device.data]["PublicKey"].as_str()?.to_string();
+    match device.ipv6 {
+        true => {
+            let ip = lease["PublicIPv6"].as_str()?;
+            Some((subnets.ipv6?.into(), peer, format!("[{ip}]:{}", device.port)))
+        }
+        false => {
+            let ip = lease["PublicIP"].as_str()?;
+            Some((subnets.ipv4?.into(), peer, format!("{ip}:{}", device.port)))
+        }
+    }
+}
+
+/// Host `node`'s subnets, from its subnet.env.
+fn own_subnet(lab: &Lab, node: usize) -> Result<weft_core::SubnetKey> {
     let env = lab.subnet_env(node)?;
-    let subnet = env
-        .subnet
-        .ok_or_else(|| LabError::Other(format!("subnet.env of host {node} has no FLANNEL_SUBNET")))?;
-    Ok(subnet.trunc())
+    let key = weft_core::SubnetKey {
+        ipv4: env.subnet.map(|n| n.trunc()),
+        ipv6: env.ipv6_subnet.map(|n| n.trunc()),
+    };
+    if key.ipv4.is_none() && key.ipv6.is_none() {
+        return Err(LabError::Other(format!("subnet.env of host {node} has no subnet")));
+    }
+    Ok(key)
 }
 
 /// The etcd key of host `node`'s lease.
 fn lease_key(lab: &Lab, node: usize) -> Result<String> {
-    let subnet = own_subnet(lab, node)?;
-    Ok(format!("{SUBNETS}{}-{}", subnet.network(), subnet.prefix_len()))
+    Ok(format!("{SUBNETS}{}", own_subnet(lab, node)?.to_key()))
 }
