@@ -6,9 +6,10 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::wireguard::{run, trace_from_h1, Capture, MARKER};
 use common::*;
 use weft::lab::Lab;
 use weft_core::BackendKind;
@@ -16,8 +17,6 @@ use weft_core::BackendKind;
 const NETWORK: &str = "10.5.0.0/16";
 const PSK: &str = "6Xn0dm0Tq8d1K6ERLtq9w1J0i8aXlEOhGfHDTKvNH5k=";
 const WRONG_PSK: &str = "p2WzmBe2UyM6J1C2hS0D0lKGxX8qIt2rT+dDOZ3C3yA=";
-/// An ICMP payload pattern to look for on the underlay (it must never be seen in clear).
-const MARKER: &str = "c0ffee15deadbeef";
 
 fn wireguard_spec(name: &str, nodes: usize, options: serde_json::Value) -> weft::lab::LabSpec {
     let mut spec = spec(&lab_name(name), nodes, BackendKind::Wireguard);
@@ -26,18 +25,6 @@ fn wireguard_spec(name: &str, nodes: usize, options: serde_json::Value) -> weft:
         spec.backend_options = map;
     }
     spec
-}
-
-/// Runs `cmd` on host `node` with the host's own /run/flannel and /var/run/wireguard.
-fn run(lab: &Lab, node: usize, cmd: &[&str]) -> String {
-    let out = lab.exec_in_host_run(node, cmd).expect("exec in host");
-    assert!(
-        out.status.success(),
-        "{cmd:?} on h{node}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `wg pubkey` of a private key.
@@ -84,60 +71,6 @@ fn dropped(lab: &Lab, node: usize, reason: &str) -> u64 {
         node,
         &format!("weft_wireguard_dropped_total{{reason=\"{reason}\"}}"),
     )
-}
-
-/// A capture of the underlay (every frame on the switch's ports) in the switch namespace, with
-/// a raw socket: after `stop`, the IPv4 frames that were not WireGuard messages on port 51820
-/// (etcd's TLS on 2379 is the control plane, and IGMP the underlay's own multicast membership:
-/// both left out) and whether the marker appeared.
-struct Capture(Child, std::io::BufReader<std::process::ChildStdout>);
-
-const SNIFFER: &str = r#"
-import socket, struct, sys, time
-marker, seconds = bytes.fromhex(sys.argv[1]), float(sys.argv[2])
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-s.settimeout(0.2)  # every port of the switch (each frame seen on the way in and out)
-print("ready", flush=True)
-wg = other = seen = 0; kinds = {}
-end = time.time() + seconds
-while time.time() < end:
-    try: f = s.recv(65535)
-    except socket.timeout: continue
-    if marker in f: seen += 1
-    if len(f) < 34 or f[12:14] != b'\x08\x00': continue
-    ip = f[14:]; ihl = (ip[0] & 15) * 4; proto = ip[9]; l4 = ip[ihl:]
-    if proto == 6 and 2379 in struct.unpack('!HH', l4[:4]): continue
-    if proto == 2: continue  # IGMP: the switch's own multicast membership reports
-    if proto == 17:
-        sport, dport = struct.unpack('!HH', l4[:4]); p = l4[8:]
-        if 51820 in (sport, dport) and len(p) >= 4 and p[0] in (1, 2, 3, 4) and p[1:4] == b'\0\0\0':
-            wg += 1; kinds[p[0]] = kinds.get(p[0], 0) + 1; continue
-    other += 1
-    print("other: proto %d %s -> %s" % (proto, socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])))
-print("wireguard %d other %d marker %d kinds %s" % (wg, other, seen, kinds))
-"#;
-
-impl Capture {
-    fn start(lab: &Lab, seconds: u32) -> Capture {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", lab.switch_ns(), "python3", "-c", SNIFFER, MARKER])
-            .arg(seconds.to_string())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "the capture starts");
-        Capture(child, out)
-    }
-
-    fn finish(mut self) -> String {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut self.1, &mut text).unwrap();
-        self.0.wait().unwrap();
-        text
-    }
 }
 
 /// Pings `to` from node's pod every 50 ms for `seconds`; returns the longest gap between two
@@ -208,11 +141,8 @@ fn wireguard_mesh_sends_only_wireguard_shows_in_wg_and_survives_restart() {
         )
         .unwrap();
     assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
-    let seen = capture.finish();
-    let summary = seen.lines().last().unwrap_or_default().to_string();
-    eprintln!("underlay capture: {summary}");
-    assert!(summary.contains(" other 0 marker 0 "), "underlay capture:\n{seen}");
-    let wg_messages: u64 = summary.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let ([wg_messages, _, other, marker], seen) = capture.finish();
+    assert_eq!((other, marker), (0, 0), "underlay capture:\n{seen}");
     assert!(wg_messages >= 6, "{seen}");
 
     // `wg show` from wireguard-tools reads weft's device through the userspace API.
@@ -224,20 +154,7 @@ fn wireguard_mesh_sends_only_wireguard_shows_in_wg_and_survives_restart() {
     assert!(show.contains(&format!("allowed ips: {subnet2}")), "{show}");
     assert!(show.contains("latest handshake:"), "{show}");
     // weft trace follows the route into flannel-wg and checks the peer against the lease.
-    let dir = lab.dir().display().to_string();
-    let trace = [
-        env!("CARGO_BIN_EXE_weft").to_string(),
-        "trace".into(),
-        lab.pod_ip(1).unwrap().to_string(),
-        pod2.to_string(),
-        format!("--subnet-file={dir}/h1/subnet.env"),
-        "--etcd-endpoints=https://198.51.100.254:2379".into(),
-        format!("--etcd-cafile={dir}/ca.pem"),
-        format!("--etcd-certfile={dir}/client.pem"),
-        format!("--etcd-keyfile={dir}/client-key.pem"),
-    ];
-    let trace: Vec<&str> = trace.iter().map(String::as_str).collect();
-    let text = run(&lab, 1, &trace);
+    let text = trace_from_h1(&lab, &lab.pod_ip(1).unwrap().to_string(), &pod2.to_string());
     assert!(
         text.contains(&format!(
             "peer {} endpoint 198.51.100.2:51820 allowed ips {subnet2}",

@@ -6,15 +6,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-
+use common::wireguard::{run, trace_from_h1, Capture, MARKER};
 use common::*;
 use weft::lab::topology::underlay_ipv6;
 use weft::lab::{Lab, LabSpec};
 use weft_core::BackendKind;
-
-/// An ICMP payload pattern to look for on the underlay (it must never be seen in clear).
-const MARKER: &str = "c0ffee15deadbeef";
 
 fn wireguard_spec(name: &str, ipv6_only: bool, options: serde_json::Value) -> LabSpec {
     let mut spec = spec(&lab_name(name), 3, BackendKind::Wireguard);
@@ -25,18 +21,6 @@ fn wireguard_spec(name: &str, ipv6_only: bool, options: serde_json::Value) -> La
         spec.backend_options = map;
     }
     spec
-}
-
-/// Runs `cmd` on host `node` with the host's own /run/flannel and /var/run/wireguard.
-fn run(lab: &Lab, node: usize, cmd: &[&str]) -> String {
-    let out = lab.exec_in_host_run(node, cmd).expect("exec in host");
-    assert!(
-        out.status.success(),
-        "{cmd:?} on h{node}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Host `node`'s public key, from its key file (`wg pubkey`).
@@ -52,79 +36,6 @@ fn lease_value(lab: &Lab, node: usize) -> String {
         .unwrap()
         .unwrap_or_else(|| panic!("no lease at {key}"));
     String::from_utf8(value).unwrap()
-}
-
-/// A capture of the underlay (every frame on the switch's ports, both families) in the switch
-/// namespace: after `finish`, the IP packets that were not WireGuard messages on 51820/51821
-/// (etcd's TLS on 2379 is the control plane; IGMP, and ICMPv6's neighbour discovery and MLD, the
-/// underlay's own: all left out), the WireGuard messages per family, and whether the marker
-/// appeared.
-struct Capture(Child, std::io::BufReader<std::process::ChildStdout>);
-
-const SNIFFER: &str = r#"
-import socket, struct, sys, time
-marker, seconds = bytes.fromhex(sys.argv[1]), float(sys.argv[2])
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-s.settimeout(0.2)
-print("ready", flush=True)
-wg4 = wg6 = other = seen = 0
-end = time.time() + seconds
-while time.time() < end:
-    try: f = s.recv(65535)
-    except socket.timeout: continue
-    if marker in f: seen += 1
-    kind = f[12:14]
-    if kind == b'\x08\x00':
-        ip = f[14:]; proto = ip[9]; l4 = ip[(ip[0] & 15) * 4:]; v6 = False
-    elif kind == b'\x86\xdd':
-        ip = f[14:]; proto = ip[6]; l4 = ip[40:]; v6 = True
-    else: continue
-    if proto in (0, 2, 58): continue  # IGMP; ICMPv6 (and MLD behind its hop-by-hop header)
-    if proto == 6 and 2379 in struct.unpack('!HH', l4[:4]): continue
-    if proto == 17:
-        ports = struct.unpack('!HH', l4[:4]); p = l4[8:]
-        if (51820 in ports or 51821 in ports) and len(p) >= 4 and p[0] in (1, 2, 3, 4) and p[1:4] == b'\0\0\0':
-            if v6: wg6 += 1
-            else: wg4 += 1
-            continue
-    other += 1
-    print("other: v6 %s proto %d" % (v6, proto))
-print("wg4 %d wg6 %d other %d marker %d" % (wg4, wg6, other, seen))
-"#;
-
-impl Capture {
-    fn start(lab: &Lab, seconds: u32) -> Capture {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", lab.switch_ns(), "python3", "-c", SNIFFER, MARKER])
-            .arg(seconds.to_string())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "the capture starts");
-        Capture(child, out)
-    }
-
-    /// The summary numbers: (WireGuard over IPv4, WireGuard over IPv6, other, marker seen), and
-    /// the whole text.
-    fn finish(mut self) -> ([u64; 4], String) {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut self.1, &mut text).unwrap();
-        self.0.wait().unwrap();
-        let summary = text.lines().last().unwrap_or_default();
-        let numbers: Vec<u64> = summary
-            .split_whitespace()
-            .skip(1)
-            .step_by(2)
-            .map(|n| n.parse().unwrap())
-            .collect();
-        (
-            numbers.try_into().unwrap_or_else(|_| panic!("capture summary: {text}")),
-            text,
-        )
-    }
 }
 
 /// Pings node 2's pod from node 1's pod at its IPv6 address, three times with the marker as
@@ -182,7 +93,6 @@ fn wireguard_dual_stack_separate_devices_in_flannels_format_carry_only_wireguard
     let capture = Capture::start(&lab, 3);
     marker_ping_v6(&lab);
     let ([_, wg6, other, marker], text) = capture.finish();
-    eprintln!("underlay capture: {}", text.lines().last().unwrap_or_default());
     assert_eq!((other, marker), (0, 0), "underlay capture:\n{text}");
     assert!(wg6 >= 6, "{text}");
 
@@ -196,21 +106,8 @@ fn wireguard_dual_stack_separate_devices_in_flannels_format_carry_only_wireguard
     assert!(show.contains(&format!("allowed ips: {subnet6_2}\n")), "{show}");
     assert!(show.contains("latest handshake:"), "{show}");
     // weft trace to an IPv6 pod follows the route into flannel-wg-v6 and checks its peer.
-    let dir = lab.dir().display().to_string();
     let pod_v6 = |node| lab.pod(node).unwrap().ip6.unwrap().addr().to_string();
-    let trace = [
-        env!("CARGO_BIN_EXE_weft").to_string(),
-        "trace".into(),
-        pod_v6(1),
-        pod_v6(2),
-        format!("--subnet-file={dir}/h1/subnet.env"),
-        "--etcd-endpoints=https://198.51.100.254:2379".into(),
-        format!("--etcd-cafile={dir}/ca.pem"),
-        format!("--etcd-certfile={dir}/client.pem"),
-        format!("--etcd-keyfile={dir}/client-key.pem"),
-    ];
-    let trace: Vec<&str> = trace.iter().map(String::as_str).collect();
-    let text = run(&lab, 1, &trace);
+    let text = trace_from_h1(&lab, &pod_v6(1), &pod_v6(2));
     assert!(
         text.contains(&format!(
             "peer {} endpoint [2001:db8::2]:51821 allowed ips {subnet6_2}",
@@ -331,4 +228,22 @@ fn wireguard_go_interop_over_ipv6_in_a_dual_stack_mesh() {
         show.contains("endpoint: [2001:db8::1]:51821") && show.contains("latest handshake:"),
         "wireguard-go's view:\n{show}"
     );
+}
+
+#[test]
+fn wireguard_mode_auto_reaches_public_ipv4_endpoints_from_a_dual_stack_socket() {
+    // The lab's PublicIPs (198.51.100.0/24) are not RFC 1918 private: flannel's auto rule picks
+    // them, so both families cross the IPv4 underlay on one flannel-wg.
+    let lab = up(wireguard_spec("cw6a", false, serde_json::json!({"Mode": "auto"})));
+    let capture = Capture::start(&lab, 4);
+    assert!(all_pods_reach_each_other(&lab), "IPv4:\n{}", lab.status());
+    assert!(all_pods_reach_each_other_v6(&lab), "IPv6:\n{}", lab.status());
+    marker_ping_v6(&lab);
+    let ([wg4, wg6, other, marker], text) = capture.finish();
+    assert_eq!((wg6, other, marker), (0, 0, 0), "underlay capture:\n{text}");
+    assert!(wg4 >= 6, "{text}");
+    let show = run(&lab, 1, &["wg", "show", "flannel-wg"]);
+    assert!(show.contains("endpoint: 198.51.100.2:51820"), "{show}");
+    assert!(show.contains("allowed ips: 10.5."), "{show}");
+    assert!(show.contains(", fc00:"), "{show}");
 }

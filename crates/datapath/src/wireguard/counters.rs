@@ -26,7 +26,7 @@ pub enum WgDrop {
     UnderLoad,
     /// A decrypted packet whose inner source is outside the peer's allowed IPs.
     SpoofedSource,
-    /// A packet from flannel-wg whose destination no lease covers.
+    /// A packet from a device whose destination no lease covers.
     NoPeer,
     /// A packet from the device that is neither IPv4 nor IPv6 (or too short to be one).
     NotIp,
@@ -87,7 +87,7 @@ pub struct Tally {
     /// Inner packets sent to peers, and the wire bytes they took.
     pub tx_packets: u64,
     pub tx_bytes: u64,
-    /// Inner packets written into flannel-wg, and the wire bytes they came in.
+    /// Inner packets written into the devices, and the wire bytes they came in.
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub handshakes: u64,
@@ -152,7 +152,7 @@ impl Counters {
         );
         counter(
             "weft_wireguard_rx_packets_total",
-            "wireguard: inner packets decrypted and written into flannel-wg",
+            "wireguard: inner packets decrypted and written into flannel-wg (or flannel-wg-v6)",
             get(&self.rx_packets),
         );
         counter(
@@ -182,7 +182,7 @@ impl Counters {
         );
         counter(
             "weft_wireguard_tun_write_errors_total",
-            "wireguard: packets flannel-wg refused",
+            "wireguard: packets flannel-wg (or flannel-wg-v6) refused",
             get(&self.tun_write_errors),
         );
         let _ = writeln!(

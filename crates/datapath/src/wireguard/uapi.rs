@@ -1,6 +1,7 @@
-//! WireGuard's cross-platform userspace API, read-only: a unix socket `<dir>/flannel-wg.sock`
-//! (default dir `/var/run/wireguard`, where `wg` looks) that answers `get=1` with the device and
-//! its peers, so `wg show flannel-wg` works on weft's device as on a kernel one. `set=1` is
+//! WireGuard's cross-platform userspace API, read-only: one unix socket per device,
+//! `<dir>/flannel-wg.sock` (and `flannel-wg-v6.sock`; default dir `/var/run/wireguard`, where
+//! `wg` looks), that answers `get=1` with the device and its peers, so `wg show flannel-wg`
+//! works on weft's device as on a kernel one. `set=1` is
 //! refused (EPERM): the peers come from the leases, not from `wg set`.
 
 use std::io::{BufRead, BufReader, Write};

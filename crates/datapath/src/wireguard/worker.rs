@@ -1,5 +1,6 @@
-//! The I/O shell of the wireguard backend: N workers, each owning one flannel-wg queue and one
-//! UDP socket on ListenPort (SO_REUSEPORT), plus one timer thread. A worker reads a batch of
+//! The I/O shell of one wireguard device: N workers, each owning one queue of the device and
+//! one UDP socket on its ListenPort (SO_REUSEPORT; IPv4 or IPv6, as the Mode's endpoints), plus
+//! one timer thread. A worker reads a batch of
 //! packets from its queue, finds each one's peer by destination, encrypts it with the peer's
 //! boringtun `Tunn` and sends the batch with one sendmmsg; it receives a batch of datagrams
 //! with one recvmmsg, finds each one's peer (by session index, or by the initiator's static key

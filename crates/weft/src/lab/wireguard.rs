@@ -1,7 +1,7 @@
 //! Lab hosts of a wireguard lab share one machine's `/run`: without care every weftd would read
 //! the same `/run/flannel/wgkey` (one key for all nodes) and bind the same
-//! `/var/run/wireguard/flannel-wg.sock`. Each host gets its own two directories under its lab
-//! directory, bind-mounted over `/run/flannel` and `/run/wireguard` (`/var/run` is `/run`) in the
+//! `/var/run/wireguard/flannel-wg.sock` (and `flannel-wg-v6.sock`). Each host gets its own two
+//! directories under its lab directory, bind-mounted over `/run/flannel` and `/run/wireguard` (`/var/run` is `/run`) in the
 //! private mount namespace `ip netns exec` gives every command it runs. weftd then runs with
 //! flannel's default paths, and `weft lab exec --node N -- wg show` reads host N's device.
 
@@ -26,7 +26,8 @@ pub fn flannel_run_dir(dir: &Path, node: usize) -> PathBuf {
     dir.join(format!("h{node}/run-flannel"))
 }
 
-/// Host `node`'s own `/var/run/wireguard` (the userspace API socket `flannel-wg.sock`).
+/// Host `node`'s own `/var/run/wireguard` (the userspace API sockets `flannel-wg.sock` and
+/// `flannel-wg-v6.sock`).
 pub fn wireguard_run_dir(dir: &Path, node: usize) -> PathBuf {
     dir.join(format!("h{node}/run-wireguard"))
 }

@@ -1,6 +1,8 @@
 //! Shared pieces of the cluster tests: a lab running the real weftd, polling, reading logs.
 #![allow(dead_code)]
 
+pub mod wireguard;
+
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
