@@ -103,15 +103,14 @@ fn lease_peer(lease: &Lease, node: &DeviceNode<'_>) -> Result<PeerSpec, Skip> {
     }
     let data = data.ok_or(Skip::Lease(why_not))?;
     let data = WireguardLeaseData::parse(data).map_err(Skip::BadBackendData)?;
-    let local = |side: Option<Side>| side.map(|s| s.public_ip);
-    let (local_v4, local_v6) = match (local(node.v4), local(node.v6)) {
-        (Some(IpAddr::V4(v4)), v6) => (Some(v4), v6),
-        (_, v6) => (None, v6),
-    };
-    let local_v6 = match local_v6 {
-        Some(IpAddr::V6(v6)) => Some(v6),
-        _ => None,
-    };
+    let local_v4 = node.v4.and_then(|s| match s.public_ip {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    });
+    let local_v6 = node.v6.and_then(|s| match s.public_ip {
+        IpAddr::V6(ip) => Some(ip),
+        IpAddr::V4(_) => None,
+    });
     let remote_v4 = lease.subnet.ipv4.map(|_| lease.attrs.public_ip);
     let ip = node
         .plan
