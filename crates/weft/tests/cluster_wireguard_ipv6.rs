@@ -50,7 +50,7 @@ fn marker_ping_v6(lab: &Lab) {
 
 #[test]
 fn wireguard_dual_stack_separate_devices_in_flannels_format_carry_only_wireguard() {
-    let lab = up(wireguard_spec("cw6", false, serde_json::json!({})));
+    let mut lab = up(wireguard_spec("cw6", false, serde_json::json!({})));
     assert!(all_pods_reach_each_other(&lab), "IPv4:\n{}", lab.status());
     assert!(all_pods_reach_each_other_v6(&lab), "IPv6:\n{}", lab.status());
 
@@ -128,6 +128,23 @@ fn wireguard_dual_stack_separate_devices_in_flannels_format_carry_only_wireguard
         Some(4),
         "2 peers on each device: {page}"
     );
+
+    // A full-size IPv6 packet (FLANNEL_MTU 1420 = 1500 - 40 - 8 - 32) crosses unfragmented.
+    let to = lab.pod(2).unwrap().ip6.unwrap().addr().to_string();
+    let full = lab
+        .exec_in_pod(1, &["ping", "-n", "-c", "2", "-M", "do", "-s", "1372", &to])
+        .unwrap();
+    assert!(full.status.success(), "{}", String::from_utf8_lossy(&full.stdout));
+
+    // A restarted weftd adopts flannel-wg-v6 and keeps its key: IPv6 traffic resumes.
+    lab.restart_node(2).unwrap();
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || lab.weftd_alive(2)
+            && lab.ping(1, lab.pod(2).unwrap().ip6.unwrap().addr())),
+        "after the restart:\n{}",
+        weftd_log(&lab, 2)
+    );
+    assert_eq!(public_key(&lab, 2), keys[1]);
 }
 
 #[test]

@@ -43,6 +43,8 @@ use crate::leases::Side;
 
 /// The device name flannel uses for IPv4 (and for both families outside Mode separate).
 pub const DEVICE: &str = DEVICE_V4;
+/// The smallest MTU a link carrying IPv6 may have (RFC 8200).
+const IPV6_MIN_MTU: u32 = 1280;
 /// Handshake messages per second a device takes before it asks for cookies (each initiation
 /// passes the limiter twice: once before the peer lookup, once in boringtun).
 const HANDSHAKE_RATE_LIMIT: u64 = 200;
@@ -72,6 +74,8 @@ pub enum WireguardError {
     },
     #[error("wireguard backend: the underlay MTU {mtu} leaves no room for WireGuard's 80 bytes; fix the interface MTU or set Backend.MTU")]
     MtuTooSmall { mtu: u32 },
+    #[error("wireguard backend: the device MTU {mtu} is below IPv6's minimum 1280, so the IPv6 device could not carry IPv6; raise the interface MTU or Backend.MTU to at least 1360")]
+    MtuTooSmallForIpv6 { mtu: u32 },
     #[error("wireguard backend: device {device} disappeared right after it was opened; is something deleting it?")]
     DeviceGone { device: &'static str },
     #[error("wireguard backend: no lease yet; call set_lease with this node's subnet before reconcile")]
@@ -178,6 +182,9 @@ impl WireguardBackend {
         };
         let v4 = side(config.network().map(Into::into), underlay.ipv4.map(Into::into));
         let v6 = side(config.ipv6_network().map(Into::into), underlay.ipv6.map(Into::into));
+        if v6.is_some() && mtu < IPV6_MIN_MTU {
+            return Err(WireguardError::MtuTooSmallForIpv6 { mtu });
+        }
         let counters = Arc::new(Counters::default());
         let mut devices = Vec::new();
         for plan in opts.devices(v4.is_some(), v6.is_some()) {
