@@ -272,40 +272,10 @@ fn run_size(options: &ControlBenchOptions, n: usize, progress: &mut dyn FnMut(&s
         index,
         weftd: &weftd,
     };
-    let mut samples: [(Vec<f64>, usize); 3] = Default::default();
-    for run in 0..options.heal_runs {
-        let peer = peers.peer(run % n);
-        for (kind, (times, missed)) in samples.iter_mut().enumerate() {
-            let healed = match kind {
-                0 => heal.neighbour(&peer)?,
-                1 => heal.fdb(&peer)?,
-                _ => heal.route(&peer)?,
-            };
-            match healed {
-                Some(t) => times.push(t),
-                None => *missed += 1,
-            }
-            std::thread::sleep(EVENT_GAP);
-        }
-    }
-    let [neigh, fdb, route] = samples;
-    row.heal_neighbour = Latencies::new(neigh.0, neigh.1);
-    row.heal_fdb = Latencies::new(fdb.0, fdb.1);
-    row.heal_route = Latencies::new(route.0, route.1);
+    (row.heal_neighbour, row.heal_fdb, row.heal_route) = heal.measure(&peers, n, options.heal_runs)?;
 
-    watcher.drain();
-    let deleted = with_netlink(&host_ns, move |nl| async move {
-        nl.delete_link(index).await?;
-        Ok(Instant::now())
-    })?;
-    row.device_ms = match wait_all_in_kernel(&watcher, &host_ns, &expected, deleted, converge_timeout(n), &weftd) {
-        Ok(done) => {
-            row.device_exact = done.exact;
-            Some(ms(done.at.saturating_duration_since(deleted)))
-        }
-        Err(LabError::Timeout { .. }) => None,
-        Err(e) => return Err(e),
-    };
+    let device = device_recreated(&watcher, &host_ns, &expected, index, n, &weftd)?;
+    (row.device_ms, row.device_exact) = (device.map(|(ms, _)| ms), device.is_some_and(|(_, exact)| exact));
     progress(&format!(
         "{n} leases: heal medians neighbour {} / FDB {} / route {}, device {}",
         fmt_ms(row.heal_neighbour.median_ms),
@@ -317,6 +287,28 @@ fn run_size(options: &ControlBenchOptions, n: usize, progress: &mut dyn FnMut(&s
     drop(etcd);
     lab.down()?;
     Ok(row)
+}
+
+/// Deletes the VXLAN device and times weftd's putting it back with every entry: (ms, exact), or
+/// None when it did not within the converge timeout.
+fn device_recreated(
+    watcher: &KernelWatcher,
+    host_ns: &str,
+    expected: &Expected,
+    index: u32,
+    n: usize,
+    weftd: &Weftd,
+) -> Result<Option<(f64, bool)>> {
+    watcher.drain();
+    let deleted = with_netlink(host_ns, move |nl| async move {
+        nl.delete_link(index).await?;
+        Ok(Instant::now())
+    })?;
+    match wait_all_in_kernel(watcher, host_ns, expected, deleted, converge_timeout(n), weftd) {
+        Ok(done) => Ok(Some((ms(done.at.saturating_duration_since(deleted)), done.exact))),
+        Err(LabError::Timeout { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn converge_timeout(n: usize) -> Duration {
@@ -727,6 +719,33 @@ struct Heal<'a> {
 }
 
 impl Heal<'_> {
+    /// `runs` rounds of deleting one peer's neighbour, FDB entry and route by hand (a different
+    /// peer each round), timed until weftd puts each back: (neighbour, FDB, route).
+    fn measure(&self, peers: &FakePeers, n: usize, runs: usize) -> Result<(Latencies, Latencies, Latencies)> {
+        let mut samples: [(Vec<f64>, usize); 3] = Default::default();
+        for run in 0..runs {
+            let peer = peers.peer(run % n);
+            for (kind, (times, missed)) in samples.iter_mut().enumerate() {
+                let healed = match kind {
+                    0 => self.neighbour(&peer)?,
+                    1 => self.fdb(&peer)?,
+                    _ => self.route(&peer)?,
+                };
+                match healed {
+                    Some(t) => times.push(t),
+                    None => *missed += 1,
+                }
+                std::thread::sleep(EVENT_GAP);
+            }
+        }
+        let [neigh, fdb, route] = samples;
+        Ok((
+            Latencies::new(neigh.0, neigh.1),
+            Latencies::new(fdb.0, fdb.1),
+            Latencies::new(route.0, route.1),
+        ))
+    }
+
     /// Runs `delete`, then waits for the notification that the entry went (`gone`) and then
     /// for the one that it is back (`back`). Milliseconds from the delete's reply, or None.
     fn time<F, Fut>(
