@@ -200,3 +200,73 @@ pub fn lease_key(lab: &Lab, node: usize) -> String {
     }
     .to_key()
 }
+
+/// The lab's etcd flags for `weft` commands run on a lab host (endpoint and client certificate).
+pub fn etcd_flags(lab: &Lab) -> Vec<String> {
+    let dir = lab.dir().display().to_string();
+    vec![
+        "--etcd-endpoints=https://198.51.100.254:2379".into(),
+        format!("--etcd-cafile={dir}/ca.pem"),
+        format!("--etcd-certfile={dir}/client.pem"),
+        format!("--etcd-keyfile={dir}/client-key.pem"),
+    ]
+}
+
+/// What one `weft trace --json` run on host 1 said.
+pub struct Traced {
+    pub ok: bool,
+    /// The causes of the broken steps.
+    pub causes: Vec<String>,
+    pub json: serde_json::Value,
+    pub text: String,
+}
+
+impl Traced {
+    /// The step `check` of the walk (panics naming the whole output when absent).
+    pub fn step(&self, check: &str) -> &serde_json::Value {
+        self.json["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["check"] == check)
+            .unwrap_or_else(|| panic!("no {check} step: {}", self.text))
+    }
+
+    pub fn entry(&self, check: &str) -> String {
+        self.step(check)["entry"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn message(&self, check: &str) -> String {
+        self.step(check)["message"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// Runs `weft trace --json src dst --subnet-file=<subnet_file>` on host 1.
+pub fn run_trace(lab: &Lab, src: IpAddr, dst: IpAddr, subnet_file: &str) -> Traced {
+    let mut args = vec![
+        env!("CARGO_BIN_EXE_weft").to_string(),
+        "trace".into(),
+        "--json".into(),
+        src.to_string(),
+        dst.to_string(),
+        format!("--subnet-file={subnet_file}"),
+    ];
+    args.extend(etcd_flags(lab));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.exec_in_host(1, &args).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    let causes = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["cause"].as_str().map(str::to_string))
+        .collect();
+    Traced {
+        ok: out.status.success(),
+        causes,
+        json,
+        text,
+    }
+}
