@@ -1276,6 +1276,39 @@ fn thousands(n: usize) -> String {
     out
 }
 
+impl ControlBenchRow {
+    /// The row's cells in the table's column order (`~`: notifications were lost).
+    fn cells(&self) -> [String; 13] {
+        let converge = format!(
+            "{}{}",
+            if self.converge_exact { "" } else { "~" },
+            fmt_value(self.converge_ms, "s")
+        );
+        let device = self
+            .device_ms
+            .map(|v| format!("{}{}", if self.device_exact { "" } else { "~" }, fmt_value(v, "s")))
+            .unwrap_or_else(|| "not within the timeout".into());
+        [
+            thousands(self.leases),
+            converge,
+            fmt_latency(&self.add, false),
+            fmt_latency(&self.add, true),
+            fmt_latency(&self.delete, false),
+            fmt_latency(&self.delete, true),
+            match self.idle_cpu_schedstat_ms {
+                Some(precise) => format!("{:.0} ms ({precise:.1} ms)", self.idle_cpu_ms),
+                None => format!("{:.0} ms", self.idle_cpu_ms),
+            },
+            fmt_value(self.rss_before_mb, "MB"),
+            fmt_value(self.rss_after_mb, "MB"),
+            fmt_latency(&self.heal_neighbour, false),
+            fmt_latency(&self.heal_fdb, false),
+            fmt_latency(&self.heal_route, false),
+            device,
+        ]
+    }
+}
+
 impl fmt::Display for ControlBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let interval = if self.weftd_args.is_empty() {
@@ -1322,34 +1355,7 @@ impl fmt::Display for ControlBenchReport {
         writeln!(f, "| {} |", header.join(" | "))?;
         writeln!(f, "|{}", "---|".repeat(header.len()))?;
         for row in &self.rows {
-            let converge = format!(
-                "{}{}",
-                if row.converge_exact { "" } else { "~" },
-                fmt_value(row.converge_ms, "s")
-            );
-            let device = row
-                .device_ms
-                .map(|v| format!("{}{}", if row.device_exact { "" } else { "~" }, fmt_value(v, "s")))
-                .unwrap_or_else(|| "not within the timeout".into());
-            let cells = [
-                thousands(row.leases),
-                converge,
-                fmt_latency(&row.add, false),
-                fmt_latency(&row.add, true),
-                fmt_latency(&row.delete, false),
-                fmt_latency(&row.delete, true),
-                match row.idle_cpu_schedstat_ms {
-                    Some(precise) => format!("{:.0} ms ({precise:.1} ms)", row.idle_cpu_ms),
-                    None => format!("{:.0} ms", row.idle_cpu_ms),
-                },
-                fmt_value(row.rss_before_mb, "MB"),
-                fmt_value(row.rss_after_mb, "MB"),
-                fmt_latency(&row.heal_neighbour, false),
-                fmt_latency(&row.heal_fdb, false),
-                fmt_latency(&row.heal_route, false),
-                device,
-            ];
-            writeln!(f, "| {} |", cells.join(" | "))?;
+            writeln!(f, "| {} |", row.cells().join(" | "))?;
         }
         writeln!(
             f,
