@@ -790,7 +790,33 @@ fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, st
     let oif = route.oif?;
     let next_hop = route.gateway.unwrap_or(f.dst);
     let lease_mac = lease.and_then(|l| family.lease_vtep_mac(l));
-    let mac_field = family.vtep_mac_field();
+    let kernel_mac = neighbour_hop(f, oif, next_hop, dev, lease_mac, steps);
+
+    // FDB: which node (underlay IP) the VTEP MAC lives behind.
+    let lease_ip = lease.and_then(|l| family.lease_public_ip(l));
+    let Some(mac) = kernel_mac.or(lease_mac) else {
+        steps.push(Step::info(
+            "fdb",
+            "no VTEP MAC known (no neighbour entry, no lease): FDB not checked",
+        ));
+        return lease_ip.and_then(|ip| underlay_hop(f, ip, Some(oif), dev, steps));
+    };
+    let fdb_dst = fdb_hop(f, mac, dev, lease_ip, steps);
+    let target = fdb_dst.or(lease_ip)?;
+    underlay_hop(f, target, Some(oif), dev, steps)
+}
+
+/// The neighbour entry of the VTEP address `next_hop` on the VXLAN device `oif`, against the
+/// lease's VtepMAC; returns the MAC the kernel resolves it to.
+fn neighbour_hop(
+    f: &Facts,
+    oif: u32,
+    next_hop: IpAddr,
+    dev: &str,
+    lease_mac: Option<[u8; 6]>,
+    steps: &mut Vec<Step>,
+) -> Option<[u8; 6]> {
+    let mac_field = f.family().vtep_mac_field();
     let lease_mac_text = lease_mac
         .map(|m| format_mac(&m))
         .unwrap_or_else(|| format!("<{mac_field} of the lease>"));
@@ -799,7 +825,7 @@ fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, st
         .iter()
         .find(|(i, n)| *i == oif && n.ip == next_hop)
         .map(|(_, n)| n);
-    let kernel_mac = match neighbour {
+    match neighbour {
         None => {
             steps.push(Step::broken(
                 "neighbour",
@@ -861,21 +887,16 @@ fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, st
             }
             n.mac
         }
-    };
+    }
+}
 
-    // FDB: which node (underlay IP) the VTEP MAC lives behind.
-    let public_field = family.public_ip_field();
-    let lease_ip = lease.and_then(|l| family.lease_public_ip(l));
-    let Some(mac) = kernel_mac.or(lease_mac) else {
-        steps.push(Step::info(
-            "fdb",
-            "no VTEP MAC known (no neighbour entry, no lease): FDB not checked",
-        ));
-        return lease_ip.and_then(|ip| underlay_hop(f, ip, Some(oif), dev, steps));
-    };
+/// The FDB entry of the VTEP MAC `mac`, against the lease's public address; returns the underlay
+/// address the kernel sends to.
+fn fdb_hop(f: &Facts, mac: [u8; 6], dev: &str, lease_ip: Option<IpAddr>, steps: &mut Vec<Step>) -> Option<IpAddr> {
+    let public_field = f.family().public_ip_field();
     let mac_text = format_mac(&mac);
     let entries: Vec<_> = f.fdb.iter().filter(|e| e.mac == mac && e.dst.is_some()).collect();
-    let fdb_dst = match entries.first() {
+    match entries.first() {
         None => {
             let dst = lease_ip
                 .map(|i| i.to_string())
@@ -918,9 +939,7 @@ fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, st
             }
             Some(dst)
         }
-    };
-    let target = fdb_dst.or(lease_ip)?;
-    underlay_hop(f, target, Some(oif), dev, steps)
+    }
 }
 
 /// The underlay route to a node's address; returns its output device.
