@@ -172,9 +172,19 @@ pub fn mac_of(lab: &Lab, node: usize, dev: &str) -> String {
         .to_string()
 }
 
-/// `ip -6 route` on a host without the `nhid <id>` words (the path is what is asserted).
+/// `ip route` on a host, without the `nhid <id>` of routes through a nexthop object: what is
+/// asserted is the path (`via`, `dev`), which iproute2 prints after it.
+pub fn routes(lab: &Lab, node: usize) -> String {
+    without_nhid(&host_out(lab, node, &["ip", "route"]))
+}
+
+/// [`routes`] for IPv6 (`ip -6 route`).
 pub fn v6_routes(lab: &Lab, node: usize) -> String {
-    host_out(lab, node, &["ip", "-6", "route"])
+    without_nhid(&host_out(lab, node, &["ip", "-6", "route"]))
+}
+
+fn without_nhid(listing: &str) -> String {
+    listing
         .lines()
         .map(|line| {
             let mut words = line.split(' ');
@@ -189,6 +199,25 @@ pub fn v6_routes(lab: &Lab, node: usize) -> String {
             kept.join(" ") + "\n"
         })
         .collect()
+}
+
+/// Restarts weftd on `node` and waits until it has written subnet.env again; its lease key and
+/// subnet.env are what they were.
+pub fn restart_keeps_the_lease(lab: &mut Lab, node: usize) {
+    let (key_before, env_before) = (
+        lease_key(lab, node),
+        std::fs::read_to_string(subnet_file(lab, node)).unwrap(),
+    );
+    let writes = |lab: &Lab| weftd_log(lab, node).matches("wrote subnet file").count();
+    let written = writes(lab);
+    lab.restart_node(node).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || writes(lab) > written),
+        "{}",
+        weftd_log(lab, node)
+    );
+    assert_eq!(lease_key(lab, node), key_before);
+    assert_eq!(std::fs::read_to_string(subnet_file(lab, node)).unwrap(), env_before);
 }
 
 /// Host `node`'s lease key (both subnets) from its subnet.env.
