@@ -18,7 +18,7 @@ use weft_kernel::netlink::{AddrFamily, AddrInfo, FdbEntry, LinkInfo, Neighbour, 
 
 use crate::facts::{Facts, Leases, Lookup, Owner, SubnetFile};
 use crate::family::Family;
-use crate::{TraceError, TraceOptions};
+use crate::options::{TraceError, TraceOptions};
 
 fn read_subnet_file(path: &Path) -> SubnetFile {
     match std::fs::read_to_string(path) {
