@@ -23,8 +23,8 @@ use weft_kernel::monitor::KernelEvent;
 use weft_kernel::netlink::{format_mac, AddrFamily, Batch, LinkInfo, Netlink, NetlinkError, VxlanSpec};
 
 use self::plan::{
-    desired_state, peer_entries, peer_of, peers_entries, peers_from_leases, plan_peer, plan_phases, Action,
-    ActualState, Change, LeaseSkip, PeerEntries, Phases, Topology,
+    desired_state, keep_shared, peer_entries, peer_of, peers_entries, peers_from_leases, plan_peer, plan_phases,
+    Action, ActualState, Change, LeaseSkip, PeerEntries, Phases, Topology,
 };
 use crate::apply::{run_batched, Applied, ApplyFailure};
 use crate::backend::LeaseChange;
@@ -492,6 +492,7 @@ impl Vtep {
                 self.remember(subnet, new);
             }
         }
+        keep_shared(&mut phases, &self.installed);
         report.peers = self.installed.len();
         let applied = self.run(phases).await;
         (report.added, report.replaced, report.removed) = (applied.added, applied.replaced, applied.removed);
