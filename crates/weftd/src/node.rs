@@ -204,6 +204,7 @@ impl<M: SubnetManager> Node<M> {
             current: Arc::new(LeaseSnapshot::default()),
             programmed: false,
             last_attempt: None,
+            last_failure: None,
             published_peers: String::new(),
         };
         let mut snapshots = watcher.snapshots.clone();
@@ -314,6 +315,9 @@ struct Loop<'a> {
     programmed: bool,
     /// When the last full reconcile started.
     last_attempt: Option<std::time::Instant>,
+    /// The last failure said at warn level: the same one again is said at debug level only, so
+    /// a failure that lasts (an entry the kernel refuses) does not fill the log at every tick.
+    last_failure: Option<String>,
     published_peers: String,
 }
 
@@ -378,6 +382,9 @@ impl Loop<'_> {
                 if report.changed() {
                     tracing::info!(?report, "{what}: kernel state corrected");
                 }
+                if self.last_failure.take().is_some() && self.programmed {
+                    tracing::info!("{what} succeeded again: the kernel matches the leases");
+                }
                 self.metrics
                     .reconcile_corrections
                     .fetch_add(report.corrections() as u64, Ordering::Relaxed);
@@ -387,7 +394,13 @@ impl Loop<'_> {
                 self.metrics.reconcile_errors.fetch_add(1, Ordering::Relaxed);
                 // The cache may now differ from the kernel: the next tick compares everything.
                 self.programmed = false;
-                tracing::warn!("{what} failed, retrying at the next event or tick: {e:#}");
+                let failure = format!("{e:#}");
+                if self.last_failure.as_ref() == Some(&failure) {
+                    tracing::debug!("{what} failed again, as before: {failure}");
+                } else {
+                    tracing::warn!("{what} failed, retrying at the next event or tick: {failure}");
+                    self.last_failure = Some(failure);
+                }
             }
         }
     }
