@@ -10,7 +10,7 @@ use std::path::Path;
 
 use ipnet::IpNet;
 use serde_json::{Map, Value};
-use weft_kernel::netlink::{format_mac, AddrFamily, Netlink, RouteSpec};
+use weft_kernel::netlink::{format_mac, AddrFamily, LinkInfo, Netlink, RouteSpec};
 
 use crate::bridge;
 use crate::error::{CniError, ErrorCode};
@@ -150,29 +150,7 @@ async fn add_steps(
     host: &Netlink,
     created: &mut Created,
 ) -> Result<CniResult, CniError> {
-    if !store.find(&inv.container_id, &inv.ifname)?.is_empty() {
-        return Err(CniError::new(
-            ErrorCode::InvalidEnvironment,
-            format!(
-                "container {} already has an address for {} in {}; run DEL before adding it again",
-                inv.container_id,
-                inv.ifname,
-                store.dir().display()
-            ),
-        ));
-    }
-    let mut addresses = Vec::with_capacity(plan.families.len());
-    for family in &plan.families {
-        let ip = store.allocate(
-            family.gateway,
-            family.gateway.addr(),
-            family.range_id,
-            &inv.container_id,
-            &inv.ifname,
-        )?;
-        created.address = true;
-        addresses.push(IpNet::new(ip, family.gateway.prefix_len()).expect("same prefix as the gateway"));
-    }
+    let addresses = allocate(inv, plan, store, created)?;
 
     let bridge = host.ensure_bridge(&plan.bridge, plan.mtu).await?;
     // Before the first port is attached, so that the gateway MAC never follows the ports.
@@ -226,33 +204,78 @@ async fn add_steps(
 
     // Read again now that the port is attached: the result shows the MAC the pods see.
     let bridge = host.link_by_index(bridge.index).await?.unwrap_or(bridge);
+    let links = [
+        (plan.bridge.clone(), bridge),
+        (host_name, host_link),
+        (inv.ifname.clone(), link),
+    ];
+    Ok(add_result(conf, inv, plan, &addresses, links))
+}
+
+/// One address of each family's subnet for the container, from the store; an interface that
+/// already has addresses is refused (DEL first).
+fn allocate(
+    inv: &Invocation,
+    plan: &Plan,
+    store: &AddressStore,
+    created: &mut Created,
+) -> Result<Vec<IpNet>, CniError> {
+    if !store.find(&inv.container_id, &inv.ifname)?.is_empty() {
+        return Err(CniError::new(
+            ErrorCode::InvalidEnvironment,
+            format!(
+                "container {} already has an address for {} in {}; run DEL before adding it again",
+                inv.container_id,
+                inv.ifname,
+                store.dir().display()
+            ),
+        ));
+    }
+    let mut addresses = Vec::with_capacity(plan.families.len());
+    for family in &plan.families {
+        let ip = store.allocate(
+            family.gateway,
+            family.gateway.addr(),
+            family.range_id,
+            &inv.container_id,
+            &inv.ifname,
+        )?;
+        created.address = true;
+        addresses.push(IpNet::new(ip, family.gateway.prefix_len()).expect("same prefix as the gateway"));
+    }
+    Ok(addresses)
+}
+
+/// ADD's result: the bridge, the host veth and the container's interface (`links`, in that
+/// order), each address with its gateway, and each family's route.
+fn add_result(
+    conf: &NetConf,
+    inv: &Invocation,
+    plan: &Plan,
+    addresses: &[IpNet],
+    links: [(String, LinkInfo); 3],
+) -> CniResult {
     let mac = |m: Option<[u8; 6]>| m.map(|m| format_mac(&m)).unwrap_or_default();
-    Ok(CniResult {
-        cni_version: conf.cni_version.clone(),
-        interfaces: vec![
+    let interfaces = links
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, link))| {
+            let in_container = i == 2;
             Interface {
-                name: plan.bridge.clone(),
-                mac: mac(bridge.mac),
-                mtu: None,
-                sandbox: None,
-            },
-            Interface {
-                name: host_name,
-                mac: mac(host_link.mac),
-                mtu: None,
-                sandbox: None,
-            },
-            Interface {
-                name: inv.ifname.clone(),
+                name,
                 mac: mac(link.mac),
-                mtu: Some(plan.mtu),
-                sandbox: Some(inv.netns.clone()),
-            },
-        ],
+                mtu: in_container.then_some(plan.mtu),
+                sandbox: in_container.then(|| inv.netns.clone()),
+            }
+        })
+        .collect();
+    CniResult {
+        cni_version: conf.cni_version.clone(),
+        interfaces,
         ips: plan
             .families
             .iter()
-            .zip(&addresses)
+            .zip(addresses)
             .map(|(family, address)| IpConfig {
                 version: None,
                 address: *address,
@@ -270,7 +293,7 @@ async fn add_steps(
             .collect(),
         dns: conf.dns.clone().unwrap_or_else(|| Value::Object(Map::new())),
     }
-    .for_version(&conf.cni_version))
+    .for_version(&conf.cni_version)
 }
 
 async fn delete_host_veth(host: &Netlink, container_id: &str, ifname: &str) -> Result<(), CniError> {

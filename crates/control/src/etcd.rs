@@ -575,8 +575,12 @@ impl EtcdSubnetManager {
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         match resp.kvs().first() {
             Some(kv) if kv.mod_revision() > *judged => {
+                // The first read is the config weftd started with: said only when it differs.
+                let first = *judged == 0;
                 *judged = kv.mod_revision();
-                judge_config(&key, running, Some(kv.value()));
+                if !(first && parse_config(&key, kv.value()).is_ok_and(|cfg| cfg == *running)) {
+                    judge_config(&key, running, Some(kv.value()));
+                }
             }
             None if *judged > 0 => {
                 *judged = revision;

@@ -383,6 +383,7 @@ pub async fn acquire_lease_with<S: SubnetStore>(
 ) -> Result<Lease, ControlError> {
     let prefix = store.prefix().to_string();
     let value = attrs.to_json();
+    let from_subnet_env = previous;
     let mut previous = previous;
     for attempt in 1..=ACQUIRE_ATTEMPTS {
         let (stored, _) = store.list(&subnets_prefix(&prefix)).await?;
@@ -426,6 +427,7 @@ pub async fn acquire_lease_with<S: SubnetStore>(
                         continue;
                     }
                     tracing::info!(subnet = %subnet, key = %key, "leased a new subnet");
+                    warn_if_moved(from_subnet_env, &subnet);
                     return Ok(Lease {
                         subnet,
                         attrs: attrs.clone(),
@@ -439,6 +441,29 @@ pub async fn acquire_lease_with<S: SubnetStore>(
         prefix,
         attempts: ACQUIRE_ATTEMPTS,
     })
+}
+
+/// Warns when the subnets of the previous subnet.env could not be taken back (another node holds
+/// them now): pods numbered from them must be re-created.
+fn warn_if_moved(previous: Option<SubnetKey>, leased: &SubnetKey) {
+    let Some(previous) = previous else { return };
+    let moved = |old: Option<String>, new: Option<String>| old.is_some() && new.is_some() && old != new;
+    let v4 = moved(
+        previous.ipv4.map(|n| n.trunc().to_string()),
+        leased.ipv4.map(|n| n.to_string()),
+    );
+    let v6 = moved(
+        previous.ipv6.map(|n| n.trunc().to_string()),
+        leased.ipv6.map(|n| n.to_string()),
+    );
+    if v4 || v6 {
+        tracing::warn!(
+            previous = %previous,
+            leased = %leased,
+            "the subnet of the previous subnet.env is held by another node now (or no longer fits the config): \
+             this node has a new subnet, so pods numbered from the old one must be re-created"
+        );
+    }
 }
 
 /// When to renew and check a held lease.
@@ -599,6 +624,17 @@ impl<S: SubnetStore> Keeper<S> {
         }
     }
 
+    /// The other node's public address when `theirs` (our key's value now) names another node:
+    /// by PublicIP, as flannel tells nodes apart, or in an IPv6-only lease (whose PublicIP is
+    /// flannel's 0.0.0.0 on every node) by PublicIPv6.
+    fn another_node(&self, theirs: &LeaseAttrs) -> Option<std::net::IpAddr> {
+        match self.subnet.ipv4 {
+            Some(_) => (theirs.public_ip != self.attrs.public_ip).then_some(theirs.public_ip.into()),
+            None => (theirs.public_ipv6 != self.attrs.public_ipv6)
+                .then(|| theirs.public_ipv6.map_or(Ipv4Addr::UNSPECIFIED.into(), Into::into)),
+        }
+    }
+
     /// One round: our key must exist with our value, bound to a live lease renewed on schedule.
     async fn check(&mut self) -> Result<(), Failure> {
         let key = lease_key(self.store.prefix(), &self.subnet);
@@ -611,8 +647,7 @@ impl<S: SubnetStore> Keeper<S> {
             }
             Some(cur) => {
                 let theirs = LeaseAttrs::from_json(&key, &cur.value).ok();
-                if theirs.as_ref().is_some_and(|a| a.public_ip != self.attrs.public_ip) {
-                    let other = theirs.map(|a| a.public_ip).unwrap_or(Ipv4Addr::UNSPECIFIED);
+                if let Some(other) = theirs.and_then(|a| self.another_node(&a)) {
                     tracing::error!(key = %key, "lease {} now names public IP {other}: another node took our subnet; acquiring a new one", self.subnet.to_key());
                     return self.acquire_new().await;
                 }

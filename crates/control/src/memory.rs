@@ -665,6 +665,36 @@ mod tests {
         k.task.abort();
     }
 
+    /// In an IPv6-only network every lease's PublicIP is 0.0.0.0: a node that writes its own
+    /// PublicIPv6 into our key has taken our subnet, and the keeper moves as it does for IPv4.
+    #[tokio::test]
+    async fn keeper_tells_ipv6_only_nodes_apart_by_public_ipv6() {
+        tokio::time::pause();
+        let store = Arc::new(MemoryStore::new(PREFIX));
+        let c = cfg(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"host-gw"}}"#);
+        let mut a = LeaseAttrs::new(std::net::Ipv4Addr::UNSPECIFIED, "host-gw", serde_json::Value::Null);
+        a.public_ipv6 = Some("2001:db8::1".parse().unwrap());
+        let lease = acquire(&store, &c, &a, None).await.unwrap();
+        assert_eq!(lease.subnet.to_key(), "0.0.0.0-0&fc00:0:0:1::-64");
+        let key = lease_key(PREFIX, &lease.subnet);
+        let mut k = spawn_lease_keeper(store.clone(), c, lease.clone(), keeper_opts(), None);
+        settle().await;
+        let thief = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::3","BackendType":"host-gw"}"#;
+        store.put(&key, thief);
+        tokio::time::timeout(Duration::from_secs(10), k.lease.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let moved = k.lease.borrow().clone();
+        assert_ne!(moved.subnet, lease.subnet);
+        assert_eq!(
+            store.value(&key).unwrap(),
+            thief,
+            "the other node's lease is left alone"
+        );
+        k.task.abort();
+    }
+
     /// Our dual-stack lease vanished; meanwhile another node took its IPv6 subnet under another
     /// key. Re-created, ours would be refused by every node: the keeper leases anew instead.
     #[tokio::test]

@@ -4,7 +4,7 @@
 //! pods, that a route deleted or changed by hand is healed by the next reconcile, that stale
 //! routes go while foreign ones stay, and that a departed lease takes its route with it.
 //!
-//! Skipped (with a message) when not run as root. `ip` is used only to build the topology and to
+//! Fails (saying so) when not run as root. `ip` is used only to build the topology and to
 //! inspect or damage state.
 
 mod two_nodes;
@@ -18,7 +18,7 @@ use weft_core::{Lease, SubnetKey};
 use weft_datapath::backend::Report;
 use weft_datapath::hostgw::HostGwBackend;
 
-use two_nodes::{is_root, run, udp_round_trip, BackendThread, TwoNodes};
+use two_nodes::{require_root, run, udp_round_trip, BackendThread, TwoNodes};
 
 const NETWORK: &str = "10.6.0.0/16";
 
@@ -95,10 +95,7 @@ fn routes(ns: &str) -> String {
 
 #[test]
 fn hostgw_refuses_a_public_ip_that_is_not_on_the_interface() {
-    if !is_root() {
-        eprintln!("skipped: needs root to create network namespaces");
-        return;
-    }
+    require_root();
     let ns = TwoNodes::forwarding_via_cni0("wth", 6);
     let err = Node::start(&ns.a, "10.6.1.0/24", Ipv4Addr::new(203, 0, 113, 7))
         .err()
@@ -112,10 +109,7 @@ fn hostgw_refuses_a_public_ip_that_is_not_on_the_interface() {
 
 #[test]
 fn hostgw_two_nodes_mesh_heal_and_leave() {
-    if !is_root() {
-        eprintln!("skipped: needs root to create network namespaces");
-        return;
-    }
+    require_root();
     let ns = TwoNodes::forwarding_via_cni0("wth", 6);
     let a = Node::start(&ns.a, "10.6.1.0/24", Ipv4Addr::new(198, 51, 100, 1)).unwrap();
     let b = Node::start(&ns.b, "10.6.2.0/24", Ipv4Addr::new(198, 51, 100, 2)).unwrap();

@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use udp_common::{is_root, udp_lease, vxlan_lease, Kind, Node, Topology};
+use udp_common::{require_root, udp_lease, vxlan_lease, Kind, Node, Topology};
 use weft_datapath::udp::UdpTuning;
 
 fn env_or(name: &str, default: u32) -> u32 {
@@ -107,10 +107,7 @@ struct Row {
 #[test]
 #[ignore = "benchmark: run with --release -- --ignored --nocapture"]
 fn udp_vs_vxlan_single_stream() {
-    if !is_root() {
-        eprintln!("skipped: needs root to create network namespaces");
-        return;
-    }
+    require_root();
     let secs = env_or("WEFT_BENCH_SECS", 10);
     let runs = env_or("WEFT_BENCH_RUNS", 3);
     let (ip_a, ip_b) = (Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(198, 51, 100, 2));

@@ -9,8 +9,8 @@
 //! capture on a's flannel0 sees none of them.
 //!
 //! Every bad datagram carries the byte 0xBB as its payload; nothing good does, so a run of
-//! 0xBB in flannel0 is a bad datagram that got through. Skipped (with a message) when not run
-//! as root.
+//! 0xBB in flannel0 is a bad datagram that got through. Fails (saying so) when not
+//! run as root.
 
 mod two_nodes;
 mod udp_common;
@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use udp_common::{in_netns, is_root, ping, run, udp_lease, Kind, Node, Topology};
+use udp_common::{in_netns, ping, require_root, run, udp_lease, Kind, Node, Topology};
 use weft_datapath::udp::{DropReason, UdpCounters, UdpTuning};
 
 const BAD: u8 = 0xbb;
@@ -450,10 +450,7 @@ fn udp_refuses_malformed_datagrams_one_packet_per_syscall() {
 }
 
 fn scenario(offload: bool) {
-    if !is_root() {
-        eprintln!("skipped: needs root to create network namespaces");
-        return;
-    }
+    require_root();
     let tuning = || {
         Kind::Udp(UdpTuning {
             workers: 2,

@@ -5,7 +5,7 @@
 //! gets ICMP net unreachable, that a restart adopts flannel0 and traffic resumes at once, and
 //! that a peer leaving or joining takes effect on the next reconcile.
 //!
-//! Skipped (with a message) when not run as root.
+//! Fails (saying so) when not run as root.
 
 mod two_nodes;
 mod udp_common;
@@ -13,7 +13,7 @@ mod udp_common;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use udp_common::{in_netns, is_root, ping, run, udp_lease, Kind, Node, Topology};
+use udp_common::{in_netns, ping, require_root, run, udp_lease, Kind, Node, Topology};
 use weft_datapath::udp::{DropReason, UdpTuning};
 
 /// An IPv4/UDP packet `src:4000 -> dst:port` carrying `payload`, with a valid header checksum
@@ -95,10 +95,7 @@ fn udp_two_nodes_one_packet_per_syscall() {
 }
 
 fn scenario(offload: bool) {
-    if !is_root() {
-        eprintln!("skipped: needs root to create network namespaces");
-        return;
-    }
+    require_root();
     // The offload scenario also runs the workers on their own CPUs; the other, by flow hash.
     let tuning = || {
         Kind::Udp(UdpTuning {

@@ -4,7 +4,7 @@
 //! (which silently takes its route with it) is put back from the kernel's notification, route
 //! included; a restart finds the nexthops and routes and changes nothing.
 //!
-//! Skipped (with a message) when not run as root. `ip` is used only to build the topology and
+//! Fails (saying so) when not run as root. `ip` is used only to build the topology and
 //! to inspect or damage state.
 
 mod two_nodes;
@@ -19,7 +19,7 @@ use weft_core::{Lease, SubnetKey};
 use weft_datapath::backend::{Backend, LeaseSet, Report};
 use weft_datapath::vxlan::VxlanBackend;
 
-use two_nodes::{is_root, run, udp_round_trip, BackendThread, TwoNodes};
+use two_nodes::{require_root, run, udp_round_trip, BackendThread, TwoNodes};
 
 const NETWORK: &str = "10.7.0.0/16";
 /// The nexthop id of peer subnet 10.7.2.0/24: weft's base with subnet index 2.
@@ -107,10 +107,7 @@ fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration>
 
 #[test]
 fn vxlan_routes_through_nexthops_replace_flanneld_routes_heal_and_survive_a_restart() {
-    if !is_root() {
-        eprintln!("skipped: needs root to create network namespaces");
-        return;
-    }
+    require_root();
     let ns = TwoNodes::new("wnx", 7);
     let a = Node::start(&ns.a, "10.7.1.0/24", Ipv4Addr::new(198, 51, 100, 1));
     let b = Node::start(&ns.b, "10.7.2.0/24", Ipv4Addr::new(198, 51, 100, 2));

@@ -4,7 +4,7 @@
 //! reconcile, that a restart adopts the device without changing anything, and that a removed
 //! lease takes its neighbour, FDB entry and route with it.
 //!
-//! Skipped (with a message) when not run as root. `ip`/`bridge` are used only to build the
+//! Fails (saying so) when not run as root. `ip`/`bridge` are used only to build the
 //! topology and to inspect or damage state.
 
 mod two_nodes;
@@ -24,7 +24,7 @@ use weft_datapath::vxlan::VxlanBackend;
 use weft_kernel::iface::{select_external_interface, select_external_interface_for, IfaceSelection};
 use weft_kernel::netlink::{AddrFamily, Netlink};
 
-use two_nodes::{is_root, run, udp_round_trip, BackendThread, TwoNodes};
+use two_nodes::{require_root, run, udp_round_trip, BackendThread, TwoNodes};
 
 const NETWORK: &str = "10.5.0.0/16";
 
@@ -121,10 +121,7 @@ fn routes(ns: &str) -> String {
 
 #[test]
 fn vxlan_two_nodes_ping_heal_restart_and_remove() {
-    if !is_root() {
-        eprintln!("skipped: needs root to create network namespaces");
-        return;
-    }
+    require_root();
     let ns = TwoNodes::new("wtn", 5);
     let a = Node::start(&ns.a, "10.5.1.0/24", Ipv4Addr::new(198, 51, 100, 1), false);
     let b = Node::start(&ns.b, "10.5.2.0/24", Ipv4Addr::new(198, 51, 100, 2), false);
@@ -326,10 +323,7 @@ fn vxlan_two_nodes_ping_heal_restart_and_remove() {
 
 #[test]
 fn direct_routing_uses_the_underlay_for_peers_on_the_same_segment() {
-    if !is_root() {
-        eprintln!("skipped: needs root to create network namespaces");
-        return;
-    }
+    require_root();
     let ns = TwoNodes::new("wtn", 5);
     let a = Node::start(&ns.a, "10.5.1.0/24", Ipv4Addr::new(198, 51, 100, 1), true);
     let b = Node::start(&ns.b, "10.5.2.0/24", Ipv4Addr::new(198, 51, 100, 2), true);
@@ -353,10 +347,7 @@ fn direct_routing_uses_the_underlay_for_peers_on_the_same_segment() {
 
 #[test]
 fn interface_selection_in_a_namespace() {
-    if !is_root() {
-        eprintln!("skipped: needs root to create network namespaces");
-        return;
-    }
+    require_root();
     let ns = TwoNodes::new("wtn", 5);
     run(&["ip", "-n", &ns.a, "route", "add", "default", "via", "198.51.100.2"]);
     // An IPv6-only network chooses by IPv6: a global address and a default route of that family.

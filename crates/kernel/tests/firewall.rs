@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{is_root, Netns};
+use common::{require_root, Netns};
 
 use weft_core::masq::{forward_rules, masq_rules};
 use weft_kernel::firewall::{
@@ -134,9 +134,7 @@ const BOTH: Changes = Changes {
 
 #[test]
 fn iptables_rules_appear_in_flannels_order_with_comments() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new();
     let p = plan("10.5.72.0/24");
     assert_eq!(ns.firewall(FirewallKind::Iptables).ensure(&p).unwrap(), BOTH);
@@ -175,9 +173,7 @@ fn iptables_rules_appear_in_flannels_order_with_comments() {
 
 #[test]
 fn iptables_ensure_twice_changes_nothing_the_second_time() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new();
     let fw = ns.firewall(FirewallKind::Iptables);
     let p = plan("10.5.72.0/24");
@@ -193,9 +189,7 @@ fn iptables_ensure_twice_changes_nothing_the_second_time() {
 
 #[test]
 fn iptables_hand_edits_are_corrected() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new();
     let fw = ns.firewall(FirewallKind::Iptables);
     let p = plan("10.5.72.0/24");
@@ -261,9 +255,7 @@ fn iptables_hand_edits_are_corrected() {
 
 #[test]
 fn iptables_new_subnet_replaces_the_old_rules() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new();
     let fw = ns.firewall(FirewallKind::Iptables);
     fw.ensure(&plan("10.5.72.0/24")).unwrap();
@@ -291,9 +283,7 @@ fn iptables_new_subnet_replaces_the_old_rules() {
 
 #[test]
 fn iptables_switched_off_rule_sets_vanish() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new();
     let fw = ns.firewall(FirewallKind::Iptables);
     let mut p = plan("10.5.72.0/24");
@@ -322,9 +312,7 @@ fn iptables_switched_off_rule_sets_vanish() {
 
 #[test]
 fn iptables_remove_cleans_up_only_weft() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new();
     let fw = ns.firewall(FirewallKind::Iptables);
     ns.run(&[
@@ -354,9 +342,7 @@ fn iptables_remove_cleans_up_only_weft() {
 
 #[test]
 fn nftables_mode_builds_table_flannel_ipv4() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new();
     let fw = ns.firewall(FirewallKind::Nftables);
     let p = plan("10.5.72.0/24");
@@ -393,9 +379,7 @@ fn nftables_mode_builds_table_flannel_ipv4() {
 
 #[test]
 fn nftables_hand_edits_and_new_subnets_are_corrected() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new();
     let fw = ns.firewall(FirewallKind::Nftables);
     let p = plan("10.5.72.0/24");
@@ -441,9 +425,7 @@ fn nftables_hand_edits_and_new_subnets_are_corrected() {
 
 #[test]
 fn nftables_remove_deletes_the_table() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new();
     let fw = ns.firewall(FirewallKind::Nftables);
     fw.ensure(&plan("10.5.72.0/24")).unwrap();
@@ -472,9 +454,7 @@ fn nftables_remove_deletes_the_table() {
 /// moving from flanneld to weftd keeps it as it is.
 #[test]
 fn nftables_keeps_the_table_flannel_made() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new();
     let p = plan("10.5.72.0/24");
     let flannels = expected_nft(&p)
@@ -503,9 +483,7 @@ fn nftables_keeps_the_table_flannel_made() {
 
 #[test]
 fn nftables_ipv6_plan_builds_table_ip6_flannel_ipv6() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new();
     let v6 = FirewallPlan {
         network: "fc00:5::/48".parse().unwrap(),
@@ -535,9 +513,7 @@ fn nftables_ipv6_plan_builds_table_ip6_flannel_ipv6() {
 
 #[test]
 fn a_plan_of_the_other_family_is_refused() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new();
     let v6 = FirewallPlan {
         network: "fc00:5::/48".parse().unwrap(),
@@ -558,9 +534,7 @@ fn a_plan_of_the_other_family_is_refused() {
 /// namespace, acts on that namespace (child processes start in the spawning thread's namespace).
 #[test]
 fn a_thread_inside_the_namespace_needs_no_ip_netns_exec() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new();
     let path = format!("/run/netns/{}", ns.0);
     let p = plan("10.5.72.0/24");
@@ -582,9 +556,7 @@ fn a_thread_inside_the_namespace_needs_no_ip_netns_exec() {
 
 #[test]
 fn errors_name_the_command_and_its_complaint() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let err = firewall_driver(FirewallKind::Iptables, AddrFamily::Ipv4, Some("wtf-does-not-exist"))
         .ensure(&plan("10.5.72.0/24"))
         .unwrap_err();
@@ -643,14 +615,12 @@ fn pod_reaches_outside(mode: FirewallKind) {
 
 #[test]
 fn iptables_masquerade_lets_a_pod_reach_the_outside() {
-    if is_root() {
-        pod_reaches_outside(FirewallKind::Iptables);
-    }
+    require_root();
+    pod_reaches_outside(FirewallKind::Iptables);
 }
 
 #[test]
 fn nftables_masquerade_lets_a_pod_reach_the_outside() {
-    if is_root() {
-        pod_reaches_outside(FirewallKind::Nftables);
-    }
+    require_root();
+    pod_reaches_outside(FirewallKind::Nftables);
 }

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::process::Command;
 
-use common::{is_root, Netns};
+use common::{require_root, Netns};
 use ipnet::IpNet;
 use weft_kernel::netlink::{
     block_on_in_netns, in_netns, netns_path, AddrFamily, Netlink, NetlinkError, RouteSpec, VethSpec, VxlanSpec,
@@ -82,9 +82,7 @@ fn two_nodes() -> (Netns, Netns) {
 
 #[test]
 fn ipv6_routes_via_a_gateway_and_onlink_are_written_read_back_replaced_and_deleted() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let (a, _b) = two_nodes();
     let index = a.netlink(|nl| async move { Ok(nl.require_link_named("test", "u0").await?.index) });
     let via = RouteSpec {
@@ -153,9 +151,7 @@ fn ipv6_routes_via_a_gateway_and_onlink_are_written_read_back_replaced_and_delet
 
 #[test]
 fn an_ipv6_neighbour_entry_is_permanent_replaced_and_deleted() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let (a, _b) = two_nodes();
     let (mac1, mac2) = ([0x02, 0, 0, 0, 0, 0x0b], [0x02, 0, 0, 0, 0, 0x0c]);
     let (index, v6, v4) = a.netlink(|nl| async move {
@@ -202,9 +198,7 @@ fn vxlan_spec(local: &str, dev_index: u32) -> VxlanSpec {
 
 #[test]
 fn a_vxlan_device_over_ipv6_takes_fdb_entries_with_ipv6_destinations() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let (a, _b) = two_nodes();
     let mac = [0x02, 0, 0, 0, 0, 0x0b];
     let (first, again, fdb) = a.netlink(|nl| async move {
@@ -305,9 +299,7 @@ fn program_peer(ns: &Netns, me: &Vtep, subnet: &'static str, vtep_ip: &'static s
 
 #[test]
 fn ping6_crosses_two_namespaces_through_vxlan_over_ipv6() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let (a, b) = two_nodes();
     let va = vtep(&a, "fd00:1::1", "fd00:5:a::/128");
     let vb = vtep(&b, "fd00:1::2", "fd00:5:b::/128");
@@ -331,9 +323,7 @@ fn ping6_crosses_two_namespaces_through_vxlan_over_ipv6() {
 
 #[test]
 fn ensure_addr_makes_an_ipv6_address_the_only_global_one_and_keeps_link_local_and_ipv4() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let (a, _b) = two_nodes();
     let addrs = a.netlink(|nl| async move {
         let u0 = nl.require_link_named("underlay", "u0").await?;
@@ -364,9 +354,7 @@ fn kernel_notifications_report_ipv6_routes_ndp_entries_and_ipv6_fdb_destinations
     use std::time::Duration;
     use weft_kernel::monitor::{subscribe, KernelEvent};
 
-    if !is_root() {
-        return;
-    }
+    require_root();
     let (a, _b) = two_nodes();
     let mac = [0x02, 0, 0, 0, 0, 0x0b];
     let seen = a.netlink(|nl| async move {
@@ -411,9 +399,7 @@ fn kernel_notifications_report_ipv6_routes_ndp_entries_and_ipv6_fdb_destinations
 
 #[test]
 fn entering_something_that_is_not_a_network_namespace_keeps_the_errno() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let mnt = File::open("/proc/self/ns/mnt").unwrap();
     let e = in_netns(mnt.as_fd(), || ()).unwrap_err();
     assert!(matches!(e, NetlinkError::EnterNetns { .. }), "{e:?}");

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use common::{is_root, Netns};
+use common::{require_root, Netns};
 use ipnet::IpNet;
 use weft_kernel::monitor::{subscribe, KernelEvent};
 use weft_kernel::netlink::{block_on_in_netns, netns_path, AddrFamily, Netlink, NetlinkError, NexthopSpec, VethSpec};
@@ -66,9 +66,7 @@ where
 
 #[test]
 fn routes_point_at_nexthops_of_either_family_and_follow_a_replaced_nexthop() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = node();
     let u0 = netlink(&ns, |nl| async move { nl.require_link_named("veth", "u0").await }).index;
     let v4 = NexthopSpec {
@@ -150,9 +148,7 @@ fn routes_point_at_nexthops_of_either_family_and_follow_a_replaced_nexthop() {
 
 #[test]
 fn a_deleted_nexthop_is_notified_although_its_routes_go_silently() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = node();
     let name = ns.0.clone();
     let seen = netlink(&ns, |nl| async move {
@@ -191,9 +187,7 @@ fn a_deleted_nexthop_is_notified_although_its_routes_go_silently() {
 #[test]
 fn a_batch_answers_each_change_in_order_and_a_failure_stays_with_its_change() {
     use weft_kernel::netlink::Batch;
-    if !is_root() {
-        return;
-    }
+    require_root();
     let ns = node();
     let (results, routes, neighbours) = netlink(&ns, |nl| async move {
         let u0 = nl.require_link_named("veth", "u0").await?.index;

@@ -13,12 +13,12 @@ use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
 use weft_control::manager::parse_leases;
 use weft_control::store::subnets_prefix;
 use weft_control::{LeaseBook, SubnetStore};
-use weft_core::{Refused, SubnetEnv};
-use weft_kernel::netlink::{AddrFamily, Netlink};
+use weft_core::{Lease, Refused, SubnetEnv};
+use weft_kernel::netlink::{AddrFamily, AddrInfo, FdbEntry, LinkInfo, Neighbour, Netlink};
 
 use crate::facts::{Facts, Leases, Lookup, Owner, SubnetFile};
 use crate::family::Family;
-use crate::{TraceError, TraceOptions};
+use crate::options::{TraceError, TraceOptions};
 
 fn read_subnet_file(path: &Path) -> SubnetFile {
     match std::fs::read_to_string(path) {
@@ -127,7 +127,6 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
 
     let mut neighbours = Vec::new();
     let mut fdb = Vec::new();
-    let mut underlay_targets = Vec::new();
     let route_dev = match &route {
         Lookup::Found(r) => r.oif.and_then(|i| links.iter().find(|l| l.index == i)),
         _ => None,
@@ -151,48 +150,8 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
         },
         _ => None,
     };
-    // The VTEP MACs that matter: the next hop's in the kernel, and the one the lease advertises.
-    let next_hop = match &route {
-        Lookup::Found(r) => r.gateway.unwrap_or(opts.dst),
-        _ => opts.dst,
-    };
-    let mut macs: Vec<[u8; 6]> = neighbours
-        .iter()
-        .filter(|(_, n)| n.ip == next_hop)
-        .filter_map(|(_, n)| n.mac)
-        .collect();
-    if let Some(mac) = owner.and_then(|l| family.lease_vtep_mac(l)) {
-        macs.push(mac);
-    }
-    for e in fdb.iter().filter(|e| macs.contains(&e.mac)) {
-        underlay_targets.extend(e.dst);
-    }
-    underlay_targets.extend(owner.and_then(|l| family.lease_public_ip(l)));
-    underlay_targets.sort();
-    underlay_targets.dedup();
-    let mut underlay = Vec::new();
-    for target in underlay_targets {
-        underlay.push((target, fib_match(&nl, target).await));
-    }
-
-    let mut port_fdb = Vec::new();
-    if let Some(bridge) = links.iter().find(|l| l.name == opts.bridge) {
-        for n in nl
-            .list_neighbours(bridge.index, Some(nl_family))
-            .await
-            .map_err(TraceError::Netlink)?
-        {
-            neighbours.push((bridge.index, n));
-        }
-        let src_is_local = addrs.iter().any(|a| a.addr.addr() == opts.src);
-        if !src_is_local {
-            for port in links.iter().filter(|l| l.master == Some(bridge.index)) {
-                for e in nl.list_fdb(port.index).await.map_err(TraceError::Netlink)? {
-                    port_fdb.push((port.index, e));
-                }
-            }
-        }
-    }
+    let underlay = underlay_routes(&nl, family, opts.dst, &route, owner, &neighbours, &fdb).await;
+    let port_fdb = bridge_facts(&nl, opts, &links, &addrs, nl_family, &mut neighbours).await?;
 
     Ok(Facts {
         src: opts.src,
@@ -215,6 +174,75 @@ pub async fn collect(opts: &TraceOptions) -> Result<Facts, TraceError> {
         nft_ruleset: listing("nft", &["-j", "list", "ruleset"]),
         udp_peers: read_udp_peers(&opts.subnet_file),
     })
+}
+
+/// The underlay routes to every address the packet may be sent to: the FDB destinations of the
+/// VTEP MACs that matter (the next hop's in the kernel, the lease's) and the owning lease's
+/// public address.
+async fn underlay_routes(
+    nl: &Netlink,
+    family: Family,
+    dst: IpAddr,
+    route: &Lookup,
+    owner: Option<&Lease>,
+    neighbours: &[(u32, Neighbour)],
+    fdb: &[FdbEntry],
+) -> Vec<(IpAddr, Lookup)> {
+    let next_hop = match route {
+        Lookup::Found(r) => r.gateway.unwrap_or(dst),
+        _ => dst,
+    };
+    let mut macs: Vec<[u8; 6]> = neighbours
+        .iter()
+        .filter(|(_, n)| n.ip == next_hop)
+        .filter_map(|(_, n)| n.mac)
+        .collect();
+    macs.extend(owner.and_then(|l| family.lease_vtep_mac(l)));
+    let mut targets: Vec<IpAddr> = fdb
+        .iter()
+        .filter(|e| macs.contains(&e.mac))
+        .filter_map(|e| e.dst)
+        .collect();
+    targets.extend(owner.and_then(|l| family.lease_public_ip(l)));
+    targets.sort();
+    targets.dedup();
+    let mut underlay = Vec::new();
+    for target in targets {
+        underlay.push((target, fib_match(nl, target).await));
+    }
+    underlay
+}
+
+/// The bridge's neighbours (added to `neighbours`) and, unless the source is this node, its
+/// ports' FDB entries: (port index, entry).
+async fn bridge_facts(
+    nl: &Netlink,
+    opts: &TraceOptions,
+    links: &[LinkInfo],
+    addrs: &[AddrInfo],
+    nl_family: AddrFamily,
+    neighbours: &mut Vec<(u32, Neighbour)>,
+) -> Result<Vec<(u32, FdbEntry)>, TraceError> {
+    let mut port_fdb = Vec::new();
+    let Some(bridge) = links.iter().find(|l| l.name == opts.bridge) else {
+        return Ok(port_fdb);
+    };
+    for n in nl
+        .list_neighbours(bridge.index, Some(nl_family))
+        .await
+        .map_err(TraceError::Netlink)?
+    {
+        neighbours.push((bridge.index, n));
+    }
+    if addrs.iter().any(|a| a.addr.addr() == opts.src) {
+        return Ok(port_fdb);
+    }
+    for port in links.iter().filter(|l| l.master == Some(bridge.index)) {
+        for e in nl.list_fdb(port.index).await.map_err(TraceError::Netlink)? {
+            port_fdb.push((port.index, e));
+        }
+    }
+    Ok(port_fdb)
 }
 
 /// The udp peer table weftd publishes beside the subnet file.

@@ -45,6 +45,8 @@ pub enum Cause {
     UdpPeerMismatch,
     /// An IPv6 trace on a node whose subnet.env has no IPv6 side (not dual stack).
     Ipv6NotEnabled,
+    /// An IPv4 trace on a node whose subnet.env has no IPv4 side (an IPv6-only network).
+    Ipv4NotEnabled,
     /// The owning lease has an IPv6 subnet but no PublicIPv6 (or, for vxlan, no BackendV6Data
     /// VtepMAC).
     LeaseLacksIpv6,

@@ -137,7 +137,16 @@ pub fn walk(f: &Facts) -> Trace {
     Trace::new(f.src, f.dst, backend, steps)
 }
 
+/// The walk stops here: the step that says why is already pushed.
+struct Stop;
+
 fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
+    walk_steps(f, steps).ok()
+}
+
+/// The walk in order: subnet.env, source, destination, lease, route, forwarding, the backend's
+/// own hops, MTU. Returns the path's name.
+fn walk_steps(f: &Facts, steps: &mut Vec<Step>) -> Result<String, Stop> {
     let family = f.family();
     if !family.contains(f.src) {
         steps.push(Step::broken(
@@ -148,82 +157,119 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
                 f.src, f.dst
             ),
         ));
-        return None;
+        return Err(Stop);
     }
-    // subnet.env
-    let env = match &f.subnet_file {
+    let env = env_step(f, family, steps)?;
+    let network = env
+        .and_then(|e| family.env_network(e))
+        .map(|n| n.trunc())
+        .or(f.etcd_network);
+    let own_subnet = env
+        .and_then(|e| family.env_subnet(e))
+        .map(|n| n.trunc())
+        .or_else(|| bridge_nets(f, family).first().copied());
+    let src_is_pod = source_step(f, own_subnet, steps);
+    destination_step(f, network, steps)?;
+    if let Some(own) = own_subnet.filter(|s| s.contains(&f.dst)) {
+        local_destination(f, own, steps);
+        return Ok("local".into());
+    }
+    let lease = lease_of(f, family, steps);
+    let (route, dev, path) = route_step(f, family, lease, steps)?;
+    forwarding(f, src_is_pod, network, &dev.name, steps);
+
+    // the backend's own tables
+    let underlay_dev = match path {
+        Path::Vxlan => vxlan_hops(f, route, &dev.name, lease, steps),
+        Path::Gateway => {
+            gateway_hops(f, route, &dev.name, steps);
+            None
+        }
+        Path::Udp => {
+            match crate::wireguard::is_device(&dev.name) {
+                true => crate::wireguard::peer_hop(f, &dev.name, lease, steps),
+                false => udp_peer_hop(f, lease, steps),
+            }
+            let public = lease.and_then(|l| family.lease_public_ip(l));
+            public.and_then(|public| underlay_hop(f, public, route.oif, &dev.name, steps))
+        }
+    };
+    mtu_check(f, path, dev, underlay_dev, env, src_is_pod, steps);
+    Ok(path.name(lease).to_string())
+}
+
+/// The pod subnets of `family` on the node's bridge.
+fn bridge_nets(f: &Facts, family: Family) -> Vec<IpNet> {
+    let Some(bridge) = f.link_named(&f.bridge) else {
+        return Vec::new();
+    };
+    f.addrs
+        .iter()
+        .filter(|a| a.index == bridge.index && family.is_routable(&a.addr))
+        .map(|a| a.addr.trunc())
+        .collect()
+}
+
+/// subnet.env: there, readable, and with a subnet of the traced family. None (the walk goes on)
+/// when it is missing or unreadable.
+fn env_step<'f>(f: &'f Facts, family: Family, steps: &mut Vec<Step>) -> Result<Option<&'f SubnetEnv>, Stop> {
+    let path = &f.subnet_file_path;
+    match &f.subnet_file {
         SubnetFile::Present(env) if family.env_subnet(env).is_none() || family.env_network(env).is_none() => {
-            steps.push(
-                Step::broken(
-                    "subnet.env",
+            let (cause, why) = match family {
+                Family::V6 => (
                     Cause::Ipv6NotEnabled,
                     format!(
-                        "{} has no FLANNEL_IPV6_NETWORK/FLANNEL_IPV6_SUBNET: this node is not dual stack, so it has no \
-                         IPv6 pod subnet and routes no IPv6 pod traffic. Put \"EnableIPv6\": true and an \"IPv6Network\" \
-                         in the network config in etcd and restart weftd (it needs a global IPv6 address on its \
-                         interface, or --public-ipv6)",
-                        f.subnet_file_path
-                    ),
-                )
-                .with_entry(describe_env(&f.subnet_file_path, env, family)),
-            );
-            return None;
+                    "{path} has no FLANNEL_IPV6_NETWORK/FLANNEL_IPV6_SUBNET: this node is not dual stack, so it has no \
+                     IPv6 pod subnet and routes no IPv6 pod traffic. Put \"EnableIPv6\": true and an \"IPv6Network\" \
+                     in the network config in etcd and restart weftd (it needs a global IPv6 address on its \
+                     interface, or --public-ipv6)"
+                ),
+                ),
+                Family::V4 => (
+                    Cause::Ipv4NotEnabled,
+                    format!(
+                    "{path} has no FLANNEL_NETWORK/FLANNEL_SUBNET: the network is IPv6-only (\"EnableIPv4\": false), \
+                     so this node has no IPv4 pod subnet and routes no IPv4 pod traffic; trace IPv6 addresses"
+                ),
+                ),
+            };
+            steps.push(Step::broken("subnet.env", cause, why).with_entry(describe_env(path, env, family)));
+            Err(Stop)
         }
         SubnetFile::Present(env) => {
             steps.push(Step::ok(
                 "subnet.env",
-                describe_env(&f.subnet_file_path, env, family),
+                describe_env(path, env, family),
                 "weftd holds a lease on this node",
             ));
-            Some(env)
+            Ok(Some(env))
         }
         SubnetFile::Missing => {
             steps.push(Step::broken(
                 "subnet.env",
                 Cause::MissingSubnetEnv,
                 format!(
-                    "{} does not exist: weftd has not acquired a lease on this node, so CNI cannot set up \
-                     pods here; check that weftd runs (and its log), or pass --subnet-file if it writes elsewhere",
-                    f.subnet_file_path
+                    "{path} does not exist: weftd has not acquired a lease on this node, so CNI cannot set up \
+                     pods here; check that weftd runs (and its log), or pass --subnet-file if it writes elsewhere"
                 ),
             ));
-            None
+            Ok(None)
         }
         SubnetFile::Invalid(why) => {
             steps.push(Step::broken(
                 "subnet.env",
                 Cause::InvalidSubnetEnv,
-                format!(
-                    "{} cannot be used: {why}; restart weftd to write it again",
-                    f.subnet_file_path
-                ),
+                format!("{path} cannot be used: {why}; restart weftd to write it again"),
             ));
-            None
+            Ok(None)
         }
-    };
-    let network = env
-        .and_then(|e| family.env_network(e))
-        .map(|n| n.trunc())
-        .or(f.etcd_network);
-    let bridge = f.link_named(&f.bridge);
-    let bridge_nets: Vec<IpNet> = bridge
-        .map(|b| {
-            f.addrs
-                .iter()
-                .filter(|a| a.index == b.index && family.is_routable(&a.addr))
-                .map(|a| a.addr.trunc())
-                .collect()
-        })
-        .unwrap_or_default();
-    let own_subnet = env
-        .and_then(|e| family.env_subnet(e))
-        .map(|n| n.trunc())
-        .or_else(|| bridge_nets.first().copied());
+    }
+}
 
-    // source
-    let src_addr = f.addrs.iter().find(|a| a.addr.addr() == f.src);
-    let src_is_pod = src_addr.is_none() && own_subnet.is_some_and(|s| s.contains(&f.src));
-    if let Some(a) = src_addr {
+/// The source: an address of this node, or a pod of its subnet. Returns whether it is a pod.
+fn source_step(f: &Facts, own_subnet: Option<IpNet>, steps: &mut Vec<Step>) -> bool {
+    if let Some(a) = f.addrs.iter().find(|a| a.addr.addr() == f.src) {
         steps.push(Step::ok(
             "source",
             format!("{} dev {}", a.addr, f.link_name(a.index)),
@@ -232,31 +278,35 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
                 f.src
             ),
         ));
-    } else if src_is_pod {
-        steps.push(Step::ok(
-            "source",
-            "",
-            format!(
-                "{} is a pod of this node (subnet {} on {})",
-                f.src,
-                own_subnet.expect("src_is_pod needs a subnet"),
-                f.bridge
-            ),
-        ));
-    } else {
-        let subnet = own_subnet.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into());
-        steps.push(Step::broken(
-            "source",
-            Cause::SourceNotLocal,
-            format!(
-                "{} is neither an address of this node nor in its pod subnet ({subnet}): run weft trace on \
-                 the node that hosts {}",
-                f.src, f.src
-            ),
-        ));
+        return false;
     }
+    match own_subnet.filter(|s| s.contains(&f.src)) {
+        Some(subnet) => {
+            steps.push(Step::ok(
+                "source",
+                "",
+                format!("{} is a pod of this node (subnet {subnet} on {})", f.src, f.bridge),
+            ));
+            true
+        }
+        None => {
+            let subnet = own_subnet.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into());
+            steps.push(Step::broken(
+                "source",
+                Cause::SourceNotLocal,
+                format!(
+                    "{} is neither an address of this node nor in its pod subnet ({subnet}): run weft trace on \
+                     the node that hosts {}",
+                    f.src, f.src
+                ),
+            ));
+            false
+        }
+    }
+}
 
-    // destination
+/// The destination is in the cluster network (when the network is known).
+fn destination_step(f: &Facts, network: Option<IpNet>, steps: &mut Vec<Step>) -> Result<(), Stop> {
     match network {
         Some(net) if !net.contains(&f.dst) => {
             steps.push(Step::broken(
@@ -268,78 +318,87 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
                     f.dst
                 ),
             ));
-            return None;
+            Err(Stop)
         }
-        Some(_) => {}
-        None => steps.push(Step::info(
-            "destination",
-            "the cluster network is unknown (no subnet.env and no etcd config): cannot check that the destination is a pod address",
-        )),
+        Some(_) => Ok(()),
+        None => {
+            steps.push(Step::info(
+                "destination",
+                "the cluster network is unknown (no subnet.env and no etcd config): cannot check that the destination is a pod address",
+            ));
+            Ok(())
+        }
     }
-    if own_subnet.is_some_and(|s| s.contains(&f.dst)) {
-        local_destination(f, own_subnet.expect("checked"), steps);
-        return Some("local".into());
-    }
+}
 
-    // owning lease
-    let lease = match &f.leases {
-        Leases::Listed(leases) => match owner(family, leases, &f.refused, f.dst) {
-            Owner::Admitted(l) => {
-                lease_step(l, family, f.dst, steps);
-                Some(l)
-            }
-            Owner::Refused(l, refused) => {
-                steps.push(
-                    Step::broken(
-                        "lease",
-                        Cause::LeaseRefused,
-                        format!(
-                            "every node refuses the lease {}: {}; nothing is programmed for {}. The node that \
-                             published it must lease what nobody holds: stop its weftd, delete the key (`etcdctl del \
-                             <prefix>/subnets/{}`) and start it again, then re-create its pods. `weft leases` lists the refusals",
-                            refused.name, refused.reason, f.dst, refused.name
-                        ),
-                    )
-                    .with_entry(describe_lease(l, family)),
-                );
-                Some(l)
-            }
-            Owner::Nobody => {
-                steps.push(Step::broken(
-                    "lease",
-                    Cause::NoLease,
-                    format!(
-                        "no lease in etcd covers {}: no node holds that subnet (its node is gone or its lease \
-                         expired, or the address is wrong{}); `weft leases` lists the cluster's subnets",
-                        f.dst,
-                        match family {
-                            Family::V4 => "",
-                            Family::V6 =>
-                                ", or the node that hosts it runs without IPv6 and its lease has no IPv6 subnet",
-                        }
-                    ),
-                ));
-                None
-            }
-        },
+/// The lease that owns the destination (admitted, or refused by every node), when etcd was read.
+fn lease_of<'f>(f: &'f Facts, family: Family, steps: &mut Vec<Step>) -> Option<&'f Lease> {
+    let leases = match &f.leases {
+        Leases::Listed(leases) => leases,
         Leases::Failed(why) => {
             steps.push(Step::broken(
                 "lease",
                 Cause::EtcdUnreachable,
                 format!("cannot read the leases from etcd: {why}; check --etcd-endpoints and the TLS flags"),
             ));
-            None
+            return None;
         }
         Leases::NotAsked => {
             steps.push(Step::info(
                 "lease",
                 "no etcd options given: the owning lease is not checked",
             ));
-            None
+            return None;
         }
     };
+    match owner(family, leases, &f.refused, f.dst) {
+        Owner::Admitted(l) => {
+            lease_step(l, family, f.dst, steps);
+            Some(l)
+        }
+        Owner::Refused(l, refused) => {
+            steps.push(
+                Step::broken(
+                    "lease",
+                    Cause::LeaseRefused,
+                    format!(
+                        "every node refuses the lease {}: {}; nothing is programmed for {}. The node that \
+                         published it must lease what nobody holds: stop its weftd, delete the key (`etcdctl del \
+                         <prefix>/subnets/{}`) and start it again, then re-create its pods. `weft leases` lists the refusals",
+                        refused.name, refused.reason, f.dst, refused.name
+                    ),
+                )
+                .with_entry(describe_lease(l, family)),
+            );
+            Some(l)
+        }
+        Owner::Nobody => {
+            steps.push(Step::broken(
+                "lease",
+                Cause::NoLease,
+                format!(
+                    "no lease in etcd covers {}: no node holds that subnet (its node is gone or its lease \
+                     expired, or the address is wrong{}); `weft leases` lists the cluster's subnets",
+                    f.dst,
+                    match family {
+                        Family::V4 => "",
+                        Family::V6 => ", or the node that hosts it runs without IPv6 and its lease has no IPv6 subnet",
+                    }
+                ),
+            ));
+            None
+        }
+    }
+}
 
-    // route
+/// The kernel's route to the destination: a unicast route into the overlay (vxlan device, the
+/// udp/wireguard TUN device, or host-gw's gateway route), of the lease's backend; its device up.
+fn route_step<'f>(
+    f: &'f Facts,
+    family: Family,
+    lease: Option<&Lease>,
+    steps: &mut Vec<Step>,
+) -> Result<(&'f RouteInfo, &'f LinkInfo, Path), Stop> {
     let route = match &f.route {
         Lookup::Found(r) => r,
         Lookup::NoRoute => {
@@ -352,7 +411,7 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
                     f.dst
                 ),
             ));
-            return None;
+            return Err(Stop);
         }
         Lookup::Failed(why) => {
             steps.push(Step::broken(
@@ -360,7 +419,7 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
                 Cause::NoRoute,
                 format!("route lookup for {} failed: {why}", f.dst),
             ));
-            return None;
+            return Err(Stop);
         }
     };
     let entry = describe_route(route, f);
@@ -378,16 +437,34 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
             )
             .with_entry(entry),
         );
-        return None;
+        return Err(Stop);
     }
     let Some(dev) = route.oif.and_then(|i| f.link(i)) else {
         steps.push(Step::broken("route", Cause::NoRoute, "the matched route has no output device").with_entry(entry));
-        return None;
+        return Err(Stop);
     };
-    let dev_name = dev.name.clone();
-    let path = if dev.kind.as_deref() == Some("vxlan") {
+    let Some(path) = path_of(route, dev, family, lease) else {
+        steps.push(route_not_into_overlay(f, route, dev, family, lease).with_entry(entry));
+        return Err(Stop);
+    };
+    steps.push(route_matches_lease(f, path, &dev.name, lease).with_entry(entry));
+    if !dev.up {
+        let name = &dev.name;
+        steps.push(Step::broken(
+            "device",
+            Cause::DeviceDown,
+            format!("{name} is down: packets routed to it are dropped; `ip link set {name} up` (weftd does this on its next reconcile)"),
+        ));
+    }
+    Ok((route, dev, path))
+}
+
+/// Which overlay path a route takes, by its device (or, host-gw, its gateway); None when it
+/// leads out of the overlay.
+fn path_of(route: &RouteInfo, dev: &LinkInfo, family: Family, lease: Option<&Lease>) -> Option<Path> {
+    if dev.kind.as_deref() == Some("vxlan") {
         Some(Path::Vxlan)
-    } else if dev_name == "flannel0" || dev.kind.as_deref() == Some("tun") {
+    } else if dev.name == "flannel0" || dev.kind.as_deref() == Some("tun") {
         Some(Path::Udp)
     } else if route.gateway.is_some()
         && route.dst.prefix_len() > 0
@@ -397,111 +474,80 @@ fn walk_into(f: &Facts, steps: &mut Vec<Step>) -> Option<String> {
         Some(Path::Gateway)
     } else {
         None
+    }
+}
+
+/// The broken step of a route that leads out of the overlay: host-gw's route via another
+/// address than the lease's, or no overlay route at all.
+fn route_not_into_overlay(f: &Facts, route: &RouteInfo, dev: &LinkInfo, family: Family, lease: Option<&Lease>) -> Step {
+    let public = lease
+        .and_then(|l| family.lease_public_ip(l))
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "(none)".into());
+    if lease.is_some_and(|l| l.attrs.backend_type == "host-gw") && route.dst.prefix_len() > 0 {
+        let via = route
+            .gateway
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "no gateway".into());
+        return Step::broken(
+            "route",
+            Cause::RouteMismatchesLease,
+            format!(
+                "the route sends {} via {via}, but the lease says the node is at {public}: weftd corrects the \
+                 route on its next reconcile",
+                f.dst
+            ),
+        );
+    }
+    let subnet = lease
+        .and_then(|l| family.lease_subnet(l))
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "its subnet".into());
+    let which = if route.dst.prefix_len() == 0 {
+        "the default route"
+    } else {
+        "an unrelated route"
     };
-    let Some(path) = path else {
-        let subnet = lease
-            .and_then(|l| family.lease_subnet(l))
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| "its subnet".into());
-        let (cause, why) = if lease.is_some_and(|l| l.attrs.backend_type == "host-gw") && route.dst.prefix_len() > 0 {
-            (
-                Cause::RouteMismatchesLease,
-                format!(
-                    "the route sends {} via {}, but the lease says the node is at {}: weftd corrects the \
-                     route on its next reconcile",
-                    f.dst,
-                    route
-                        .gateway
-                        .map(|g| g.to_string())
-                        .unwrap_or_else(|| "no gateway".into()),
-                    lease
-                        .and_then(|l| family.lease_public_ip(l))
-                        .map(|ip| ip.to_string())
-                        .unwrap_or_else(|| "(none)".into())
-                ),
-            )
-        } else {
-            (
-                Cause::RouteNotIntoOverlay,
-                format!(
-                    "{} leaves through {} ({}), not into the overlay: the route for {subnet} is missing; weftd \
-                     adds it on its next reconcile (check that weftd runs and its log)",
-                    f.dst,
-                    dev_name,
-                    if route.dst.prefix_len() == 0 {
-                        "the default route"
-                    } else {
-                        "an unrelated route"
-                    }
-                ),
-            )
-        };
-        steps.push(Step::broken("route", cause, why).with_entry(entry));
-        return None;
-    };
+    Step::broken(
+        "route",
+        Cause::RouteNotIntoOverlay,
+        format!(
+            "{} leaves through {} ({which}), not into the overlay: the route for {subnet} is missing; weftd \
+             adds it on its next reconcile (check that weftd runs and its log)",
+            f.dst, dev.name
+        ),
+    )
+}
+
+/// The route's step: ok when its path is the lease's backend's (or there is no lease to compare).
+fn route_matches_lease(f: &Facts, path: Path, dev_name: &str, lease: Option<&Lease>) -> Step {
     let expected = lease.map(|l| l.attrs.backend_type.as_str());
     let consistent = match (path, expected) {
         (_, None) => true,
         (Path::Vxlan, Some(b)) => b == "vxlan",
         (Path::Udp, Some(b)) => {
-            b.is_empty() || b == "udp" || (b == "wireguard" && crate::wireguard::is_device(&dev_name))
+            b.is_empty() || b == "udp" || (b == "wireguard" && crate::wireguard::is_device(dev_name))
         }
         (Path::Gateway, Some(b)) => b == "host-gw" || b == "vxlan",
     };
-    if consistent {
-        steps.push(Step::ok(
+    match (consistent, lease) {
+        (false, Some(l)) => Step::broken(
             "route",
-            entry,
+            Cause::RouteMismatchesLease,
+            format!(
+                "the route goes through {dev_name} ({}), but the lease of {} says backend {:?}: nodes of one \
+                 cluster must run the same backend; restart weftd on the node that differs",
+                path.name(None),
+                l.subnet,
+                l.attrs.backend_type
+            ),
+        ),
+        _ => Step::ok(
+            "route",
+            "",
             format!("{} goes out through {dev_name} ({})", f.dst, path.name(lease)),
-        ));
-    } else {
-        steps.push(
-            Step::broken(
-                "route",
-                Cause::RouteMismatchesLease,
-                format!(
-                    "the route goes through {dev_name} ({}), but the lease of {} says backend {:?}: nodes of one \
-                     cluster must run the same backend; restart weftd on the node that differs",
-                    path.name(None),
-                    lease.expect("expected is Some").subnet,
-                    expected.unwrap_or_default()
-                ),
-            )
-            .with_entry(entry),
-        );
+        ),
     }
-    if !dev.up {
-        steps.push(Step::broken(
-            "device",
-            Cause::DeviceDown,
-            format!("{dev_name} is down: packets routed to it are dropped; `ip link set {dev_name} up` (weftd does this on its next reconcile)"),
-        ));
-    }
-
-    // forwarding on this node
-    forwarding(f, src_is_pod, network, &dev_name, steps);
-
-    // the backend's own tables
-    let mut underlay_dev = None;
-    match path {
-        Path::Vxlan => underlay_dev = vxlan_hops(f, route, &dev_name, lease, steps),
-        Path::Gateway => gateway_hops(f, route, &dev_name, steps),
-        Path::Udp => {
-            match crate::wireguard::is_device(&dev_name) {
-                true => crate::wireguard::peer_hop(f, &dev_name, lease, steps),
-                false => udp_peer_hop(f, lease, steps),
-            }
-            if let Some(l) = lease {
-                if let Some(public) = family.lease_public_ip(l) {
-                    underlay_dev = underlay_hop(f, public, route.oif, &dev_name, steps);
-                }
-            }
-        }
-    }
-
-    // MTU
-    mtu_check(f, path, dev, underlay_dev, env, src_is_pod, steps);
-    Some(path.name(lease).to_string())
 }
 
 /// The owning lease: of an IPv6 destination it must also say how to reach the node over IPv6
@@ -744,7 +790,33 @@ fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, st
     let oif = route.oif?;
     let next_hop = route.gateway.unwrap_or(f.dst);
     let lease_mac = lease.and_then(|l| family.lease_vtep_mac(l));
-    let mac_field = family.vtep_mac_field();
+    let kernel_mac = neighbour_hop(f, oif, next_hop, dev, lease_mac, steps);
+
+    // FDB: which node (underlay IP) the VTEP MAC lives behind.
+    let lease_ip = lease.and_then(|l| family.lease_public_ip(l));
+    let Some(mac) = kernel_mac.or(lease_mac) else {
+        steps.push(Step::info(
+            "fdb",
+            "no VTEP MAC known (no neighbour entry, no lease): FDB not checked",
+        ));
+        return lease_ip.and_then(|ip| underlay_hop(f, ip, Some(oif), dev, steps));
+    };
+    let fdb_dst = fdb_hop(f, mac, dev, lease_ip, steps);
+    let target = fdb_dst.or(lease_ip)?;
+    underlay_hop(f, target, Some(oif), dev, steps)
+}
+
+/// The neighbour entry of the VTEP address `next_hop` on the VXLAN device `oif`, against the
+/// lease's VtepMAC; returns the MAC the kernel resolves it to.
+fn neighbour_hop(
+    f: &Facts,
+    oif: u32,
+    next_hop: IpAddr,
+    dev: &str,
+    lease_mac: Option<[u8; 6]>,
+    steps: &mut Vec<Step>,
+) -> Option<[u8; 6]> {
+    let mac_field = f.family().vtep_mac_field();
     let lease_mac_text = lease_mac
         .map(|m| format_mac(&m))
         .unwrap_or_else(|| format!("<{mac_field} of the lease>"));
@@ -753,7 +825,7 @@ fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, st
         .iter()
         .find(|(i, n)| *i == oif && n.ip == next_hop)
         .map(|(_, n)| n);
-    let kernel_mac = match neighbour {
+    match neighbour {
         None => {
             steps.push(Step::broken(
                 "neighbour",
@@ -815,21 +887,16 @@ fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, st
             }
             n.mac
         }
-    };
+    }
+}
 
-    // FDB: which node (underlay IP) the VTEP MAC lives behind.
-    let public_field = family.public_ip_field();
-    let lease_ip = lease.and_then(|l| family.lease_public_ip(l));
-    let Some(mac) = kernel_mac.or(lease_mac) else {
-        steps.push(Step::info(
-            "fdb",
-            "no VTEP MAC known (no neighbour entry, no lease): FDB not checked",
-        ));
-        return lease_ip.and_then(|ip| underlay_hop(f, ip, Some(oif), dev, steps));
-    };
+/// The FDB entry of the VTEP MAC `mac`, against the lease's public address; returns the underlay
+/// address the kernel sends to.
+fn fdb_hop(f: &Facts, mac: [u8; 6], dev: &str, lease_ip: Option<IpAddr>, steps: &mut Vec<Step>) -> Option<IpAddr> {
+    let public_field = f.family().public_ip_field();
     let mac_text = format_mac(&mac);
     let entries: Vec<_> = f.fdb.iter().filter(|e| e.mac == mac && e.dst.is_some()).collect();
-    let fdb_dst = match entries.first() {
+    match entries.first() {
         None => {
             let dst = lease_ip
                 .map(|i| i.to_string())
@@ -872,9 +939,7 @@ fn vxlan_hops(f: &Facts, route: &RouteInfo, dev: &str, lease: Option<&Lease>, st
             }
             Some(dst)
         }
-    };
-    let target = fdb_dst.or(lease_ip)?;
-    underlay_hop(f, target, Some(oif), dev, steps)
+    }
 }
 
 /// The underlay route to a node's address; returns its output device.
@@ -1894,6 +1959,24 @@ mod tests {
         let mut f = healthy_v6();
         f.src = ip("10.5.1.2");
         assert_eq!(causes(&f), vec![Cause::MixedFamilies]);
+    }
+
+    #[test]
+    fn an_ipv4_trace_in_an_ipv6_only_network_says_so() {
+        let mut f = healthy();
+        f.subnet_file = SubnetFile::Present(
+            SubnetEnv::parse(
+                "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1430\n",
+            )
+            .unwrap(),
+        );
+        let t = walk(&f);
+        assert_eq!(t.causes(), vec![Cause::Ipv4NotEnabled]);
+        let m = &step(&t, "subnet.env").message;
+        assert!(
+            m.contains("has no FLANNEL_NETWORK/FLANNEL_SUBNET") && m.contains("IPv6-only"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! of DROP, a missing subnet.env, a missing lease, a pod MTU above the tunnel's. Each time the
 //! trace must name that cause; after the backend's reconcile (or the undo) it must be clean.
 //!
-//! Skipped (with a message) when not run as root. `ip`, `bridge`, `iptables` and `sysctl` are
+//! Fails (saying so) when not run as root. `ip`, `bridge`, `iptables` and `sysctl` are
 //! used only to build the topology and to damage it.
 
 use std::fs::File;
@@ -31,7 +31,7 @@ const ETCD_URL: &str = "http://127.0.0.1:2379";
 #[path = "../../datapath/tests/two_nodes/mod.rs"]
 mod two_nodes;
 
-use two_nodes::{is_root, run, udp_round_trip, BackendThread, TwoNodes};
+use two_nodes::{require_root, run, udp_round_trip, BackendThread, TwoNodes};
 
 /// Node a with a pod on its `cni0` (10.5.1.2, MTU 1450), node b; both forward.
 fn topology() -> TwoNodes {
@@ -208,10 +208,7 @@ fn assert_clean(t: &Trace) {
 
 #[test]
 fn trace_names_each_break_on_a_two_node_vxlan_setup() {
-    if !is_root() {
-        eprintln!("skipped: needs root to create network namespaces");
-        return;
-    }
+    require_root();
     let ns = topology();
     let etcd = Etcd::start(&ns.a);
     let a = Node::start(&ns.a, "10.5.1.0/24", Ipv4Addr::new(198, 51, 100, 1));

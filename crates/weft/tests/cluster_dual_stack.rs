@@ -128,17 +128,7 @@ fn vxlan_dual_stack_mesh_leases_heals_restarts_and_carries_full_size_ipv6() {
     assert!(lab.wait_ping(1, pod2, Duration::from_secs(3)));
 
     // A restart keeps both subnets, and IPv6 traffic flows again.
-    let (key_before, env_before) = (lease_key(&lab, 1), env.clone());
-    let writes = |lab: &Lab| weftd_log(lab, 1).matches("wrote subnet file").count();
-    let written = writes(&lab);
-    lab.restart_node(1).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || writes(&lab) > written),
-        "{}",
-        weftd_log(&lab, 1)
-    );
-    assert_eq!(lease_key(&lab, 1), key_before);
-    assert_eq!(std::fs::read_to_string(subnet_file(&lab, 1)).unwrap(), env_before);
+    restart_keeps_the_lease(&mut lab, 1);
     assert!(lab.wait_ping(2, lab.pod_ip6(1).unwrap(), Duration::from_secs(5)));
 
     // A full-size IPv6 TCP transfer between pods (1500-byte underlay): no "packet too big" on

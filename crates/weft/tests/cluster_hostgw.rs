@@ -8,26 +8,6 @@ use std::time::Duration;
 use common::*;
 use weft_core::BackendKind;
 
-/// `ip route` on a host, without the `nhid <id>` of routes through a nexthop object: what is
-/// asserted is the path (`via`, `dev`), which iproute2 prints after it.
-fn routes(lab: &weft::lab::Lab, node: usize) -> String {
-    host_out(lab, node, &["ip", "route"])
-        .lines()
-        .map(|line| {
-            let mut words = line.split(' ');
-            let mut kept = Vec::new();
-            while let Some(w) = words.next() {
-                if w == "nhid" {
-                    words.next();
-                } else {
-                    kept.push(w);
-                }
-            }
-            kept.join(" ") + "\n"
-        })
-        .collect()
-}
-
 #[test]
 fn host_gw_mesh_heals_and_follows_joins_and_leaves() {
     let mut lab = up(spec(&lab_name("chg"), 3, BackendKind::HostGw));

@@ -118,20 +118,7 @@ fn vxlan_ipv6_only_mesh_in_flannels_format_survives_a_restart_and_an_ipv4_lease(
 
     // A restart takes the same subnet back (found by PublicIPv6: every lease's PublicIP is
     // 0.0.0.0 here) and traffic flows again.
-    let (key_before, env_before) = (
-        lease_key(&lab, 1),
-        std::fs::read_to_string(subnet_file(&lab, 1)).unwrap(),
-    );
-    let writes = |lab: &Lab| weftd_log(lab, 1).matches("wrote subnet file").count();
-    let written = writes(&lab);
-    lab.restart_node(1).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || writes(&lab) > written),
-        "{}",
-        weftd_log(&lab, 1)
-    );
-    assert_eq!(lease_key(&lab, 1), key_before);
-    assert_eq!(std::fs::read_to_string(subnet_file(&lab, 1)).unwrap(), env_before);
+    restart_keeps_the_lease(&mut lab, 1);
     let leases = lab.etcd_get_prefix("/coreos.com/network/subnets/").unwrap();
     assert_eq!(leases.len(), 4, "three nodes' leases and the refused one, no more");
     assert!(lab.wait_ping(2, lab.pod_ip6(1).unwrap(), Duration::from_secs(5)));

@@ -6,35 +6,11 @@ use common::*;
 use weft::lab::Lab;
 use weft_core::BackendKind;
 
-/// Runs `weft trace --json src dst` on host 1; returns (exit ok, the causes of broken steps).
+/// Runs `weft trace --json <pod 1> dst` on host 1; returns (exit ok, the causes of broken steps,
+/// the output).
 fn trace(lab: &Lab, dst: std::net::Ipv4Addr, subnet_file: &str) -> (bool, Vec<String>, String) {
-    let dir = lab.dir().display().to_string();
-    let src = lab.pod_ip(1).unwrap().to_string();
-    let dst = dst.to_string();
-    let args = [
-        env!("CARGO_BIN_EXE_weft").to_string(),
-        "trace".into(),
-        "--json".into(),
-        src,
-        dst,
-        format!("--subnet-file={subnet_file}"),
-        "--etcd-endpoints=https://198.51.100.254:2379".into(),
-        format!("--etcd-cafile={dir}/ca.pem"),
-        format!("--etcd-certfile={dir}/client.pem"),
-        format!("--etcd-keyfile={dir}/client-key.pem"),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = lab.exec_in_host(1, &args).unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let json: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
-    let causes = json["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["cause"].as_str().map(str::to_string))
-        .collect();
-    (out.status.success(), causes, text)
+    let t = run_trace(lab, lab.pod_ip(1).unwrap().into(), dst.into(), subnet_file);
+    (t.ok, t.causes, t.text)
 }
 
 #[test]

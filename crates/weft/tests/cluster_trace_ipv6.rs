@@ -11,75 +11,12 @@ use weft::lab::topology::underlay_ipv6;
 use weft::lab::Lab;
 use weft_core::BackendKind;
 
-/// What one `weft trace --json` run on host 1 said.
-struct Traced {
-    ok: bool,
-    causes: Vec<String>,
-    json: serde_json::Value,
-    text: String,
-}
-
-impl Traced {
-    /// The step `check` of the walk (panics naming the whole output when absent).
-    fn step(&self, check: &str) -> &serde_json::Value {
-        self.json["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["check"] == check)
-            .unwrap_or_else(|| panic!("no {check} step: {}", self.text))
-    }
-
-    fn entry(&self, check: &str) -> String {
-        self.step(check)["entry"].as_str().unwrap_or_default().to_string()
-    }
-
-    fn message(&self, check: &str) -> String {
-        self.step(check)["message"].as_str().unwrap_or_default().to_string()
-    }
-}
-
-fn etcd_flags(lab: &Lab) -> Vec<String> {
-    let dir = lab.dir().display().to_string();
-    vec![
-        "--etcd-endpoints=https://198.51.100.254:2379".into(),
-        format!("--etcd-cafile={dir}/ca.pem"),
-        format!("--etcd-certfile={dir}/client.pem"),
-        format!("--etcd-keyfile={dir}/client-key.pem"),
-    ]
-}
-
 /// Runs `weft trace --json src dst` on host 1 with its subnet file (or `subnet_file`).
 fn trace(lab: &Lab, src: IpAddr, dst: IpAddr, subnet_file: Option<&str>) -> Traced {
     let file = subnet_file
         .map(str::to_string)
         .unwrap_or_else(|| common::subnet_file(lab, 1).display().to_string());
-    let mut args = vec![
-        env!("CARGO_BIN_EXE_weft").to_string(),
-        "trace".into(),
-        "--json".into(),
-        src.to_string(),
-        dst.to_string(),
-        format!("--subnet-file={file}"),
-    ];
-    args.extend(etcd_flags(lab));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = lab.exec_in_host(1, &args).unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let json: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
-    let causes = json["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["cause"].as_str().map(str::to_string))
-        .collect();
-    Traced {
-        ok: out.status.success(),
-        causes,
-        json,
-        text,
-    }
+    run_trace(lab, src, dst, &file)
 }
 
 fn dual(name: &str, backend: BackendKind) -> Lab {

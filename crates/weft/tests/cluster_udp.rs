@@ -138,17 +138,14 @@ fn udp_mesh_drops_bad_datagrams_and_follows_joins_and_leaves() {
     // weft trace shows weftd's peer-table entry for the destination.
     let dir = lab.dir().display().to_string();
     let (src, dst) = (lab.pod_ip(1).unwrap().to_string(), lab.pod_ip(2).unwrap().to_string());
-    let args = [
+    let mut args = vec![
         env!("CARGO_BIN_EXE_weft").to_string(),
         "trace".into(),
         src,
         dst,
         format!("--subnet-file={dir}/h1/subnet.env"),
-        "--etcd-endpoints=https://198.51.100.254:2379".into(),
-        format!("--etcd-cafile={dir}/ca.pem"),
-        format!("--etcd-certfile={dir}/client.pem"),
-        format!("--etcd-keyfile={dir}/client-key.pem"),
     ];
+    args.extend(etcd_flags(&lab));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let subnet2 = lab.subnet_env(2).unwrap().subnet.unwrap().trunc();
     let out = lab.exec_in_host(1, &args).unwrap();

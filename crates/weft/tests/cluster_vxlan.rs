@@ -208,3 +208,42 @@ fn restart_keeps_the_subnet_and_a_ping_flood_across_it_loses_nothing() {
         weftd_log(&lab, 1)
     );
 }
+
+/// A node's lease moves to another key in one watch event (the old one retired, the new one with
+/// the same VtepMAC and PublicIP admitted): the FDB entry both share stays in place; weft never
+/// deletes it and then "repairs" its own deletion.
+#[test]
+fn a_lease_moving_to_another_key_keeps_the_shared_fdb_entry() {
+    let mut lab = up(spec(&lab_name("cvk"), 2, BackendKind::Vxlan));
+    assert!(all_pods_reach_each_other(&lab));
+    let key = format!("/coreos.com/network/subnets/{}", lease_key(&lab, 2));
+    let value = lab.etcd_get(&key).unwrap().expect("h2's lease");
+    let mac = vtep_mac(&lab, 2);
+    lab.stop_node(2).unwrap();
+    // The same node under another subnet: refused while the old key holds its PublicIP and MAC.
+    let moved = "/coreos.com/network/subnets/10.5.250.0-24";
+    lab.etcd_put(moved, &value).unwrap();
+    let refused = |lab: &weft::lab::Lab| weftd_log(lab, 1).contains("lease 10.5.250.0-24 refused");
+    assert!(
+        wait_until(Duration::from_secs(5), || refused(&lab)),
+        "{}",
+        weftd_log(&lab, 1)
+    );
+    let repairs_before = weftd_log(&lab, 1).matches("repaired an entry").count();
+    lab.etcd_delete(&key).unwrap();
+    let fdb = || host_out(&lab, 1, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+    let routed = || host_out(&lab, 1, &["ip", "route"]).contains("10.5.250.0/24");
+    assert!(wait_until(Duration::from_secs(5), routed), "{}", routes(&lab, 1));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        fdb().contains(&format!("{mac} dst 198.51.100.2 self permanent")),
+        "{}",
+        fdb()
+    );
+    assert_eq!(
+        weftd_log(&lab, 1).matches("repaired an entry").count(),
+        repairs_before,
+        "weft deleted its own FDB entry and repaired it:\n{}",
+        weftd_log(&lab, 1)
+    );
+}

@@ -240,13 +240,13 @@ fn a_weftd_that_dies_fails_up_with_its_log_and_leaves_nothing() {
 }
 
 /// With the real weftd (built next to this test binary, e.g. `cargo build -p weftd` into the same
-/// target dir): two vxlan hosts get leases and their pods reach each other. Skipped otherwise.
+/// target dir, as `make test` does): two vxlan hosts get leases and their pods reach each other.
+/// Without the binary the test fails saying how to build it.
 #[test]
 fn real_weftd_connects_pods_over_vxlan() {
-    let Some(weftd) = weft::lab::find_weftd() else {
-        eprintln!("skipped: no weftd binary next to the test executable or in PATH");
-        return;
-    };
+    let weftd = weft::lab::find_weftd().expect(
+        "no weftd binary next to the test executable or in PATH: run `cargo build --workspace --bins` first (make test does)",
+    );
     let name = "tlab-real";
     let _ = Lab::down_by_name(name);
     let mut spec = LabSpec::new(name, 2, BackendKind::Vxlan);

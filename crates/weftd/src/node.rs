@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
 use weft_control::{LeaseKeeper, LeaseSnapshot, SubnetManager};
 use weft_core::peer_file;
-use weft_core::{LeaseAttrs, NetworkConfig, SubnetEnv};
+use weft_core::{Lease, LeaseAttrs, NetworkConfig, SubnetEnv};
 use weft_datapath::backend::{self, lease_changes, to_leases, Backend, Ipv6Underlay, Report, Setup};
 use weft_kernel::iface::{dual_stack_addresses, interface_ipv6, select_external_interface_for, IfaceSelection};
 use weft_kernel::monitor::{self, KernelEvent};
@@ -163,15 +163,7 @@ impl<M: SubnetManager> Node<M> {
             public_ip,
             public_ipv6,
         } = self;
-        let mut attrs = LeaseAttrs::new(
-            public_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            backend.lease_backend_type(),
-            backend.backend_data(),
-        );
-        if cfg.ipv6.is_some() {
-            attrs.public_ipv6 = public_ipv6;
-            attrs.backend_v6_data = backend.backend_v6_data();
-        }
+        let attrs = lease_attrs(&cfg, backend.as_ref(), public_ip, public_ipv6);
         let previous = subnet_file::previous_subnet(&flags.subnet_file);
         let lease = manager
             .acquire_lease(&cfg, attrs, previous)
@@ -182,19 +174,7 @@ impl<M: SubnetManager> Node<M> {
             .set_lease(&lease)
             .await
             .with_context(|| format!("setting up the {} backend for {}", backend.name(), lease.subnet))?;
-
-        let env = SubnetEnv {
-            network: cfg.network(),
-            subnet: lease.subnet.ipv4.map(first_address_v4),
-            mtu: backend.mtu(),
-            ipmasq: flags.ip_masq,
-            ipv6_network: cfg.ipv6_network(),
-            ipv6_subnet: lease.subnet.ipv6.map(first_address),
-        };
-        subnet_file::write_atomically(&flags.subnet_file, &env)
-            .with_context(|| format!("writing {}", flags.subnet_file.display()))?;
-        tracing::info!(file = %flags.subnet_file.display(), subnet = %lease.subnet, mtu = env.mtu, "wrote subnet file");
-        crate::notify::ready(&format!("subnet {} in {}", lease.subnet, flags.subnet_file.display()));
+        write_subnet_env(&flags, &cfg, &lease, backend.mtu())?;
 
         let watcher = manager.watch_leases(&cfg);
         let keeper = manager.keep_lease(cfg.clone(), lease.clone(), Some(watcher.snapshots.clone()));
@@ -224,6 +204,7 @@ impl<M: SubnetManager> Node<M> {
             current: Arc::new(LeaseSnapshot::default()),
             programmed: false,
             last_attempt: None,
+            last_failure: None,
             published_peers: String::new(),
         };
         let mut snapshots = watcher.snapshots.clone();
@@ -252,6 +233,44 @@ impl<M: SubnetManager> Node<M> {
         }
         Ok(())
     }
+}
+
+/// What our lease carries: the public addresses of the families the config enables (an
+/// IPv6-only lease has flannel's PublicIP 0.0.0.0) and the backend's data for each.
+fn lease_attrs(
+    cfg: &NetworkConfig,
+    backend: &dyn Backend,
+    public_ip: Option<Ipv4Addr>,
+    public_ipv6: Option<Ipv6Addr>,
+) -> LeaseAttrs {
+    let mut attrs = LeaseAttrs::new(
+        public_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        backend.lease_backend_type(),
+        backend.backend_data(),
+    );
+    if cfg.ipv6.is_some() {
+        attrs.public_ipv6 = public_ipv6;
+        attrs.backend_v6_data = backend.backend_v6_data();
+    }
+    attrs
+}
+
+/// Writes subnet.env for `lease` (flanneld's lines: each enabled family's network and first
+/// address, the MTU, masquerade) and tells systemd weftd is ready.
+fn write_subnet_env(flags: &Flags, cfg: &NetworkConfig, lease: &Lease, mtu: u32) -> anyhow::Result<()> {
+    let env = SubnetEnv {
+        network: cfg.network(),
+        subnet: lease.subnet.ipv4.map(first_address_v4),
+        mtu,
+        ipmasq: flags.ip_masq,
+        ipv6_network: cfg.ipv6_network(),
+        ipv6_subnet: lease.subnet.ipv6.map(first_address),
+    };
+    subnet_file::write_atomically(&flags.subnet_file, &env)
+        .with_context(|| format!("writing {}", flags.subnet_file.display()))?;
+    tracing::info!(file = %flags.subnet_file.display(), subnet = %lease.subnet, mtu = env.mtu, "wrote subnet file");
+    crate::notify::ready(&format!("subnet {} in {}", lease.subnet, flags.subnet_file.display()));
+    Ok(())
 }
 
 /// The next kernel notification; pending forever when there is no subscription (or it ended).
@@ -296,6 +315,9 @@ struct Loop<'a> {
     programmed: bool,
     /// When the last full reconcile started.
     last_attempt: Option<std::time::Instant>,
+    /// The last failure said at warn level: the same one again is said at debug level only, so
+    /// a failure that lasts (an entry the kernel refuses) does not fill the log at every tick.
+    last_failure: Option<String>,
     published_peers: String,
 }
 
@@ -360,6 +382,9 @@ impl Loop<'_> {
                 if report.changed() {
                     tracing::info!(?report, "{what}: kernel state corrected");
                 }
+                if self.last_failure.take().is_some() && self.programmed {
+                    tracing::info!("{what} succeeded again: the kernel matches the leases");
+                }
                 self.metrics
                     .reconcile_corrections
                     .fetch_add(report.corrections() as u64, Ordering::Relaxed);
@@ -369,7 +394,13 @@ impl Loop<'_> {
                 self.metrics.reconcile_errors.fetch_add(1, Ordering::Relaxed);
                 // The cache may now differ from the kernel: the next tick compares everything.
                 self.programmed = false;
-                tracing::warn!("{what} failed, retrying at the next event or tick: {e:#}");
+                let failure = format!("{e:#}");
+                if self.last_failure.as_ref() == Some(&failure) {
+                    tracing::debug!("{what} failed again, as before: {failure}");
+                } else {
+                    tracing::warn!("{what} failed, retrying at the next event or tick: {failure}");
+                    self.last_failure = Some(failure);
+                }
             }
         }
     }

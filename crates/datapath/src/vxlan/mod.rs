@@ -23,8 +23,8 @@ use weft_kernel::monitor::KernelEvent;
 use weft_kernel::netlink::{format_mac, AddrFamily, Batch, LinkInfo, Netlink, NetlinkError, VxlanSpec};
 
 use self::plan::{
-    desired_state, peer_entries, peer_of, peers_entries, peers_from_leases, plan_peer, plan_phases, Action,
-    ActualState, Change, LeaseSkip, PeerEntries, Phases, Topology,
+    desired_state, keep_shared, peer_entries, peer_of, peers_entries, peers_from_leases, plan_peer, plan_phases,
+    Action, ActualState, Change, LeaseSkip, PeerEntries, Phases, Topology,
 };
 use crate::apply::{run_batched, Applied, ApplyFailure};
 use crate::backend::LeaseChange;
@@ -492,6 +492,7 @@ impl Vtep {
                 self.remember(subnet, new);
             }
         }
+        keep_shared(&mut phases, &self.installed);
         report.peers = self.installed.len();
         let applied = self.run(phases).await;
         (report.added, report.replaced, report.removed) = (applied.added, applied.replaced, applied.removed);
@@ -503,8 +504,30 @@ impl Vtep {
     /// that was deleted or altered is put back; a deleted device is created again with every
     /// entry. Notifications of weft's own changes match the cache and cost nothing.
     pub async fn repair(&mut self, event: &KernelEvent) -> Result<Report, VxlanError> {
-        let index = self.device.index;
         let mut phases = Phases::default();
+        self.plan_l2_repair(event, &mut phases);
+        self.plan_route_repair(event, &mut phases);
+        if phases.is_empty() {
+            return Ok(Report::default());
+        }
+        let applied = self.run(phases).await;
+        let report = Report {
+            added: applied.added,
+            replaced: applied.replaced,
+            removed: applied.removed,
+            peers: self.installed.len(),
+            ..Report::default()
+        };
+        if report.changed() {
+            tracing::info!(device = %self.device_name(), ?event, "repaired an entry changed behind weft's back");
+        }
+        applied.result().map_err(VxlanError::Apply)?;
+        Ok(report)
+    }
+
+    /// [`Vtep::repair`]'s part for neighbours and FDB entries on the device.
+    fn plan_l2_repair(&self, event: &KernelEvent, phases: &mut Phases) {
+        let index = self.device.index;
         match event {
             KernelEvent::NeighbourGone { index: i, neighbour } if *i == index => {
                 if let Some(mac) = self.installed_neighbour(neighbour.ip) {
@@ -538,6 +561,13 @@ impl Vtep {
                     });
                 }
             }
+            _ => {}
+        }
+    }
+
+    /// [`Vtep::repair`]'s part for routes and their nexthops.
+    fn plan_route_repair(&self, event: &KernelEvent, phases: &mut Phases) {
+        match event {
             KernelEvent::RouteGone(route) | KernelEvent::RouteAdded(route) => {
                 let gone = matches!(event, KernelEvent::RouteGone(_));
                 if let Some(ours) = self.installed.get(&route.dst) {
@@ -588,22 +618,6 @@ impl Vtep {
             }
             _ => {}
         }
-        if phases.is_empty() {
-            return Ok(Report::default());
-        }
-        let applied = self.run(phases).await;
-        let report = Report {
-            added: applied.added,
-            replaced: applied.replaced,
-            removed: applied.removed,
-            peers: self.installed.len(),
-            ..Report::default()
-        };
-        if report.changed() {
-            tracing::info!(device = %self.device_name(), ?event, "repaired an entry changed behind weft's back");
-        }
-        applied.result().map_err(VxlanError::Apply)?;
-        Ok(report)
     }
 
     /// Whether `event` says the device is gone, was replaced or altered, or notifications were

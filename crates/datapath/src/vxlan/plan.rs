@@ -258,6 +258,22 @@ pub fn plan_peer(old: Option<&PeerEntries>, new: Option<&PeerEntries>, phases: &
     }
 }
 
+/// Drops from `phases` the deletions of entries a peer still needs once a batch of lease changes
+/// is planned (`installed`: every peer's entries after the batch). Two leases can share an entry
+/// when one is retired and the other admitted in the same batch: the same VtepMAC and public IP
+/// (a node re-keying its lease), or the same subnet under another key. These deletions run last,
+/// so without this the retired lease's delete would take away what the admitted one just set.
+/// (Route deletions run first, before the sets, and need no such care.)
+pub fn keep_shared(phases: &mut Phases, installed: &BTreeMap<IpNet, PeerEntries>) {
+    let needed = |a: &Action| match a {
+        Action::DeleteFdb { mac, .. } => installed.values().any(|e| e.fdb.is_some_and(|(m, _)| m == *mac)),
+        Action::DeleteNeighbour { ip } => installed.values().any(|e| e.neighbour.is_some_and(|(i, _)| i == *ip)),
+        Action::DeleteNexthop { id, .. } => installed.values().any(|e| e.nexthop == Some(*id)),
+        _ => false,
+    };
+    phases.deletes.retain(|a| !needed(a));
+}
+
 /// Actions grouped in the order they must run: stale routes out, then neighbour, FDB entries and
 /// nexthops (so a new route never resolves through a missing entry), then routes, then stale
 /// neighbour and FDB entries and nexthops. Actions within one phase are independent of each other.
@@ -982,6 +998,36 @@ mod tests {
             })
             .collect();
         assert_eq!(deleted, ["10.5.0.0/16", "10.5.0.0/23", "10.5.2.0/25", "10.0.0.0/8"]);
+    }
+
+    #[test]
+    fn a_batch_that_retires_one_lease_and_admits_another_keeps_what_they_share() {
+        let t = topo();
+        let own = own_key(&t);
+        let entries = |l: &Lease| peer_entries(&peer_of(l, &own, &t).unwrap(), &t);
+        // The node at 198.51.100.2 re-keys its lease: same VtepMAC and PublicIP, another subnet.
+        let retired = entries(&vx_lease("10.5.2.0/24", "198.51.100.2", "02:00:00:00:00:0b"));
+        let admitted = entries(&vx_lease("10.5.9.0/24", "198.51.100.2", "02:00:00:00:00:0b"));
+        let mut p = Phases::default();
+        plan_peer(Some(&retired), None, &mut p);
+        plan_peer(None, Some(&admitted), &mut p);
+        let after = BTreeMap::from([("10.5.9.0/24".parse::<IpNet>().unwrap(), admitted)]);
+        keep_shared(&mut p, &after);
+        assert_eq!(
+            p.deletes,
+            vec![Action::DeleteNeighbour { ip: ip("10.5.2.0") }],
+            "the shared FDB entry stays; the retired subnet's neighbour goes"
+        );
+        assert!(p.sets.contains(&Action::SetFdb {
+            mac: MAC_B,
+            dst: ip("198.51.100.2"),
+            change: Change::Add
+        }));
+        // Nothing shared: every deletion stays.
+        let mut p = Phases::default();
+        plan_peer(Some(&retired), None, &mut p);
+        keep_shared(&mut p, &BTreeMap::new());
+        assert_eq!(p.deletes.len(), 2, "{:?}", p.deletes);
     }
 
     #[test]

@@ -10,15 +10,19 @@ use std::thread;
 
 use nix::sched::{setns, CloneFlags};
 
-/// True when running as root; also turns on logs (RUST_LOG, default debug for weft's crates).
-pub fn is_root() -> bool {
+/// Turns on logs (RUST_LOG, default debug for weft's crates), then fails the test, with what to
+/// do, unless it runs as root: a root test never passes silently.
+pub fn require_root() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("weft_datapath=debug,weft_kernel=debug"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
-    nix::unistd::geteuid().is_root()
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (it creates network namespaces): run it as root, as `make test` and CI do"
+    );
 }
 
 /// Runs a command that must succeed; returns its stdout.

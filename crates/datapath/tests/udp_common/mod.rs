@@ -17,7 +17,7 @@ pub const NETWORK: &str = "10.5.0.0/16";
 
 // Each test binary uses a different part of the fixture.
 #[allow(unused_imports)]
-pub use crate::two_nodes::{in_netns, is_root, run, BackendThread, TwoNodes as Topology};
+pub use crate::two_nodes::{in_netns, require_root, run, BackendThread, TwoNodes as Topology};
 
 pub enum Kind {
     Udp(UdpTuning),

@@ -5,14 +5,14 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// True when running as root; says the test is skipped otherwise.
-pub fn is_root() -> bool {
+/// Fails the test, with what to do, unless it runs as root: a root test never passes silently.
+pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    root
+    assert!(
+        root,
+        "this test needs root (it creates network namespaces): run it as root, as `make test` and CI do"
+    );
 }
 
 /// A named network namespace (`ip netns add`), removed on drop.

@@ -272,40 +272,10 @@ fn run_size(options: &ControlBenchOptions, n: usize, progress: &mut dyn FnMut(&s
         index,
         weftd: &weftd,
     };
-    let mut samples: [(Vec<f64>, usize); 3] = Default::default();
-    for run in 0..options.heal_runs {
-        let peer = peers.peer(run % n);
-        for (kind, (times, missed)) in samples.iter_mut().enumerate() {
-            let healed = match kind {
-                0 => heal.neighbour(&peer)?,
-                1 => heal.fdb(&peer)?,
-                _ => heal.route(&peer)?,
-            };
-            match healed {
-                Some(t) => times.push(t),
-                None => *missed += 1,
-            }
-            std::thread::sleep(EVENT_GAP);
-        }
-    }
-    let [neigh, fdb, route] = samples;
-    row.heal_neighbour = Latencies::new(neigh.0, neigh.1);
-    row.heal_fdb = Latencies::new(fdb.0, fdb.1);
-    row.heal_route = Latencies::new(route.0, route.1);
+    (row.heal_neighbour, row.heal_fdb, row.heal_route) = heal.measure(&peers, n, options.heal_runs)?;
 
-    watcher.drain();
-    let deleted = with_netlink(&host_ns, move |nl| async move {
-        nl.delete_link(index).await?;
-        Ok(Instant::now())
-    })?;
-    row.device_ms = match wait_all_in_kernel(&watcher, &host_ns, &expected, deleted, converge_timeout(n), &weftd) {
-        Ok(done) => {
-            row.device_exact = done.exact;
-            Some(ms(done.at.saturating_duration_since(deleted)))
-        }
-        Err(LabError::Timeout { .. }) => None,
-        Err(e) => return Err(e),
-    };
+    let device = device_recreated(&watcher, &host_ns, &expected, index, n, &weftd)?;
+    (row.device_ms, row.device_exact) = (device.map(|(ms, _)| ms), device.is_some_and(|(_, exact)| exact));
     progress(&format!(
         "{n} leases: heal medians neighbour {} / FDB {} / route {}, device {}",
         fmt_ms(row.heal_neighbour.median_ms),
@@ -317,6 +287,28 @@ fn run_size(options: &ControlBenchOptions, n: usize, progress: &mut dyn FnMut(&s
     drop(etcd);
     lab.down()?;
     Ok(row)
+}
+
+/// Deletes the VXLAN device and times weftd's putting it back with every entry: (ms, exact), or
+/// None when it did not within the converge timeout.
+fn device_recreated(
+    watcher: &KernelWatcher,
+    host_ns: &str,
+    expected: &Expected,
+    index: u32,
+    n: usize,
+    weftd: &Weftd,
+) -> Result<Option<(f64, bool)>> {
+    watcher.drain();
+    let deleted = with_netlink(host_ns, move |nl| async move {
+        nl.delete_link(index).await?;
+        Ok(Instant::now())
+    })?;
+    match wait_all_in_kernel(watcher, host_ns, expected, deleted, converge_timeout(n), weftd) {
+        Ok(done) => Ok(Some((ms(done.at.saturating_duration_since(deleted)), done.exact))),
+        Err(LabError::Timeout { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn converge_timeout(n: usize) -> Duration {
@@ -727,6 +719,33 @@ struct Heal<'a> {
 }
 
 impl Heal<'_> {
+    /// `runs` rounds of deleting one peer's neighbour, FDB entry and route by hand (a different
+    /// peer each round), timed until weftd puts each back: (neighbour, FDB, route).
+    fn measure(&self, peers: &FakePeers, n: usize, runs: usize) -> Result<(Latencies, Latencies, Latencies)> {
+        let mut samples: [(Vec<f64>, usize); 3] = Default::default();
+        for run in 0..runs {
+            let peer = peers.peer(run % n);
+            for (kind, (times, missed)) in samples.iter_mut().enumerate() {
+                let healed = match kind {
+                    0 => self.neighbour(&peer)?,
+                    1 => self.fdb(&peer)?,
+                    _ => self.route(&peer)?,
+                };
+                match healed {
+                    Some(t) => times.push(t),
+                    None => *missed += 1,
+                }
+                std::thread::sleep(EVENT_GAP);
+            }
+        }
+        let [neigh, fdb, route] = samples;
+        Ok((
+            Latencies::new(neigh.0, neigh.1),
+            Latencies::new(fdb.0, fdb.1),
+            Latencies::new(route.0, route.1),
+        ))
+    }
+
     /// Runs `delete`, then waits for the notification that the entry went (`gone`) and then
     /// for the one that it is back (`back`). Milliseconds from the delete's reply, or None.
     fn time<F, Fut>(
@@ -1257,6 +1276,39 @@ fn thousands(n: usize) -> String {
     out
 }
 
+impl ControlBenchRow {
+    /// The row's cells in the table's column order (`~`: notifications were lost).
+    fn cells(&self) -> [String; 13] {
+        let converge = format!(
+            "{}{}",
+            if self.converge_exact { "" } else { "~" },
+            fmt_value(self.converge_ms, "s")
+        );
+        let device = self
+            .device_ms
+            .map(|v| format!("{}{}", if self.device_exact { "" } else { "~" }, fmt_value(v, "s")))
+            .unwrap_or_else(|| "not within the timeout".into());
+        [
+            thousands(self.leases),
+            converge,
+            fmt_latency(&self.add, false),
+            fmt_latency(&self.add, true),
+            fmt_latency(&self.delete, false),
+            fmt_latency(&self.delete, true),
+            match self.idle_cpu_schedstat_ms {
+                Some(precise) => format!("{:.0} ms ({precise:.1} ms)", self.idle_cpu_ms),
+                None => format!("{:.0} ms", self.idle_cpu_ms),
+            },
+            fmt_value(self.rss_before_mb, "MB"),
+            fmt_value(self.rss_after_mb, "MB"),
+            fmt_latency(&self.heal_neighbour, false),
+            fmt_latency(&self.heal_fdb, false),
+            fmt_latency(&self.heal_route, false),
+            device,
+        ]
+    }
+}
+
 impl fmt::Display for ControlBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let interval = if self.weftd_args.is_empty() {
@@ -1303,34 +1355,7 @@ impl fmt::Display for ControlBenchReport {
         writeln!(f, "| {} |", header.join(" | "))?;
         writeln!(f, "|{}", "---|".repeat(header.len()))?;
         for row in &self.rows {
-            let converge = format!(
-                "{}{}",
-                if row.converge_exact { "" } else { "~" },
-                fmt_value(row.converge_ms, "s")
-            );
-            let device = row
-                .device_ms
-                .map(|v| format!("{}{}", if row.device_exact { "" } else { "~" }, fmt_value(v, "s")))
-                .unwrap_or_else(|| "not within the timeout".into());
-            let cells = [
-                thousands(row.leases),
-                converge,
-                fmt_latency(&row.add, false),
-                fmt_latency(&row.add, true),
-                fmt_latency(&row.delete, false),
-                fmt_latency(&row.delete, true),
-                match row.idle_cpu_schedstat_ms {
-                    Some(precise) => format!("{:.0} ms ({precise:.1} ms)", row.idle_cpu_ms),
-                    None => format!("{:.0} ms", row.idle_cpu_ms),
-                },
-                fmt_value(row.rss_before_mb, "MB"),
-                fmt_value(row.rss_after_mb, "MB"),
-                fmt_latency(&row.heal_neighbour, false),
-                fmt_latency(&row.heal_fdb, false),
-                fmt_latency(&row.heal_route, false),
-                device,
-            ];
-            writeln!(f, "| {} |", cells.join(" | "))?;
+            writeln!(f, "| {} |", row.cells().join(" | "))?;
         }
         writeln!(
             f,

@@ -191,56 +191,7 @@ pub struct BenchControlArgs {
 impl LabCommand {
     pub fn run(self) -> Result<ExitCode> {
         match self {
-            LabCommand::Up(args) => {
-                let mut spec = LabSpec::new(&args.name, args.nodes, args.backend.into());
-                spec.network = args.network;
-                spec.ip_masq = args.ip_masq;
-                spec.nftables = args.nftables;
-                spec.weftd_args = args.weftd_args;
-                spec.subnet_timeout = std::time::Duration::from_secs(args.subnet_timeout);
-                spec.keep = true;
-                spec.docker = args.docker;
-                spec.dual_stack = args.dual_stack || args.ipv6_only;
-                spec.ipv6_only = args.ipv6_only;
-                spec.weftd = match (args.no_weftd, args.weftd) {
-                    (true, _) => WeftdBinary::Skip,
-                    (false, Some(path)) => WeftdBinary::At(path),
-                    (false, None) => WeftdBinary::Find,
-                };
-                if let Some(json) = args.backend_options {
-                    spec.backend_options = serde_json::from_str(&json).map_err(|e| {
-                        LabError::BadSpec(format!("--backend-options {json:?} is not a JSON object: {e}"))
-                    })?;
-                }
-                let lab = Lab::up(spec)?;
-                println!(
-                    "lab {} is up: {} nodes, config {}",
-                    lab.name(),
-                    lab.nodes(),
-                    super::config_json(&lab.state().config)
-                );
-                for pod in lab.pods() {
-                    println!(
-                        "  h{}: {} pod {} ({})",
-                        pod.node,
-                        lab.state().hosts[pod.node - 1].ns,
-                        pod.addresses(),
-                        pod.ns
-                    );
-                }
-                if lab.state().docker {
-                    for node in 1..=lab.nodes() {
-                        let host = super::docker::DockerHost::of(&lab, node)?;
-                        println!(
-                            "  h{node}: container {}: {} -H {} ps",
-                            host.container(),
-                            super::docker::DOCKER,
-                            host.host_arg()
-                        );
-                    }
-                }
-                println!("files in {}", lab.dir().display());
-            }
+            LabCommand::Up(args) => up(args)?,
             LabCommand::WireguardGo {
                 name: NameArg { name },
                 nodes,
@@ -272,49 +223,13 @@ impl LabCommand {
             LabCommand::Status {
                 name: NameArg { name },
                 json,
-            } => {
-                let lab = Lab::open(&name)?;
-                let status = lab.status();
-                let containers = lab.state().docker.then(|| super::docker::containers(&lab));
-                if json {
-                    let mut value = serde_json::to_value(&status).expect("status serializes");
-                    if let Some(containers) = &containers {
-                        value["containers"] = serde_json::to_value(containers).expect("containers serialize");
-                    }
-                    println!("{}", serde_json::to_string_pretty(&value).expect("status serializes"));
-                } else {
-                    print!("{status}");
-                    if let Some(containers) = &containers {
-                        print!("{}", super::docker::ContainersTable(containers));
-                    }
-                }
-            }
+            } => status(&name, json)?,
             LabCommand::Exec {
                 name: NameArg { name },
                 node,
                 pod,
                 cmd,
-            } => {
-                let lab = Lab::open(&name)?;
-                let ns = if pod { lab.pod_ns(node)? } else { lab.host_ns(node)? };
-                // A wireguard host's own /run/flannel and /var/run/wireguard (`wg show`).
-                let cmd = match (pod, lab.is_wireguard(), cmd.split_first()) {
-                    (false, true, Some((program, args))) => {
-                        let (program, args) = super::wireguard::wrap(lab.dir(), node, program, args)?;
-                        std::iter::once(program).chain(args).collect()
-                    }
-                    _ => cmd,
-                };
-                let status = Command::new("ip")
-                    .args(["netns", "exec", ns])
-                    .args(&cmd)
-                    .status()
-                    .map_err(|source| LabError::Spawn {
-                        command: cmd.join(" "),
-                        source,
-                    })?;
-                return Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8));
-            }
+            } => return exec(&name, node, pod, cmd),
             LabCommand::Bench {
                 name: NameArg { name },
                 seconds,
@@ -335,23 +250,7 @@ impl LabCommand {
                     print!("{report}");
                 }
             }
-            LabCommand::BenchControl(args) => {
-                let options = ControlBenchOptions {
-                    name: args.name,
-                    leases: args.leases,
-                    events: args.events,
-                    heal_runs: args.heal_runs,
-                    idle: std::time::Duration::from_secs(args.idle_seconds),
-                    weftd: args.weftd.map(WeftdBinary::At).unwrap_or(WeftdBinary::Find),
-                    weftd_args: args.weftd_args,
-                };
-                let report = super::bench_control::run(&options, &mut |line| eprintln!("{line}"))?;
-                if args.json {
-                    println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
-                } else {
-                    print!("{report}");
-                }
-            }
+            LabCommand::BenchControl(args) => bench_control(args)?,
             LabCommand::Down { name, all } => {
                 if all {
                     Lab::down_all()?;
@@ -375,4 +274,119 @@ impl LabCommand {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// `weft lab up`: builds the lab and prints its pods (and containers) and where its files are.
+fn up(args: UpArgs) -> Result<()> {
+    let mut spec = LabSpec::new(&args.name, args.nodes, args.backend.into());
+    spec.network = args.network;
+    spec.ip_masq = args.ip_masq;
+    spec.nftables = args.nftables;
+    spec.weftd_args = args.weftd_args;
+    spec.subnet_timeout = std::time::Duration::from_secs(args.subnet_timeout);
+    spec.keep = true;
+    spec.docker = args.docker;
+    spec.dual_stack = args.dual_stack || args.ipv6_only;
+    spec.ipv6_only = args.ipv6_only;
+    spec.weftd = match (args.no_weftd, args.weftd) {
+        (true, _) => WeftdBinary::Skip,
+        (false, Some(path)) => WeftdBinary::At(path),
+        (false, None) => WeftdBinary::Find,
+    };
+    if let Some(json) = args.backend_options {
+        spec.backend_options = serde_json::from_str(&json)
+            .map_err(|e| LabError::BadSpec(format!("--backend-options {json:?} is not a JSON object: {e}")))?;
+    }
+    let lab = Lab::up(spec)?;
+    println!(
+        "lab {} is up: {} nodes, config {}",
+        lab.name(),
+        lab.nodes(),
+        super::config_json(&lab.state().config)
+    );
+    for pod in lab.pods() {
+        println!(
+            "  h{}: {} pod {} ({})",
+            pod.node,
+            lab.state().hosts[pod.node - 1].ns,
+            pod.addresses(),
+            pod.ns
+        );
+    }
+    if lab.state().docker {
+        for node in 1..=lab.nodes() {
+            let host = super::docker::DockerHost::of(&lab, node)?;
+            println!(
+                "  h{node}: container {}: {} -H {} ps",
+                host.container(),
+                super::docker::DOCKER,
+                host.host_arg()
+            );
+        }
+    }
+    println!("files in {}", lab.dir().display());
+    Ok(())
+}
+
+/// `weft lab status`: the table (or JSON), with Docker's containers in a Docker lab.
+fn status(name: &str, json: bool) -> Result<()> {
+    let lab = Lab::open(name)?;
+    let status = lab.status();
+    let containers = lab.state().docker.then(|| super::docker::containers(&lab));
+    if json {
+        let mut value = serde_json::to_value(&status).expect("status serializes");
+        if let Some(containers) = &containers {
+            value["containers"] = serde_json::to_value(containers).expect("containers serialize");
+        }
+        println!("{}", serde_json::to_string_pretty(&value).expect("status serializes"));
+    } else {
+        print!("{status}");
+        if let Some(containers) = &containers {
+            print!("{}", super::docker::ContainersTable(containers));
+        }
+    }
+    Ok(())
+}
+
+/// `weft lab exec`: runs `cmd` in host `node`'s namespace (or its pod's), exiting with its code.
+fn exec(name: &str, node: usize, pod: bool, cmd: Vec<String>) -> Result<ExitCode> {
+    let lab = Lab::open(name)?;
+    let ns = if pod { lab.pod_ns(node)? } else { lab.host_ns(node)? };
+    // A wireguard host's own /run/flannel and /var/run/wireguard (`wg show`).
+    let cmd = match (pod, lab.is_wireguard(), cmd.split_first()) {
+        (false, true, Some((program, args))) => {
+            let (program, args) = super::wireguard::wrap(lab.dir(), node, program, args)?;
+            std::iter::once(program).chain(args).collect()
+        }
+        _ => cmd,
+    };
+    let status = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(&cmd)
+        .status()
+        .map_err(|source| LabError::Spawn {
+            command: cmd.join(" "),
+            source,
+        })?;
+    Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+}
+
+/// `weft lab bench-control`: the control-plane benchmark, progress on stderr, the table on stdout.
+fn bench_control(args: BenchControlArgs) -> Result<()> {
+    let options = ControlBenchOptions {
+        name: args.name,
+        leases: args.leases,
+        events: args.events,
+        heal_runs: args.heal_runs,
+        idle: std::time::Duration::from_secs(args.idle_seconds),
+        weftd: args.weftd.map(WeftdBinary::At).unwrap_or(WeftdBinary::Find),
+        weftd_args: args.weftd_args,
+    };
+    let report = super::bench_control::run(&options, &mut |line| eprintln!("{line}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }

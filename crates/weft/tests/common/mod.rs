@@ -174,9 +174,19 @@ pub fn mac_of(lab: &Lab, node: usize, dev: &str) -> String {
         .to_string()
 }
 
-/// `ip -6 route` on a host without the `nhid <id>` words (the path is what is asserted).
+/// `ip route` on a host, without the `nhid <id>` of routes through a nexthop object: what is
+/// asserted is the path (`via`, `dev`), which iproute2 prints after it.
+pub fn routes(lab: &Lab, node: usize) -> String {
+    without_nhid(&host_out(lab, node, &["ip", "route"]))
+}
+
+/// [`routes`] for IPv6 (`ip -6 route`).
 pub fn v6_routes(lab: &Lab, node: usize) -> String {
-    host_out(lab, node, &["ip", "-6", "route"])
+    without_nhid(&host_out(lab, node, &["ip", "-6", "route"]))
+}
+
+fn without_nhid(listing: &str) -> String {
+    listing
         .lines()
         .map(|line| {
             let mut words = line.split(' ');
@@ -193,6 +203,25 @@ pub fn v6_routes(lab: &Lab, node: usize) -> String {
         .collect()
 }
 
+/// Restarts weftd on `node` and waits until it has written subnet.env again; its lease key and
+/// subnet.env are what they were.
+pub fn restart_keeps_the_lease(lab: &mut Lab, node: usize) {
+    let (key_before, env_before) = (
+        lease_key(lab, node),
+        std::fs::read_to_string(subnet_file(lab, node)).unwrap(),
+    );
+    let writes = |lab: &Lab| weftd_log(lab, node).matches("wrote subnet file").count();
+    let written = writes(lab);
+    lab.restart_node(node).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || writes(lab) > written),
+        "{}",
+        weftd_log(lab, node)
+    );
+    assert_eq!(lease_key(lab, node), key_before);
+    assert_eq!(std::fs::read_to_string(subnet_file(lab, node)).unwrap(), env_before);
+}
+
 /// Host `node`'s lease key (both subnets) from its subnet.env.
 pub fn lease_key(lab: &Lab, node: usize) -> String {
     let env = lab.subnet_env(node).unwrap();
@@ -201,4 +230,74 @@ pub fn lease_key(lab: &Lab, node: usize) -> String {
         ipv6: env.ipv6_subnet.map(|n| n.trunc()),
     }
     .to_key()
+}
+
+/// The lab's etcd flags for `weft` commands run on a lab host (endpoint and client certificate).
+pub fn etcd_flags(lab: &Lab) -> Vec<String> {
+    let dir = lab.dir().display().to_string();
+    vec![
+        "--etcd-endpoints=https://198.51.100.254:2379".into(),
+        format!("--etcd-cafile={dir}/ca.pem"),
+        format!("--etcd-certfile={dir}/client.pem"),
+        format!("--etcd-keyfile={dir}/client-key.pem"),
+    ]
+}
+
+/// What one `weft trace --json` run on host 1 said.
+pub struct Traced {
+    pub ok: bool,
+    /// The causes of the broken steps.
+    pub causes: Vec<String>,
+    pub json: serde_json::Value,
+    pub text: String,
+}
+
+impl Traced {
+    /// The step `check` of the walk (panics naming the whole output when absent).
+    pub fn step(&self, check: &str) -> &serde_json::Value {
+        self.json["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["check"] == check)
+            .unwrap_or_else(|| panic!("no {check} step: {}", self.text))
+    }
+
+    pub fn entry(&self, check: &str) -> String {
+        self.step(check)["entry"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn message(&self, check: &str) -> String {
+        self.step(check)["message"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// Runs `weft trace --json src dst --subnet-file=<subnet_file>` on host 1.
+pub fn run_trace(lab: &Lab, src: IpAddr, dst: IpAddr, subnet_file: &str) -> Traced {
+    let mut args = vec![
+        env!("CARGO_BIN_EXE_weft").to_string(),
+        "trace".into(),
+        "--json".into(),
+        src.to_string(),
+        dst.to_string(),
+        format!("--subnet-file={subnet_file}"),
+    ];
+    args.extend(etcd_flags(lab));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.exec_in_host(1, &args).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    let causes = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["cause"].as_str().map(str::to_string))
+        .collect();
+    Traced {
+        ok: out.status.success(),
+        causes,
+        json,
+        text,
+    }
 }
