@@ -48,21 +48,20 @@ fn marker_ping_v6(lab: &Lab) {
     assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
 }
 
-#[test]
-fn wireguard_dual_stack_separate_devices_in_flannels_format_carry_only_wireguard() {
-    let mut lab = up(wireguard_spec("cw6", false, serde_json::json!({})));
-    assert!(all_pods_reach_each_other(&lab), "IPv4:\n{}", lab.status());
-    assert!(all_pods_reach_each_other_v6(&lab), "IPv6:\n{}", lab.status());
-
+/// The dual-stack layout of Mode separate as flannel's: one key per node in both BackendData
+/// and BackendV6Data, and flannel-wg-v6 as its ConfigureV6 makes it (MTU 1500 - 80, the subnet
+/// address /128, the IPv6 network's scope-link route), with subnet.env's IPv6 pair and MTU.
+/// Returns the nodes' public keys.
+fn assert_dual_stack_layout(lab: &Lab) -> Vec<String> {
     // One key per node, in both BackendData and BackendV6Data, as flannel writes them.
-    let keys: Vec<String> = (1..=3).map(|n| public_key(&lab, n)).collect();
+    let keys: Vec<String> = (1..=3).map(|n| public_key(lab, n)).collect();
     assert_ne!(keys[0], keys[1], "every host has its own key");
     for node in 1..=3 {
-        let key = lease_key(&lab, node);
+        let key = lease_key(lab, node);
         assert!(key.contains("&fc00:"), "{key}");
         let k = &keys[node - 1];
         assert_eq!(
-            lease_value(&lab, node),
+            lease_value(lab, node),
             format!(
                 r#"{{"PublicIP":"198.51.100.{node}","PublicIPv6":"{}","BackendType":"wireguard","BackendData":{{"PublicKey":"{k}"}},"BackendV6Data":{{"PublicKey":"{k}"}}}}"#,
                 underlay_ipv6(node)
@@ -73,21 +72,31 @@ fn wireguard_dual_stack_separate_devices_in_flannels_format_carry_only_wireguard
     // IPv6 network's scope-link route; subnet.env has the IPv6 pair and that MTU.
     let env = lab.subnet_env(1).unwrap();
     let subnet6 = env.ipv6_subnet.unwrap().trunc();
-    let link = run(&lab, 1, &["ip", "-d", "link", "show", "flannel-wg-v6"]);
+    let link = run(lab, 1, &["ip", "-d", "link", "show", "flannel-wg-v6"]);
     assert!(link.contains("mtu 1420") && link.contains("tun"), "{link}");
     let addrs = run(
-        &lab,
+        lab,
         1,
         &["ip", "-6", "addr", "show", "dev", "flannel-wg-v6", "scope", "global"],
     );
     assert!(addrs.contains(&format!("inet6 {}/128", subnet6.network())), "{addrs}");
-    let routes = v6_routes(&lab, 1);
+    let routes = v6_routes(lab, 1);
     assert!(routes.contains("fc00::/48 dev flannel-wg-v6 metric 1024"), "{routes}");
-    let file = std::fs::read_to_string(subnet_file(&lab, 1)).unwrap();
+    let file = std::fs::read_to_string(subnet_file(lab, 1)).unwrap();
     assert!(
         file.contains("FLANNEL_IPV6_NETWORK=fc00::/48\n") && file.contains("FLANNEL_MTU=1420\n"),
         "{file}"
     );
+    keys
+}
+
+#[test]
+fn wireguard_dual_stack_separate_devices_in_flannels_format_carry_only_wireguard() {
+    let mut lab = up(wireguard_spec("cw6", false, serde_json::json!({})));
+    assert!(all_pods_reach_each_other(&lab), "IPv4:\n{}", lab.status());
+    assert!(all_pods_reach_each_other_v6(&lab), "IPv6:\n{}", lab.status());
+
+    let keys = assert_dual_stack_layout(&lab);
 
     // The IPv6 underlay carries WireGuard messages only (to 51821), never the marker.
     let capture = Capture::start(&lab, 3);
