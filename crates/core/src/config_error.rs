@@ -59,10 +59,10 @@ pub enum ConfigError {
     Ipv6SubnetLenTooShort { len: u8, network: Ipv6Net, min: u8 },
     #[error("EnableIPv6 is true but Backend.Type {0:?} carries IPv4 only ({why}): use \"vxlan\", \"host-gw\" or \"wireguard\" for dual stack, or set EnableIPv6 to false", why = ipv4_only_because(.0))]
     Ipv6Unsupported(&'static str),
-    #[error("Backend.Type {0:?} is not a backend weft knows: use \"vxlan\", \"host-gw\" or \"udp\"")]
+    #[error("Backend.Type {0:?} is not a backend weft knows: use \"vxlan\", \"host-gw\", \"wireguard\" or \"udp\"")]
     UnknownBackend(String),
     #[error(
-        "Backend.Type {0:?} is a flannel backend weft does not implement yet: use \"vxlan\", \"host-gw\" or \"udp\""
+        "Backend.Type {0:?} is a flannel backend weft does not implement yet: use \"vxlan\", \"host-gw\", \"wireguard\" or \"udp\""
     )]
     UnsupportedBackend(String),
 }
