@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod backend;
+pub mod factory;
 pub mod hostgw;
 pub mod leases;
 pub mod peer_routes;

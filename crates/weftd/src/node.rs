@@ -14,7 +14,8 @@ use weft_control::etcd::{EtcdOptions, EtcdSubnetManager};
 use weft_control::{LeaseKeeper, LeaseSnapshot, SubnetManager};
 use weft_core::peer_file;
 use weft_core::{Lease, LeaseAttrs, NetworkConfig, SubnetEnv};
-use weft_datapath::backend::{self, lease_changes, to_leases, Backend, Ipv6Underlay, Report, Setup};
+use weft_datapath::backend::{self, lease_changes, to_leases, Backend, Report};
+use weft_datapath::factory::{self, Ipv6Underlay, Setup};
 use weft_kernel::iface::{dual_stack_addresses, interface_ipv6, select_external_interface_for, IfaceSelection};
 use weft_kernel::monitor::{self, KernelEvent};
 use weft_kernel::netlink::{AddrFamily, Netlink};
@@ -92,7 +93,7 @@ pub async fn run(flags: Flags) -> anyhow::Result<()> {
             None
         }
     };
-    let backend = backend::start(Setup {
+    let backend = factory::start(Setup {
         nl,
         ext,
         public_ip,

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::packet::DropReason;
+use super::drop::DropReason;
 
 /// Packet and byte counts since the backend started, errors, and drops by reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -13,6 +13,7 @@
 
 pub(crate) mod batch;
 mod counters;
+pub mod drop;
 pub mod offload;
 pub mod packet;
 pub mod peers;
@@ -35,7 +36,7 @@ use weft_kernel::netlink::{AddrFamily, Netlink, NetlinkError, RouteSpec};
 use weft_kernel::tun::{open_tun, TunError, TunOptions};
 
 pub use self::counters::{UdpCounters, UdpMetrics};
-pub use self::packet::DropReason;
+pub use self::drop::DropReason;
 use self::peers::{peers_from_leases, PeerTable};
 use self::worker::{Shared, Worker};
 use crate::backend::{to_leases, Backend, BackendError, LeaseSet, MetricsRenderer, Report};

@@ -10,7 +10,7 @@ use weft_core::{Lease, SubnetKey};
 
 use crate::leases;
 
-use super::packet::DropReason;
+use super::drop::DropReason;
 
 /// A remote node: its subnet and the public IP its datagrams come from and go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
