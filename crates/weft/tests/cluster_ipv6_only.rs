@@ -22,15 +22,6 @@ fn ipv6_only(name: &str, nodes: usize, backend: BackendKind) -> Lab {
     up(s)
 }
 
-fn lease_value(lab: &Lab, node: usize) -> String {
-    let key = format!("/coreos.com/network/subnets/{}", lease_key(lab, node));
-    let value = lab
-        .etcd_get(&key)
-        .unwrap()
-        .unwrap_or_else(|| panic!("no lease at {key}"));
-    String::from_utf8(value).unwrap()
-}
-
 #[test]
 fn vxlan_ipv6_only_mesh_in_flannels_format_survives_a_restart_and_an_ipv4_lease() {
     let mut lab = ipv6_only("c6o", 3, BackendKind::Vxlan);

@@ -29,15 +29,6 @@ fn public_key(lab: &Lab, node: usize) -> String {
     weft::lab::wireguard::pubkey(&private).unwrap()
 }
 
-fn lease_value(lab: &Lab, node: usize) -> String {
-    let key = format!("/coreos.com/network/subnets/{}", lease_key(lab, node));
-    let value = lab
-        .etcd_get(&key)
-        .unwrap()
-        .unwrap_or_else(|| panic!("no lease at {key}"));
-    String::from_utf8(value).unwrap()
-}
-
 /// Pings node 2's pod from node 1's pod at its IPv6 address, three times with the marker as
 /// payload.
 fn marker_ping_v6(lab: &Lab) {

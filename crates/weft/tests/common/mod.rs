@@ -301,3 +301,13 @@ pub fn run_trace(lab: &Lab, src: IpAddr, dst: IpAddr, subnet_file: &str) -> Trac
         text,
     }
 }
+
+/// The value of host `node`'s lease in etcd, as stored.
+pub fn lease_value(lab: &Lab, node: usize) -> String {
+    let key = format!("/coreos.com/network/subnets/{}", lease_key(lab, node));
+    let value = lab
+        .etcd_get(&key)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no lease at {key}"));
+    String::from_utf8(value).unwrap()
+}
