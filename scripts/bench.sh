@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WEFT=${WEFT:-target/debug/weft}
 # wireguard-go: a wireguard lab whose two hosts then run Debian's wireguard-go instead of weftd.
-# vxlan-v6, host-gw-v6: a dual-stack lab measured over IPv6 (pods and underlay).
-BACKENDS=${BACKENDS:-vxlan host-gw udp wireguard wireguard-go vxlan-v6 host-gw-v6}
+# vxlan-v6, host-gw-v6, wireguard-v6: a dual-stack lab measured over IPv6 (pods and underlay).
+BACKENDS=${BACKENDS:-vxlan host-gw udp wireguard wireguard-go vxlan-v6 host-gw-v6 wireguard-v6}
 RUNS=${RUNS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 LAB=bench
