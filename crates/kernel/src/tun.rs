@@ -26,9 +26,10 @@ const IFF_VNET_HDR: libc::c_short = 0x4000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 
 /// TUNSETOFFLOAD bits: the kernel may hand us packets with a partial checksum, and TCP
-/// super-segments (TSO) over IPv4.
+/// super-segments (TSO) over IPv4 and over IPv6.
 pub const TUN_F_CSUM: libc::c_uint = 0x01;
 pub const TUN_F_TSO4: libc::c_uint = 0x02;
+pub const TUN_F_TSO6: libc::c_uint = 0x04;
 
 /// Size of `struct virtio_net_hdr`, which precedes every packet on a device opened with
 /// [`TunOptions::vnet_hdr`].
@@ -77,8 +78,11 @@ pub struct TunOptions {
     /// Number of queues (one file descriptor each); at least 1.
     pub queues: usize,
     /// Prefix every packet with a `virtio_net_hdr` and enable TSO/checksum offload, so reads
-    /// return TCP super-segments and writes may carry them.
+    /// return TCP super-segments over IPv4 and writes may carry them.
     pub vnet_hdr: bool,
+    /// With `vnet_hdr`, reads return TCP super-segments over IPv6 too (the reader must split
+    /// them with IPv6 headers).
+    pub ipv6_tso: bool,
 }
 
 impl Default for TunOptions {
@@ -86,6 +90,7 @@ impl Default for TunOptions {
         TunOptions {
             queues: 1,
             vnet_hdr: false,
+            ipv6_tso: false,
         }
     }
 }
@@ -223,10 +228,11 @@ pub fn open_tun(name: &str, opts: &TunOptions) -> Result<Vec<TunQueue>, TunError
             if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ as _, &size as *const libc::c_int) } < 0 {
                 return Err(ioctl_err("set the vnet header size")(io::Error::last_os_error()));
             }
+            let tso6 = if opts.ipv6_tso { TUN_F_TSO6 } else { 0 };
             ioctl_int(
                 file.as_raw_fd(),
                 TUNSETOFFLOAD,
-                (TUN_F_CSUM | TUN_F_TSO4) as libc::c_ulong,
+                (TUN_F_CSUM | TUN_F_TSO4 | tso6) as libc::c_ulong,
             )
             .map_err(ioctl_err("enable TSO and checksum offload"))?;
         }

@@ -206,6 +206,8 @@ impl UdpBackend {
             &TunOptions {
                 queues: n,
                 vnet_hdr: self.tuning.offload,
+                // flannel0 carries IPv4 only.
+                ipv6_tso: false,
             },
         )?;
         // udp runs only in IPv4 networks, whose external interface is chosen by an IPv4 address.

@@ -128,6 +128,8 @@ impl WgDevice {
         let options = TunOptions {
             queues: n,
             vnet_hdr: self.tuning.offload,
+            // The workers split IPv6 super-segments as they do IPv4 ones.
+            ipv6_tso: true,
         };
         let queues = open_tun(self.plan.name, &options)?;
         let sockets = self.bind_sockets(n)?;

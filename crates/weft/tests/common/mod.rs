@@ -130,6 +130,37 @@ pub fn egress_source_to(lab: &Lab, pod_ns: &str, to: SocketAddr) -> IpAddr {
     server.join().unwrap().expect("server").ip()
 }
 
+/// Sends `len` bytes (a pattern no offset repeats within 251 bytes) over one TCP connection
+/// from the pod of host `from` to `to` (a pod address) and returns the bytes that arrived:
+/// bulk TCP, so a datapath with offloads carries it as super-segments.
+pub fn tcp_transfer(lab: &Lab, from: usize, to_node: usize, to: SocketAddr, len: usize) -> Vec<u8> {
+    let pattern = |i: usize| (i % 251) as u8;
+    let server_ns = lab.pod_ns(to_node).unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        in_netns(&server_ns, move || {
+            let listener = TcpListener::bind(to).expect("bind in the pod namespace");
+            tx.send(()).unwrap();
+            let (mut conn, _) = listener.accept().expect("accept");
+            conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut got = Vec::with_capacity(len);
+            let _ = conn.read_to_end(&mut got);
+            Ok(got)
+        })
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("server listening");
+    let client_ns = lab.pod_ns(from).unwrap().to_string();
+    in_netns(&client_ns, move || {
+        let mut conn = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
+        conn.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        let data: Vec<u8> = (0..len).map(pattern).collect();
+        std::io::Write::write_all(&mut conn, &data).expect("send");
+        Ok(())
+    })
+    .unwrap();
+    server.join().unwrap().expect("server")
+}
+
 /// GET `path` from weftd's HTTP port (8471, as the tests start it) on host `node`; returns the
 /// whole response.
 pub fn http_get(lab: &Lab, node: usize, path: &str) -> String {
